@@ -1,0 +1,1 @@
+"""steer's engine: backbone adapters, probes, the guided DDIM loop."""

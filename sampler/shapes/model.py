@@ -1,0 +1,175 @@
+"""The shapes model: Stable Diffusion's classes at shapes-world size, and how to load it offline.
+
+The text encoder is a transformers CLIPTextModel, the denoiser a diffusers UNet2DConditionModel
+with cross-attention at 16x16 and 8x8 (and in the 8x8 mid block), the scheduler diffusers' DDIM.
+It works in pixel space (no VAE): the "latent" is the image in [-1, 1]. The same layout on disk as
+a diffusers pipeline folder: unet/, text_encoder/, tokenizer/, scheduler/, plus clip/ for the
+shapes CLIP used by the ViT and CLIP energies.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import world
+
+SHIPPED = Path(__file__).parent / "weights"  # the model steer ships, loaded by the name "shapes"
+MAX_LENGTH = 16  # tokens per caption, BOS and EOS included (SD uses 77)
+SPECIAL = ("<pad>", "<unk>", "<bos>", "<eos>")
+
+
+def build_tokenizer():
+    """A word-level tokenizer over the world's words, as a PreTrainedTokenizerFast."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate((*SPECIAL, *world.WORDS))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A <eos>", special_tokens=[("<bos>", vocab["<bos>"]), ("<eos>", vocab["<eos>"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        model_max_length=MAX_LENGTH,
+    )
+
+
+def text_config(tokenizer):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=MAX_LENGTH,
+        projection_dim=64,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+UNET_CONFIG = dict(
+    sample_size=32,
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    block_out_channels=(32, 64, 128),
+    layers_per_block=1,
+    cross_attention_dim=64,
+    attention_head_dim=4,  # diffusers' name for the number of heads in this UNet class
+    norm_num_groups=8,
+)
+
+SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    beta_schedule="squaredcos_cap_v2",  # cosine: the usual choice for small pixel-space models
+    clip_sample=False,
+    set_alpha_to_one=True,
+    steps_offset=0,
+    timestep_spacing="trailing",  # start sampling at t = 999, where the layout is decided
+    prediction_type="epsilon",
+)
+
+# Default sampling settings of the shapes model, chosen by the evaluation in the model card.
+DEFAULTS = dict(steps=25, cfg=2.0)
+
+
+def clip_config(tokenizer):
+    from transformers import CLIPConfig
+
+    t = text_config(tokenizer).to_dict()
+    vision = dict(
+        hidden_size=96,
+        intermediate_size=384,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=4,
+        num_channels=3,
+    )
+    return CLIPConfig(text_config=t, vision_config=vision, projection_dim=64)
+
+
+def build_unet():
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(**UNET_CONFIG)
+
+
+def build_scheduler():
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(**SCHEDULER_CONFIG)
+
+
+@dataclass
+class ShapesModel:
+    tokenizer: object
+    text_encoder: torch.nn.Module
+    unet: torch.nn.Module
+    scheduler: object
+    clip: torch.nn.Module | None
+    path: Path
+    card: dict
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    if str(name_or_path) == "shapes":
+        return SHIPPED
+    return Path(name_or_path)
+
+
+def is_shapes_folder(path: Path) -> bool:
+    return (path / "steer_shapes.json").is_file()
+
+
+def load(name_or_path: str | Path = "shapes", device: str | torch.device = "cpu", with_clip: bool = True) -> ShapesModel:
+    """Load the shapes model offline from a folder written by `save` (safetensors only)."""
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPModel, CLIPTextModel, PreTrainedTokenizerFast
+
+    path = resolve(name_or_path)
+    if not is_shapes_folder(path):
+        raise FileNotFoundError(
+            f"{path} is not a shapes model folder (no steer_shapes.json); "
+            "train one with `python -m sampler.shapes.train`"
+        )
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(path / "tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", use_safetensors=True).to(device).eval()
+    unet = UNet2DConditionModel.from_pretrained(path / "unet", use_safetensors=True).to(device).eval()
+    scheduler = DDIMScheduler.from_pretrained(path / "scheduler")
+    clip = None
+    if with_clip and (path / "clip").is_dir():
+        clip = CLIPModel.from_pretrained(path / "clip", use_safetensors=True).to(device).eval()
+    for m in (text_encoder, unet, clip):
+        if m is not None:
+            m.requires_grad_(False)
+    card = json.loads((path / "steer_shapes.json").read_text())
+    return ShapesModel(tokenizer, text_encoder, unet, scheduler, clip, path, card)
+
+
+def save(path: Path, tokenizer, text_encoder, unet, scheduler, clip=None, card: dict | None = None, dtype=torch.float32):
+    """Write a shapes model folder (safetensors weights, JSON configs)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(path / "tokenizer")
+    text_encoder.to(dtype).save_pretrained(path / "text_encoder", safe_serialization=True)
+    unet.to(dtype).save_pretrained(path / "unet", safe_serialization=True)
+    scheduler.save_pretrained(path / "scheduler")
+    if clip is not None:
+        clip.to(dtype).save_pretrained(path / "clip", safe_serialization=True)
+    (path / "steer_shapes.json").write_text(json.dumps({"defaults": DEFAULTS, **(card or {})}, indent=2) + "\n")
