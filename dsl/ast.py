@@ -1,0 +1,99 @@
+"""The syntax tree: what was written, with where it was written.
+
+Nodes mirror the grammar (dsl/grammar.lark) one to one and keep their source spans; meaning is
+given to them by dsl/compile.py. Comments are kept on the Script so `steer fmt` never drops them.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+from pydantic import BaseModel, ConfigDict
+
+from energies.program import Span
+
+
+class Node(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    span: Span
+
+
+class Number(Node):
+    value: float
+    text: str
+
+    @property
+    def is_int(self) -> bool:
+        return self.text.lstrip("+-").isdigit()
+
+
+class String(Node):
+    value: str
+
+
+class Name(Node):
+    value: str
+
+
+class Point(Node):
+    x: Number
+    y: Number
+
+
+class TokenRef(Node):
+    word: String
+    occurrence: int = 1
+
+
+class Prop(Node):
+    name: Name  # centroid | size | shape | appearance
+    token: TokenRef
+
+
+Value = Union[Number, String, Point, Prop]
+
+
+class Modifiers(Node):
+    weight: Number | None = None
+    window: tuple[Number, Number] | None = None
+    via: Name | None = None
+
+
+class Setting(Node):
+    name: Name
+    value: Value
+
+
+class Edit(Node):
+    target: Prop
+    op: Name  # -> | += | *=
+    value: Value
+    mods: Modifiers
+
+
+class Keep(Node):
+    what: Union[Prop, Name]
+    mods: Modifiers
+
+
+class DirectionStmt(Node):
+    name: Name
+    mods: Modifiers
+
+
+Statement = Union[Setting, Edit, Keep, DirectionStmt]
+
+
+class Comment(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    line: int
+    text: str  # with the leading '#'
+    trailing: bool  # written after a statement on the same line
+
+
+class Script(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    statements: tuple[Statement, ...]
+    comments: tuple[Comment, ...] = ()
+    file: str = "<script>"
+    source: str = ""

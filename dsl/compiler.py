@@ -1,0 +1,185 @@
+"""Syntax tree -> Program: what each statement means, with every check that needs no model.
+
+Checks that need the model (is this word in the prompt? is there a direction by that name?)
+happen when the program is bound to a backbone (energies/resolve.py), with the same error type
+and the same positions.
+"""
+
+from __future__ import annotations
+
+import math
+
+from energies import program as P
+
+from . import ast
+from .errors import SteerCompileError, did_you_mean
+
+SETTING_TYPES = {"prompt": "string", "negative": "string", "model": "string", "seed": "int", "steps": "int", "cfg": "number"}
+KEEP_NAMES = ("appearance", "layout", "attention")
+
+
+def compile_script(script: ast.Script) -> P.Program:
+    """Give a parsed script its meaning. Raises SteerCompileError pointing at the statement."""
+    try:
+        return _compile(script)
+    except SteerCompileError as e:
+        raise e.with_source(script.source) from None
+
+
+def _compile(script: ast.Script) -> P.Program:
+    settings: dict = {}
+    seen: dict[str, ast.Setting] = {}
+    terms = []
+    for st in script.statements:
+        if isinstance(st, ast.Setting):
+            name = st.name.value
+            if name in seen:
+                raise SteerCompileError(f"{name} is set twice", st.span, hint=f"the first is on line {seen[name].span.line}")
+            seen[name] = st
+            settings[name] = _setting_value(st)
+        elif isinstance(st, ast.Edit):
+            terms.append(_edit(st))
+        elif isinstance(st, ast.Keep):
+            terms.append(_keep(st))
+        elif isinstance(st, ast.DirectionStmt):
+            terms.append(_modified(P.Direction(name=st.name.value), st))
+    return P.Program(settings=P.Settings(**settings), terms=tuple(terms))
+
+
+def _setting_value(st: ast.Setting):
+    name, v = st.name.value, st.value
+    want = SETTING_TYPES[name]
+    if want == "string":
+        if not isinstance(v, ast.String):
+            raise SteerCompileError(f"{name} takes a string", v.span, hint=f'for example: {name} "..."')
+        return v.value
+    if not isinstance(v, ast.Number):
+        raise SteerCompileError(f"{name} takes a number", v.span)
+    if want == "int":
+        if not v.is_int:
+            raise SteerCompileError(f"{name} takes a whole number, got {v.text}", v.span)
+        value = int(v.text)
+        if name == "seed" and not 0 <= value < 2**63:
+            raise SteerCompileError(f"seed must be between 0 and 2^63 - 1, got {v.text}", v.span)
+        if name == "steps" and not 1 <= value <= 1000:
+            raise SteerCompileError(f"steps must be between 1 and 1000, got {v.text}", v.span)
+        return value
+    value = _finite(v)
+    if value < 0:
+        raise SteerCompileError(f"cfg must be >= 0, got {v.text}", v.span, hint="cfg 1 means no classifier-free guidance")
+    return value
+
+
+def _finite(n: ast.Number) -> float:
+    if not math.isfinite(n.value):
+        raise SteerCompileError(f"{n.text} is not a finite number", n.span)
+    return n.value
+
+
+def _token(t: ast.TokenRef) -> P.TokenRef:
+    if not t.word.value.strip():
+        raise SteerCompileError("empty token", t.word.span, hint='name a word of the prompt, like token "circle"')
+    if t.occurrence < 1:
+        raise SteerCompileError("occurrences count from #1", t.span)
+    return P.TokenRef(word=t.word.value, occurrence=t.occurrence, span=t.span)
+
+
+def _point(v, what: str, lo: float, hi: float, example: str) -> tuple[float, float]:
+    if not isinstance(v, ast.Point):
+        raise SteerCompileError(f"{what} needs a point (x, y)", v.span, hint=f"for example: {example}")
+    out = []
+    for n, axis in ((v.x, "x"), (v.y, "y")):
+        value = _finite(n)
+        if not lo <= value <= hi:
+            raise SteerCompileError(
+                f"{axis} = {n.text} is outside [{lo:g}, {hi:g}]", n.span, hint="positions are in image units: (0, 0) top-left, (1, 1) bottom-right"
+            )
+        out.append(value)
+    return (out[0], out[1])
+
+
+def _number(v, what: str, example: str) -> float:
+    if not isinstance(v, ast.Number):
+        raise SteerCompileError(f"{what} needs a number", v.span, hint=f"for example: {example}")
+    return _finite(v)
+
+
+def _edit(st: ast.Edit) -> P.TermBase:
+    prop, op, v = st.target.name.value, st.op.value, st.value
+    tok = _token(st.target.token)
+    src = f'{prop}(token "{tok.word}")'
+    if prop == "centroid" and op == "->":
+        term = P.Move(token=tok, to=_point(v, "moving a centroid", 0, 1, f"{src} -> (0.75, 0.5)"))
+    elif prop == "centroid" and op == "+=":
+        term = P.Shift(token=tok, by=_point(v, "shifting a centroid", -1, 1, f"{src} += (0.25, 0)"))
+    elif prop == "size" and op == "*=":
+        k = _number(v, "scaling a size", f"{src} *= 1.5")
+        if k <= 0:
+            raise SteerCompileError(f"a size can only be scaled by a positive factor, got {v.text}", v.span)
+        term = P.Resize(token=tok, factor=k)
+    elif prop == "size" and op == "->":
+        area = _number(v, "setting a size", f"{src} -> 0.12")
+        if not 0 < area <= 1:
+            raise SteerCompileError(f"an absolute size is a fraction of the image in (0, 1], got {v.text}", v.span)
+        term = P.SizeTo(token=tok, area=area)
+    elif prop in ("shape", "appearance") and op == "->":
+        if not isinstance(v, ast.Prop) or v.name.value != prop:
+            raise SteerCompileError(
+                f"{prop} takes another object's {prop}", v.span, hint=f'for example: {src} -> {prop}(token "other")'
+            )
+        cls = P.ShapeFrom if prop == "shape" else P.AppearanceFrom
+        term = cls(token=tok, other=_token(v.token))
+    else:
+        allowed = {"centroid": "-> (x, y) or += (dx, dy)", "size": "*= k or -> area", "shape": "-> shape(token ...)", "appearance": "-> appearance(token ...)"}
+        raise SteerCompileError(f"{prop} cannot be changed with {op}", st.op.span, hint=f"{prop} takes {allowed[prop]}")
+    return _modified(term, st)
+
+
+def _keep(st: ast.Keep) -> P.TermBase:
+    w = st.what
+    if isinstance(w, ast.Name):
+        if w.value == "appearance":
+            term = P.KeepAppearance()
+        elif w.value == "layout":
+            term = P.KeepShape()
+        elif w.value == "attention":
+            term = P.KeepAttention()
+        else:
+            hint = did_you_mean(w.value, KEEP_NAMES) or "keep takes appearance, layout, attention, shape(token ...) or appearance(token ...)"
+            raise SteerCompileError(f"nothing called {w.value!r} can be kept", w.span, hint=hint)
+    elif w.name.value == "shape":
+        term = P.KeepShape(token=_token(w.token))
+    elif w.name.value == "appearance":
+        term = P.KeepAppearance(token=_token(w.token))
+    else:
+        raise SteerCompileError(
+            f"keep {w.name.value}(...) is not a term", w.name.span, hint="keep takes shape(token ...) or appearance(token ...) for one object"
+        )
+    return _modified(term, st)
+
+
+def _modified(term: P.TermBase, st) -> P.TermBase:
+    m = st.mods
+    update: dict = {"span": st.span}
+    if m.weight is not None:
+        update["weight"] = _finite(m.weight)
+    if m.window is not None:
+        a, b = (_finite(n) for n in m.window)
+        if not 0 <= a < b <= 1:
+            raise SteerCompileError(
+                f"window {m.window[0].text}..{m.window[1].text} is not inside 0..1 with start < end",
+                _span_between(m.window[0], m.window[1]),
+                hint="windows are fractions of sampling: @ 0..0.6 is the first 60% of the steps",
+            )
+        update["window"] = P.Window(start=a, end=b)
+    if m.via is not None:
+        if m.via.value not in P.PLACEMENTS:
+            raise SteerCompileError(
+                f"unknown placement {m.via.value!r}", m.via.span, hint=did_you_mean(m.via.value, P.PLACEMENTS) or "placements: eps, latent, mean"
+            )
+        update["placement"] = m.via.value
+    return term.model_copy(update=update)
+
+
+def _span_between(a: ast.Node, b: ast.Node) -> P.Span:
+    return P.Span(line=a.span.line, col=a.span.col, end_line=b.span.end_line, end_col=b.span.end_col, file=a.span.file)

@@ -1,0 +1,92 @@
+"""The language's errors: one base, a position, a caret, a hint.
+
+Every user mistake, whether found by the parser, the compiler or name resolution against a
+model's tokenizer, is a SteerError. Rendered, it reads like a compiler's:
+
+    edit.edit:2:16: error: token "dog" is not in the prompt
+      centroid(token "dog") -> (0.7, 0.5)
+                     ^~~~~
+    hint: the prompt's words are: a, red, circle, and, blue, square
+
+The structured fields (file, line, col, hint) are there for tools and tests, so nobody has to
+parse the message text.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class SteerError(Exception):
+    """A user mistake with a source position (or none, for Python-built programs)."""
+
+    kind = "error"
+
+    def __init__(self, message: str, span=None, hint: str | None = None, source: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.span = span
+        self.hint = hint
+        self.source = source
+
+    @property
+    def file(self) -> str:
+        return self.span.file if self.span is not None else "<program>"
+
+    @property
+    def line(self) -> int | None:
+        return self.span.line if self.span is not None else None
+
+    @property
+    def col(self) -> int | None:
+        return self.span.col if self.span is not None else None
+
+    def with_source(self, source: str) -> "SteerError":
+        if self.source is None:
+            self.source = source
+        return self
+
+    def render(self) -> str:
+        if self.span is None:
+            head = f"{self.file}: {self.kind}: {self.message}"
+            return head + (f"\nhint: {self.hint}" if self.hint else "")
+        out = [f"{self.span.file}:{self.span.line}:{self.span.col}: {self.kind}: {self.message}"]
+        text = self.source
+        if text is None and Path(self.span.file).is_file():
+            try:
+                text = Path(self.span.file).read_text()
+            except (OSError, UnicodeDecodeError):
+                text = None
+        if text is not None:
+            lines = text.splitlines()
+            if 1 <= self.span.line <= len(lines):
+                src = lines[self.span.line - 1].replace("\t", " ")
+                width = self.span.end_col - self.span.col if self.span.end_line == self.span.line else len(src) - self.span.col + 1
+                width = max(1, width)
+                out.append("  " + src)
+                out.append("  " + " " * (self.span.col - 1) + "^" + "~" * (width - 1))
+        if self.hint:
+            out.append(f"hint: {self.hint}")
+        return "\n".join(out)
+
+    def __str__(self):
+        return self.render()
+
+
+class SteerSyntaxError(SteerError):
+    """The text is not a sentence of the language."""
+
+
+class SteerCompileError(SteerError):
+    """The text parses but does not mean anything: a wrong value, an unknown token or name."""
+
+
+class SteerRuntimeError(SteerError):
+    """Something went wrong while sampling that the script can fix (a non-finite energy)."""
+
+
+def did_you_mean(word: str, choices) -> str | None:
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else None

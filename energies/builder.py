@@ -1,0 +1,88 @@
+"""The Python API: build the same Program as the DSL, one call per construct.
+
+    from energies.builder import token, centroid, size, shape, appearance, keep, direction, settings
+
+    program = settings(prompt="a red circle and a blue square", seed=3) \\
+        + centroid(token("circle")).to(0.75, 0.5) * 2 \\
+        + keep.appearance()
+
+Every builder returns a Term (or Settings); `+` makes a Program and `*` scales a weight.
+`term.at(0, 0.6)` sets a window and `term.via("latent")` a placement, like `@ 0..0.6` and
+`via latent` in a script.
+"""
+
+from __future__ import annotations
+
+from . import program as P
+
+
+def token(word: str, occurrence: int = 1) -> P.TokenRef:
+    return P.TokenRef(word=word, occurrence=occurrence)
+
+
+def _ref(t) -> P.TokenRef:
+    return t if isinstance(t, P.TokenRef) else token(t)
+
+
+class centroid:
+    def __init__(self, tok):
+        self.token = _ref(tok)
+
+    def to(self, x: float, y: float) -> P.Move:
+        return P.Move(token=self.token, to=(float(x), float(y)))
+
+    def by(self, dx: float, dy: float) -> P.Shift:
+        return P.Shift(token=self.token, by=(float(dx), float(dy)))
+
+
+class size:
+    def __init__(self, tok):
+        self.token = _ref(tok)
+
+    def to(self, area: float) -> P.SizeTo:
+        return P.SizeTo(token=self.token, area=float(area))
+
+    def times(self, factor: float) -> P.Resize:
+        return P.Resize(token=self.token, factor=float(factor))
+
+
+class shape:
+    def __init__(self, tok):
+        self.token = _ref(tok)
+
+    def to(self, other: "shape") -> P.ShapeFrom:
+        return P.ShapeFrom(token=self.token, other=other.token)
+
+
+class appearance:
+    def __init__(self, tok):
+        self.token = _ref(tok)
+
+    def to(self, other: "appearance") -> P.AppearanceFrom:
+        return P.AppearanceFrom(token=self.token, other=other.token)
+
+
+class keep:
+    @staticmethod
+    def appearance(tok=None) -> P.KeepAppearance:
+        return P.KeepAppearance(token=None if tok is None else _ref(tok))
+
+    @staticmethod
+    def layout() -> P.KeepShape:
+        return P.KeepShape()
+
+    @staticmethod
+    def shape(tok) -> P.KeepShape:
+        return P.KeepShape(token=_ref(tok))
+
+    @staticmethod
+    def attention() -> P.KeepAttention:
+        return P.KeepAttention()
+
+
+def direction(name: str) -> P.Direction:
+    return P.Direction(name=name)
+
+
+def settings(**kw) -> P.Program:
+    return P.Program(settings=P.Settings(**kw))

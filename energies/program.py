@@ -1,0 +1,226 @@
+"""The Program: what an edit asks for, as data. Both the DSL and the Python builder produce it.
+
+A Program holds the settings (prompt, seed, steps, ...) and a list of Terms. A Term is a frozen
+pydantic model naming its kind, the tokens it reads (symbolically, as written: `token "circle"#2`),
+its parameters, its weight, its time window and its placement. Token references are resolved
+against a backbone's tokenizer only when the program runs (sampler.bind), so a Program is
+model-independent, comparable with ==, and printable back to text (dsl.format).
+
+Positions in the source text (`span`) ride along for error messages but take no part in ==.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PLACEMENTS = ("eps", "latent", "mean")  # reference/methods.md, "Where the guidance term goes"
+
+
+class Span(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    line: int
+    col: int
+    end_line: int
+    end_col: int
+    file: str = "<script>"
+
+
+class Node(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def meaning(self) -> dict:
+        """The node as plain data without source positions: what == compares."""
+        return _strip_spans(self.model_dump())
+
+    def __eq__(self, other):  # spans are where a thing was written, not what it means
+        if type(other) is not type(self):
+            return NotImplemented
+        return self.meaning() == other.meaning()
+
+    def __hash__(self):
+        return hash(repr(self.meaning()))
+
+
+def _strip_spans(x):
+    if isinstance(x, dict):
+        return {k: _strip_spans(v) for k, v in x.items() if k != "span"}
+    if isinstance(x, (list, tuple)):
+        return [_strip_spans(v) for v in x]
+    return x
+
+
+class TokenRef(Node):
+    """`token "word"` or `token "word"#n`: the n-th occurrence of a word (or phrase) of the prompt."""
+
+    word: str
+    occurrence: int = 1
+    span: Span | None = None
+
+
+class Window(Node):
+    """Active while start <= progress < end; progress runs from 0 (pure noise) to 1 (done)."""
+
+    start: float = 0.0
+    end: float = 1.0
+
+
+class TermBase(Node):
+    weight: float = 1.0  # multiplies the term's default weight (energies/defaults.py)
+    window: Window | None = None  # None: the term's default window
+    placement: Literal["eps", "latent", "mean"] | None = None  # None: the term's default
+    span: Span | None = None
+
+    def tokens(self) -> list[TokenRef]:
+        return [v for v in self.__dict__.values() if isinstance(v, TokenRef)]
+
+
+class Move(TermBase):
+    """centroid(token) -> (x, y)"""
+
+    kind: Literal["move"] = "move"
+    token: TokenRef
+    to: tuple[float, float]
+
+
+class Shift(TermBase):
+    """centroid(token) += (dx, dy): relative to where the object is in the source."""
+
+    kind: Literal["shift"] = "shift"
+    token: TokenRef
+    by: tuple[float, float]
+
+
+class Resize(TermBase):
+    """size(token) *= k"""
+
+    kind: Literal["resize"] = "resize"
+    token: TokenRef
+    factor: float
+
+
+class SizeTo(TermBase):
+    """size(token) -> area (fraction of the image)"""
+
+    kind: Literal["size_to"] = "size_to"
+    token: TokenRef
+    area: float
+
+
+class ShapeFrom(TermBase):
+    """shape(token) -> shape(other)"""
+
+    kind: Literal["shape_from"] = "shape_from"
+    token: TokenRef
+    other: TokenRef
+
+
+class AppearanceFrom(TermBase):
+    """appearance(token) -> appearance(other)"""
+
+    kind: Literal["appearance_from"] = "appearance_from"
+    token: TokenRef
+    other: TokenRef
+
+
+class KeepAppearance(TermBase):
+    """keep appearance (every object) or keep appearance(token)"""
+
+    kind: Literal["keep_appearance"] = "keep_appearance"
+    token: TokenRef | None = None
+
+
+class KeepShape(TermBase):
+    """keep layout (every object's silhouette) or keep shape(token)"""
+
+    kind: Literal["keep_shape"] = "keep_shape"
+    token: TokenRef | None = None
+
+
+class KeepAttention(TermBase):
+    """keep attention: Pix2Pix-Zero cross-attention guidance towards the source maps."""
+
+    kind: Literal["keep_attention"] = "keep_attention"
+
+
+class Direction(TermBase):
+    """direction NAME * s: a learned direction (h-space or noise space), found by name."""
+
+    kind: Literal["direction"] = "direction"
+    name: str
+
+
+Term = Annotated[
+    Union[Move, Shift, Resize, SizeTo, ShapeFrom, AppearanceFrom, KeepAppearance, KeepShape, KeepAttention, Direction],
+    Field(discriminator="kind"),
+]
+
+
+class Settings(Node):
+    prompt: str | None = None
+    negative: str | None = None
+    seed: int | None = None
+    steps: int | None = None
+    cfg: float | None = None
+    model: str | None = None
+
+
+class Program(Node):
+    """Settings plus terms. `a + b` concatenates terms; settings of `b` win where set."""
+
+    settings: Settings = Settings()
+    terms: tuple[Term, ...] = ()
+
+    def __add__(self, other):
+        other = as_program(other)
+        merged = {**self.settings.model_dump(exclude_none=True), **other.settings.model_dump(exclude_none=True)}
+        return Program(settings=Settings(**merged), terms=self.terms + other.terms)
+
+    def __radd__(self, other):
+        return as_program(other) + self
+
+    def with_settings(self, **kw) -> "Program":
+        merged = {**self.settings.model_dump(exclude_none=True), **{k: v for k, v in kw.items() if v is not None}}
+        return Program(settings=Settings(**merged), terms=self.terms)
+
+    def __str__(self):
+        from dsl.printer import format as fmt
+
+        return fmt(self)
+
+
+def as_program(x) -> Program:
+    if isinstance(x, Program):
+        return x
+    if isinstance(x, TermBase):
+        return Program(terms=(x,))
+    if isinstance(x, Settings):
+        return Program(settings=x)
+    raise TypeError(f"cannot add {type(x).__name__} to a Program")
+
+
+# Terms compose with + and take weights with *, so Python reads like the DSL:
+#     centroid(token("circle")).to(0.75, 0.5) * 2 + keep.appearance()
+def _mul(self, w: float):
+    return self.model_copy(update={"weight": self.weight * float(w)})
+
+
+def _at(self, start: float, end: float):
+    """Restrict the term to a window of sampling progress, like `@ start..end` in the DSL."""
+    return self.model_copy(update={"window": Window(start=start, end=end)})
+
+
+def _via(self, placement: str):
+    """Override where the term acts: "eps", "latent" or "mean", like `via eps` in the DSL."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"`placement` must be one of {PLACEMENTS}, got {placement!r}")
+    return self.model_copy(update={"placement": placement})
+
+
+TermBase.at = _at
+TermBase.via = _via
+TermBase.__mul__ = _mul
+TermBase.__rmul__ = _mul
+TermBase.__add__ = lambda self, other: as_program(self) + other
+TermBase.__radd__ = lambda self, other: as_program(other) + self
