@@ -1,0 +1,231 @@
+"""The `steer` command line (also `python -m dsl`): run, check, fmt, repl, bench.
+
+A user's mistake prints `file:line:col: error: message`, the line with a caret and a hint, and
+exits with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .errors import SteerError
+
+EXIT_USER_ERROR = 2
+
+
+class UsageError(Exception):
+    """A mistake in the command line itself (a missing file, a bad path)."""
+
+
+def _read_script(path: str) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"cannot read {path}: no such file")
+    try:
+        return p.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read {path}: {e}") from None
+
+
+def _compile_file(path: str):
+    import dsl
+
+    text = _read_script(path)
+    return dsl.compile(dsl.parse(text, path)), text
+
+
+NO_PROMPT_HINT = 'add a line like: prompt "a red circle and a blue square"'
+
+
+def located(e: SteerError, path: str, text: str) -> SteerError:
+    """Give an error without a position (a missing prompt) the script's first line."""
+    from energies.program import Span
+
+    if e.span is None:
+        e.span = Span(line=1, col=1, end_line=1, end_col=2, file=path)
+    return e.with_source(text)
+
+
+def _with_overrides(program, args):
+    return program.with_settings(seed=args.seed, steps=args.steps, model=args.model)
+
+
+def _is_steer_output(path: Path) -> bool:
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return "steer:program" in getattr(im, "text", {})
+    except Exception:
+        return False
+
+
+def default_output(script: Path) -> Path:
+    """<script>.png next to the script; if that name is taken by a file steer did not write,
+    <script>-2.png, -3, ... so a user's own image is never overwritten."""
+    out = script.with_suffix(".png")
+    n = 2
+    while out.exists() and not _is_steer_output(out):
+        out = script.with_name(f"{script.stem}-{n}.png")
+        n += 1
+    return out
+
+
+def cmd_run(args) -> int:
+    from sampler.editor import Editor
+
+    program, text = _compile_file(args.script)
+    program = _with_overrides(program, args)
+    script = Path(args.script)
+    out = Path(args.output) if args.output else default_output(script)
+    inputs = {script.resolve()}
+    for p in (out, Path(args.source_out) if args.source_out else None):
+        if p is not None and p.resolve() in inputs:
+            raise UsageError(f"refusing to write {p}: it is an input of this run")
+    editor = Editor(program.settings.model, device=args.device)
+    try:
+        result = editor.run(program, progress=not args.quiet, script_dir=script.parent)
+    except SteerError as e:
+        raise located(e, args.script, text)
+    result.save(out, args.source_out)
+    print(f"wrote {out}" + (f" and {args.source_out}" if args.source_out else ""))
+    return 0
+
+
+def cmd_check(args) -> int:
+    from energies import directions
+    from energies.terms import bind
+    from sampler.backbones import load_tokenizer
+    from sampler.shapes import model as shapes_model
+
+    status = 0
+    for path in args.scripts:
+        try:
+            program, text = _compile_file(path)
+            program = program.with_settings(model=args.model)
+            if not program.settings.prompt:
+                raise located(SteerError("the script has no prompt", hint=NO_PROMPT_HINT), path, text)
+            model = program.settings.model or "shapes"
+            tokenizer = load_tokenizer(model)
+            model_dir = shapes_model.resolve(model)
+            try:
+                bind(program, program.settings.prompt, tokenizer, directions.search_path(Path(path).parent, model_dir))
+            except SteerError as e:
+                raise located(e, path, text)
+            print(f"{path}: ok ({len(program.terms)} term{'s' * (len(program.terms) != 1)})")
+        except SteerError as e:
+            print(e.render(), file=sys.stderr)
+            status = EXIT_USER_ERROR
+    return status
+
+
+def cmd_fmt(args) -> int:
+    import dsl
+
+    from .printer import format_script
+
+    status = 0
+    for path in args.scripts:
+        text = _read_script(path)
+        try:
+            out = format_script(dsl.parse(text, path))
+        except SteerError as e:
+            print(e.render(), file=sys.stderr)
+            status = EXIT_USER_ERROR
+            continue
+        if args.check:
+            if out != text:
+                print(f"{path}: would reformat", file=sys.stderr)
+                status = status or 1
+        elif args.write:
+            if out != text:
+                _atomic_write_text(Path(path), out)
+                print(f"reformatted {path}", file=sys.stderr)
+        else:
+            sys.stdout.write(out)
+    return status
+
+
+def _atomic_write_text(path: Path, text: str):
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def cmd_repl(args) -> int:
+    from .repl import Repl
+
+    return Repl(args.script, model=args.model, device=args.device).loop()
+
+
+def cmd_bench(args) -> int:
+    from sampler.bench import main as bench_main
+
+    return bench_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="steer", description="steer: a guidance-energy composition language for diffusion image editing")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run an .edit script and write the edited image")
+    r.add_argument("script")
+    r.add_argument("-o", "--output", help="edited image (default: SCRIPT.png next to the script)")
+    r.add_argument("--source-out", help="also write the unedited source image of the same seed")
+    r.add_argument("--seed", type=int)
+    r.add_argument("--steps", type=int)
+    r.add_argument("--model", help='"shapes" (default), a shapes model folder, or a Stable Diffusion model id / folder')
+    r.add_argument("--device", default="cpu")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("check", help="compile scripts against the model's tokenizer; exit 2 on the first mistake in each")
+    c.add_argument("scripts", nargs="+")
+    c.add_argument("--model")
+    c.set_defaults(func=cmd_check)
+
+    f = sub.add_parser("fmt", help="print scripts in canonical form (comments kept)")
+    f.add_argument("scripts", nargs="+")
+    g = f.add_mutually_exclusive_group()
+    g.add_argument("--check", action="store_true", help="exit 1 if a script is not in canonical form")
+    g.add_argument("-w", "--write", action="store_true", help="rewrite the files in place (atomically)")
+    f.set_defaults(func=cmd_fmt)
+
+    rp = sub.add_parser("repl", help="edit interactively; re-runs reuse the model and the source pass")
+    rp.add_argument("script", nargs="?")
+    rp.add_argument("--model")
+    rp.add_argument("--device", default="cpu")
+    rp.set_defaults(func=cmd_repl)
+
+    b = sub.add_parser("bench", help="measure edit quality and cost on the shapes world")
+    b.add_argument("--quick", action="store_true", help="a smoke run: few seeds and steps")
+    b.add_argument("--seeds", type=int)
+    b.add_argument("--out", default="bench-out")
+    b.add_argument("--model", default="shapes")
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SteerError as e:
+        print(e.render(), file=sys.stderr)
+        return EXIT_USER_ERROR
+    except (UsageError, FileNotFoundError) as e:
+        print(f"steer: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("steer: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""`steer repl`: add, remove and reweight statements, and re-run without reloading anything.
+
+The model is loaded once and the source pass (the unedited trajectory) is cached by the Editor,
+so a re-run after a weight change costs only the edit pass. Lines in the language are added to
+the program (settings replace the previous value); lines starting with ':' are commands.
+History and tab completion of keywords and prompt words use the standard readline module.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from .errors import SteerError
+
+HELP = """\
+Type statements of the language to add them, e.g.
+    centroid(token "circle") -> (0.75, 0.5)
+    keep appearance; size(token "square") *= 1.5
+Settings (prompt, seed, steps, cfg, negative) replace the current value.
+Commands:
+    :run               run the program now (also after every change while :auto is on)
+    :list              the program, numbered
+    :rm N              remove term N
+    :weight N W        set the weight of term N to W
+    :window N A B      set the window of term N to A..B
+    :clear             remove every term
+    :auto on|off       re-run after every change (default on)
+    :out PATH          where images go (default repl.png and repl-source.png)
+    :save PATH         write the program as an .edit script (never over an existing file)
+    :help              this text
+    :quit              leave (also Ctrl-D)"""
+
+COMMANDS = (":run", ":list", ":rm", ":weight", ":window", ":clear", ":auto", ":out", ":save", ":help", ":quit")
+KEYWORDS = ("prompt", "negative", "seed", "steps", "cfg", "centroid", "size", "shape", "appearance", "keep", "direction", "token",
+            "layout", "attention", "via")
+
+
+class Repl:
+    def __init__(self, script: str | None = None, model: str | None = None, device: str = "cpu", out: str = "repl.png"):
+        from energies.program import Program
+
+        self.program = Program()
+        self.model = model
+        self.device = device
+        self.out = Path(out)
+        self.auto = True
+        self.editor = None
+        self.script_dir = Path(script).parent if script else Path.cwd()
+        if script:
+            import dsl
+
+            self.program = dsl.compile(dsl.parse(Path(script).read_text(), script))
+        if model:
+            self.program = self.program.with_settings(model=model)
+
+    # -- the program ---------------------------------------------------------------------------
+
+    def add(self, text: str):
+        import dsl
+        from energies.program import Program
+
+        new = dsl.compile(dsl.parse(text, "<repl>"))
+        self.program = self.program + Program(settings=new.settings, terms=new.terms)
+
+    def listing(self) -> str:
+        from .printer import SETTING_ORDER, setting, term
+
+        s = self.program.settings
+        lines = [setting(k, getattr(s, k)) for k in SETTING_ORDER if getattr(s, k) is not None]
+        lines += [f"[{i}] {term(t)}" for i, t in enumerate(self.program.terms, 1)]
+        return "\n".join(lines) or "(empty program)"
+
+    def _term_index(self, n: str) -> int:
+        i = int(n) - 1
+        if not 0 <= i < len(self.program.terms):
+            raise ValueError(f"no term {n}; :list shows them")
+        return i
+
+    def _replace(self, i: int, **update):
+        terms = list(self.program.terms)
+        terms[i] = terms[i].model_copy(update=update)
+        self.program = self.program.model_copy(update={"terms": tuple(terms)})
+
+    # -- running -------------------------------------------------------------------------------
+
+    def run(self):
+        from sampler.editor import Editor
+
+        if self.editor is None:
+            print("loading the model ...")
+            self.editor = Editor(self.program.settings.model, device=self.device)
+        t0 = time.perf_counter()
+        result = self.editor.run(self.program, script_dir=self.script_dir)
+        source_out = self.out.with_name(self.out.stem + "-source.png")
+        result.save(self.out, source_out)
+        summary = ", ".join(f"{k}: {v[-1][1]:.3g}" for k, v in result.energies.items() if v)
+        print(f"wrote {self.out} and {source_out} in {time.perf_counter() - t0:.1f}s" + (f"  (final energies: {summary})" if summary else ""))
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def command(self, line: str) -> bool:
+        """Run one ':' command; False means quit."""
+        from energies.program import Window
+
+        from .printer import format as fmt
+
+        words = shlex.split(line)
+        cmd, rest = words[0], words[1:]
+        changed = False
+        if cmd in (":quit", ":q", ":exit"):
+            return False
+        if cmd == ":help":
+            print(HELP)
+        elif cmd == ":list":
+            print(self.listing())
+        elif cmd == ":run":
+            self.run()
+        elif cmd == ":rm" and len(rest) == 1:
+            i = self._term_index(rest[0])
+            self.program = self.program.model_copy(update={"terms": self.program.terms[:i] + self.program.terms[i + 1 :]})
+            changed = True
+        elif cmd == ":weight" and len(rest) == 2:
+            self._replace(self._term_index(rest[0]), weight=float(rest[1]))
+            changed = True
+        elif cmd == ":window" and len(rest) == 3:
+            self._replace(self._term_index(rest[0]), window=Window(start=float(rest[1]), end=float(rest[2])))
+            changed = True
+        elif cmd == ":clear":
+            self.program = self.program.model_copy(update={"terms": ()})
+            changed = True
+        elif cmd == ":auto" and rest in (["on"], ["off"]):
+            self.auto = rest[0] == "on"
+        elif cmd == ":out" and len(rest) == 1:
+            self.out = Path(rest[0])
+        elif cmd == ":save" and len(rest) == 1:
+            path = Path(rest[0])
+            if path.exists():
+                raise ValueError(f"{path} exists; choose another name")
+            path.write_text(fmt(self.program))
+            print(f"wrote {path}")
+        else:
+            raise ValueError(f"unknown command {line!r}; :help lists them")
+        if changed:
+            print(self.listing())
+            if self.auto and self.program.settings.prompt:
+                self.run()
+        return True
+
+    def handle(self, line: str) -> bool:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            return True
+        if line.startswith(":"):
+            return self.command(line)
+        self.add(line)
+        if self.auto and self.program.settings.prompt and self.program.terms:
+            self.run()
+        return True
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _completer(self):
+        from energies.resolve import prompt_words
+
+        def complete(text, state):
+            words = list(COMMANDS) + list(KEYWORDS)
+            if self.program.settings.prompt:
+                words += [f'"{w}"' for w, _, _ in prompt_words(self.program.settings.prompt)]
+            matches = [w for w in words if w.startswith(text)]
+            return matches[state] if state < len(matches) else None
+
+        return complete
+
+    def _setup_readline(self):
+        try:
+            import readline
+        except ImportError:  # pragma: no cover - Windows without pyreadline
+            return None
+        history = Path.home() / ".steer_history"
+        try:
+            readline.read_history_file(history)
+        except OSError:
+            pass
+        readline.set_completer(self._completer())
+        readline.set_completer_delims(" \t()")
+        readline.parse_and_bind("tab: complete")
+        return lambda: _save_history(readline, history)
+
+    def loop(self) -> int:
+        interactive = sys.stdin.isatty()
+        save_history = self._setup_readline() if interactive else None
+        if interactive:
+            print("steer repl: statements add to the program, :help lists commands, Ctrl-D leaves")
+            print(self.listing())
+        try:
+            while True:
+                try:
+                    line = input("steer> " if interactive else "")
+                except EOFError:
+                    break
+                try:
+                    if not self.handle(line):
+                        break
+                except SteerError as e:
+                    print(e.render(), file=sys.stderr)
+                except (ValueError, OSError) as e:
+                    print(f"error: {e}", file=sys.stderr)
+                except KeyboardInterrupt:
+                    print("interrupted", file=sys.stderr)
+        finally:
+            if save_history:
+                save_history()
+        return 0
+
+
+def _save_history(readline, path: Path):
+    try:
+        readline.set_history_length(1000)
+        readline.write_history_file(path)
+    except OSError:
+        pass

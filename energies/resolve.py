@@ -1,0 +1,101 @@
+"""Name resolution: token references against a tokenizer and a prompt, directions against folders.
+
+This is the part of compilation that needs the model (its tokenizer), so `steer check` runs it
+too. Errors are SteerCompileErrors at the reference's position.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from dsl.errors import SteerCompileError, did_you_mean
+
+from .defaults import STOPWORDS
+from .program import TokenRef
+
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?", re.UNICODE)
+
+
+def _q(word: str) -> str:
+    from dsl.printer import string
+
+    return string(word)
+
+
+def prompt_words(prompt: str) -> list[tuple[str, int, int]]:
+    """(word, start, end) for each word of the prompt, lower-cased."""
+    return [(m.group().lower(), m.start(), m.end()) for m in _WORD.finditer(prompt)]
+
+
+def _char_to_tokens(prompt: str, tokenizer) -> list[tuple[int, int]]:
+    """Character span of every token position of the encoded prompt ((0, 0) for special tokens)."""
+    enc = tokenizer(prompt, return_offsets_mapping=True, truncation=True, max_length=tokenizer.model_max_length)
+    return [tuple(o) for o in enc["offset_mapping"]]
+
+
+def _tokens_in(offsets, start: int, end: int) -> list[int]:
+    return [i for i, (s, e) in enumerate(offsets) if e > s and s < end and e > start]
+
+
+def token_indices(ref: TokenRef, prompt: str, tokenizer) -> list[int]:
+    """Positions in the encoded prompt of the `ref.occurrence`-th occurrence of ref.word (a word or
+    a phrase). A word split into several sub-word tokens gives all of them."""
+    words = prompt_words(prompt)
+    wanted = [w for w, _, _ in prompt_words(ref.word)]
+    listing = ", ".join(dict.fromkeys(w for w, _, _ in words)) or "(the prompt is empty)"
+    if not wanted:
+        raise SteerCompileError(f"token {_q(ref.word)} has no word in it", ref.span, hint=f"the prompt's words are: {listing}")
+    starts = [i for i in range(len(words) - len(wanted) + 1) if [w for w, _, _ in words[i : i + len(wanted)]] == wanted]
+    if not starts:
+        hint = did_you_mean(ref.word.lower(), [w for w, _, _ in words])
+        raise SteerCompileError(
+            f"token {_q(ref.word)} is not in the prompt",
+            ref.span,
+            hint=(hint + "; " if hint else "") + f"the prompt's words are: {listing}",
+        )
+    if ref.occurrence > len(starts):
+        raise SteerCompileError(
+            f"token {_q(ref.word)}#{ref.occurrence}: the prompt has only {len(starts)} occurrence{'s' * (len(starts) > 1)}",
+            ref.span,
+            hint=f'use #1 to #{len(starts)}' if len(starts) > 1 else f'drop the "#{ref.occurrence}"',
+        )
+    i = starts[ref.occurrence - 1]
+    start, end = words[i][1], words[i + len(wanted) - 1][2]
+    indices = _tokens_in(_char_to_tokens(prompt, tokenizer), start, end)
+    if not indices:
+        raise SteerCompileError(
+            f"token {_q(ref.word)} falls beyond the model's {tokenizer.model_max_length}-token limit", ref.span, hint="shorten the prompt"
+        )
+    return indices
+
+
+@dataclass(frozen=True)
+class PromptObject:
+    """A noun phrase of the prompt ("red circle"): what "every object" terms act on."""
+
+    words: str
+    head: tuple[int, ...]  # token positions of its last word, whose map stands for the object
+    tokens: tuple[int, ...]  # token positions of the whole phrase
+
+
+def prompt_objects(prompt: str, tokenizer) -> list[PromptObject]:
+    """Runs of words between stop words and punctuation; the last word of each is its head."""
+    offsets = _char_to_tokens(prompt, tokenizer)
+    phrases: list[list[tuple[str, int, int]]] = [[]]
+    prev_end = 0
+    for w, s, e in prompt_words(prompt):
+        if w in STOPWORDS or re.search(r"[,;.:!?]", prompt[prev_end:s]):
+            phrases.append([])
+        if w not in STOPWORDS:
+            phrases[-1].append((w, s, e))
+        prev_end = e
+    out = []
+    for ph in phrases:
+        if not ph:
+            continue
+        head = _tokens_in(offsets, ph[-1][1], ph[-1][2])
+        toks = _tokens_in(offsets, ph[0][1], ph[-1][2])
+        if head:
+            out.append(PromptObject(" ".join(w for w, _, _ in ph), tuple(head), tuple(toks)))
+    return out

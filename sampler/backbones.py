@@ -1,0 +1,183 @@
+"""Backbones: one interface over the shapes model and diffusers Stable Diffusion pipelines.
+
+Like k-diffusion's external.py, each wrapper hides a model family behind the few calls the
+sampler makes: encode a prompt, predict epsilon, decode a latent to an image. The sampler never
+touches a pipeline. Prediction types other than epsilon are converted here, once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from energies.defaults import BACKBONES, BackboneDefaults
+
+
+def quiet_loading():
+    """Loading a few-MB model should not print progress bars and advice about accelerate."""
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+
+
+@dataclass
+class Conditioning:
+    cond: torch.Tensor  # (1, T, D) prompt embedding
+    uncond: torch.Tensor  # (1, T, D) negative / empty prompt embedding
+    added: dict = field(default_factory=dict)  # SDXL's added_cond_kwargs (cond half)
+    added_uncond: dict = field(default_factory=dict)
+
+
+class Backbone:
+    kind: str  # "shapes" | "sd" | "sdxl": picks the defaults in energies/defaults.py
+    name: str
+    tokenizer: object
+    unet: torch.nn.Module
+    scheduler: object
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def defaults(self) -> BackboneDefaults:
+        return BACKBONES[self.kind]
+
+    def latent_shape(self) -> tuple[int, int, int]:
+        raise NotImplementedError
+
+    def encode_prompt(self, prompt: str, negative: str | None = None) -> Conditioning:
+        raise NotImplementedError
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent -> image (B, 3, H, W) in [0, 1]."""
+        raise NotImplementedError
+
+    def alphas_cumprod(self) -> torch.Tensor:
+        return self.scheduler.alphas_cumprod.to(torch.float32)
+
+    def eps(self, z: torch.Tensor, t: int, context: torch.Tensor, added: dict | None = None) -> torch.Tensor:
+        """Epsilon prediction at timestep t, whatever the model's own prediction type."""
+        out = self.unet(z.to(self.dtype), t, encoder_hidden_states=context, added_cond_kwargs=added or None).sample.float()
+        kind = self.scheduler.config.prediction_type
+        if kind == "epsilon":
+            return out
+        a = self.alphas_cumprod()[t].to(z.device)
+        if kind == "v_prediction":  # v = sqrt(a) eps - sqrt(1 - a) x0  =>  eps = sqrt(a) v + sqrt(1 - a) z
+            return a.sqrt() * out + (1 - a).sqrt() * z.float()
+        if kind == "sample":
+            return (z.float() - a.sqrt() * out) / (1 - a).sqrt()
+        raise ValueError(f"unsupported prediction_type {kind!r}")
+
+    def timesteps(self, steps: int) -> list[int]:
+        self.scheduler.set_timesteps(steps)
+        return [int(t) for t in self.scheduler.timesteps]
+
+    def token_ids(self, prompt: str) -> list[int]:
+        return self.tokenizer(prompt, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True).input_ids
+
+
+class ShapesBackbone(Backbone):
+    """The shipped shapes model: pixel space, the latent is the image in [-1, 1]."""
+
+    kind = "shapes"
+
+    def __init__(self, name_or_path="shapes", device="cpu"):
+        from .shapes import model as shapes_model
+
+        m = shapes_model.load(name_or_path, device=device)
+        self.model = m
+        self.name = str(name_or_path)
+        self.tokenizer, self.text_encoder, self.unet, self.scheduler = m.tokenizer, m.text_encoder, m.unet, m.scheduler
+        self.clip = m.clip
+        self.device = torch.device(device)
+        self.dtype = torch.float32
+        self.sampling_defaults = m.card.get("defaults", {})
+
+    def latent_shape(self):
+        s = self.unet.config.sample_size
+        return (self.unet.config.in_channels, s, s)
+
+    @torch.no_grad()
+    def _embed(self, text: str) -> torch.Tensor:
+        ids = torch.tensor([self.token_ids(text)], device=self.device)
+        return self.text_encoder(ids).last_hidden_state
+
+    def encode_prompt(self, prompt, negative=None):
+        return Conditioning(cond=self._embed(prompt), uncond=self._embed(negative or ""))
+
+    def decode(self, z):
+        return ((z.float() + 1) / 2).clamp(0, 1)
+
+
+class StableDiffusionBackbone(Backbone):
+    """A diffusers StableDiffusionPipeline (1.x, 2.x; epsilon or v-prediction): latent space."""
+
+    kind = "sd"
+
+    def __init__(self, pipe, name: str = "stable-diffusion"):
+        from diffusers import DDIMScheduler
+
+        self.pipe = pipe
+        self.name = name
+        self.tokenizer, self.text_encoder, self.unet, self.vae = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae
+        self.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        self.device = self.unet.device
+        self.dtype = self.unet.dtype
+        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.sampling_defaults = {"steps": 50, "cfg": 7.5}
+        for m in (self.text_encoder, self.unet, self.vae):
+            m.requires_grad_(False)
+
+    @classmethod
+    def from_pretrained(cls, model_id_or_path: str, device="cpu", dtype=torch.float32):
+        """Load by Hugging Face model id or local folder (needs the hub or a local copy)."""
+        from diffusers import StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline.from_pretrained(model_id_or_path, dtype=dtype, safety_checker=None, requires_safety_checker=False)
+        return cls(pipe.to(device), name=str(model_id_or_path))
+
+    def latent_shape(self):
+        s = self.unet.config.sample_size
+        return (self.unet.config.in_channels, s, s)
+
+    @torch.no_grad()
+    def _embed(self, text: str) -> torch.Tensor:
+        ids = torch.tensor([self.token_ids(text)], device=self.device)
+        return self.text_encoder(ids)[0]
+
+    def encode_prompt(self, prompt, negative=None):
+        return Conditioning(cond=self._embed(prompt), uncond=self._embed(negative or ""))
+
+    def decode(self, z):
+        x = self.vae.decode(z.to(self.vae.dtype) / self.vae.config.scaling_factor).sample.float()
+        return ((x + 1) / 2).clamp(0, 1)
+
+
+def load_backbone(model: str | None = None, device: str = "cpu") -> Backbone:
+    """"shapes" (default), a shapes model folder, or a Stable Diffusion model id / folder."""
+    from .shapes import model as shapes_model
+
+    quiet_loading()
+    model = model or "shapes"
+    path = shapes_model.resolve(model)
+    if model == "shapes" or shapes_model.is_shapes_folder(Path(path)):
+        return ShapesBackbone(model, device=device)
+    return StableDiffusionBackbone.from_pretrained(model, device=device)
+
+
+def load_tokenizer(model: str | None = None):
+    """Just the tokenizer of a model, for `steer check` (no weights are loaded)."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from .shapes import model as shapes_model
+
+    model = model or "shapes"
+    path = shapes_model.resolve(model)
+    if model == "shapes" or shapes_model.is_shapes_folder(Path(path)):
+        return PreTrainedTokenizerFast.from_pretrained(Path(path) / "tokenizer")
+    return AutoTokenizer.from_pretrained(model, subfolder="tokenizer")

@@ -1,0 +1,258 @@
+"""The Editor: run a Program on a backbone, reusing the source pass across runs.
+
+    editor = Editor("shapes")
+    result = editor.run(dsl.load("examples/move_circle.edit"))
+    result.save("out.png")
+
+A run has two passes over the same timesteps from the same initial noise:
+  1. the source pass: plain classifier-free-guided DDIM from (prompt, seed), recording at every
+     step the conditional cross-attention maps and decoder features that terms compare against.
+     It is cached by (prompt, negative, seed, steps, cfg), so re-running after a weight change
+     (the REPL) costs only the edit pass;
+  2. the edit pass: the same loop with a guide that, at each step, runs one conditional forward
+     with only the probes the active terms need, sums their energies and takes the gradient with
+     respect to the latent (torch.autograd.grad; model weights stay frozen).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dsl.errors import SteerCompileError, SteerRuntimeError
+from energies import directions
+from energies import program as P
+from energies.terms import ENERGIES, BoundTerm, Features, bind
+
+from .backbones import Backbone, load_backbone
+from .guided import Guidance, sample_ddim
+from .probes import ProbeStore, cross_attention_layers, probing
+
+DEFAULT_SEED = 0
+
+
+@dataclass
+class SourcePass:
+    key: tuple
+    noise: torch.Tensor  # z_T
+    latents: list[torch.Tensor]  # z_t at each step
+    features: list[Features]  # what the probes saw at each step (conditional half)
+    final: torch.Tensor  # z_0
+    image: np.ndarray  # (H, W, 3) float in [0, 1]
+
+
+@dataclass
+class EditResult:
+    image: np.ndarray  # (H, W, 3) float in [0, 1]
+    source_image: np.ndarray
+    latent: torch.Tensor
+    program: P.Program  # the program as run, settings filled in
+    model: str
+    energies: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # term -> (step, energy)
+    maps: dict[str, np.ndarray] = field(default_factory=dict)  # word -> last edit-step attention map
+
+    def save(self, path, source_path=None):
+        """Write the edited image (and the source) as PNG, atomically, with the program in it."""
+        write_png(self.image, path, self.record())
+        if source_path is not None:
+            write_png(self.source_image, source_path, {**self.record(), "steer:image": "source"})
+
+    def record(self) -> dict:
+        from dsl.printer import format as fmt
+
+        return {"steer:program": fmt(self.program), "steer:model": self.model, "steer:seed": str(self.program.settings.seed)}
+
+
+def to_pil(image: np.ndarray):
+    from PIL import Image
+
+    return Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8))
+
+
+def write_png(image: np.ndarray, path, text: dict | None = None):
+    """Write atomically: a temporary file in the same folder, then a rename."""
+    from PIL.PngImagePlugin import PngInfo
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = PngInfo()
+    for k, v in (text or {}).items():
+        info.add_text(k, v)
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent, prefix=f".{path.stem}-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            to_pil(image).save(f, format="PNG", pnginfo=info)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Editor:
+    def __init__(self, backbone: Backbone | str | None = None, device: str = "cpu"):
+        self.backbone = backbone if isinstance(backbone, Backbone) else load_backbone(backbone, device=device)
+        self._sources: dict[tuple, SourcePass] = {}
+        b = self.backbone
+        self.attn_layers = cross_attention_layers(b.unet, b.defaults.attn_layers)
+        if not self.attn_layers:
+            raise ValueError(f"no cross-attention layer under {b.defaults.attn_layers} in this UNet")
+        self.feature_module = b.defaults.appearance_features
+        b.unet.get_submodule(self.feature_module)  # fail early if the layout is not what we expect
+
+    # ------------------------------------------------------------------------------------------
+
+    def settings(self, program: P.Program) -> P.Settings:
+        """The program's settings with the model's defaults filled in."""
+        s = program.settings
+        if not s.prompt:
+            raise SteerCompileError("the script has no prompt", None, hint='add a line like: prompt "a red circle and a blue square"')
+        d = self.backbone.sampling_defaults
+        return P.Settings(
+            prompt=s.prompt,
+            negative=s.negative,
+            seed=DEFAULT_SEED if s.seed is None else s.seed,
+            steps=s.steps or d.get("steps", 50),
+            cfg=d.get("cfg", 7.5) if s.cfg is None else s.cfg,
+            model=s.model or self.backbone.name,
+        )
+
+    def bind(self, program: P.Program, script_dir=None) -> list[BoundTerm]:
+        """Resolve tokens and directions against this model (the model-dependent half of compiling)."""
+        s = self.settings(program)
+        model_dir = getattr(getattr(self.backbone, "model", None), "path", None)
+        return bind(program, s.prompt, self.backbone.tokenizer, directions.search_path(script_dir, model_dir))
+
+    def _noise(self, seed: int) -> torch.Tensor:
+        g = torch.Generator("cpu").manual_seed(seed)
+        return torch.randn((1, *self.backbone.latent_shape()), generator=g).to(self.backbone.device)
+
+    def _denoiser(self, cond, cfg: float, record: list | None = None):
+        b = self.backbone
+        hw = b.latent_shape()[1:]
+
+        def denoise(i, t, z, eps_cond=None):
+            if eps_cond is not None:
+                eps_c = eps_cond
+                eps_u = b.eps(z, t, cond.uncond) if cfg != 1 else eps_c
+            elif record is not None:  # source pass: probe the conditional half of the batch
+                store = ProbeStore(hw, cond=slice(1, 2), detach=True)
+                with probing(b.unet, store, self.attn_layers, [self.feature_module]):
+                    eps_u, eps_c = b.eps(torch.cat([z, z]), t, torch.cat([cond.uncond, cond.cond])).chunk(2)
+                record.append(self._features(store, detach=True))
+            elif cfg == 1:
+                eps_u = eps_c = b.eps(z, t, cond.cond)
+            else:
+                eps_u, eps_c = b.eps(torch.cat([z, z]), t, torch.cat([cond.uncond, cond.cond])).chunk(2)
+            return eps_u + cfg * (eps_c - eps_u)
+
+        return denoise
+
+    def _features(self, store: ProbeStore, detach=False) -> Features:
+        res = self.backbone.defaults.map_res
+        maps = store.token_maps(res)[0]
+        feats = store.features.get(self.feature_module)
+        layers = [a[0] for a in store.attn.values()]
+        if detach:  # the source pass is kept for many runs: keep it small
+            maps, layers = maps.cpu(), [l.cpu() for l in layers]
+            feats = feats[0].to("cpu", torch.float16 if feats.numel() > 2**20 else torch.float32) if feats is not None else None
+        else:
+            feats = feats[0] if feats is not None else None
+        return Features(maps=maps.float(), layers=layers, features=feats)
+
+    def source(self, settings: P.Settings, progress: bool = True) -> SourcePass:
+        key = (settings.prompt, settings.negative, settings.seed, settings.steps, settings.cfg)
+        if key in self._sources:
+            return self._sources[key]
+        b = self.backbone
+        cond = b.encode_prompt(settings.prompt, settings.negative)
+        timesteps = b.timesteps(settings.steps)
+        noise = self._noise(settings.seed)
+        record: list[Features] = []
+        latents: list[torch.Tensor] = []
+        final = sample_ddim(
+            self._denoiser(cond, settings.cfg, record),
+            noise,
+            timesteps,
+            b.alphas_cumprod().to(b.device),
+            torch.as_tensor(float(b.scheduler.final_alpha_cumprod)),
+            callback=lambda d: latents.append(d["z"].detach()),
+            disable=not progress,
+            desc="source",
+        )
+        with torch.no_grad():
+            image = b.decode(final)[0].permute(1, 2, 0).cpu().numpy()
+        src = SourcePass(key, noise, latents, record, final, image)
+        self._sources = {key: src}  # keep one: a REPL session edits one source at a time
+        return src
+
+    def run(self, program: P.Program, progress: bool = True, script_dir=None) -> EditResult:
+        settings = self.settings(program)
+        bound = self.bind(program, script_dir)
+        src = self.source(settings, progress)
+        b = self.backbone
+        cond = b.encode_prompt(settings.prompt, settings.negative)
+        timesteps = b.timesteps(settings.steps)
+        curves: dict[str, list[tuple[int, float]]] = {x.label: [] for x in bound}
+        last_maps: dict = {}
+        guide = self._guide(bound, src, cond, len(timesteps), curves, last_maps) if bound else None
+        final = sample_ddim(
+            self._denoiser(cond, settings.cfg),
+            src.noise,
+            timesteps,
+            b.alphas_cumprod().to(b.device),
+            torch.as_tensor(float(b.scheduler.final_alpha_cumprod)),
+            guide=guide,
+            disable=not progress,
+            desc="edit",
+        )
+        with torch.no_grad():
+            image = b.decode(final)[0].permute(1, 2, 0).cpu().numpy()
+        ran = P.Program(settings=settings, terms=program.terms)
+        return EditResult(image, src.image, final, ran, b.name, curves, last_maps.get("maps", {}))
+
+    def _guide(self, bound: list[BoundTerm], src: SourcePass, cond, steps: int, curves, last_maps):
+        b = self.backbone
+        hw = b.latent_shape()[1:]
+
+        def guide(i, t, z):
+            active = [x for x in bound if x.active(i / steps)]
+            if not active:
+                return Guidance()
+            needs = set().union(*(x.needs for x in active))
+            store = ProbeStore(hw)
+            with torch.enable_grad():
+                z_ = z.detach().requires_grad_(True)
+                feature_modules = [self.feature_module] if "features" in needs else []
+                with probing(b.unet, store, self.attn_layers if needs else [], feature_modules):
+                    eps_c = b.eps(z_, t, cond.cond, cond.added)
+                now = self._features(store)
+                total: dict[str, torch.Tensor] = {}
+                for x in active:
+                    e = x.weight * ENERGIES[x.kind](x, now, src.features[i])
+                    if not torch.isfinite(e):
+                        raise SteerRuntimeError(
+                            f"the energy of `{x.label}` is not finite at step {i} (t = {t})", x.term.span,
+                            hint="lower its weight, or narrow its window with @ a..b",
+                        )
+                    curves[x.label].append((i, float(e.detach())))
+                    total[x.placement] = total.get(x.placement, 0) + e
+                grads = {}
+                for k, p in enumerate(total):  # one backward per placement group
+                    grads[p] = torch.autograd.grad(total[p], z_, retain_graph=k + 1 < len(total))[0]
+            for p, g in grads.items():
+                if not torch.isfinite(g).all():
+                    raise SteerRuntimeError(
+                        f"the gradient of the {p}-placed terms is not finite at step {i} (t = {t})", active[0].term.span,
+                        hint="lower the weights of the terms active at this step",
+                    )
+            last_maps["maps"] = now.maps.detach()
+            return Guidance(eps=grads.get("eps"), latent=grads.get("latent"), mean=grads.get("mean"), eps_cond=eps_c.detach())
+
+        return guide

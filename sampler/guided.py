@@ -1,0 +1,71 @@
+"""The guided DDIM loop: one short function whose body follows the equations.
+
+DDIM (Song et al. 2021, arXiv 2010.02502) with classifier-free guidance (Ho & Salimans 2022) and
+energy guidance applied where each term asks (reference/methods.md, "Where the guidance term
+goes"):
+
+    z_t     <- z_t - g_latent                          (Pix2Pix-Zero, Attend-and-Excite)
+    eps     =  eps_u + cfg (eps_c - eps_u) + g_eps     (Self-Guidance)
+    x0      =  (z_t - sqrt(1 - a_t) eps) / sqrt(a_t)   (eq. 12, "predicted x0")
+    z_{t-1} =  sqrt(a_prev) x0 + sqrt(1 - a_prev - s^2) eps + s noise    (eq. 12)
+    z_{t-1} <- z_{t-1} - g_mean                        (DiffuseIT, FreeDoM)
+
+Like k-diffusion's samplers, it knows nothing about prompts: `denoise(i, t, z, eps_cond)` gives
+the classifier-free-guided epsilon and `guide(i, t, z)` gives the Guidance for the step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+
+@dataclass
+class Guidance:
+    eps: torch.Tensor | None = None  # added to epsilon
+    latent: torch.Tensor | None = None  # subtracted from z_t before the UNet call
+    mean: torch.Tensor | None = None  # subtracted from z_{t-1} after the step
+    eps_cond: torch.Tensor | None = None  # the guided forward's eps_c at z_t, reusable if z_t did not move
+
+
+def pred_x0(z: torch.Tensor, eps: torch.Tensor, a_t: torch.Tensor) -> torch.Tensor:
+    """The model's estimate of the clean sample (DDIM eq. 12, first term)."""
+    return (z - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+
+
+def ddim_sigma(a_t: torch.Tensor, a_prev: torch.Tensor, eta: float) -> torch.Tensor:
+    """DDIM eq. 16: eta = 0 is deterministic DDIM, eta = 1 is DDPM's posterior noise."""
+    return eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
+
+
+def ddim_step(x0: torch.Tensor, eps: torch.Tensor, a_prev: torch.Tensor, sigma=0.0, noise=None) -> torch.Tensor:
+    """DDIM eq. 12: move to the previous timestep along the predicted noise direction."""
+    z = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).sqrt() * eps
+    return z if noise is None else z + sigma * noise
+
+
+@torch.no_grad()
+def sample_ddim(denoise, z, timesteps, alphas, final_alpha, guide=None, callback=None, disable=None, eta=0.0, generator=None, desc="sampling"):
+    """Run DDIM from z at timesteps[0] down to t = 0 and return the final sample."""
+    for i in tqdm(range(len(timesteps)), disable=disable, desc=desc, leave=False, dynamic_ncols=True):
+        t = timesteps[i]
+        a_t = alphas[t]
+        a_prev = alphas[timesteps[i + 1]] if i + 1 < len(timesteps) else final_alpha
+        g = guide(i, t, z) if guide is not None else Guidance()
+        if g.latent is not None:
+            z = z - g.latent  # update z_t before the UNet call
+        eps = denoise(i, t, z, g.eps_cond if g.latent is None else None)
+        if g.eps is not None:
+            eps = eps + g.eps  # Self-Guidance: eps + grad of the energy
+        x0 = pred_x0(z, eps, a_t)
+        sigma = ddim_sigma(a_t, a_prev, eta)
+        noise = torch.randn(z.shape, generator=generator).to(z) if eta > 0 else None
+        z_prev = ddim_step(x0, eps, a_prev, sigma, noise)
+        if g.mean is not None:
+            z_prev = z_prev - g.mean  # guidance on the posterior mean
+        if callback is not None:
+            callback({"i": i, "t": t, "z": z, "x0": x0, "eps": eps, "guidance": g})
+        z = z_prev
+    return z

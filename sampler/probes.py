@@ -1,0 +1,117 @@
+"""Probes: small plug-ins that read features out of a UNet forward, installed and restored around it.
+
+- AttentionProbe is a diffusers attention processor for cross-attention (`attn2`) layers. SDPA
+  never materialises the attention probabilities, so this processor computes them explicitly
+  (the classic AttnProcessor path) and hands them to a ProbeStore, head-averaged, conditional
+  half only. Self-attention layers keep their original (fast) processor.
+- Feature hooks are forward hooks on a module (a decoder block, the mid block) that store its
+  output.
+
+`probing(unet, store, ...)` installs exactly the probes asked for and restores the original
+processors and removes the hooks in a `finally`, even when the forward raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+class ProbeStore:
+    """What the probes saw during one forward. Keyed by layer name, so a gradient-checkpoint
+    recomputation of a layer overwrites its own entry instead of adding a second one."""
+
+    def __init__(self, latent_hw: tuple[int, int], cond: slice = slice(None), detach: bool = False):
+        self.latent_hw = latent_hw
+        self.cond = cond  # which batch rows are the conditional half of classifier-free guidance
+        self.detach = detach  # source pass: keep values, not the graph
+        self.attn: dict[str, torch.Tensor] = {}  # layer -> (B, T, h, w)
+        self.features: dict[str, torch.Tensor] = {}  # module -> output
+
+    def _grid(self, n: int) -> tuple[int, int]:
+        H, W = self.latent_hw
+        f = math.sqrt(H * W / n)
+        return round(H / f), round(W / f)
+
+    def record_attention(self, name: str, probs: torch.Tensor, batch: int, heads: int):
+        p = probs.view(batch, heads, *probs.shape[1:])[self.cond].mean(1)  # (B, N, T), head-averaged
+        h, w = self._grid(p.shape[1])
+        p = p.transpose(1, 2).reshape(p.shape[0], p.shape[2], h, w)  # (B, T, h, w)
+        self.attn[name] = p.detach() if self.detach else p
+
+    def record_feature(self, name: str, out: torch.Tensor):
+        out = out[self.cond]
+        self.features[name] = out.detach() if self.detach else out
+
+    def token_maps(self, res: int) -> torch.Tensor:
+        """Every token's map, averaged over the probed layers at res x res: (B, T, res, res)."""
+        if not self.attn:
+            raise RuntimeError("no attention layer was probed")
+        maps = [F.interpolate(a.float(), size=(res, res), mode="bilinear", align_corners=False) for a in self.attn.values()]
+        return torch.stack(maps).mean(0)
+
+
+class AttentionProbe:
+    """A cross-attention processor that also records the attention probabilities."""
+
+    def __init__(self, name: str, store: ProbeStore):
+        self.name = name
+        self.store = store
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            b, c, h, w = hidden_states.shape
+            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        batch = context.shape[0]
+        attention_mask = attn.prepare_attention_mask(attention_mask, context.shape[1], batch)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is not None and attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+        key, value = attn.to_k(context), attn.to_v(context)
+        query, key, value = (attn.head_to_batch_dim(x) for x in (query, key, value))
+        probs = attn.get_attention_scores(query, key, attention_mask)  # (B * heads, N, T)
+        self.store.record_attention(self.name, probs, batch, attn.heads)
+        hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(b, c, h, w)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
+def cross_attention_layers(unet, prefixes=("",)) -> list[str]:
+    """Names of the `attn2` modules under any of the module-name prefixes."""
+    names = [n[: -len(".processor")] for n in unet.attn_processors if n.endswith("attn2.processor")]
+    return [n for n in names if any(n.startswith(p) for p in prefixes)]
+
+
+@contextlib.contextmanager
+def probing(unet, store: ProbeStore, attn_layers=(), feature_modules=()):
+    """Install attention probes on `attn_layers` and output hooks on `feature_modules`."""
+    originals = {}
+    handles = []
+    try:
+        for name in attn_layers:
+            module = unet.get_submodule(name)
+            originals[name] = module.processor
+            module.set_processor(AttentionProbe(name, store))
+        for name in feature_modules:
+            module = unet.get_submodule(name)
+            handles.append(module.register_forward_hook(lambda m, i, o, name=name: store.record_feature(name, o)))
+        yield store
+    finally:
+        for name, proc in originals.items():
+            unet.get_submodule(name).set_processor(proc)
+        for h in handles:
+            h.remove()
