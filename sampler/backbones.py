@@ -42,6 +42,7 @@ class Backbone:
     scheduler: object
     device: torch.device
     dtype: torch.dtype
+    clip_x0: float | None = None  # clip the predicted x0 to [-c, c] (pixel-space models)
 
     @property
     def defaults(self) -> BackboneDefaults:
@@ -85,6 +86,7 @@ class ShapesBackbone(Backbone):
     """The shipped shapes model: pixel space, the latent is the image in [-1, 1]."""
 
     kind = "shapes"
+    clip_x0 = 1.0  # images live in [-1, 1]
 
     def __init__(self, name_or_path="shapes", device="cpu"):
         from .shapes import model as shapes_model

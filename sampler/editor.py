@@ -185,6 +185,7 @@ class Editor:
             callback=lambda d: latents.append(d["z"].detach()),
             disable=not progress,
             desc="source",
+            clip=b.clip_x0,
         )
         with torch.no_grad():
             image = b.decode(final)[0].permute(1, 2, 0).cpu().numpy()
@@ -211,6 +212,7 @@ class Editor:
             guide=guide,
             disable=not progress,
             desc="edit",
+            clip=b.clip_x0,
         )
         with torch.no_grad():
             image = b.decode(final)[0].permute(1, 2, 0).cpu().numpy()

@@ -6,7 +6,7 @@ goes"):
 
     z_t     <- z_t - g_latent                          (Pix2Pix-Zero, Attend-and-Excite)
     eps     =  eps_u + cfg (eps_c - eps_u) + g_eps     (Self-Guidance)
-    x0      =  (z_t - sqrt(1 - a_t) eps) / sqrt(a_t)   (eq. 12, "predicted x0")
+    x0      =  (z_t - sqrt(1 - a_t) eps) / sqrt(a_t)   (eq. 12, "predicted x0"; clipped for pixel models)
     z_{t-1} =  sqrt(a_prev) x0 + sqrt(1 - a_prev - s^2) eps + s noise    (eq. 12)
     z_{t-1} <- z_{t-1} - g_mean                        (DiffuseIT, FreeDoM)
 
@@ -35,6 +35,14 @@ def pred_x0(z: torch.Tensor, eps: torch.Tensor, a_t: torch.Tensor) -> torch.Tens
     return (z - (1 - a_t).sqrt() * eps) / a_t.sqrt()
 
 
+def clip_x0(z: torch.Tensor, x0: torch.Tensor, a_t: torch.Tensor, limit: float):
+    """Clip x0 to the data range and re-derive eps from it (DDPM's clip_denoised), so the step
+    stays consistent. Pixel models need it at the noisiest steps, where sqrt(a_t) is ~1e-4 and any
+    error in eps is magnified into x0."""
+    x0 = x0.clamp(-limit, limit)
+    return x0, (z - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+
+
 def ddim_sigma(a_t: torch.Tensor, a_prev: torch.Tensor, eta: float) -> torch.Tensor:
     """DDIM eq. 16: eta = 0 is deterministic DDIM, eta = 1 is DDPM's posterior noise."""
     return eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
@@ -47,7 +55,8 @@ def ddim_step(x0: torch.Tensor, eps: torch.Tensor, a_prev: torch.Tensor, sigma=0
 
 
 @torch.no_grad()
-def sample_ddim(denoise, z, timesteps, alphas, final_alpha, guide=None, callback=None, disable=None, eta=0.0, generator=None, desc="sampling"):
+def sample_ddim(denoise, z, timesteps, alphas, final_alpha, guide=None, callback=None, disable=None, eta=0.0, generator=None,
+                desc="sampling", clip=None):
     """Run DDIM from z at timesteps[0] down to t = 0 and return the final sample."""
     for i in tqdm(range(len(timesteps)), disable=disable, desc=desc, leave=False, dynamic_ncols=True):
         t = timesteps[i]
@@ -60,6 +69,8 @@ def sample_ddim(denoise, z, timesteps, alphas, final_alpha, guide=None, callback
         if g.eps is not None:
             eps = eps + g.eps  # Self-Guidance: eps + grad of the energy
         x0 = pred_x0(z, eps, a_t)
+        if clip is not None:
+            x0, eps = clip_x0(z, x0, a_t, clip)
         sigma = ddim_sigma(a_t, a_prev, eta)
         noise = torch.randn(z.shape, generator=generator).to(z) if eta > 0 else None
         z_prev = ddim_step(x0, eps, a_prev, sigma, noise)

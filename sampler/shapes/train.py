@@ -243,7 +243,7 @@ def train_clip(args) -> dict:
 
 def assemble(args, record: dict):
     """Copy the EMA model and the CLIP into --out, with the training record."""
-    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPModel, CLIPTextModel, PreTrainedTokenizerFast
 
     src = args.work / "ema"
@@ -256,7 +256,7 @@ def assemble(args, record: dict):
         PreTrainedTokenizerFast.from_pretrained(src / "tokenizer"),
         CLIPTextModel.from_pretrained(src / "text_encoder", use_safetensors=True),
         UNet2DConditionModel.from_pretrained(src / "unet", use_safetensors=True),
-        DDIMScheduler.from_pretrained(src / "scheduler"),
+        M.build_scheduler(),  # the current sampling config, not the one the run started with
         clip,
         card={"training": record},
     )
@@ -267,7 +267,8 @@ def assemble(args, record: dict):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m sampler.shapes.train", description=__doc__.split("\n")[0])
-    p.add_argument("stage", nargs="?", default="all", choices=["unet", "clip", "all"])
+    p.add_argument("stage", nargs="?", default="all", choices=["unet", "clip", "all", "assemble"],
+                   help="assemble: only write --out from the finished stages in --work")
     p.add_argument("--work", type=Path, default=Path("runs/shapes"), help="checkpoints and intermediate models")
     p.add_argument("--out", type=Path, default=M.SHIPPED, help="where the finished model is written")
     p.add_argument("--seed", type=int, default=0)

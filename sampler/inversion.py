@@ -1,0 +1,44 @@
+"""DDIM inversion: run the deterministic sampler backwards, from an image to its noise.
+
+Plain DDIM inversion (Song et al. 2021, Sec. 4.3; diffusers' DDIMInverseScheduler) evaluates eps
+at z_t and uses it for the step to z_{t+1}, which is only approximately the inverse of the
+generative step (that evaluates eps at z_{t+1}). `fixed_point` iterations repair this by solving
+z_{t+1} = step^{-1}(z_t; eps(z_{t+1})) with a few fixed-point updates, so regeneration from the
+inverted noise lands back on the image.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from .guided import ddim_step, pred_x0
+
+
+@torch.no_grad()
+def invert_ddim(eps_fn, z0, timesteps, alphas, final_alpha, fixed_point: int = 0, disable=None, callback=None):
+    """Invert z0 through `timesteps` (in sampling order, high t first). Returns [z at each t] in
+    sampling order; the first element is the inverted noise to start sampling from."""
+    ts = list(timesteps)[::-1]  # low t first
+    z = z0
+    out = []
+    for k in tqdm(range(len(ts)), disable=disable, desc="invert", leave=False, dynamic_ncols=True):
+        t_next = ts[k]
+        a_cur = alphas[ts[k - 1]] if k > 0 else final_alpha
+        a_next = alphas[t_next]
+        eps = eps_fn(z, t_next)  # the plain inversion step: eps at the current point
+        z_next = ddim_step(pred_x0(z, eps, a_cur), eps, a_next)
+        for _ in range(fixed_point):  # make the generative step from z_next land exactly on z
+            eps = eps_fn(z_next, t_next)
+            z_next = ddim_step(pred_x0(z, eps, a_cur), eps, a_next)
+        z = z_next
+        out.append(z)
+        if callback is not None:
+            callback({"k": k, "t": t_next, "z": z})
+    return out[::-1]
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio of two images in [0, 1]."""
+    mse = torch.mean((a.float() - b.float()) ** 2).item()
+    return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(1.0 / mse)).item()

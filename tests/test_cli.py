@@ -1,0 +1,82 @@
+"""The command line as a user meets it: exit codes, messages, files written and not written."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from dsl.cli import main
+
+MOVE = 'prompt "a red circle and a blue square"\nseed 1\nsteps 6\ncentroid(token "circle") -> (0.75, 0.5)\nkeep appearance\n'
+
+
+def write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_check_ok_and_mistakes(tmp_path, shapes_path, capsys):
+    good = write(tmp_path, "good.edit", MOVE)
+    assert main(["check", str(good), "--model", shapes_path]) == 0
+    bad = write(tmp_path, "bad.edit", 'prompt "a red circle"\ncentroid(token "dog") -> (0.7,0.5); keep appearance; direction smile*1.5\n')
+    assert main(["check", str(bad), "--model", shapes_path]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:2:10: error: token \"dog\" is not in the prompt" in err
+    assert "           ^~~~~~~~~~~" in err and "hint: the prompt's words are: a, red, circle" in err
+    assert "Traceback" not in err
+
+
+def test_design_card_example_fails_on_the_unknown_direction(tmp_path, shapes_path, capsys):
+    p = write(tmp_path, "card.edit", 'prompt "a red circle"\ncentroid(token "circle") -> (0.7,0.5); keep appearance; direction smile*1.5\n')
+    assert main(["check", str(p), "--model", shapes_path]) == 2
+    err = capsys.readouterr().err
+    assert "2:57: error: unknown direction 'smile'" in err and "known directions" in err
+
+
+def test_syntax_error_exit_code_in_a_real_process(tmp_path):
+    p = write(tmp_path, "syntax.edit", 'centroid("circle") -> (0.7, 0.5)\n')
+    proc = subprocess.run([sys.executable, "-m", "dsl", "check", str(p)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"{p}:1:10: error:") and "Traceback" not in proc.stderr
+    assert 'hint: write token "circle"' in proc.stderr
+
+
+def test_missing_script_is_a_clean_error(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "nope.edit")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_fmt_prints_checks_and_writes(tmp_path, capsys):
+    p = write(tmp_path, "f.edit", 'prompt  "a red circle" # scene\nkeep layout;seed 3\n')
+    assert main(["fmt", str(p)]) == 0
+    out = capsys.readouterr().out
+    assert out == 'prompt "a red circle"  # scene\nkeep layout\nseed 3\n'
+    assert p.read_text() == 'prompt  "a red circle" # scene\nkeep layout;seed 3\n', "fmt without -w never touches the file"
+    assert main(["fmt", "--check", str(p)]) == 1
+    assert main(["fmt", "-w", str(p)]) == 0
+    assert p.read_text() == out
+    assert main(["fmt", "--check", str(p)]) == 0
+
+
+def test_run_writes_the_edit_and_the_source_and_never_an_input(tmp_path, shapes_path, capsys):
+    script = write(tmp_path, "move.edit", MOVE)
+    assert main(["run", str(script), "--model", shapes_path, "--source-out", str(tmp_path / "src.png"), "-q"]) == 0
+    out = tmp_path / "move.png"
+    with Image.open(out) as im:
+        assert im.size == (32, 32)
+        assert "centroid(token \"circle\")" in im.text["steer:program"] and im.text["steer:seed"] == "1"
+    assert (tmp_path / "src.png").exists()
+    assert main(["run", str(script), "--model", shapes_path, "-o", str(script), "-q"]) == 2
+    assert script.read_text() == MOVE
+
+
+def test_default_output_never_replaces_a_users_image(tmp_path, shapes_path):
+    script = write(tmp_path, "edit.edit", MOVE)
+    Image.new("RGB", (4, 4)).save(tmp_path / "edit.png")  # the user's own picture
+    assert main(["run", str(script), "--model", shapes_path, "-q"]) == 0
+    with Image.open(tmp_path / "edit.png") as im:
+        assert im.size == (4, 4)
+    assert (tmp_path / "edit-2.png").exists()
