@@ -96,6 +96,8 @@ def write_png(image: np.ndarray, path, text: dict | None = None):
 
 
 class Editor:
+    keep_sources = 8  # source passes kept in memory (a REPL session needs one; the bench a few)
+
     def __init__(self, backbone: Backbone | str | None = None, device: str = "cpu"):
         self.backbone = backbone if isinstance(backbone, Backbone) else load_backbone(backbone, device=device)
         self._sources: dict[tuple, SourcePass] = {}
@@ -190,8 +192,25 @@ class Editor:
         with torch.no_grad():
             image = b.decode(final)[0].permute(1, 2, 0).cpu().numpy()
         src = SourcePass(key, noise, latents, record, final, image)
-        self._sources = {key: src}  # keep one: a REPL session edits one source at a time
+        self._sources[key] = src
+        while len(self._sources) > self.keep_sources:  # oldest first: dicts keep insertion order
+            self._sources.pop(next(iter(self._sources)))
         return src
+
+    @torch.no_grad()
+    def sample_plain(self, settings: P.Settings, progress: bool = False) -> torch.Tensor:
+        """Plain classifier-free-guided DDIM, no probes: the baseline every cost is measured against."""
+        b = self.backbone
+        cond = b.encode_prompt(settings.prompt, settings.negative)
+        return sample_ddim(
+            self._denoiser(cond, settings.cfg),
+            self._noise(settings.seed),
+            b.timesteps(settings.steps),
+            b.alphas_cumprod().to(b.device),
+            torch.as_tensor(float(b.scheduler.final_alpha_cumprod)),
+            disable=not progress,
+            clip=b.clip_x0,
+        )
 
     def run(self, program: P.Program, progress: bool = True, script_dir=None) -> EditResult:
         settings = self.settings(program)

@@ -1,0 +1,391 @@
+"""`steer bench`: does an edit do what its script says, and what does it cost?
+
+Runs a fixed suite of edit tasks on the shapes model and measures every output with the shapes
+world's detector (colour masks, centroids, areas, shape classes). Cost is measured in the same
+process, on the same model, steps and seeds: guided edit vs plain classifier-free-guided
+sampling (time and peak memory), and a REPL-style re-run vs the first run.
+
+Writes DIR/results.json, DIR/results.md (the table) and DIR/contact_sheet.png.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import dsl
+
+from .editor import Editor, write_png
+from .shapes import world as W
+
+PROMPT = "a red circle and a blue square"  # circle: red, square: blue
+CIRCLE, SQUARE = "red", "blue"
+
+
+@dataclass
+class Case:
+    task: str
+    seed: int
+    script: str  # the edit (terms only); the prompt and seed are added by the bench
+    measure: object  # (source objects, edited objects) -> dict of figures
+    cost: str = "attention"  # which cost class the task belongs to
+
+
+@dataclass
+class Outcome:
+    case: Case
+    figures: dict
+    seconds: float
+    source: np.ndarray
+    image: np.ndarray
+
+
+# ----------------------------------------------------------------------------------------------
+# Measurements: functions of the detections in the source and the edited image.
+
+
+def _dist(a, b) -> float:
+    return math.hypot(a[0] - b[0], a[1] - b[1])
+
+
+def _kept(src, out, colour) -> dict:
+    """How well an object the script did not ask to change was kept."""
+    s, o = W.find(src, colour), W.find(out, colour)
+    if s is None:
+        return {}
+    return {"kept_iou": W.mask_iou(s.mask, o.mask) if o is not None else 0.0, "kept_colour": o is not None}
+
+
+def _one_of(out, colour) -> bool:
+    return sum(o.colour == colour for o in out) == 1
+
+
+def measure_move(target):
+    def m(src, out):
+        s, o = W.find(src, CIRCLE), W.find(out, CIRCLE)
+        f = {"unguided_error": _dist(s.centroid, target) if s else math.nan, "found": o is not None}
+        f["error"] = _dist(o.centroid, target) if o else math.nan
+        f["within_0.1"] = bool(o is not None and f["error"] <= 0.1)
+        f["single"] = _one_of(out, CIRCLE)
+        return {**f, **_kept(src, out, SQUARE)}
+
+    return m
+
+
+def measure_shift(delta):
+    def m(src, out):
+        s, o = W.find(src, CIRCLE), W.find(out, CIRCLE)
+        if s is None:
+            return {"found": False}
+        target = (s.centroid[0] + delta[0], s.centroid[1] + delta[1])
+        f = {"unguided_error": _dist(s.centroid, target), "found": o is not None}
+        f["error"] = _dist(o.centroid, target) if o else math.nan
+        f["within_0.1"] = bool(o is not None and f["error"] <= 0.1)
+        f["single"] = _one_of(out, CIRCLE)
+        return {**f, **_kept(src, out, SQUARE)}
+
+    return m
+
+
+def measure_resize(k):
+    def m(src, out):
+        s, o = W.find(src, SQUARE), W.find(out, SQUARE)
+        if s is None:
+            return {"found": False}
+        ratio = o.area / s.area if o else math.nan
+        return {"found": o is not None, "k": k, "ratio": ratio, "ratio_within_20%": bool(o is not None and abs(ratio / k - 1) <= 0.2),
+                **_kept(src, out, CIRCLE)}
+
+    return m
+
+
+def measure_shape_swap(src, out):
+    o = W.find(out, SQUARE)
+    return {"found": o is not None, "became_circle": bool(o is not None and o.shape == "circle"), **_kept(src, out, CIRCLE)}
+
+
+def measure_appearance_swap(src, out):
+    s = W.find(src, CIRCLE)
+    if s is None:
+        return {"found": False}
+    # whatever now stands where the circle was: its colour should be the square's
+    here = [o for o in out if W.mask_iou(o.mask, s.mask) > 0.3]
+    return {"found": bool(here), "took_colour": bool(here and here[0].colour == SQUARE)}
+
+
+def measure_combined(target, k):
+    move, resize = measure_move(target), measure_resize(k)
+
+    def m(src, out):
+        a, b = move(src, out), resize(src, out)
+        return {**{k_: v for k_, v in a.items() if not k_.startswith("kept")}, "ratio": b.get("ratio", math.nan), "k": k,
+                "ratio_within_20%": b.get("ratio_within_20%", False)}
+
+    return m
+
+
+def far_target(seed: int) -> tuple[float, float]:
+    """The move target for a seed: one of four, in turn."""
+    return [(0.75, 0.5), (0.25, 0.5), (0.5, 0.25), (0.5, 0.75)][seed % 4]
+
+
+def suite(seeds: list[int], quick: bool) -> list[Case]:
+    ks = [2.0] if quick else [0.5, 1.5, 2.0]
+    cases = []
+    for s in seeds:
+        t = far_target(s)
+        d = (0.25, 0.0) if s % 2 == 0 else (-0.25, 0.0)
+        cases += [
+            Case("move", s, f'centroid(token "circle") -> ({t[0]}, {t[1]})\nkeep appearance', measure_move(t)),
+            Case("shift", s, f'centroid(token "circle") += ({d[0]}, {d[1]})\nkeep appearance', measure_shift(d)),
+            *[Case(f"resize x{k:g}", s, f'size(token "square") *= {k:g}\nkeep appearance', measure_resize(k)) for k in ks],
+            Case("keep", s, f'centroid(token "circle") -> ({t[0]}, {t[1]})\nkeep appearance\nkeep layout', measure_move(t)),
+            Case("shape swap", s, 'shape(token "square") -> shape(token "circle")\nkeep appearance', measure_shape_swap),
+            Case("appearance swap", s, 'appearance(token "circle") -> appearance(token "square")\nkeep layout', measure_appearance_swap),
+            Case("combined", s, f'centroid(token "circle") -> ({t[0]}, {t[1]})\nsize(token "circle") *= 1.5\nkeep appearance',
+                 measure_combined(t, 1.5)),
+        ]
+    return cases
+
+
+# ----------------------------------------------------------------------------------------------
+# Cost
+
+
+def _timed(fn, device="cpu"):
+    """(result, seconds, peak bytes) of fn(); the peak is the CUDA allocator's (0 on CPU, where
+    memory is measured in fresh processes instead: see memory_probe)."""
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    t0 = time.perf_counter()
+    out = fn()
+    if cuda:
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    return out, dt, (torch.cuda.max_memory_allocated() - base) if cuda else 0
+
+
+def memory_probe(model: str, script: str, plain: bool) -> tuple[int, int]:
+    """(resident memory with the model loaded, peak the run adds above it), in bytes. Runs in a fresh process
+    (see `_peak_delta`), because in a long-lived one the allocator reuses freed pages and the
+    peak of the second run is invisible."""
+    import resource
+
+    import dsl as _dsl
+
+    editor = Editor(model)
+    prog = _dsl.compile(script)
+    settings = editor.settings(prog)
+    editor.sample_plain(settings.model_copy(update={"steps": 1}))  # warm up: first-call allocations
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if plain:
+        editor.sample_plain(settings)
+    else:
+        src = editor.source(settings, progress=False)  # the source pass is kept: it is part of the cost
+        base = max(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        del src
+        editor.run(prog, progress=False)
+    return base, max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)
+
+
+def _peak_delta(model: str, script: str, plain: bool) -> tuple[int, int]:
+    import subprocess
+    import sys
+
+    code = f"from sampler.bench import memory_probe; print(memory_probe({model!r}, {script!r}, {plain!r}))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    base, delta = proc.stdout.strip().splitlines()[-1].strip("()").split(",")
+    return int(base), int(delta)
+
+
+def measure_cost(editor: Editor, steps: int, seeds: list[int], device: str, model: str = "shapes") -> dict:
+    """Guided / plain ratios of time and peak memory per cost class, and re-run / first run."""
+    header = f'prompt "{PROMPT}"\nsteps {steps}\n'
+    edits = {
+        "attention": 'centroid(token "circle") -> (0.75, 0.5)',
+        "attention + appearance": 'centroid(token "circle") -> (0.75, 0.5)\nkeep appearance',
+    }
+    out = {}
+    for name, terms in edits.items():
+        t_plain = t_source = t_guided = m_plain = m_guided = 0.0
+        for s in seeds:
+            editor._sources.clear()
+            prog = dsl.compile(header + f"seed {s}\n" + terms)
+            settings = editor.settings(prog)
+            _, dt, mem = _timed(lambda: editor.sample_plain(settings), device)
+            t_plain, m_plain = t_plain + dt, max(m_plain, mem)
+            _, dt, _ = _timed(lambda: editor.source(settings, progress=False), device)
+            t_source += dt
+            _, dt, mem = _timed(lambda: editor.run(prog, progress=False), device)  # source cached: the guided pass alone
+            t_guided, m_guided = t_guided + dt, max(m_guided, mem)
+        if not device.startswith("cuda"):  # CPU: peaks from fresh processes (see memory_probe)
+            script = header + f"seed {seeds[0]}\n" + terms
+            (base, m_plain), (_, m_guided) = _peak_delta(model, script, True), _peak_delta(model, script, False)
+        else:
+            base = torch.cuda.memory_allocated()
+        out[name] = {
+            "time_ratio": t_guided / t_plain,
+            "time_ratio_with_source": (t_guided + t_source) / t_plain,
+            "memory_ratio": (m_guided / m_plain) if m_plain > 0 else math.nan,
+            "plain_seconds_per_image": t_plain / len(seeds),
+            "guided_seconds_per_image": t_guided / len(seeds),
+            "plain_peak_mb": m_plain / 2**20,  # above the loaded model
+            "guided_peak_mb": m_guided / 2**20,
+            "model_mb": base / 2**20,
+            "total_memory_ratio": (base + m_guided) / (base + m_plain),
+        }
+    # REPL: first run (source pass + edit) vs a re-run after a weight change (edit pass only)
+    editor._sources.clear()
+    first = dsl.compile(header + f"seed {seeds[0]}\n" + edits["attention + appearance"])
+    again = dsl.compile(header + f"seed {seeds[0]}\n" + edits["attention + appearance"].replace("\nkeep", " * 1.5\nkeep"))
+    _, t_first, _ = _timed(lambda: editor.run(first, progress=False), device)
+    _, t_again, _ = _timed(lambda: editor.run(again, progress=False), device)
+    out["repl_rerun"] = {"time_ratio": t_again / t_first, "first_seconds": t_first, "rerun_seconds": t_again}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Summary
+
+
+def summarise(outcomes: list[Outcome]) -> dict:
+    by_task: dict[str, list[dict]] = {}
+    for o in outcomes:
+        by_task.setdefault(o.case.task, []).append(o.figures)
+    table = {}
+    for task, rows in by_task.items():
+        keys = sorted({k for r in rows for k in r})
+        agg = {"n": len(rows)}
+        for k in keys:
+            vals = [r[k] for r in rows if k in r and not (isinstance(r[k], float) and math.isnan(r[k]))]
+            if not vals:
+                continue
+            agg[k] = float(np.mean([float(v) for v in vals]))
+        table[task] = agg
+    return table
+
+
+COLUMNS = [
+    ("n", "seeds", "{:.0f}"),
+    ("error", "centroid error", "{:.3f}"),
+    ("within_0.1", "within 0.1", "{:.0%}"),
+    ("unguided_error", "unguided error", "{:.3f}"),
+    ("single", "one circle", "{:.0%}"),
+    ("ratio", "area ratio", "{:.2f}"),
+    ("ratio_within_20%", "ratio within 20%", "{:.0%}"),
+    ("kept_iou", "kept IoU", "{:.2f}"),
+    ("kept_colour", "kept colour", "{:.0%}"),
+    ("became_circle", "became circle", "{:.0%}"),
+    ("took_colour", "took colour", "{:.0%}"),
+    ("found", "object found", "{:.0%}"),
+]
+
+
+def markdown(table: dict, cost: dict, meta: dict) -> str:
+    cols = [c for c in COLUMNS if any(c[0] in row for row in table.values())]
+    lines = [f"# steer bench ({meta['model']}, {meta['steps']} steps, {meta['seeds']} seeds{', quick' if meta['quick'] else ''})", ""]
+    lines.append("| task | " + " | ".join(c[1] for c in cols) + " |")
+    lines.append("| --- | " + " | ".join("---" for _ in cols) + " |")
+    for task, row in table.items():
+        cells = [c[2].format(row[c[0]]) if c[0] in row else "" for c in cols]
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    lines += ["", "| cost (edit class) | guided / plain time | incl. source pass | guided / plain peak memory (total) | "
+              "memory above the loaded model: guided / plain | plain s/image | guided s/image |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, c in cost.items():
+        if name == "repl_rerun":
+            continue
+        lines.append(f"| {name} | {c['time_ratio']:.2f} | {c['time_ratio_with_source']:.2f} | {c['total_memory_ratio']:.2f} "
+                     f"(model {c['model_mb']:.0f} MB) | {c['guided_peak_mb']:.1f} / {c['plain_peak_mb']:.1f} MB | "
+                     f"{c['plain_seconds_per_image']:.2f} | {c['guided_seconds_per_image']:.2f} |")
+    lines += ["", "Guided time is the edit pass with the source pass cached, as in the REPL; 'incl. source pass' adds the one-off source pass."]
+    r = cost["repl_rerun"]
+    lines += ["", f"REPL re-run after a weight change / first run: {r['time_ratio']:.2f} ({r['rerun_seconds']:.2f}s vs {r['first_seconds']:.2f}s)", ""]
+    lines.append(f"Command: `{meta['command']}`; {meta['seconds']:.0f}s on {meta['machine']}.")
+    return "\n".join(lines) + "\n"
+
+
+def contact_sheet(outcomes: list[Outcome], path: Path, per_task: int = 4, scale: int = 4):
+    from PIL import Image, ImageDraw
+
+    rows: dict[str, list[Outcome]] = {}
+    for o in outcomes:
+        rows.setdefault(o.case.task, [])
+        if len(rows[o.case.task]) < per_task:
+            rows[o.case.task].append(o)
+    cell = 32 * scale
+    label_w = 130
+    width = label_w + per_task * (2 * cell + 8)
+    sheet = Image.new("RGB", (width, len(rows) * (cell + 6) + 6), (40, 40, 40))
+    draw = ImageDraw.Draw(sheet)
+    for r, (task, outs) in enumerate(rows.items()):
+        y = 6 + r * (cell + 6)
+        draw.text((6, y + cell // 2 - 6), task, fill=(230, 230, 230))
+        for c, o in enumerate(outs):
+            x = label_w + c * (2 * cell + 8)
+            for k, im in enumerate((o.source, o.image)):
+                tile = Image.fromarray((np.clip(im, 0, 1) * 255).astype(np.uint8)).resize((cell, cell), Image.NEAREST)
+                sheet.paste(tile, (x + k * cell, y))
+    tmp = path.with_name("." + path.name)
+    sheet.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def run_bench(model: str = "shapes", seeds: int | None = None, quick: bool = False, out: Path | str = "bench-out",
+              steps: int | None = None, device: str = "cpu", progress: bool = True, command: str = "steer bench") -> dict:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    editor = Editor(model, device=device)
+    steps = steps or (10 if quick else editor.backbone.sampling_defaults.get("steps", 25))
+    n = seeds or (2 if quick else 16)
+    seed_list = list(range(n))
+    cases = suite(seed_list, quick)
+    t0 = time.time()
+    outcomes = []
+    bar = tqdm(cases, desc="bench", disable=not progress, dynamic_ncols=True)
+    for case in bar:
+        bar.set_postfix(task=case.task, seed=case.seed)
+        prog = dsl.compile(f'prompt "{PROMPT}"\nseed {case.seed}\nsteps {steps}\n{case.script}')
+        t = time.perf_counter()
+        r = editor.run(prog, progress=False)
+        dt = time.perf_counter() - t
+        figures = case.measure(W.detect(r.source_image), W.detect(r.image))
+        outcomes.append(Outcome(case, figures, dt, r.source_image, r.image))
+    cost = measure_cost(editor, steps, seed_list[: 2 if quick else 4], device, model)
+    table = summarise(outcomes)
+    import platform
+
+    meta = {"model": model, "steps": steps, "seeds": n, "quick": quick, "seconds": time.time() - t0, "command": command,
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {device}"}
+    results = {"meta": meta, "tasks": table, "cost": cost,
+               "runs": [{"task": o.case.task, "seed": o.case.seed, "script": o.case.script, "seconds": o.seconds, **o.figures} for o in outcomes]}
+    _write_json(out / "results.json", results)
+    (out / "results.md").write_text(markdown(table, cost, meta))
+    contact_sheet(outcomes, out / "contact_sheet.png")
+    return results
+
+
+def _write_json(path: Path, obj):
+    tmp = path.with_name("." + path.name)
+    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
+    os.replace(tmp, path)
+
+
+def main(args) -> int:
+    import sys
+
+    results = run_bench(args.model, args.seeds, args.quick, args.out, command="steer " + " ".join(sys.argv[1:]))
+    print((Path(args.out) / "results.md").read_text())
+    print(f"wrote {args.out}/results.json, results.md, contact_sheet.png")
+    return 0

@@ -1,0 +1,25 @@
+"""`steer bench --quick` as CI's smoke test: the files are written and well-formed (not the figures)."""
+
+import json
+
+from PIL import Image
+
+from sampler.bench import run_bench
+
+
+def test_quick_bench_writes_well_formed_results(tmp_path, shapes_path):
+    results = run_bench(shapes_path, seeds=1, quick=True, out=tmp_path, steps=4, progress=False)
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["meta"]["quick"] is True and data["meta"]["seeds"] == 1
+    tasks = set(data["tasks"])
+    assert {"move", "shift", "resize x2", "keep", "shape swap", "appearance swap", "combined"} <= tasks
+    assert all(r["task"] in tasks and "seconds" in r for r in data["runs"])
+    for name in ("attention", "attention + appearance"):
+        c = data["cost"][name]
+        assert c["time_ratio"] > 0 and c["plain_seconds_per_image"] > 0 and c["model_mb"] > 0
+    assert data["cost"]["repl_rerun"]["time_ratio"] > 0
+    md = (tmp_path / "results.md").read_text()
+    assert md.startswith("# steer bench") and "| move |" in md and "REPL re-run" in md
+    with Image.open(tmp_path / "contact_sheet.png") as im:
+        assert im.width > 256 and im.height > 128
+    assert results["tasks"] == data["tasks"]
