@@ -172,7 +172,53 @@ def main(argv=None):
     report["seconds"] = round(time.time() - t0)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    card = args.out.with_suffix(".md")
+    card.write_text(model_card(report, b.model.card.get("training", {}), " ".join(["python -m sampler.shapes.evaluate", *(argv or [])])))
+    print(card.read_text())
+
+
+def model_card(r: dict, training: dict, command: str) -> str:
+    """The model card: how the shipped model was made and what it measures."""
+    L = ["# The shapes model", "",
+         "steer's shipped text-to-image model for the shapes world (circle, square, triangle in red, green, blue, yellow on",
+         "black, 32x32). Built from Stable Diffusion's classes: a transformers `CLIPTextModel` (2 layers, 64 wide) with a",
+         "word-level `tokenizers` tokenizer, a diffusers `UNet2DConditionModel` in pixel space (channels 32/64/128, cross-",
+         "attention at 16x16 and 8x8, epsilon prediction), diffusers' DDIM scheduler, and a shapes CLIP (`CLIPModel`, ViT",
+         "image tower on 4x4 patches) for the ViT and CLIP energies. Weights are safetensors in `sampler/shapes/weights/`.", "",
+         "## Training", ""]
+    if training:
+        L += [f"- command: `{training.get('command', '?')}`",
+              f"- seed {training.get('seed')}, batch {training.get('batch')}, UNet + text encoder {training.get('unet_steps')} steps "
+              f"in {training.get('unet_minutes')} min (final loss {training.get('final_loss', float('nan')):.4f}), "
+              f"CLIP {training.get('clip_steps')} steps in {training.get('clip_minutes')} min",
+              f"- machine: {training.get('machine')}, torch {training.get('torch')}; date {training.get('date')}",
+              "- data: fresh world scenes every step (50% one-object), 10% empty captions for classifier-free guidance,",
+              "  AdamW with warm-up and cosine decay, bf16 autocast with fp32 weights, EMA 0.999 (the EMA weights ship)", ""]
+    L += ["## Measured", "", f"Reproduce with `{command}` ({r['seconds']} s). Samples use {r['steps']} DDIM steps.", "",
+          "### Caption fidelity (detector on samples; held-out captions, one seed each)", "",
+          "| cfg | one object: right colour and shape | two objects: both right, nothing extra | two objects: colours right |",
+          "| --- | --- | --- | --- |"]
+    for cfg, f in r["fidelity"].items():
+        L.append(f"| {cfg} | {f['one_object']['all_right']:.0%} (n={f['one_object']['n']}) | {f['two_objects']['all_right']:.0%} "
+                 f"(n={f['two_objects']['n']}) | {f['two_objects']['colours_right']:.0%} |")
+    L += ["", "### Cross-attention localisation", "",
+          "World images with two objects, noised to t; for each object's shape word, the top-k cells of its attention map",
+          "(k = the object's area, maps averaged over every cross-attention layer) against the object's mask, and against",
+          "the other object's mask.", "", "| t | IoU with its object | IoU with the other object |", "| --- | --- | --- |"]
+    for t, v in r["localisation"].items():
+        L.append(f"| {t} | {v['own_object']:.2f} | {v['other_object']:.2f} |")
+    inv = r["inversion"]
+    L += ["", "### DDIM inversion and regeneration (50 steps, cfg 1)", "", "| images | mean PSNR | min PSNR | share >= 30 dB |",
+          "| --- | --- | --- | --- |"]
+    for k, name in (("generated", "generated samples"), ("generated_fixed_point_2", "generated, 2 fixed-point iterations per step"),
+                    ("world", "world ground-truth images")):
+        v = inv[k]
+        L.append(f"| {name} (n={v['n']}) | {v['mean_psnr']:.1f} dB | {v['min_psnr']:.1f} dB | {v['share_at_least_30db']:.0%} |")
+    c = r.get("clip") or {}
+    if c:
+        L += ["", "### Shapes CLIP", "", f"Zero-shot caption retrieval on {c['n']} held-out scenes among all {c['candidates']} captions of the",
+              f"world: top-1 {c['top1']:.0%} (one object {c['top1_one_object']:.0%}, two objects {c['top1_two_objects']:.0%})."]
+    return "\n".join(L) + "\n"
 
 
 if __name__ == "__main__":
