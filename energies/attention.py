@@ -91,7 +91,14 @@ def warp(mask: torch.Tensor, shift=(0.0, 0.0), scale: float = 1.0, about=(0.5, 0
 # the same timestep and are treated as constants.
 
 
-def move_energy(a: torch.Tensor, src: torch.Tensor, target, silhouette: float = 1.0) -> torch.Tensor:
+def object_centroid(a: torch.Tensor, sharp: bool = True) -> torch.Tensor:
+    """Where the object is: the centroid of the soft-thresholded map. The raw map's centroid
+    (Self-Guidance) is pulled towards the image centre by the low attention every background
+    pixel pays the token; thresholding first removes that bias."""
+    return centroid(soft_mask(a)) if sharp else centroid(a)
+
+
+def move_energy(a: torch.Tensor, src: torch.Tensor, target, silhouette: float = 1.0, sharp: bool = True) -> torch.Tensor:
     """Move a token's object to `target` (x, y).
 
     Self-Guidance's centroid term alone pulls attention to the target but leaves the object where
@@ -99,9 +106,9 @@ def move_energy(a: torch.Tensor, src: torch.Tensor, target, silhouette: float = 
     silhouette *translated* to the target: it is zero at the old place, which lets the object go.
     """
     target = torch.as_tensor(target, dtype=a.dtype, device=a.device)
-    src_c = centroid(src).detach()
-    moved = warp(hard_mask(src).detach(), shift=target - src_c)
-    return (centroid(a) - target).abs().sum() + silhouette * (soft_mask(a) - moved).abs().mean()
+    src_mask = hard_mask(src).detach()
+    moved = warp(src_mask, shift=target - centroid(src_mask))
+    return (object_centroid(a, sharp) - target).abs().sum() + silhouette * (soft_mask(a) - moved).abs().mean()
 
 
 def resize_energy(a: torch.Tensor, src: torch.Tensor, factor: float, silhouette: float = 1.0) -> torch.Tensor:

@@ -38,6 +38,8 @@ TERMS = {
 # Move and resize also match a translated / scaled source silhouette (energies/attention.py);
 # this is that term's share relative to the centroid / size term.
 SILHOUETTE = 1.0
+# Centroids of moves are taken on the soft-thresholded map, not the raw one (attention.object_centroid).
+SHARP_CENTROID = True
 SOFT_THRESHOLD_SHARPNESS = 10.0  # Self-Guidance demo: sigmoid(10 * (a - 0.5))
 
 

@@ -127,13 +127,13 @@ class Features:
 
 
 def move(b: BoundTerm, now: Features, src: Features) -> torch.Tensor:
-    return A.move_energy(now.token(b.token), src.token(b.token), b.term.to, D.SILHOUETTE)
+    return A.move_energy(now.token(b.token), src.token(b.token), b.term.to, D.SILHOUETTE, D.SHARP_CENTROID)
 
 
 def shift(b: BoundTerm, now: Features, src: Features) -> torch.Tensor:
-    start = A.centroid(src.token(b.token)).detach()
+    start = A.object_centroid(src.token(b.token), D.SHARP_CENTROID).detach()
     target = start + torch.tensor(b.term.by, dtype=start.dtype)
-    return A.move_energy(now.token(b.token), src.token(b.token), target, D.SILHOUETTE)
+    return A.move_energy(now.token(b.token), src.token(b.token), target, D.SILHOUETTE, D.SHARP_CENTROID)
 
 
 def resize(b: BoundTerm, now: Features, src: Features) -> torch.Tensor:

@@ -49,10 +49,16 @@ class Backbone:
         return BACKBONES[self.kind]
 
     def latent_shape(self) -> tuple[int, int, int]:
-        raise NotImplementedError
+        s = self.unet.config.sample_size
+        return (self.unet.config.in_channels, s, s)
+
+    @torch.no_grad()
+    def _embed(self, text: str) -> torch.Tensor:
+        ids = torch.tensor([self.token_ids(text)], device=self.device)
+        return self.text_encoder(ids)[0]  # last hidden state, as Stable Diffusion conditions on
 
     def encode_prompt(self, prompt: str, negative: str | None = None) -> Conditioning:
-        raise NotImplementedError
+        return Conditioning(cond=self._embed(prompt), uncond=self._embed(negative or ""))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latent -> image (B, 3, H, W) in [0, 1]."""
@@ -100,18 +106,6 @@ class ShapesBackbone(Backbone):
         self.dtype = torch.float32
         self.sampling_defaults = m.card.get("defaults", {})
 
-    def latent_shape(self):
-        s = self.unet.config.sample_size
-        return (self.unet.config.in_channels, s, s)
-
-    @torch.no_grad()
-    def _embed(self, text: str) -> torch.Tensor:
-        ids = torch.tensor([self.token_ids(text)], device=self.device)
-        return self.text_encoder(ids).last_hidden_state
-
-    def encode_prompt(self, prompt, negative=None):
-        return Conditioning(cond=self._embed(prompt), uncond=self._embed(negative or ""))
-
     def decode(self, z):
         return ((z.float() + 1) / 2).clamp(0, 1)
 
@@ -142,18 +136,6 @@ class StableDiffusionBackbone(Backbone):
 
         pipe = StableDiffusionPipeline.from_pretrained(model_id_or_path, dtype=dtype, safety_checker=None, requires_safety_checker=False)
         return cls(pipe.to(device), name=str(model_id_or_path))
-
-    def latent_shape(self):
-        s = self.unet.config.sample_size
-        return (self.unet.config.in_channels, s, s)
-
-    @torch.no_grad()
-    def _embed(self, text: str) -> torch.Tensor:
-        ids = torch.tensor([self.token_ids(text)], device=self.device)
-        return self.text_encoder(ids)[0]
-
-    def encode_prompt(self, prompt, negative=None):
-        return Conditioning(cond=self._embed(prompt), uncond=self._embed(negative or ""))
 
     def decode(self, z):
         x = self.vae.decode(z.to(self.vae.dtype) / self.vae.config.scaling_factor).sample.float()

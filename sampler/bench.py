@@ -68,29 +68,28 @@ def _one_of(out, colour) -> bool:
     return sum(o.colour == colour for o in out) == 1
 
 
+def _move_figures(src, out, target) -> dict:
+    s, o = W.find(src, CIRCLE), W.find(out, CIRCLE)
+    f = {"unguided_error": _dist(s.centroid, target), "found": o is not None}
+    f["error"] = _dist(o.centroid, target) if o else math.nan
+    f["within_0.1"] = bool(o is not None and f["error"] <= 0.1)
+    f["single"] = _one_of(out, CIRCLE)
+    return {**f, **_kept(src, out, SQUARE)}
+
+
 def measure_move(target):
     def m(src, out):
-        s, o = W.find(src, CIRCLE), W.find(out, CIRCLE)
-        f = {"unguided_error": _dist(s.centroid, target) if s else math.nan, "found": o is not None}
-        f["error"] = _dist(o.centroid, target) if o else math.nan
-        f["within_0.1"] = bool(o is not None and f["error"] <= 0.1)
-        f["single"] = _one_of(out, CIRCLE)
-        return {**f, **_kept(src, out, SQUARE)}
+        return _move_figures(src, out, target) if W.find(src, CIRCLE) else {"found": False}
 
     return m
 
 
 def measure_shift(delta):
     def m(src, out):
-        s, o = W.find(src, CIRCLE), W.find(out, CIRCLE)
+        s = W.find(src, CIRCLE)
         if s is None:
             return {"found": False}
-        target = (s.centroid[0] + delta[0], s.centroid[1] + delta[1])
-        f = {"unguided_error": _dist(s.centroid, target), "found": o is not None}
-        f["error"] = _dist(o.centroid, target) if o else math.nan
-        f["within_0.1"] = bool(o is not None and f["error"] <= 0.1)
-        f["single"] = _one_of(out, CIRCLE)
-        return {**f, **_kept(src, out, SQUARE)}
+        return _move_figures(src, out, (s.centroid[0] + delta[0], s.centroid[1] + delta[1]))
 
     return m
 
