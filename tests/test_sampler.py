@@ -80,3 +80,33 @@ def test_non_finite_energy_names_the_term(editor):
 def test_missing_prompt_is_a_user_error(editor):
     with pytest.raises(dsl.SteerCompileError, match="no prompt"):
         editor.run(dsl.compile("keep layout"), progress=False)
+
+
+TERMS = [
+    'centroid(token "circle") -> (0.7, 0.5)',
+    'centroid(token "circle") += (0.2, 0)',
+    'size(token "square") *= 1.5',
+    'size(token "square") -> 0.2',
+    'shape(token "square") -> shape(token "circle")',
+    'appearance(token "circle") -> appearance(token "square")',
+    "keep appearance",
+    "keep layout",
+    'keep shape(token "square")',
+    'keep appearance(token "square")',
+    "keep attention",
+    'centroid(token "circle") -> (0.7, 0.5) * 2 @ 0..0.5 via latent',
+    'size(token "square") *= 2 via mean',
+]
+
+
+@pytest.mark.parametrize("term", TERMS)
+def test_every_term_guides_the_latent_pipeline(editor, term):
+    """Each construct's energy is computed, has a gradient, and changes the result. A keep term
+    is zero while the image equals the source, so it is tested against a move it must resist."""
+    base = 'centroid(token "circle") -> (0.9, 0.9) * 5\n' if term.startswith("keep") else ""
+    weight = " * 50" if term.startswith("keep") else ""
+    with_term = editor.run(dsl.compile(PROMPT + "seed 1\n" + base + term + weight), progress=False)
+    without = editor.run(dsl.compile(PROMPT + "seed 1\n" + base), progress=False)
+    curve = with_term.energies[list(with_term.energies)[-1]]
+    assert curve and all(np.isfinite(v) for _, v in curve)
+    assert (with_term.latent - without.latent).abs().max() > 1e-3
