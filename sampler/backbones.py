@@ -80,6 +80,11 @@ class Backbone:
             return (z.float() - a.sqrt() * out) / (1 - a).sqrt()
         raise ValueError(f"unsupported prediction_type {kind!r}")
 
+    def eps_both(self, z: torch.Tensor, t: int, c: Conditioning) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eps_uncond, eps_cond) from one batched forward: classifier-free guidance's two halves."""
+        added = {k: torch.cat([c.added_uncond[k], c.added[k]]) for k in c.added}
+        return self.eps(torch.cat([z, z]), t, torch.cat([c.uncond, c.cond]), added).chunk(2)
+
     def timesteps(self, steps: int) -> list[int]:
         self.scheduler.set_timesteps(steps)
         return [int(t) for t in self.scheduler.timesteps]
@@ -142,6 +147,59 @@ class StableDiffusionBackbone(Backbone):
         return ((x + 1) / 2).clamp(0, 1)
 
 
+class StableDiffusionXLBackbone(StableDiffusionBackbone):
+    """A diffusers StableDiffusionXLPipeline: two text encoders (penultimate hidden states,
+    concatenated), a pooled embedding and size/crop ids passed as added_cond_kwargs on every
+    forward, the gradient ones included."""
+
+    kind = "sdxl"
+
+    def __init__(self, pipe, name: str = "stable-diffusion-xl"):
+        super().__init__(pipe, name)
+        self.tokenizer_2, self.text_encoder_2 = pipe.tokenizer_2, pipe.text_encoder_2
+        self.text_encoder_2.requires_grad_(False)
+        self.force_zeros = bool(pipe.config.get("force_zeros_for_empty_prompt", True))
+        self.sampling_defaults = {"steps": 50, "cfg": 5.0}
+
+    @classmethod
+    def from_pretrained(cls, model_id_or_path: str, device="cpu", dtype=torch.float32):
+        from diffusers import StableDiffusionXLPipeline
+
+        pipe = StableDiffusionXLPipeline.from_pretrained(model_id_or_path, dtype=dtype)
+        return cls(pipe.to(device), name=str(model_id_or_path))
+
+    @torch.no_grad()
+    def _embed_xl(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, pooled = [], None
+        for tok, enc in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
+            ids = tok(text, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+            out = enc(ids.to(self.device), output_hidden_states=True)
+            hidden.append(out.hidden_states[-2])
+            pooled = out[0]  # text_encoder_2 is CLIPTextModelWithProjection: its first output is the pooled projection
+        return torch.cat(hidden, dim=-1), pooled
+
+    def _time_ids(self) -> torch.Tensor:
+        h = w = self.unet.config.sample_size * self.vae_scale
+        return torch.tensor([[h, w, 0, 0, h, w]], dtype=self.dtype, device=self.device)  # original size, crop, target size
+
+    def encode_prompt(self, prompt, negative=None):
+        cond, pooled = self._embed_xl(prompt)
+        if not negative and self.force_zeros:
+            uncond, pooled_u = torch.zeros_like(cond), torch.zeros_like(pooled)
+        else:
+            uncond, pooled_u = self._embed_xl(negative or "")
+        ids = self._time_ids()
+        return Conditioning(cond=cond, uncond=uncond, added={"text_embeds": pooled, "time_ids": ids},
+                            added_uncond={"text_embeds": pooled_u, "time_ids": ids})
+
+    def decode(self, z):
+        vae = self.vae
+        if vae.dtype == torch.float16 and vae.config.get("force_upcast", False):
+            vae = vae.to(torch.float32)  # the SDXL VAE overflows in fp16 (use madebyollin/sdxl-vae-fp16-fix to avoid this)
+        x = vae.decode(z.to(vae.dtype) / vae.config.scaling_factor).sample.float()
+        return ((x + 1) / 2).clamp(0, 1)
+
+
 def load_backbone(model: str | None = None, device: str = "cpu") -> Backbone:
     """"shapes" (default), a shapes model folder, or a Stable Diffusion model id / folder."""
     from .shapes import model as shapes_model
@@ -151,6 +209,11 @@ def load_backbone(model: str | None = None, device: str = "cpu") -> Backbone:
     path = shapes_model.resolve(model)
     if model == "shapes" or shapes_model.is_shapes_folder(Path(path)):
         return ShapesBackbone(model, device=device)
+    from diffusers import DiffusionPipeline
+
+    pipeline_class = DiffusionPipeline.load_config(model).get("_class_name", "")  # model_index.json, local or hub
+    if "XL" in pipeline_class:
+        return StableDiffusionXLBackbone.from_pretrained(model, device=device)
     return StableDiffusionBackbone.from_pretrained(model, device=device)
 
 

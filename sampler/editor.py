@@ -142,16 +142,16 @@ class Editor:
         def denoise(i, t, z, eps_cond=None):
             if eps_cond is not None:
                 eps_c = eps_cond
-                eps_u = b.eps(z, t, cond.uncond) if cfg != 1 else eps_c
+                eps_u = b.eps(z, t, cond.uncond, cond.added_uncond) if cfg != 1 else eps_c
             elif record is not None:  # source pass: probe the conditional half of the batch
                 store = ProbeStore(hw, cond=slice(1, 2), detach=True)
                 with probing(b.unet, store, self.attn_layers, [self.feature_module]):
-                    eps_u, eps_c = b.eps(torch.cat([z, z]), t, torch.cat([cond.uncond, cond.cond])).chunk(2)
+                    eps_u, eps_c = b.eps_both(z, t, cond)
                 record.append(self._features(store, detach=True))
             elif cfg == 1:
-                eps_u = eps_c = b.eps(z, t, cond.cond)
+                eps_u = eps_c = b.eps(z, t, cond.cond, cond.added)
             else:
-                eps_u, eps_c = b.eps(torch.cat([z, z]), t, torch.cat([cond.uncond, cond.cond])).chunk(2)
+                eps_u, eps_c = b.eps_both(z, t, cond)
             return eps_u + cfg * (eps_c - eps_u)
 
         return denoise

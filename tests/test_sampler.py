@@ -110,3 +110,19 @@ def test_every_term_guides_the_latent_pipeline(editor, term):
     curve = with_term.energies[list(with_term.energies)[-1]]
     assert curve and all(np.isfinite(v) for _, v in curve)
     assert (with_term.latent - without.latent).abs().max() > 1e-3
+
+
+def test_sdxl_pipeline_threads_added_conditioning_through_guided_forwards(tmp_path):
+    from sampler.backbones import StableDiffusionXLBackbone
+    from tiny import tiny_sdxl_pipeline
+
+    b = StableDiffusionXLBackbone(tiny_sdxl_pipeline(tmp_path), "tiny-xl")
+    ed = Editor(b)
+    assert ed.attn_layers and all(n.startswith("up_blocks.0.attentions.1") for n in ed.attn_layers)
+    c = b.encode_prompt("a red circle")
+    assert c.cond.shape[-1] == 64 and c.added["text_embeds"].shape == (1, 32) and c.added["time_ids"].shape == (1, 6)
+    assert torch.count_nonzero(c.uncond) == 0, "SDXL zeroes the empty negative prompt"
+    prog = dsl.compile(PROMPT + 'centroid(token "circle") -> (0.7, 0.5)\nkeep appearance')
+    r = ed.run(prog, progress=False)
+    assert r.image.shape == (32, 32, 3) and np.isfinite(r.image).all()
+    assert all(len(v) > 0 for v in r.energies.values())
