@@ -61,7 +61,7 @@ class Modifiers(Node):
 
 class Setting(Node):
     name: Name
-    value: Value
+    value: Union[Number, String, Point, Prop, Name]
 
 
 class Edit(Node):

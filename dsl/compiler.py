@@ -14,7 +14,9 @@ from energies import program as P
 from . import ast
 from .errors import SteerCompileError, did_you_mean
 
-SETTING_TYPES = {"prompt": "string", "negative": "string", "model": "string", "seed": "int", "steps": "int", "cfg": "number"}
+SETTING_TYPES = {"prompt": "string", "negative": "string", "model": "string", "source": "string", "seed": "int", "steps": "int",
+                 "cfg": "number", "invert": "name"}
+INVERSIONS = ("ddim", "null-text")
 KEEP_NAMES = ("appearance", "layout", "attention")
 
 
@@ -49,6 +51,16 @@ def _compile(script: ast.Script) -> P.Program:
 def _setting_value(st: ast.Setting):
     name, v = st.name.value, st.value
     want = SETTING_TYPES[name]
+    if want == "name":
+        if isinstance(v, ast.String) and v.value in INVERSIONS:
+            raise SteerCompileError("invert takes a name, not a string", v.span, hint=f"write it without quotes: invert {v.value}")
+        if not isinstance(v, ast.Name) or v.value not in INVERSIONS:
+            text = v.value if isinstance(v, (ast.Name, ast.String)) else "this"
+            raise SteerCompileError(f"unknown inversion {text!r}", v.span, hint=did_you_mean(str(text), INVERSIONS) or "invert ddim or invert null-text")
+        return v.value
+    if isinstance(v, ast.Name):
+        raise SteerCompileError(f"{name} takes a {'string' if want == 'string' else 'number'}, not a name", v.span,
+                                hint=f'for example: {name} "{v.value}"' if want == "string" else None)
     if want == "string":
         if not isinstance(v, ast.String):
             raise SteerCompileError(f"{name} takes a string", v.span, hint=f'for example: {name} "..."')

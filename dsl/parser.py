@@ -15,7 +15,7 @@ from energies.program import Span
 from . import ast
 from .errors import SteerSyntaxError, did_you_mean
 
-KEYWORDS = ("prompt", "negative", "seed", "steps", "cfg", "model", "centroid", "size", "shape", "appearance", "keep", "direction")
+KEYWORDS = ("prompt", "negative", "seed", "steps", "cfg", "model", "source", "invert", "centroid", "size", "shape", "appearance", "keep", "direction")
 
 
 _comments = threading.local()  # where the lexer callback drops the comments of the current parse
@@ -123,6 +123,8 @@ class _ToAst(Transformer):
 
     def setting(self, meta, children):
         name, value = children
+        if isinstance(value, Token) and value.type == "NAME":
+            value = self._name(value)
         return ast.Setting(name=self._name(name), value=self._value(value), span=self._s(meta))
 
     def edit(self, meta, children):

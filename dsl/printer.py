@@ -10,7 +10,7 @@ from energies import program as P
 
 from . import ast
 
-SETTING_ORDER = ("model", "prompt", "negative", "seed", "steps", "cfg")
+SETTING_ORDER = ("model", "source", "invert", "prompt", "negative", "seed", "steps", "cfg")
 
 
 def num(x: float) -> str:
@@ -87,6 +87,8 @@ def term(t: P.TermBase) -> str:
 
 
 def setting(name: str, value) -> str:
+    if name == "invert":
+        return f"invert {value}"
     if isinstance(value, str):
         return f"{name} {string(value)}"
     return f"{name} {value if isinstance(value, int) else num(value)}"

@@ -164,6 +164,8 @@ class Settings(Node):
     steps: int | None = None
     cfg: float | None = None
     model: str | None = None
+    source: str | None = None  # a real image to edit (path relative to the script), inverted first
+    invert: Literal["ddim", "null-text"] | None = None  # how the source image is inverted
 
 
 class Program(Node):
