@@ -30,6 +30,7 @@ def compile_script(script: ast.Script) -> P.Program:
 
 def _compile(script: ast.Script) -> P.Program:
     settings: dict = {}
+    spans: dict = {}
     seen: dict[str, ast.Setting] = {}
     terms = []
     for st in script.statements:
@@ -39,13 +40,14 @@ def _compile(script: ast.Script) -> P.Program:
                 raise SteerCompileError(f"{name} is set twice", st.span, hint=f"the first is on line {seen[name].span.line}")
             seen[name] = st
             settings[name] = _setting_value(st)
+            spans[name] = st.value.span
         elif isinstance(st, ast.Edit):
             terms.append(_edit(st))
         elif isinstance(st, ast.Keep):
             terms.append(_keep(st))
         elif isinstance(st, ast.DirectionStmt):
             terms.append(_modified(P.Direction(name=st.name.value), st))
-    return P.Program(settings=P.Settings(**settings), terms=tuple(terms))
+    return P.Program(settings=P.Settings(**settings, spans=spans), terms=tuple(terms))
 
 
 def _setting_value(st: ast.Setting):

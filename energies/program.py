@@ -45,7 +45,7 @@ class Node(BaseModel):
 
 def _strip_spans(x):
     if isinstance(x, dict):
-        return {k: _strip_spans(v) for k, v in x.items() if k != "span"}
+        return {k: _strip_spans(v) for k, v in x.items() if k not in ("span", "spans")}
     if isinstance(x, (list, tuple)):
         return [_strip_spans(v) for v in x]
     return x
@@ -166,6 +166,7 @@ class Settings(Node):
     model: str | None = None
     source: str | None = None  # a real image to edit (path relative to the script), inverted first
     invert: Literal["ddim", "null-text"] | None = None  # how the source image is inverted
+    spans: dict[str, Span] = {}  # where each setting was written, for error messages
 
 
 class Program(Node):
@@ -176,15 +177,15 @@ class Program(Node):
 
     def __add__(self, other):
         other = as_program(other)
-        merged = {**self.settings.model_dump(exclude_none=True), **other.settings.model_dump(exclude_none=True)}
-        return Program(settings=Settings(**merged), terms=self.terms + other.terms)
+        a, b = self.settings, other.settings
+        merged = {**a.model_dump(exclude_none=True, exclude={"spans"}), **b.model_dump(exclude_none=True, exclude={"spans"})}
+        return Program(settings=Settings(**merged, spans={**a.spans, **b.spans}), terms=self.terms + other.terms)
 
     def __radd__(self, other):
         return as_program(other) + self
 
     def with_settings(self, **kw) -> "Program":
-        merged = {**self.settings.model_dump(exclude_none=True), **{k: v for k, v in kw.items() if v is not None}}
-        return Program(settings=Settings(**merged), terms=self.terms)
+        return Program(settings=self.settings.model_copy(update={k: v for k, v in kw.items() if v is not None}), terms=self.terms)
 
     def __str__(self):
         from dsl.printer import format as fmt

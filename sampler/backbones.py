@@ -32,6 +32,10 @@ class Conditioning:
     uncond: torch.Tensor  # (1, T, D) negative / empty prompt embedding
     added: dict = field(default_factory=dict)  # SDXL's added_cond_kwargs (cond half)
     added_uncond: dict = field(default_factory=dict)
+    uncond_steps: list | None = None  # null-text inversion: one unconditional embedding per step
+
+    def uncond_at(self, i: int | None) -> torch.Tensor:
+        return self.uncond if self.uncond_steps is None or i is None else self.uncond_steps[i]
 
 
 class Backbone:
@@ -64,6 +68,14 @@ class Backbone:
         """Latent -> image (B, 3, H, W) in [0, 1]."""
         raise NotImplementedError
 
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        """Image (B, 3, H, W) in [0, 1] -> latent."""
+        raise NotImplementedError
+
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) in pixels of the images the model makes."""
+        raise NotImplementedError
+
     def alphas_cumprod(self) -> torch.Tensor:
         return self.scheduler.alphas_cumprod.to(torch.float32)
 
@@ -80,10 +92,11 @@ class Backbone:
             return (z.float() - a.sqrt() * out) / (1 - a).sqrt()
         raise ValueError(f"unsupported prediction_type {kind!r}")
 
-    def eps_both(self, z: torch.Tensor, t: int, c: Conditioning) -> tuple[torch.Tensor, torch.Tensor]:
-        """(eps_uncond, eps_cond) from one batched forward: classifier-free guidance's two halves."""
+    def eps_both(self, z: torch.Tensor, t: int, c: Conditioning, i: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eps_uncond, eps_cond) from one batched forward: classifier-free guidance's two halves.
+        `i` picks the step's unconditional embedding after null-text inversion."""
         added = {k: torch.cat([c.added_uncond[k], c.added[k]]) for k in c.added}
-        return self.eps(torch.cat([z, z]), t, torch.cat([c.uncond, c.cond]), added).chunk(2)
+        return self.eps(torch.cat([z, z]), t, torch.cat([c.uncond_at(i), c.cond]), added).chunk(2)
 
     def timesteps(self, steps: int) -> list[int]:
         self.scheduler.set_timesteps(steps)
@@ -113,6 +126,13 @@ class ShapesBackbone(Backbone):
 
     def decode(self, z):
         return ((z.float() + 1) / 2).clamp(0, 1)
+
+    def encode(self, image):
+        return image.float().to(self.device) * 2 - 1
+
+    def image_size(self):
+        s = self.unet.config.sample_size
+        return (s, s)
 
 
 class StableDiffusionBackbone(Backbone):
@@ -145,6 +165,15 @@ class StableDiffusionBackbone(Backbone):
     def decode(self, z):
         x = self.vae.decode(z.to(self.vae.dtype) / self.vae.config.scaling_factor).sample.float()
         return ((x + 1) / 2).clamp(0, 1)
+
+    @torch.no_grad()
+    def encode(self, image):
+        x = (image.to(self.device, self.vae.dtype) * 2 - 1)
+        return self.vae.encode(x).latent_dist.mean.float() * self.vae.config.scaling_factor
+
+    def image_size(self):
+        s = self.unet.config.sample_size * self.vae_scale
+        return (s, s)
 
 
 class StableDiffusionXLBackbone(StableDiffusionBackbone):

@@ -16,8 +16,9 @@ A run has two passes over the same timesteps from the same initial noise:
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
-import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -33,9 +34,18 @@ from energies.terms import ENERGIES, BoundTerm, Features, bind
 
 from .backbones import Backbone, load_backbone
 from .guided import Guidance, sample_ddim
+from .images import file_hash, load_image
+from .inversion import invert_ddim, null_text
 from .probes import ProbeStore, cross_attention_layers, probing
 
 DEFAULT_SEED = 0
+INVERSION_VERSION = 1  # bump when the inversion changes, so cached inversions are redone
+INVERSION_FIXED_POINT = 3  # fixed-point refinements per inversion step (sampler/inversion.py)
+
+
+def inversion_cache() -> Path:
+    """Where inversions are kept: $STEER_CACHE/inversions, else ~/.cache/steer/inversions."""
+    return Path(os.environ.get("STEER_CACHE", Path.home() / ".cache" / "steer")) / "inversions"
 
 
 @dataclass
@@ -46,6 +56,8 @@ class SourcePass:
     features: list[Features]  # what the probes saw at each step (conditional half)
     final: torch.Tensor  # z_0
     image: np.ndarray  # (H, W, 3) float in [0, 1]
+    cond: object = None  # the Conditioning used (with null-text embeddings for inverted photos)
+    clip: float | None = None  # x0 clipping used, so the edit pass steps the same way
 
 
 @dataclass
@@ -116,14 +128,13 @@ class Editor:
         if not s.prompt:
             raise SteerCompileError("the script has no prompt", None, hint='add a line like: prompt "a red circle and a blue square"')
         d = self.backbone.sampling_defaults
-        return P.Settings(
-            prompt=s.prompt,
-            negative=s.negative,
+        default_cfg = 1.0 if s.source and (s.invert or "ddim") == "ddim" else d.get("cfg", 7.5)  # DDIM inversion is exact at cfg 1
+        return s.model_copy(update=dict(
             seed=DEFAULT_SEED if s.seed is None else s.seed,
             steps=s.steps or d.get("steps", 50),
-            cfg=d.get("cfg", 7.5) if s.cfg is None else s.cfg,
+            cfg=default_cfg if s.cfg is None else s.cfg,
             model=s.model or self.backbone.name,
-        )
+        ))
 
     def bind(self, program: P.Program, script_dir=None) -> list[BoundTerm]:
         """Resolve tokens and directions against this model (the model-dependent half of compiling)."""
@@ -142,16 +153,16 @@ class Editor:
         def denoise(i, t, z, eps_cond=None):
             if eps_cond is not None:
                 eps_c = eps_cond
-                eps_u = b.eps(z, t, cond.uncond, cond.added_uncond) if cfg != 1 else eps_c
+                eps_u = b.eps(z, t, cond.uncond_at(i), cond.added_uncond) if cfg != 1 else eps_c
             elif record is not None:  # source pass: probe the conditional half of the batch
                 store = ProbeStore(hw, cond=slice(1, 2), detach=True)
                 with probing(b.unet, store, self.attn_layers, [self.feature_module]):
-                    eps_u, eps_c = b.eps_both(z, t, cond)
+                    eps_u, eps_c = b.eps_both(z, t, cond, i)
                 record.append(self._features(store, detach=True))
             elif cfg == 1:
                 eps_u = eps_c = b.eps(z, t, cond.cond, cond.added)
             else:
-                eps_u, eps_c = b.eps_both(z, t, cond)
+                eps_u, eps_c = b.eps_both(z, t, cond, i)
             return eps_u + cfg * (eps_c - eps_u)
 
         return denoise
@@ -168,14 +179,22 @@ class Editor:
             feats = feats[0] if feats is not None else None
         return Features(maps=maps.float(), layers=layers, features=feats)
 
-    def source(self, settings: P.Settings, progress: bool = True) -> SourcePass:
-        key = (settings.prompt, settings.negative, settings.seed, settings.steps, settings.cfg)
+    def source(self, settings: P.Settings, progress: bool = True, script_dir=None) -> SourcePass:
+        """The unedited trajectory: from (prompt, seed), or from the inversion of a real image."""
+        b = self.backbone
+        image_path = Path(script_dir or ".") / settings.source if settings.source else None
+        image_key = file_hash(image_path) if image_path is not None and image_path.is_file() else str(image_path)
+        key = (settings.prompt, settings.negative, settings.seed, settings.steps, settings.cfg, image_key, settings.invert)
         if key in self._sources:
             return self._sources[key]
-        b = self.backbone
         cond = b.encode_prompt(settings.prompt, settings.negative)
         timesteps = b.timesteps(settings.steps)
-        noise = self._noise(settings.seed)
+        clip = b.clip_x0
+        if image_path is None:
+            noise = self._noise(settings.seed)
+        else:
+            noise, cond = self._inverted(settings, image_path, cond, timesteps, progress)
+            clip = None  # the inversion inverts the unclipped step; clipping would not land back on the image
         record: list[Features] = []
         latents: list[torch.Tensor] = []
         final = sample_ddim(
@@ -187,15 +206,53 @@ class Editor:
             callback=lambda d: latents.append(d["z"].detach()),
             disable=not progress,
             desc="source",
-            clip=b.clip_x0,
+            clip=clip,
         )
         with torch.no_grad():
             image = b.decode(final)[0].permute(1, 2, 0).cpu().numpy()
-        src = SourcePass(key, noise, latents, record, final, image)
+        src = SourcePass(key, noise, latents, record, final, image, cond, clip)
         self._sources[key] = src
         while len(self._sources) > self.keep_sources:  # oldest first: dicts keep insertion order
             self._sources.pop(next(iter(self._sources)))
         return src
+
+    def _inverted(self, settings: P.Settings, path: Path, cond, timesteps, progress: bool):
+        """(z_T, conditioning) for a real image, from the on-disk cache or by inverting it now.
+
+        DDIM inversion runs with the prompt at cfg 1, each step refined by fixed-point iterations
+        so that regeneration lands back on the image; `invert null-text` then fits one
+        unconditional embedding per step so that sampling at the script's cfg reproduces it."""
+        from safetensors.torch import load_file, save_file
+
+        b = self.backbone
+        mode = settings.invert or "ddim"
+        span = settings.spans.get("source")
+        meta = {"model": b.name, "image": file_hash(path) if path.is_file() else "", "prompt": settings.prompt,
+                "negative": settings.negative or "", "steps": settings.steps, "cfg": settings.cfg, "invert": mode,
+                "size": list(b.image_size()), "version": INVERSION_VERSION}
+        key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:32]
+        cached = inversion_cache() / f"{key}.safetensors"
+        if cached.is_file():
+            t = load_file(str(cached), device=str(b.device))
+            steps = [t[f"uncond.{i}"] for i in range(len(timesteps))] if mode == "null-text" else None
+            return t["noise"], dataclasses.replace(cond, uncond_steps=steps)
+        image = load_image(path, b.image_size(), span)
+        alphas = b.alphas_cumprod().to(b.device)
+        final = torch.as_tensor(float(b.scheduler.final_alpha_cumprod))
+        with torch.no_grad():
+            z0 = b.encode(torch.from_numpy(image).permute(2, 0, 1)[None])
+            trajectory = invert_ddim(lambda z, t: b.eps(z, t, cond.cond, cond.added), z0, timesteps, alphas, final,
+                                     fixed_point=INVERSION_FIXED_POINT, disable=not progress)
+        tensors = {"noise": trajectory[0].contiguous()}
+        steps = None
+        if mode == "null-text":
+            steps = null_text(b, cond, trajectory, z0, timesteps, settings.cfg, alphas, final, disable=not progress)
+            tensors.update({f"uncond.{i}": u.contiguous() for i, u in enumerate(steps)})
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name("." + cached.name)
+        save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp), metadata={"steer": json.dumps(meta)})
+        os.replace(tmp, cached)
+        return trajectory[0], dataclasses.replace(cond, uncond_steps=steps)
 
     @torch.no_grad()
     def sample_plain(self, settings: P.Settings, progress: bool = False) -> torch.Tensor:
@@ -215,9 +272,9 @@ class Editor:
     def run(self, program: P.Program, progress: bool = True, script_dir=None) -> EditResult:
         settings = self.settings(program)
         bound = self.bind(program, script_dir)
-        src = self.source(settings, progress)
+        src = self.source(settings, progress, script_dir)
         b = self.backbone
-        cond = b.encode_prompt(settings.prompt, settings.negative)
+        cond = src.cond
         timesteps = b.timesteps(settings.steps)
         curves: dict[str, list[tuple[int, float]]] = {x.label: [] for x in bound}
         last_maps: dict = {}
@@ -231,7 +288,7 @@ class Editor:
             guide=guide,
             disable=not progress,
             desc="edit",
-            clip=b.clip_x0,
+            clip=src.clip,
         )
         with torch.no_grad():
             image = b.decode(final)[0].permute(1, 2, 0).cpu().numpy()

@@ -38,6 +38,44 @@ def invert_ddim(eps_fn, z0, timesteps, alphas, final_alpha, fixed_point: int = 0
     return out[::-1]
 
 
+def null_text(backbone, cond, trajectory, z0, timesteps, cfg, alphas, final_alpha, inner: int = 10, lr: float = 1e-2, disable=None):
+    """Null-text inversion (Mokady et al. 2023, arXiv 2211.09794): for each step, optimise the
+    unconditional embedding so that the classifier-free-guided DDIM step from the current latent
+    lands on the DDIM-inversion trajectory. Returns one embedding per step.
+
+    `trajectory[i]` is the inverted latent at timesteps[i] (sampling order); z0 is the image latent.
+    Early stop at the paper's threshold 1e-5 + 2e-5 i; the learning rate decays over the steps."""
+    import torch.nn.functional as F
+
+    targets = list(trajectory[1:]) + [z0]
+    uncond = cond.uncond.detach().clone()
+    z = trajectory[0]
+    out = []
+    for i in tqdm(range(len(timesteps)), disable=disable, desc="null-text", leave=False, dynamic_ncols=True):
+        t = timesteps[i]
+        a_t = alphas[t]
+        a_prev = alphas[timesteps[i + 1]] if i + 1 < len(timesteps) else final_alpha
+        eps_c = backbone.eps(z, t, cond.cond, cond.added)
+        u = uncond.clone().requires_grad_(True)
+        opt = torch.optim.Adam([u], lr=lr * (1 - i / (2 * len(timesteps))))
+        with torch.enable_grad():
+            for _ in range(inner):
+                eps_u = backbone.eps(z, t, u, cond.added_uncond)
+                eps = eps_u + cfg * (eps_c - eps_u)
+                loss = F.mse_loss(ddim_step(pred_x0(z, eps, a_t), eps, a_prev), targets[i])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                if loss.item() < 1e-5 + 2e-5 * i:
+                    break
+        uncond = u.detach()
+        out.append(uncond)
+        eps_u = backbone.eps(z, t, uncond, cond.added_uncond)
+        eps = eps_u + cfg * (eps_c - eps_u)
+        z = ddim_step(pred_x0(z, eps, a_t), eps, a_prev)
+    return out
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """Peak signal-to-noise ratio of two images in [0, 1]."""
     mse = torch.mean((a.float() - b.float()) ** 2).item()
