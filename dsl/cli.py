@@ -85,7 +85,7 @@ def cmd_run(args) -> int:
     for p in (out, Path(args.source_out) if args.source_out else None):
         if p is not None and p.resolve() in inputs:
             raise UsageError(f"refusing to write {p}: it is an input of this run")
-    editor = Editor(program.settings.model, device=args.device)
+    editor = Editor(program.settings.model, device=args.device, dtype=args.dtype, low_memory=args.low_memory)
     try:
         result = editor.run(program, progress=not args.quiet, script_dir=script.parent)
     except SteerError as e:
@@ -181,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int)
     r.add_argument("--steps", type=int)
     r.add_argument("--model", help='"shapes" (default), a shapes model folder, or a Stable Diffusion model id / folder')
-    r.add_argument("--device", default="cpu")
+    r.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
+    r.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="Stable Diffusion weights (the shapes model is fp32)")
+    r.add_argument("--low-memory", action="store_true", help="gradient checkpointing and attention slicing (Stable Diffusion)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_run)
 

@@ -140,7 +140,7 @@ class StableDiffusionBackbone(Backbone):
 
     kind = "sd"
 
-    def __init__(self, pipe, name: str = "stable-diffusion"):
+    def __init__(self, pipe, name: str = "stable-diffusion", low_memory: bool = False):
         from diffusers import DDIMScheduler
 
         self.pipe = pipe
@@ -153,14 +153,17 @@ class StableDiffusionBackbone(Backbone):
         self.sampling_defaults = {"steps": 50, "cfg": 7.5}
         for m in (self.text_encoder, self.unet, self.vae):
             m.requires_grad_(False)
+        if low_memory:  # trade time for memory: recompute activations in backward, slice attention
+            self.unet.enable_gradient_checkpointing()
+            pipe.enable_attention_slicing()
 
     @classmethod
-    def from_pretrained(cls, model_id_or_path: str, device="cpu", dtype=torch.float32):
+    def from_pretrained(cls, model_id_or_path: str, device="cpu", dtype=torch.float32, low_memory=False):
         """Load by Hugging Face model id or local folder (needs the hub or a local copy)."""
         from diffusers import StableDiffusionPipeline
 
         pipe = StableDiffusionPipeline.from_pretrained(model_id_or_path, dtype=dtype, safety_checker=None, requires_safety_checker=False)
-        return cls(pipe.to(device), name=str(model_id_or_path))
+        return cls(pipe.to(device), name=str(model_id_or_path), low_memory=low_memory)
 
     def decode(self, z):
         x = self.vae.decode(z.to(self.vae.dtype) / self.vae.config.scaling_factor).sample.float()
@@ -183,19 +186,19 @@ class StableDiffusionXLBackbone(StableDiffusionBackbone):
 
     kind = "sdxl"
 
-    def __init__(self, pipe, name: str = "stable-diffusion-xl"):
-        super().__init__(pipe, name)
+    def __init__(self, pipe, name: str = "stable-diffusion-xl", low_memory: bool = False):
+        super().__init__(pipe, name, low_memory)
         self.tokenizer_2, self.text_encoder_2 = pipe.tokenizer_2, pipe.text_encoder_2
         self.text_encoder_2.requires_grad_(False)
         self.force_zeros = bool(pipe.config.get("force_zeros_for_empty_prompt", True))
         self.sampling_defaults = {"steps": 50, "cfg": 5.0}
 
     @classmethod
-    def from_pretrained(cls, model_id_or_path: str, device="cpu", dtype=torch.float32):
+    def from_pretrained(cls, model_id_or_path: str, device="cpu", dtype=torch.float32, low_memory=False):
         from diffusers import StableDiffusionXLPipeline
 
         pipe = StableDiffusionXLPipeline.from_pretrained(model_id_or_path, dtype=dtype)
-        return cls(pipe.to(device), name=str(model_id_or_path))
+        return cls(pipe.to(device), name=str(model_id_or_path), low_memory=low_memory)
 
     @torch.no_grad()
     def _embed_xl(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -229,8 +232,12 @@ class StableDiffusionXLBackbone(StableDiffusionBackbone):
         return ((x + 1) / 2).clamp(0, 1)
 
 
-def load_backbone(model: str | None = None, device: str = "cpu") -> Backbone:
-    """"shapes" (default), a shapes model folder, or a Stable Diffusion model id / folder."""
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def load_backbone(model: str | None = None, device: str = "cpu", dtype: str = "fp32", low_memory: bool = False) -> Backbone:
+    """"shapes" (default), a shapes model folder, or a Stable Diffusion model id / folder.
+    `dtype` and `low_memory` apply to Stable Diffusion; the shapes model always runs in fp32."""
     from .shapes import model as shapes_model
 
     quiet_loading()
@@ -241,9 +248,8 @@ def load_backbone(model: str | None = None, device: str = "cpu") -> Backbone:
     from diffusers import DiffusionPipeline
 
     pipeline_class = DiffusionPipeline.load_config(model).get("_class_name", "")  # model_index.json, local or hub
-    if "XL" in pipeline_class:
-        return StableDiffusionXLBackbone.from_pretrained(model, device=device)
-    return StableDiffusionBackbone.from_pretrained(model, device=device)
+    cls = StableDiffusionXLBackbone if "XL" in pipeline_class else StableDiffusionBackbone
+    return cls.from_pretrained(model, device=device, dtype=DTYPES[dtype], low_memory=low_memory)
 
 
 def load_tokenizer(model: str | None = None):

@@ -39,6 +39,7 @@ from .inversion import invert_ddim, null_text
 from .probes import ProbeStore, cross_attention_layers, probing
 
 DEFAULT_SEED = 0
+LOSS_SCALE = 1000.0  # Self-Guidance's fp16 energy scale (sg_loss_rescale)
 INVERSION_VERSION = 1  # bump when the inversion changes, so cached inversions are redone
 INVERSION_FIXED_POINT = 3  # fixed-point refinements per inversion step (sampler/inversion.py)
 
@@ -110,8 +111,8 @@ def write_png(image: np.ndarray, path, text: dict | None = None):
 class Editor:
     keep_sources = 8  # source passes kept in memory (a REPL session needs one; the bench a few)
 
-    def __init__(self, backbone: Backbone | str | None = None, device: str = "cpu"):
-        self.backbone = backbone if isinstance(backbone, Backbone) else load_backbone(backbone, device=device)
+    def __init__(self, backbone: Backbone | str | None = None, device: str = "cpu", dtype: str = "fp32", low_memory: bool = False):
+        self.backbone = backbone if isinstance(backbone, Backbone) else load_backbone(backbone, device, dtype, low_memory)
         self._sources: dict[tuple, SourcePass] = {}
         b = self.backbone
         self.attn_layers = cross_attention_layers(b.unet, b.defaults.attn_layers)
@@ -322,8 +323,9 @@ class Editor:
                     curves[x.label].append((i, float(e.detach())))
                     total[x.placement] = total.get(x.placement, 0) + e
                 grads = {}
+                scale = LOSS_SCALE if b.dtype == torch.float16 else 1.0  # fp16 gradients underflow unscaled
                 for k, p in enumerate(total):  # one backward per placement group
-                    grads[p] = torch.autograd.grad(total[p], z_, retain_graph=k + 1 < len(total))[0]
+                    grads[p] = torch.autograd.grad(total[p] * scale, z_, retain_graph=k + 1 < len(total))[0].float() / scale
             for p, g in grads.items():
                 if not torch.isfinite(g).all():
                     raise SteerRuntimeError(
