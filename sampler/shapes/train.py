@@ -111,6 +111,14 @@ def train_unet(args) -> dict:
 
     ckpt = args.work / "unet.ckpt.safetensors"
     start, elapsed = 0, 0.0
+    if args.init_from and not ckpt.exists():
+        # Continue from a finished model (e.g. the shipped one) with a fresh optimizer: how a later
+        # session trains longer when the original run's checkpoint is gone.
+        init = M.load(args.init_from, with_clip=False)
+        unet.load_state_dict(init.unet.state_dict())
+        text_encoder.load_state_dict(init.text_encoder.state_dict())
+        ema = {f"{k}.{n}": v.detach().clone() for k, m in modules.items() for n, v in m.state_dict().items()}
+        print(f"initialised from {args.init_from}")
     if ckpt.exists() and not args.restart:
         state = load_checkpoint(ckpt, modules, ema, opt)
         start, elapsed = state["step"], state["elapsed"]
@@ -283,6 +291,7 @@ def main(argv=None):
     p.add_argument("--ckpt-every", type=int, default=250)
     p.add_argument("--max-minutes", type=float, default=0, help="stop (resumably) after this long; 0 = no limit")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--init-from", help="start the UNet and text encoder from a finished shapes model folder (or 'shapes')")
     p.add_argument("--clip-steps", type=int, default=1500)
     p.add_argument("--clip-batch", type=int, default=128)
     p.add_argument("--clip-lr", type=float, default=1e-3)
