@@ -187,7 +187,8 @@ def model_card(r: dict, training: dict, command: str) -> str:
          "image tower on 4x4 patches) for the ViT and CLIP energies. Weights are safetensors in `sampler/shapes/weights/`.", "",
          "## Training", ""]
     if training:
-        L += [f"- command: `{training.get('command', '?')}`",
+        L += ["- commands, in order (a resumed run continues the same seeded schedule): "
+              + "; ".join(f"`{c}`" for c in training.get("commands", [training.get("command", "?")])),
               f"- seed {training.get('seed')}, batch {training.get('batch')}, UNet + text encoder {training.get('unet_steps')} steps "
               f"in {training.get('unet_minutes')} min (final loss {training.get('final_loss', float('nan')):.4f}), "
               f"CLIP {training.get('clip_steps')} steps in {training.get('clip_minutes')} min",

@@ -302,8 +302,11 @@ def main(argv=None):
     args.work.mkdir(parents=True, exist_ok=True)
     record_path = args.work / "record.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    command = "python -m sampler.shapes.train " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    commands = record.get("commands", [record["command"]] if "command" in record else []) + [command]
     record.update(
-        command="python -m sampler.shapes.train " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+        command=command,
+        commands=commands,  # every invocation, so a resumed run says how it was resumed
         seed=args.seed,
         batch=args.batch,
         machine=f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {'GPU' if torch.cuda.is_available() else 'CPU'}",
