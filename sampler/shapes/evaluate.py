@@ -120,6 +120,12 @@ def inversion(b: ShapesBackbone, images: np.ndarray, captions: list[str], steps:
     return {"n": len(s), "mean_psnr": float(s.mean()), "min_psnr": float(s.min()), "share_at_least_30db": float((s >= 30).mean())}
 
 
+def _features(out) -> torch.Tensor:
+    """CLIPModel.get_*_features returns a tensor in transformers 4 and an output object (whose
+    pooler_output is the projected embedding) in transformers 5."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
 @torch.no_grad()
 def clip_retrieval(b: ShapesBackbone, n: int = 256) -> dict:
     """Zero-shot top-1 retrieval among every caption of the world, on held-out scenes."""
@@ -127,10 +133,10 @@ def clip_retrieval(b: ShapesBackbone, n: int = 256) -> dict:
         return {}
     caps = all_captions()
     ids = b.tokenizer(caps, padding="max_length", max_length=M.MAX_LENGTH, return_tensors="pt").input_ids
-    text = F.normalize(b.clip.get_text_features(input_ids=ids), dim=-1)
+    text = F.normalize(_features(b.clip.get_text_features(input_ids=ids)), dim=-1)
     scenes = [W.make_scene(HELD_OUT + 900_000 + i) for i in range(n)]
     pixels = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2) * 2 - 1
-    img = F.normalize(b.clip.get_image_features(pixel_values=pixels), dim=-1)
+    img = F.normalize(_features(b.clip.get_image_features(pixel_values=pixels)), dim=-1)
     best = (img @ text.T).argmax(1)
     right = [caps[j] == s.caption for j, s in zip(best.tolist(), scenes)]
     one = [r for r, s in zip(right, scenes) if len(s.objects) == 1]
