@@ -88,7 +88,7 @@ SCHEDULER_CONFIG = dict(
 )
 
 # Default sampling settings of the shapes model, chosen by the evaluation in the model card.
-DEFAULTS = dict(steps=25, cfg=2.0)
+DEFAULTS = dict(steps=25, cfg=3.0)
 
 
 def clip_config(tokenizer):
