@@ -191,10 +191,7 @@ def memory_probe(model: str, script: str, plain: bool) -> tuple[int, int]:
     if plain:
         editor.sample_plain(settings)
     else:
-        src = editor.source(settings, progress=False)  # the source pass is kept: it is part of the cost
-        base = max(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-        del src
-        editor.run(prog, progress=False)
+        editor.run(prog, progress=False)  # source pass (recorded, kept) + guided pass: the whole cost
     return base, max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)
 
 
