@@ -161,13 +161,21 @@ def _atomic_write_text(path: Path, text: str):
 def cmd_repl(args) -> int:
     from .repl import Repl
 
-    return Repl(args.script, model=args.model, device=args.device).loop()
+    return Repl(args.script, model=args.model, device=args.device, dtype=args.dtype, low_memory=args.low_memory).loop()
 
 
 def cmd_bench(args) -> int:
     from sampler.bench import main as bench_main
 
     return bench_main(args)
+
+
+def _model_flags(p: argparse.ArgumentParser):
+    """Which model, where and how: shared by the commands that load one."""
+    p.add_argument("--model", help='"shapes" (default), a shapes model folder, or a Stable Diffusion model id / folder')
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="Stable Diffusion weights (the shapes model is fp32)")
+    p.add_argument("--low-memory", action="store_true", help="gradient checkpointing and attention slicing (Stable Diffusion)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,10 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--source-out", help="also write the unedited source image of the same seed")
     r.add_argument("--seed", type=int)
     r.add_argument("--steps", type=int)
-    r.add_argument("--model", help='"shapes" (default), a shapes model folder, or a Stable Diffusion model id / folder')
-    r.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
-    r.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="Stable Diffusion weights (the shapes model is fp32)")
-    r.add_argument("--low-memory", action="store_true", help="gradient checkpointing and attention slicing (Stable Diffusion)")
+    _model_flags(r)
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_run)
 
@@ -201,8 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("repl", help="edit interactively; re-runs reuse the model and the source pass")
     rp.add_argument("script", nargs="?")
-    rp.add_argument("--model")
-    rp.add_argument("--device", default="cpu")
+    _model_flags(rp)
     rp.set_defaults(func=cmd_repl)
 
     b = sub.add_parser("bench", help="measure edit quality and cost on the shapes world")

@@ -39,12 +39,14 @@ KEYWORDS = ("prompt", "negative", "seed", "steps", "cfg", "centroid", "size", "s
 
 
 class Repl:
-    def __init__(self, script: str | None = None, model: str | None = None, device: str = "cpu", out: str = "repl.png"):
+    def __init__(self, script: str | None = None, model: str | None = None, device: str = "cpu", out: str = "repl.png",
+                 dtype: str = "fp32", low_memory: bool = False):
         from energies.program import Program
 
         self.program = Program()
         self.model = model
         self.device = device
+        self.dtype, self.low_memory = dtype, low_memory
         self.out = Path(out)
         self.auto = True
         self.editor = None
@@ -91,7 +93,7 @@ class Repl:
 
         if self.editor is None:
             print("loading the model ...")
-            self.editor = Editor(self.program.settings.model, device=self.device)
+            self.editor = Editor(self.program.settings.model, device=self.device, dtype=self.dtype, low_memory=self.low_memory)
         t0 = time.perf_counter()
         result = self.editor.run(self.program, script_dir=self.script_dir)
         source_out = self.out.with_name(self.out.stem + "-source.png")
