@@ -79,6 +79,11 @@ class Backbone:
     def alphas_cumprod(self) -> torch.Tensor:
         return self.scheduler.alphas_cumprod.to(torch.float32)
 
+    def schedule(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(alpha_bar for every training timestep, alpha_bar after the last step) on the model's
+        device: the two things the DDIM loop and the inversion need from the scheduler."""
+        return self.alphas_cumprod().to(self.device), torch.as_tensor(float(self.scheduler.final_alpha_cumprod))
+
     def eps(self, z: torch.Tensor, t: int, context: torch.Tensor, added: dict | None = None) -> torch.Tensor:
         """Epsilon prediction at timestep t, whatever the model's own prediction type."""
         out = self.unet(z.to(self.dtype), t, encoder_hidden_states=context, added_cond_kwargs=added or None).sample.float()

@@ -194,7 +194,7 @@ class Editor:
         if image_path is None:
             noise = self._noise(settings.seed)
         else:
-            noise, cond = self._inverted(settings, image_path, cond, timesteps, progress)
+            noise, cond = self._inverted(settings, image_path, image_key, cond, timesteps, progress)
             clip = None  # the inversion inverts the unclipped step; clipping would not land back on the image
         record: list[Features] = []
         latents: list[torch.Tensor] = []
@@ -202,8 +202,7 @@ class Editor:
             self._denoiser(cond, settings.cfg, record),
             noise,
             timesteps,
-            b.alphas_cumprod().to(b.device),
-            torch.as_tensor(float(b.scheduler.final_alpha_cumprod)),
+            *b.schedule(),
             callback=lambda d: latents.append(d["z"].detach()),
             disable=not progress,
             desc="source",
@@ -217,7 +216,7 @@ class Editor:
             self._sources.pop(next(iter(self._sources)))
         return src
 
-    def _inverted(self, settings: P.Settings, path: Path, cond, timesteps, progress: bool):
+    def _inverted(self, settings: P.Settings, path: Path, image_key: str, cond, timesteps, progress: bool):
         """(z_T, conditioning) for a real image, from the on-disk cache or by inverting it now.
 
         DDIM inversion runs with the prompt at cfg 1, each step refined by fixed-point iterations
@@ -228,7 +227,7 @@ class Editor:
         b = self.backbone
         mode = settings.invert or "ddim"
         span = settings.spans.get("source")
-        meta = {"model": b.name, "image": file_hash(path) if path.is_file() else "", "prompt": settings.prompt,
+        meta = {"model": b.name, "image": image_key, "prompt": settings.prompt,
                 "negative": settings.negative or "", "steps": settings.steps, "cfg": settings.cfg, "invert": mode,
                 "size": list(b.image_size()), "version": INVERSION_VERSION}
         key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:32]
@@ -238,8 +237,7 @@ class Editor:
             steps = [t[f"uncond.{i}"] for i in range(len(timesteps))] if mode == "null-text" else None
             return t["noise"], dataclasses.replace(cond, uncond_steps=steps)
         image = load_image(path, b.image_size(), span)
-        alphas = b.alphas_cumprod().to(b.device)
-        final = torch.as_tensor(float(b.scheduler.final_alpha_cumprod))
+        alphas, final = b.schedule()
         with torch.no_grad():
             z0 = b.encode(torch.from_numpy(image).permute(2, 0, 1)[None])
             trajectory = invert_ddim(lambda z, t: b.eps(z, t, cond.cond, cond.added), z0, timesteps, alphas, final,
@@ -264,8 +262,7 @@ class Editor:
             self._denoiser(cond, settings.cfg),
             self._noise(settings.seed),
             b.timesteps(settings.steps),
-            b.alphas_cumprod().to(b.device),
-            torch.as_tensor(float(b.scheduler.final_alpha_cumprod)),
+            *b.schedule(),
             disable=not progress,
             clip=b.clip_x0,
         )
@@ -284,8 +281,7 @@ class Editor:
             self._denoiser(cond, settings.cfg),
             src.noise,
             timesteps,
-            b.alphas_cumprod().to(b.device),
-            torch.as_tensor(float(b.scheduler.final_alpha_cumprod)),
+            *b.schedule(),
             guide=guide,
             disable=not progress,
             desc="edit",

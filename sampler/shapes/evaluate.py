@@ -47,7 +47,7 @@ def sample(b: ShapesBackbone, captions: list[str], seeds: list[int], steps: int,
     assert len(captions) == len(seeds), f"{len(captions)} captions but {len(seeds)} seeds"
     out = []
     ts = b.timesteps(steps)
-    alphas, final = b.alphas_cumprod(), torch.tensor(float(b.scheduler.final_alpha_cumprod))
+    alphas, final = b.schedule()
     for k in range(0, len(captions), batch):
         caps, sds = captions[k : k + batch], seeds[k : k + batch]
         cond = torch.cat([b.encode_prompt(c).cond for c in caps])
@@ -107,7 +107,7 @@ def localisation(b: ShapesBackbone, n: int = 64, timesteps=(100, 300, 500, 700, 
 def inversion(b: ShapesBackbone, images: np.ndarray, captions: list[str], steps: int = 50, fixed_point: int = 0) -> dict:
     """Invert each image with DDIM (cond only, cfg 1) and regenerate; PSNR against the input."""
     ts = b.timesteps(steps)
-    alphas, final = b.alphas_cumprod(), torch.tensor(float(b.scheduler.final_alpha_cumprod))
+    alphas, final = b.schedule()
     scores = []
     for im, cap in zip(images, captions):
         x = torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1)[None].float() * 2 - 1
