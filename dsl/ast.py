@@ -71,8 +71,25 @@ class Edit(Node):
     mods: Modifiers
 
 
+class Region(Node):
+    side: Name  # inside | outside
+    token: TokenRef
+
+
 class Keep(Node):
     what: Union[Prop, Name]
+    mods: Modifiers
+    region: Region | None = None  # keep pixels inside/outside token "..."
+
+
+class ClipStmt(Node):
+    target: String  # clip "a blue circle" from "a red circle"
+    source: String | None  # None: the prompt
+    mods: Modifiers
+
+
+class StyleStmt(Node):
+    path: String  # style image "ref.png", relative to the script
     mods: Modifiers
 
 
@@ -81,7 +98,7 @@ class DirectionStmt(Node):
     mods: Modifiers
 
 
-Statement = Union[Setting, Edit, Keep, DirectionStmt]
+Statement = Union[Setting, Edit, Keep, DirectionStmt, ClipStmt, StyleStmt]
 
 
 class Comment(BaseModel):

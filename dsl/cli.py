@@ -170,6 +170,12 @@ def cmd_bench(args) -> int:
     return bench_main(args)
 
 
+def cmd_learn(args) -> int:
+    from sampler.learn import main as learn_main
+
+    return learn_main(args.rest)
+
+
 def _model_flags(p: argparse.ArgumentParser):
     """Which model, where and how: shared by the commands that load one."""
     p.add_argument("--model", help='"shapes" (default), a shapes model folder, or a Stable Diffusion model id / folder')
@@ -209,19 +215,32 @@ def build_parser() -> argparse.ArgumentParser:
     _model_flags(rp)
     rp.set_defaults(func=cmd_repl)
 
+    lp = sub.add_parser("learn", help="learn directions: `steer learn hspace ...` (Asyrp) or `steer learn noiseclr ...` (NoiseCLR)",
+                        add_help=False)
+    lp.add_argument("rest", nargs=argparse.REMAINDER)
+    lp.set_defaults(func=cmd_learn)
+
     b = sub.add_parser("bench", help="measure edit quality and cost on the shapes world")
     b.add_argument("--quick", action="store_true", help="a smoke run: few seeds and steps")
     b.add_argument("--seeds", type=int)
     b.add_argument("--out", default="bench-out")
+    b.add_argument("--task", action="append", help="run only this task (repeatable), e.g. --task move")
     b.add_argument("--model", default="shapes")
     b.set_defaults(func=cmd_bench)
     return p
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["learn"]:  # its own parser (sampler/learn.py) reads everything after the word
+        return _guarded(lambda: cmd_learn(argparse.Namespace(rest=argv[1:])))
     args = build_parser().parse_args(argv)
+    return _guarded(lambda: args.func(args))
+
+
+def _guarded(run) -> int:
     try:
-        return args.func(args)
+        return run()
     except SteerError as e:
         print(e.render(), file=sys.stderr)
         return EXIT_USER_ERROR

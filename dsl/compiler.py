@@ -17,7 +17,7 @@ from .errors import SteerCompileError, did_you_mean
 SETTING_TYPES = {"prompt": "string", "negative": "string", "model": "string", "source": "string", "seed": "int", "steps": "int",
                  "cfg": "number", "invert": "name"}
 INVERSIONS = ("ddim", "null-text")
-KEEP_NAMES = ("appearance", "layout", "attention")
+KEEP_NAMES = ("appearance", "layout", "attention", "structure", "pixels")
 
 
 def compile_script(script: ast.Script) -> P.Program:
@@ -47,6 +47,12 @@ def _compile(script: ast.Script) -> P.Program:
             terms.append(_keep(st))
         elif isinstance(st, ast.DirectionStmt):
             terms.append(_modified(P.Direction(name=st.name.value), st))
+        elif isinstance(st, ast.ClipStmt):
+            terms.append(_clip(st))
+        elif isinstance(st, ast.StyleStmt):
+            if not st.path.value.strip():
+                raise SteerCompileError("style image needs a file name", st.path.span, hint='for example: style image "ref.png"')
+            terms.append(_modified(P.Style(path=st.path.value), st))
     return P.Program(settings=P.Settings(**settings, spans=spans), terms=tuple(terms))
 
 
@@ -149,8 +155,18 @@ def _edit(st: ast.Edit) -> P.TermBase:
     return _modified(term, st)
 
 
+def _clip(st: ast.ClipStmt) -> P.TermBase:
+    for s in (st.target, st.source):
+        if s is not None and not s.value.strip():
+            raise SteerCompileError("clip needs a text to aim at", s.span, hint='for example: clip "a blue circle" from "a red circle"')
+    return _modified(P.Clip(target=st.target.value, source=st.source.value if st.source else None), st)
+
+
 def _keep(st: ast.Keep) -> P.TermBase:
     w = st.what
+    if st.region is not None and not (isinstance(w, ast.Name) and w.value == "pixels"):
+        raise SteerCompileError(f"only pixels can be kept {st.region.side.value} a token", st.region.side.span,
+                                hint='for example: keep pixels outside token "circle"')
     if isinstance(w, ast.Name):
         if w.value == "appearance":
             term = P.KeepAppearance()
@@ -158,8 +174,14 @@ def _keep(st: ast.Keep) -> P.TermBase:
             term = P.KeepShape()
         elif w.value == "attention":
             term = P.KeepAttention()
+        elif w.value == "structure":
+            term = P.KeepStructure()
+        elif w.value == "pixels":
+            r = st.region
+            term = P.KeepPixels() if r is None else P.KeepPixels(token=_token(r.token), inside=r.side.value == "inside")
         else:
-            hint = did_you_mean(w.value, KEEP_NAMES) or "keep takes appearance, layout, attention, shape(token ...) or appearance(token ...)"
+            hint = did_you_mean(w.value, KEEP_NAMES) or ("keep takes appearance, layout, attention, structure, pixels, "
+                                                         "shape(token ...) or appearance(token ...)")
             raise SteerCompileError(f"nothing called {w.value!r} can be kept", w.span, hint=hint)
     elif w.name.value == "shape":
         term = P.KeepShape(token=_token(w.token))

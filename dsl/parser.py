@@ -15,7 +15,7 @@ from energies.program import Span
 from . import ast
 from .errors import SteerSyntaxError, did_you_mean
 
-KEYWORDS = ("prompt", "negative", "seed", "steps", "cfg", "model", "source", "invert", "centroid", "size", "shape", "appearance", "keep", "direction")
+KEYWORDS = ("prompt", "negative", "seed", "steps", "cfg", "model", "source", "invert", "centroid", "size", "shape", "appearance", "keep", "direction", "clip", "style")
 
 
 _comments = threading.local()  # where the lexer callback drops the comments of the current parse
@@ -132,9 +132,22 @@ class _ToAst(Transformer):
         return ast.Edit(target=target, op=self._name(op), value=self._value(value), mods=mods, span=self._s(meta))
 
     def keep(self, meta, children):
-        what, mods = children
+        what, *region, mods = children
         what = self._name(what) if isinstance(what, Token) else what
-        return ast.Keep(what=what, mods=mods, span=self._s(meta))
+        return ast.Keep(what=what, region=region[0] if region else None, mods=mods, span=self._s(meta))
+
+    def region(self, meta, children):
+        side, tokref = children
+        return ast.Region(side=self._name(side), token=tokref, span=self._s(meta))
+
+    def clip(self, meta, children):
+        target, *source, mods = children
+        return ast.ClipStmt(target=self._string(target), source=self._string(source[0]) if source else None, mods=mods,
+                            span=self._s(meta))
+
+    def style(self, meta, children):
+        path, mods = children
+        return ast.StyleStmt(path=self._string(path), mods=mods, span=self._s(meta))
 
     def direction(self, meta, children):
         name, mods = children

@@ -67,6 +67,24 @@ def keep_attention(t: P.KeepAttention) -> str:
     return "keep attention"
 
 
+def keep_structure(t: P.KeepStructure) -> str:
+    return "keep structure"
+
+
+def keep_pixels(t: P.KeepPixels) -> str:
+    if t.token is None:
+        return "keep pixels"
+    return f"keep pixels {'inside' if t.inside else 'outside'} {token(t.token)}"
+
+
+def clip(t: P.Clip) -> str:
+    return f"clip {string(t.target)}" + (f" from {string(t.source)}" if t.source is not None else "")
+
+
+def style(t: P.Style) -> str:
+    return f"style image {string(t.path)}"
+
+
 def direction(t: P.Direction) -> str:
     return f"direction {t.name}"
 

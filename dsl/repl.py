@@ -35,7 +35,7 @@ Commands:
 
 COMMANDS = (":run", ":list", ":rm", ":weight", ":window", ":clear", ":auto", ":out", ":save", ":help", ":quit")
 KEYWORDS = ("prompt", "negative", "seed", "steps", "cfg", "centroid", "size", "shape", "appearance", "keep", "direction", "token",
-            "layout", "attention", "via")
+            "layout", "attention", "via", "clip", "from", "style", "image", "structure", "pixels", "inside", "outside")
 
 
 class Repl:

@@ -1,6 +1,6 @@
 """The Python API: build the same Program as the DSL, one call per construct.
 
-    from energies.builder import token, centroid, size, shape, appearance, keep, direction, settings
+    from energies.builder import token, centroid, size, shape, appearance, keep, clip, style, direction, settings
 
     program = settings(prompt="a red circle and a blue square", seed=3) \\
         + centroid(token("circle")).to(0.75, 0.5) * 2 \\
@@ -78,6 +78,28 @@ class keep:
     @staticmethod
     def attention() -> P.KeepAttention:
         return P.KeepAttention()
+
+    @staticmethod
+    def structure() -> P.KeepStructure:
+        return P.KeepStructure()
+
+    @staticmethod
+    def pixels(inside=None, outside=None) -> P.KeepPixels:
+        """keep.pixels(), keep.pixels(inside="square") or keep.pixels(outside="circle")."""
+        if inside is not None and outside is not None:
+            raise ValueError("keep.pixels takes inside= or outside=, not both")
+        if inside is None and outside is None:
+            return P.KeepPixels()
+        return P.KeepPixels(token=_ref(inside if inside is not None else outside), inside=inside is not None)
+
+
+def clip(target: str, source: str | None = None) -> P.Clip:
+    """clip("a blue circle", source="a red circle"): the directional CLIP term (source: the prompt if None)."""
+    return P.Clip(target=target, source=source)
+
+
+def style(path: str) -> P.Style:
+    return P.Style(path=str(path))
 
 
 def direction(name: str) -> P.Direction:

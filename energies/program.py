@@ -15,7 +15,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-PLACEMENTS = ("eps", "latent", "mean")  # reference/methods.md, "Where the guidance term goes"
+PLACEMENTS = ("eps", "latent", "mean", "x0")  # reference/methods.md, "Where the guidance term goes"
 
 
 class Span(BaseModel):
@@ -144,6 +144,36 @@ class KeepAttention(TermBase):
     kind: Literal["keep_attention"] = "keep_attention"
 
 
+class KeepStructure(TermBase):
+    """keep structure: DiffuseIT's self-similarity of ViT keys on the predicted x0, against the source."""
+
+    kind: Literal["keep_structure"] = "keep_structure"
+
+
+class KeepPixels(TermBase):
+    """keep pixels [inside|outside token]: L1 between the predicted x0 and the source's, optionally
+    only inside (or outside) a token's mask."""
+
+    kind: Literal["keep_pixels"] = "keep_pixels"
+    token: TokenRef | None = None
+    inside: bool = True  # with a token: True keeps the pixels inside its mask, False those outside
+
+
+class Clip(TermBase):
+    """clip "target" from "source": DiffusionCLIP's directional CLIP loss on the predicted x0."""
+
+    kind: Literal["clip"] = "clip"
+    target: str
+    source: str | None = None  # None: the prompt
+
+
+class Style(TermBase):
+    """style image "ref.png": the ViT CLS token of the predicted x0 matches a reference image's (DiffuseIT)."""
+
+    kind: Literal["style"] = "style"
+    path: str
+
+
 class Direction(TermBase):
     """direction NAME * s: a learned direction (h-space or noise space), found by name."""
 
@@ -152,7 +182,8 @@ class Direction(TermBase):
 
 
 Term = Annotated[
-    Union[Move, Shift, Resize, SizeTo, ShapeFrom, AppearanceFrom, KeepAppearance, KeepShape, KeepAttention, Direction],
+    Union[Move, Shift, Resize, SizeTo, ShapeFrom, AppearanceFrom, KeepAppearance, KeepShape, KeepAttention, KeepStructure,
+          KeepPixels, Clip, Style, Direction],
     Field(discriminator="kind"),
 ]
 

@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 import dsl
 from energies import appearance, centroid, direction, keep, shape, size, token
+from energies.builder import clip, style
 from energies import program as P
 from energies.builder import settings as with_settings
 
@@ -42,6 +43,13 @@ CONSTRUCTS = [
     ('keep appearance via latent', P.KeepAppearance(placement="latent")),
     ('size(token "dog"#2) *= 2', P.Resize(token=P.TokenRef(word="dog", occurrence=2), factor=2.0)),
     ("direction smile*1.5", P.Direction(name="smile", weight=1.5)),
+    ("keep structure", P.KeepStructure()),
+    ("keep pixels", P.KeepPixels()),
+    ('keep pixels inside token "square"', P.KeepPixels(token=P.TokenRef(word="square"), inside=True)),
+    ('keep pixels outside token "circle" * 2', P.KeepPixels(token=P.TokenRef(word="circle"), inside=False, weight=2.0)),
+    ('clip "a blue circle" from "a red circle"', P.Clip(target="a blue circle", source="a red circle")),
+    ('clip "a blue circle" @ 0..0.5', P.Clip(target="a blue circle", window=P.Window(start=0, end=0.5))),
+    ('style image "ref.png" * 0.5', P.Style(path="ref.png", weight=0.5)),
 ]
 
 
@@ -87,6 +95,8 @@ def test_builder_covers_every_construct():
         + shape("square").to(shape("circle")) + appearance("circle").to(appearance("square"))
         + keep.layout() + keep.shape("square") + keep.attention() + keep.appearance("square")
         + direction("smile") * 1.5 + centroid(token("dog", 2)).to(0.1, 0.2).at(0, 0.6).via("latent")
+        + keep.structure() + keep.pixels() + keep.pixels(inside="square") + keep.pixels(outside="circle") * 2
+        + clip("a blue circle", source="a red circle") + clip("a green circle") + style("ref.png")
     )
     assert dsl.compile(dsl.format(built)) == built
     with pytest.raises(ValueError):
@@ -128,6 +138,10 @@ ERRORS = [
     ('keep centroid(token "s")', 1, 6, "keep takes"),
     ('centroid(token "") -> (0.5, 0.5)', 1, 16, None),
     ("cfg -1", 1, 5, None),
+    ('keep appearance inside token "c"', 1, 17, "keep pixels"),
+    ('clip ""', 1, 6, "for example"),
+    ('style "x.png"', 1, 7, "'image'"),
+    ("keep structur", 1, 6, "did you mean 'structure'"),
 ]
 
 
