@@ -10,6 +10,7 @@ Only safetensors are read; nothing is unpickled.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from dsl.errors import SteerCompileError, did_you_mean
@@ -46,3 +47,147 @@ def find(term, paths) -> Path:
     raise SteerCompileError(
         f"unknown direction {term.name!r}", term.span, hint=(hint + "; " if hint else "") + f"known directions: {listing}"
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Direction files: what `steer learn` writes and an editor reads.
+#
+# One safetensors file per direction. Its tensors depend on the kind:
+#   hspace  "delta_h"    (C, h, w) float32: Asyrp's global delta-h, added to the UNet mid-block output
+#           or (N, C, h, w) with "timesteps" (N,) int64: one delta-h per training timestep
+#   noise   "embedding"  (D,) float32: NoiseCLR's token embedding in the text encoder's input table
+# Its safetensors metadata has one key, "steer", a JSON object with at least
+#   format (1), kind, backbone ("<kind>:<name>", e.g. "shapes:shapes"), resolution ([H, W] of the
+#   images), recipe (the command that made it), date (UTC, ISO 8601)
+# and whatever else the learner recorded (train_steps, losses, ...).
+
+FORMAT = 1
+KINDS = ("hspace", "noise")
+TENSOR = {"hspace": "delta_h", "noise": "embedding"}  # the tensor every file of a kind must have
+
+
+@dataclass
+class Direction:
+    name: str  # the file's stem: what a script calls it
+    kind: str  # "hspace" | "noise"
+    tensors: dict  # name -> torch.Tensor (CPU, as saved)
+    meta: dict  # the "steer" metadata object
+
+
+def backbone_id(backbone) -> str:
+    """"<kind>:<name>", the backbone field of a direction file."""
+    return f"{backbone.kind}:{backbone.name}"
+
+
+def hspace_shape(unet) -> tuple[int, int, int]:
+    """(C, h, w) of the mid-block output at the UNet's own sample size: every down block but the
+    last halves the side (diffusers' layout for SD 1.x/2.x, SDXL and the shapes model)."""
+    cfg = unet.config
+    size = cfg.sample_size if isinstance(cfg.sample_size, (tuple, list)) else (cfg.sample_size, cfg.sample_size)
+    down = 2 ** (len(cfg.block_out_channels) - 1)
+    return (int(cfg.block_out_channels[-1]), int(size[0]) // down, int(size[1]) // down)
+
+
+def noise_width(backbone) -> int:
+    """D of a NoiseCLR direction: the width of the text encoder's input-embedding table."""
+    return int(backbone.text_encoder.get_input_embeddings().weight.shape[1])
+
+
+def save_direction(path, tensors: dict, kind: str, backbone: str, meta: dict | None = None) -> Path:
+    """Write a direction file atomically (a temporary file beside it, then os.replace), so a crash
+    never leaves half a direction where a script will look for one."""
+    import json
+    from datetime import datetime, timezone
+
+    from safetensors.torch import save_file
+
+    if kind not in KINDS:
+        raise ValueError(f"direction kind must be one of {KINDS}, not {kind!r}")
+    if TENSOR[kind] not in tensors:
+        raise ValueError(f"a {kind} direction needs a {TENSOR[kind]!r} tensor (got {sorted(tensors)})")
+    meta = dict(meta or {})
+    record = {
+        "format": FORMAT,
+        "kind": kind,
+        "backbone": str(backbone),
+        "resolution": meta.pop("resolution", None),
+        "recipe": meta.pop("recipe", None),
+        "date": meta.pop("date", datetime.now(timezone.utc).isoformat(timespec="seconds")),
+        **meta,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        save_file({k: v.detach().float().cpu().contiguous() if v.is_floating_point() else v.detach().cpu().contiguous()
+                   for k, v in tensors.items()}, str(tmp), metadata={"steer": json.dumps(record)})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; a direction is meant to be shared
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def read_direction(path, span=None) -> Direction:
+    """A direction file as it is, without checking it against a model."""
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise SteerCompileError(f"direction file {str(path)!r} does not exist", span)
+    try:
+        with safe_open(str(path), "pt") as f:
+            raw = (f.metadata() or {}).get("steer")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise SteerCompileError(f"cannot read direction file {str(path)!r}: {e}", span,
+                                hint="direction files are safetensors written by `steer learn`") from None
+    try:
+        meta = json.loads(raw) if raw is not None else None
+    except json.JSONDecodeError:
+        meta = None
+    if not isinstance(meta, dict) or meta.get("kind") not in KINDS:
+        raise SteerCompileError(f"{str(path)!r} is not a steer direction file (no 'steer' metadata with a kind)", span,
+                                hint="direction files are written by `steer learn hspace` or `steer learn noiseclr`")
+    kind = meta["kind"]
+    if TENSOR[kind] not in tensors:
+        raise SteerCompileError(f"direction file {str(path)!r} has no {TENSOR[kind]!r} tensor", span)
+    return Direction(name=path.stem, kind=kind, tensors=tensors, meta=meta)
+
+
+def load_direction(path, backbone, span=None) -> Direction:
+    """Read a direction file and check that it fits `backbone` (a sampler Backbone): the same
+    family ("shapes", "sd", "sdxl") and the tensor shapes this model needs. A direction learned on
+    another model raises SteerCompileError naming both models."""
+    d = read_direction(path, span)
+    if backbone is None:
+        return d
+    learned = str(d.meta.get("backbone", "?"))
+    here = backbone_id(backbone)
+
+    def mismatch(why: str):
+        return SteerCompileError(
+            f"direction {d.name!r} was learned on {learned}, not on this model {here}: {why}", span,
+            hint=f"learn it again on this model: steer learn {'hspace' if d.kind == 'hspace' else 'noiseclr'} ... --model {backbone.name}",
+        )
+
+    learned_kind = learned.split(":", 1)[0]
+    if learned_kind != backbone.kind:
+        raise mismatch(f"a {learned_kind!r} backbone, this is a {backbone.kind!r} one")
+    if d.kind == "hspace":
+        want = hspace_shape(backbone.unet)
+        got = tuple(d.tensors["delta_h"].shape[-3:])
+        if got != want:
+            raise mismatch(f"its delta-h is {'x'.join(map(str, got))} but this UNet's mid block gives {'x'.join(map(str, want))}")
+        if d.tensors["delta_h"].dim() == 4 and "timesteps" not in d.tensors:
+            raise SteerCompileError(f"direction {d.name!r} has one delta-h per timestep but no 'timesteps' tensor", span)
+    else:
+        got, want = int(d.tensors["embedding"].shape[-1]), noise_width(backbone)
+        if got != want:
+            raise mismatch(f"its token embedding has {got} dimensions but this text encoder's has {want}")
+    return d

@@ -1,0 +1,285 @@
+"""Learned directions: the file format, the h-space hook and asymmetric step, NoiseCLR's token
+context, and `steer learn` on the shipped shapes model at tiny settings (resumed runs included)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from dsl.errors import SteerCompileError
+from energies import directions as D
+from sampler import hspace as H
+from sampler import learn
+from sampler import noise_directions as N
+from sampler.backbones import StableDiffusionBackbone, load_backbone
+from sampler.guided import clip_x0, ddim_step, pred_x0
+from tiny import tiny_sd_pipeline
+
+
+@pytest.fixture(scope="module")
+def shapes(shapes_path):
+    return load_backbone(shapes_path)
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+    return StableDiffusionBackbone(tiny_sd_pipeline(tmp_path_factory.mktemp("sd")), "tiny-sd")
+
+
+def _meta(path):
+    with safe_open(str(path), "pt") as f:
+        return json.loads(f.metadata()["steer"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Direction files
+
+
+def test_save_load_round_trip(shapes, tmp_path):
+    delta = torch.randn(D.hspace_shape(shapes.unet))
+    path = D.save_direction(tmp_path / "bigger.safetensors", {"delta_h": delta}, "hspace", D.backbone_id(shapes),
+                            {"resolution": [32, 32], "recipe": "steer learn hspace bigger ...", "train_steps": 20})
+    assert path.is_file() and [p.name for p in tmp_path.iterdir()] == ["bigger.safetensors"]  # no temporary left behind
+    d = D.load_direction(path, shapes)
+    assert (d.name, d.kind) == ("bigger", "hspace")
+    assert torch.equal(d.tensors["delta_h"], delta)
+    assert d.meta["backbone"] == f"shapes:{shapes.name}" and d.meta["resolution"] == [32, 32]
+    assert d.meta["recipe"].startswith("steer learn hspace") and d.meta["train_steps"] == 20 and d.meta["format"] == 1
+    assert d.meta["date"][:2] == "20"
+    assert D.known([tmp_path]) == {"bigger": path}  # found by name on a search path
+
+    emb = torch.randn(D.noise_width(shapes))
+    D.save_direction(tmp_path / "n.safetensors", {"embedding": emb}, "noise", D.backbone_id(shapes), {"recipe": "x"})
+    n = D.load_direction(tmp_path / "n.safetensors", shapes)
+    assert n.kind == "noise" and torch.equal(n.tensors["embedding"], emb) and n.meta["resolution"] is None
+
+
+def test_save_refuses_a_file_without_its_tensor(tmp_path):
+    with pytest.raises(ValueError, match="delta_h"):
+        D.save_direction(tmp_path / "x.safetensors", {"embedding": torch.zeros(4)}, "hspace", "shapes:shapes")
+
+
+def test_direction_from_another_backbone_is_refused(shapes, tiny_sd, tmp_path):
+    # another family: named both ways in the message
+    D.save_direction(tmp_path / "sdish.safetensors", {"delta_h": torch.zeros(1280, 8, 8)}, "hspace", "sd:stable-diffusion-v1-5")
+    with pytest.raises(SteerCompileError) as e:
+        D.load_direction(tmp_path / "sdish.safetensors", shapes)
+    assert "sd:stable-diffusion-v1-5" in e.value.message and f"shapes:{shapes.name}" in e.value.message
+    # the same family but another architecture: the shapes are compared
+    D.save_direction(tmp_path / "shapes_dir.safetensors", {"delta_h": torch.zeros(D.hspace_shape(shapes.unet))}, "hspace", D.backbone_id(shapes))
+    other = D.save_direction(tmp_path / "wide.safetensors", {"delta_h": torch.zeros(128, 8, 8)}, "hspace", "sd:tiny-sd")
+    with pytest.raises(SteerCompileError) as e:
+        D.load_direction(other, tiny_sd)
+    assert "128x8x8" in e.value.message and "x".join(map(str, D.hspace_shape(tiny_sd.unet))) in e.value.message
+    assert "tiny-sd" in e.value.message
+    with pytest.raises(SteerCompileError, match="shapes:"):
+        D.load_direction(tmp_path / "shapes_dir.safetensors", tiny_sd)
+    # a noise direction of the wrong width
+    D.save_direction(tmp_path / "n.safetensors", {"embedding": torch.zeros(768)}, "noise", D.backbone_id(shapes))
+    with pytest.raises(SteerCompileError, match="768 dimensions"):
+        D.load_direction(tmp_path / "n.safetensors", shapes)
+
+
+def test_foreign_files_are_errors_and_never_unpickled(shapes, tmp_path):
+    save_file({"delta_h": torch.zeros(3)}, str(tmp_path / "plain.safetensors"))  # no steer metadata
+    with pytest.raises(SteerCompileError, match="not a steer direction"):
+        D.load_direction(tmp_path / "plain.safetensors", shapes)
+    (tmp_path / "evil.safetensors").write_bytes(pickle.dumps({"delta_h": [1, 2, 3]}))
+    with pytest.raises(SteerCompileError, match="cannot read"):
+        D.load_direction(tmp_path / "evil.safetensors", shapes)
+    with pytest.raises(SteerCompileError, match="does not exist"):
+        D.load_direction(tmp_path / "missing.safetensors", shapes)
+
+
+# ----------------------------------------------------------------------------------------------
+# h-space
+
+
+def _eps(b, z, t, ctx):
+    with torch.no_grad():
+        return b.eps(z, t, ctx)
+
+
+@pytest.mark.parametrize("which", ["shapes", "tiny_sd"])
+def test_mid_block_hook_shifts_eps_and_is_removed(which, request):
+    b = request.getfixturevalue(which)
+    ctx = b.encode_prompt("a red square").cond
+    z = torch.randn((1, *b.latent_shape()), generator=torch.Generator().manual_seed(0))
+    plain = _eps(b, z, 500, ctx)
+    shape = H.mid_block_shape(b.unet)
+    with H.shifting(b.unet, torch.zeros(shape)):
+        assert len(b.unet.mid_block._forward_hooks) == 1
+        same = _eps(b, z, 500, ctx)
+    assert torch.equal(same, plain)
+    with H.shifting(b.unet, torch.randn(shape, generator=torch.Generator().manual_seed(1))):
+        moved = _eps(b, z, 500, ctx)
+    assert (moved - plain).abs().max() > 1e-3
+    assert len(b.unet.mid_block._forward_hooks) == 0
+    with pytest.raises(RuntimeError, match="boom"):  # removed when the call inside raises, too
+        with H.shifting(b.unet, torch.ones(shape)):
+            raise RuntimeError("boom")
+    assert len(b.unet.mid_block._forward_hooks) == 0
+    assert torch.equal(_eps(b, z, 500, ctx), plain)
+
+
+def test_eps_pair_shifts_only_the_second_copy_and_is_differentiable(shapes):
+    b = shapes
+    ctx = b.encode_prompt("a red circle").cond
+    z = torch.randn((1, *b.latent_shape()), generator=torch.Generator().manual_seed(2))
+    delta = torch.randn(H.mid_block_shape(b.unet), generator=torch.Generator().manual_seed(3)).requires_grad_(True)
+    eps, eps_s = H.eps_pair(b, z, 400, ctx, delta)
+    assert torch.allclose(eps, _eps(b, z, 400, ctx), atol=1e-5)
+    with H.shifting(b.unet, delta.detach()):
+        assert torch.allclose(eps_s, _eps(b, z, 400, ctx), atol=1e-5)
+    (g,) = torch.autograd.grad(eps_s.square().sum(), delta)
+    assert g.abs().sum() > 0
+    with pytest.raises(ValueError, match="delta-h"):
+        with H.shifting(b.unet, torch.zeros(7, 8, 8)):
+            _eps(b, z, 400, ctx)
+
+
+def test_asyrp_step_is_ddim_when_unshifted_and_asymmetric_otherwise():
+    g = torch.Generator().manual_seed(0)
+    z, eps, eps_s = (torch.randn(1, 3, 8, 8, generator=g) for _ in range(3))
+    a_t, a_prev = torch.tensor(0.3), torch.tensor(0.6)
+    plain = ddim_step(pred_x0(z, eps, a_t), eps, a_prev)
+    assert torch.allclose(H.asyrp_step(z, eps, eps, a_t, a_prev), plain, atol=1e-6)
+    x0c, epsc = clip_x0(z, pred_x0(z, eps, a_t), a_t, 1.0)  # the pixel-model path of the plain loop
+    assert torch.allclose(H.asyrp_step(z, eps, eps, a_t, a_prev, clip=1.0), ddim_step(x0c, epsc, a_prev), atol=1e-5)
+    # P_t from the shifted eps, D_t from the original: not the symmetric step with either eps
+    want = a_prev.sqrt() * pred_x0(z, eps_s, a_t) + (1 - a_prev).sqrt() * eps
+    got = H.asyrp_step(z, eps, eps_s, a_t, a_prev)
+    assert torch.allclose(got, want, atol=1e-6)
+    assert not torch.allclose(got, ddim_step(pred_x0(z, eps_s, a_t), eps_s, a_prev), atol=1e-3)
+
+
+def test_windows_and_tables():
+    assert H.EDIT_WINDOW == (0.0, 0.5) and H.BOOST_FROM == pytest.approx(0.8)
+    assert H.in_edit_window(0.0) and H.in_edit_window(0.49) and not H.in_edit_window(0.5)
+    assert H.boost_eta(0.79) == 0.0 and H.boost_eta(0.8) == 1.0
+    assert H.step_scale(20, 50) == pytest.approx(0.4)
+    table = H.HSpaceDelta(torch.arange(3.0).view(3, 1, 1, 1).expand(3, 2, 1, 1), torch.tensor([900, 700, 500]))
+    assert table.at(880)[0, 0, 0] == 0 and table.at(640)[0, 0, 0] == 1 and table.at(10)[0, 0, 0] == 2
+    with pytest.raises(ValueError):
+        H.HSpaceDelta(torch.zeros(3, 2, 1, 1))
+
+
+# ----------------------------------------------------------------------------------------------
+# NoiseCLR
+
+
+@pytest.mark.parametrize("which,word", [("shapes", "red"), ("tiny_sd", "red</w>")])
+def test_direction_context_is_the_one_token_prompt_and_leaves_the_model_alone(which, word, request):
+    b = request.getfixturevalue(which)
+    table = b.text_encoder.get_input_embeddings().weight
+    before, vocab = table.detach().clone(), dict(b.tokenizer.get_vocab())
+    row = table[b.tokenizer.convert_tokens_to_ids(word)].detach().clone()
+    # the embedding of a real word gives exactly the hidden states of the prompt of that word
+    ctx = N.direction_context(b, row)
+    assert torch.allclose(ctx, b.encode_prompt(word.replace("</w>", "")).cond, atol=1e-5)
+    # differentiable w.r.t. the embedding, K at once
+    emb = torch.randn(3, row.shape[0], generator=torch.Generator().manual_seed(0)).mul(0.02).requires_grad_(True)
+    ctx3 = N.direction_context(b, emb)
+    assert ctx3.shape == (3, *ctx.shape[1:])
+    (g,) = torch.autograd.grad(ctx3[1].square().sum(), emb)
+    assert g[1].abs().sum() > 0 and g[0].abs().sum() == 0 and g[2].abs().sum() == 0
+    assert torch.equal(table, before) and not table.requires_grad
+    assert dict(b.tokenizer.get_vocab()) == vocab and len(b.tokenizer) == len(vocab)
+    assert len(b.text_encoder.get_input_embeddings()._forward_hooks) == 0
+    # the noise difference of a direction is eps(z, d) - eps(z, "")
+    z = torch.randn((2, *b.latent_shape()), generator=torch.Generator().manual_seed(1))
+    empty = N.empty_context(b)
+    with torch.no_grad():
+        diff = N.noise_direction_eps(b, z, 300, ctx, empty)
+        want = b.eps(z, 300, ctx.expand(2, -1, -1)) - b.eps(z, 300, empty.expand(2, -1, -1))
+    assert torch.allclose(diff, want, atol=1e-5) and diff.abs().max() > 0
+
+
+def test_noiseclr_loss_prefers_consistent_distinct_directions():
+    g = torch.Generator().manual_seed(0)
+    a, other = torch.nn.functional.normalize(torch.randn(2, 64, generator=g), dim=-1)
+    good = learn.noiseclr_loss(a.expand(4, -1), other.expand(2, 4, -1), 0.5)  # same on every image, unlike the others
+    bad = learn.noiseclr_loss(torch.nn.functional.normalize(torch.randn(4, 64, generator=g), dim=-1), a.expand(2, 4, -1), 0.5)
+    assert good < bad
+    assert good.item() == pytest.approx(-np.log(np.exp(2.0) / np.exp(float(a @ other) / 0.5)), rel=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# steer learn, at tiny settings on the shipped model
+
+
+def _hspace(tmp_path, work, iters, *extra):
+    return learn.main(["hspace", "tiny", "--from", "a red circle", "--to", "a red square", "--steps", "4", "--n-images", "2",
+                       "--iters", str(iters), "--out", str(tmp_path / "out"), "--work", str(work), "--ckpt-every", "1", *extra])
+
+
+def test_learn_hspace_writes_a_loadable_direction_and_resumes(shapes, shapes_path, tmp_path, capsys):
+    assert _hspace(tmp_path, tmp_path / "w_full", 2, "--model", shapes_path) == 0
+    out = tmp_path / "out" / "tiny.safetensors"
+    assert f"to {out}" in capsys.readouterr().out.strip().splitlines()[-1]
+    full = D.load_direction(out, shapes)
+    meta = full.meta
+    assert full.kind == "hspace" and full.tensors["delta_h"].shape == D.hspace_shape(shapes.unet)
+    assert full.tensors["delta_h"].abs().sum() > 0  # it learned something from a zero start
+    assert meta["recipe"].startswith("steer learn hspace tiny --from 'a red circle'") and meta["train_steps"] == 4
+    assert meta["from"] == "a red circle" and meta["to"] == "a red square" and meta["resolution"] == [32, 32]
+
+    # stopped after the first pass, then resumed: the same direction as the uninterrupted run
+    assert _hspace(tmp_path, tmp_path / "w_part", 1, "--model", shapes_path) == 0
+    half = D.load_direction(out, shapes).tensors["delta_h"]
+    assert not torch.allclose(half, full.tensors["delta_h"])
+    assert _hspace(tmp_path, tmp_path / "w_part", 2, "--model", shapes_path, "--resume") == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert torch.allclose(D.load_direction(out, shapes).tensors["delta_h"], full.tensors["delta_h"], atol=1e-6)
+
+    # a checkpoint is never continued with another recipe
+    assert learn.main(["hspace", "tiny", "--from", "a red circle", "--to", "a blue circle", "--steps", "4", "--n-images", "2",
+                       "--iters", "3", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "w_part"), "--resume",
+                       "--model", shapes_path]) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def _world_images(folder, n=4):
+    from PIL import Image
+
+    from sampler.shapes.world import make_scene
+
+    folder.mkdir()
+    for i in range(n):
+        Image.fromarray((make_scene(100 + i).image * 255).round().astype(np.uint8)).save(folder / f"scene{i}.png")
+    return folder
+
+
+def _noiseclr(tmp_path, images, work, iters, *extra):
+    return learn.main(["noiseclr", "--images", str(images), "--k", "3", "--iters", str(iters), "--batch", "3", "--out",
+                       str(tmp_path / "dirs"), "--work", str(work), "--ckpt-every", "1", *extra])
+
+
+def test_learn_noiseclr_writes_k_directions_and_resumes(shapes, shapes_path, tmp_path, capsys):
+    images = _world_images(tmp_path / "images")
+    assert _noiseclr(tmp_path, images, tmp_path / "w_full", 2, "--model", shapes_path) == 0
+    assert "noiseclr_00 ... noiseclr_02" in capsys.readouterr().out.strip().splitlines()[-1]
+    files = sorted((tmp_path / "dirs").glob("*.safetensors"))
+    assert [f.stem for f in files] == ["noiseclr_00", "noiseclr_01", "noiseclr_02"]
+    full = [D.load_direction(f, shapes) for f in files]
+    assert all(d.kind == "noise" and d.tensors["embedding"].shape == (D.noise_width(shapes),) for d in full)
+    assert full[1].meta["index"] == 1 and full[1].meta["k"] == 3 and full[1].meta["recipe"].startswith("steer learn noiseclr")
+    N.direction_context(shapes, full[0].tensors["embedding"])  # usable as it is
+
+    assert _noiseclr(tmp_path, images, tmp_path / "w_part", 1, "--model", shapes_path) == 0
+    assert _noiseclr(tmp_path, images, tmp_path / "w_part", 2, "--model", shapes_path, "--resume") == 0
+    resumed = [D.load_direction(f, shapes).tensors["embedding"] for f in files]
+    for a, d in zip(resumed, full):
+        assert torch.allclose(a, d.tensors["embedding"], atol=1e-6)  # the optimizer state came back too
+
+
+def test_learn_noiseclr_needs_two_images(tmp_path, capsys):
+    images = _world_images(tmp_path / "one", n=1)
+    assert _noiseclr(tmp_path, images, tmp_path / "w", 1) == 2
+    assert "at least 2" in capsys.readouterr().err
