@@ -14,6 +14,8 @@ import torch
 from dsl.errors import SteerCompileError
 
 from . import attention as A
+from . import vit as V
+from . import x0 as X
 from . import defaults as D
 from . import program as P
 from .resolve import prompt_objects, token_indices
@@ -31,6 +33,7 @@ class BoundTerm:
     token: list[int] = field(default_factory=list)  # positions of the term's token
     other: list[int] = field(default_factory=list)  # positions of the other token (shape/appearance from)
     objects: list[list[int]] = field(default_factory=list)  # heads of the objects a keep term covers
+    extra: dict = field(default_factory=dict)  # what the editor precomputes: text features, a reference's CLS
 
     @property
     def kind(self) -> str:
@@ -42,7 +45,7 @@ class BoundTerm:
 
     @property
     def needs(self) -> set[str]:
-        return NEEDS[self.kind]
+        return NEEDS[self.kind] | ({"attn"} if self.kind == "keep_pixels" and self.token else set())
 
 
 NEEDS = {
@@ -55,7 +58,12 @@ NEEDS = {
     "keep_appearance": {"attn", "features"},
     "keep_shape": {"attn"},
     "keep_attention": {"attn", "layers"},
-    "direction": set(),
+    # the predicted-x0 family: the decoded x0 ("image"), and what a ViT or CLIP sees in it
+    "keep_structure": {"image", "vit"},
+    "style": {"image", "vit"},
+    "clip": {"image", "clip"},
+    "keep_pixels": {"image"},
+    "direction": set(),  # not an energy: the editor applies directions itself (h-space hook, noise eps)
 }
 
 
@@ -103,24 +111,25 @@ def bind(program: P.Program, prompt: str, tokenizer, direction_paths=()) -> list
                 raise SteerCompileError(f"`{b.label}` has no object left to keep: the other terms change them all", t.span)
         elif t.kind in ("keep_appearance", "keep_shape"):
             b.objects = [b.token]
-        if t.kind == "direction":
-            directions.find(t, direction_paths)  # an unknown name is an error listing the known ones
-            raise SteerCompileError(
-                f"direction {t.name!r}: learned-direction terms are not built yet",
-                t.span,
-                hint="h-space and NoiseCLR directions arrive with `steer learn`; remove this line for now",
-            )
+        if t.kind == "direction":  # an unknown name is an error listing the known ones; a bad file, its own error
+            b.extra["path"] = directions.find(t, direction_paths)
+            b.extra["direction"] = directions.read_direction(b.extra["path"], t.span)
         out.append(b)
     return out
 
 
 @dataclass
 class Features:
-    """What one forward exposed, for one image: token maps, per-layer maps, decoder features."""
+    """What one forward exposed, for one image: token maps, per-layer maps, decoder features,
+    and for the x0 family the decoded predicted x0 and what a ViT and CLIP see in it."""
 
-    maps: torch.Tensor  # (T, r, r), averaged over the probed layers
+    maps: torch.Tensor | None = None  # (T, r, r), averaged over the probed layers
     layers: list[torch.Tensor] = field(default_factory=list)  # per layer (T, h, w)
     features: torch.Tensor | None = None  # (C, H, W)
+    image: torch.Tensor | None = None  # (3, H, W) in [-1, 1]: the decoded predicted x0
+    vit_keys: torch.Tensor | None = None  # (N, D): last-layer keys of the ViT on `image`
+    vit_cls: torch.Tensor | None = None  # (D,)
+    clip_image: torch.Tensor | None = None  # (D,), normalised
 
     def token(self, indices: list[int]) -> torch.Tensor:
         return self.maps[indices].mean(0)
@@ -166,6 +175,24 @@ def keep_attention(b: BoundTerm, now: Features, src: Features) -> torch.Tensor:
     return A.attention_keep_energy(now.layers, src.layers)
 
 
+def keep_structure(b: BoundTerm, now: Features, src: Features) -> torch.Tensor:
+    return V.structure_energy(now.vit_keys, src.vit_keys)
+
+
+def style(b: BoundTerm, now: Features, src: Features) -> torch.Tensor:
+    return V.style_energy(now.vit_cls, b.extra["ref_cls"])
+
+
+def clip(b: BoundTerm, now: Features, src: Features) -> torch.Tensor:
+    return X.directional_clip_energy(now.clip_image, src.clip_image, b.extra["target"], b.extra["source"])
+
+
+def keep_pixels(b: BoundTerm, now: Features, src: Features) -> torch.Tensor:
+    if not b.token:
+        return X.keep_pixels_energy(now.image, src.image)
+    return X.keep_pixels_energy(now.image, src.image, A.hard_mask(src.token(b.token)), inside=b.term.inside)
+
+
 ENERGIES = {
     "move": move,
     "shift": shift,
@@ -176,4 +203,8 @@ ENERGIES = {
     "keep_appearance": keep_appearance,
     "keep_shape": keep_shape,
     "keep_attention": keep_attention,
+    "keep_structure": keep_structure,
+    "style": style,
+    "clip": clip,
+    "keep_pixels": keep_pixels,
 }

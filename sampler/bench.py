@@ -28,6 +28,8 @@ from .shapes import world as W
 
 PROMPT = "a red circle and a blue square"  # circle: red, square: blue
 CIRCLE, SQUARE = "red", "blue"
+GREEN_PROMPT = "a green circle and a blue square"  # what the recolouring tasks ask for
+STYLE_IMAGE = "style_green_circle.png"  # a world image of a green circle, written into the output folder
 
 
 @dataclass
@@ -37,6 +39,7 @@ class Case:
     script: str  # the edit (terms only); the prompt and seed are added by the bench
     measure: object  # (source objects, edited objects) -> dict of figures
     cost: str = "attention"  # which cost class the task belongs to
+    score: object = None  # (editor, source image, edited image) -> more figures, from the images themselves
 
 
 @dataclass
@@ -131,6 +134,40 @@ def measure_combined(target, k):
     return m
 
 
+def measure_recolour(colour):
+    """The circle changed colour to `colour` where it was, and the square stayed."""
+
+    def m(src, out):
+        s = W.find(src, CIRCLE)
+        if s is None:
+            return {"found": False}
+        here = [o for o in out if W.mask_iou(o.mask, s.mask) > 0.3]
+        f = {"found": bool(here), "took_colour": bool(here and here[0].colour == colour),
+             "circle_iou": max([W.mask_iou(o.mask, s.mask) for o in here], default=0.0)}
+        return {**f, **_kept(src, out, SQUARE)}
+
+    return m
+
+
+def clip_score(target: str, source: str):
+    """How far the image moved toward `target` and away from `source` in the shapes CLIP:
+    (cos(I, target) - cos(I, source)) of the edit minus that of the source image."""
+
+    def score(editor, src_image, image):
+        from energies.x0 import ClipScorer
+
+        scorer = editor.__dict__.setdefault("_bench_clip", ClipScorer.for_shapes(editor.backbone.model))
+        t = scorer.text([target, source])
+        with torch.no_grad():
+            ims = torch.from_numpy(np.stack([src_image, image])).permute(0, 3, 1, 2).float() * 2 - 1
+            f = scorer.image(ims)
+        margin = (f @ t.T)[:, 0] - (f @ t.T)[:, 1]
+        delta = float(margin[1] - margin[0])
+        return {"clip_delta": delta, "clip_toward": delta > 0}
+
+    return score
+
+
 def far_target(seed: int) -> tuple[float, float]:
     """The move target for a seed: one of four, in turn."""
     return [(0.75, 0.5), (0.25, 0.5), (0.5, 0.25), (0.5, 0.75)][seed % 4]
@@ -143,6 +180,8 @@ def suite(seeds: list[int], quick: bool) -> list[Case]:
         t = far_target(s)
         d = (0.25, 0.0) if s % 2 == 0 else (-0.25, 0.0)
         cases += [
+            # The edit language issue's own figure: one fixed target, every seed.
+            Case("move to (0.75, 0.5)", s, 'centroid(token "circle") -> (0.75, 0.5)\nkeep appearance', measure_move((0.75, 0.5))),
             Case("move", s, f'centroid(token "circle") -> ({t[0]}, {t[1]})\nkeep appearance', measure_move(t)),
             Case("shift", s, f'centroid(token "circle") += ({d[0]}, {d[1]})\nkeep appearance', measure_shift(d)),
             *[Case(f"resize x{k:g}", s, f'size(token "square") *= {k:g}\nkeep appearance', measure_resize(k)) for k in ks],
@@ -151,6 +190,13 @@ def suite(seeds: list[int], quick: bool) -> list[Case]:
             Case("appearance swap", s, 'appearance(token "circle") -> appearance(token "square")\nkeep layout', measure_appearance_swap),
             Case("combined", s, f'centroid(token "circle") -> ({t[0]}, {t[1]})\nsize(token "circle") *= 1.5\nkeep appearance',
                  measure_combined(t, 1.5)),
+            # The predicted-x0 family: CLIP direction, alone and with keep structure; a style image.
+            Case("clip recolour", s, f'clip "{GREEN_PROMPT}" from "{PROMPT}"', measure_recolour("green"), "x0",
+                 clip_score(GREEN_PROMPT, PROMPT)),
+            Case("clip recolour + keep structure", s, f'clip "{GREEN_PROMPT}" from "{PROMPT}"\nkeep structure',
+                 measure_recolour("green"), "x0", clip_score(GREEN_PROMPT, PROMPT)),
+            Case("style image", s, f'style image "{STYLE_IMAGE}"\nkeep structure', measure_recolour("green"), "x0",
+                 clip_score(GREEN_PROMPT, PROMPT)),
         ]
     return cases
 
@@ -211,6 +257,7 @@ def measure_cost(editor: Editor, steps: int, seeds: list[int], device: str, mode
     edits = {
         "attention": 'centroid(token "circle") -> (0.75, 0.5)',
         "attention + appearance": 'centroid(token "circle") -> (0.75, 0.5)\nkeep appearance',
+        "x0: CLIP + ViT keys": f'clip "{GREEN_PROMPT}"\nkeep structure',
     }
     out = {}
     for name, terms in edits.items():
@@ -251,6 +298,39 @@ def measure_cost(editor: Editor, steps: int, seeds: list[int], device: str, mode
     return out
 
 
+def measure_inversion(editor: Editor, seeds: list[int], steps: int, progress: bool = False) -> dict:
+    """Real-image editing's first step, through the user's own path (`source "image.png"`): invert
+    a generated image and a world ground-truth image, regenerate, and compare (PSNR, dB)."""
+    import tempfile
+
+    from PIL import Image
+
+    from .inversion import psnr
+
+    rows = {"generated": [], "world": []}
+    old = os.environ.get("STEER_CACHE")
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["STEER_CACHE"] = tmp  # a bench must not read (or fill) the user's inversion cache
+        try:
+            for s in tqdm(seeds, desc="inversion", disable=not progress, leave=False):
+                scene = W.make_scene(10**7 + s)
+                plain = editor.source(editor.settings(dsl.compile(f'prompt "{PROMPT}"\nseed {s}\nsteps {steps}')), progress=False)
+                for kind, image, caption in (("generated", plain.image, PROMPT), ("world", scene.image, scene.caption)):
+                    path = Path(tmp) / f"{kind}-{s}.png"
+                    Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8)).save(path)
+                    target = np.asarray(Image.open(path), dtype=np.float32) / 255  # what the user's file holds
+                    prog = dsl.compile(f'source "{path.name}"\nprompt "{caption}"\nsteps {steps}')
+                    src = editor.source(editor.settings(prog), progress=False, script_dir=tmp)
+                    rows[kind].append(psnr(torch.from_numpy(src.image), torch.from_numpy(target)))
+        finally:
+            if old is None:
+                os.environ.pop("STEER_CACHE", None)
+            else:
+                os.environ["STEER_CACHE"] = old
+    return {kind: {"n": len(v), "mean_psnr": float(np.mean(v)), "min_psnr": float(np.min(v)),
+                   "share_at_least_30db": float(np.mean(np.array(v) >= 30))} for kind, v in rows.items()}
+
+
 # ----------------------------------------------------------------------------------------------
 # Summary
 
@@ -285,10 +365,13 @@ COLUMNS = [
     ("became_circle", "became circle", "{:.0%}"),
     ("took_colour", "took colour", "{:.0%}"),
     ("found", "object found", "{:.0%}"),
+    ("circle_iou", "circle IoU", "{:.2f}"),
+    ("clip_delta", "CLIP margin change", "{:+.3f}"),
+    ("clip_toward", "CLIP toward target", "{:.0%}"),
 ]
 
 
-def markdown(table: dict, cost: dict, meta: dict) -> str:
+def markdown(table: dict, cost: dict, meta: dict, inversion: dict | None = None) -> str:
     cols = [c for c in COLUMNS if any(c[0] in row for row in table.values())]
     lines = [f"# steer bench ({meta['model']}, {meta['steps']} steps, {meta['seeds']} seeds{', quick' if meta['quick'] else ''})", ""]
     lines.append("| task | " + " | ".join(c[1] for c in cols) + " |")
@@ -308,6 +391,12 @@ def markdown(table: dict, cost: dict, meta: dict) -> str:
     lines += ["", "Guided time is the edit pass with the source pass cached, as in the REPL; 'incl. source pass' adds the one-off source pass."]
     r = cost["repl_rerun"]
     lines += ["", f"REPL re-run after a weight change / first run: {r['time_ratio']:.2f} ({r['rerun_seconds']:.2f}s vs {r['first_seconds']:.2f}s)", ""]
+    if inversion:
+        lines += ["| inversion (`source \"image.png\"`, DDIM, regenerated) | images | mean PSNR | min PSNR | >= 30 dB |",
+                  "| --- | --- | --- | --- | --- |"]
+        for kind, r in inversion.items():
+            lines.append(f"| {kind} | {r['n']} | {r['mean_psnr']:.1f} dB | {r['min_psnr']:.1f} dB | {r['share_at_least_30db']:.0%} |")
+        lines.append("")
     lines.append(f"Command: `{meta['command']}`; {meta['seconds']:.0f}s on {meta['machine']}.")
     return "\n".join(lines) + "\n"
 
@@ -339,7 +428,8 @@ def contact_sheet(outcomes: list[Outcome], path: Path, per_task: int = 4, scale:
 
 
 def run_bench(model: str = "shapes", seeds: int | None = None, quick: bool = False, out: Path | str = "bench-out",
-              steps: int | None = None, device: str = "cpu", progress: bool = True, command: str = "steer bench") -> dict:
+              steps: int | None = None, device: str = "cpu", progress: bool = True, command: str = "steer bench",
+              tasks: list[str] | None = None) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     editor = Editor(model, device=device)
@@ -347,6 +437,13 @@ def run_bench(model: str = "shapes", seeds: int | None = None, quick: bool = Fal
     n = seeds or (2 if quick else 16)
     seed_list = list(range(n))
     cases = suite(seed_list, quick)
+    _write_style_image(out / STYLE_IMAGE)
+    if tasks:
+        known = sorted({c.task for c in cases})
+        unknown = [t for t in tasks if t not in known]
+        if unknown:
+            raise ValueError(f"unknown task {unknown[0]!r}; the suite has: {', '.join(known)}")
+        cases = [c for c in cases if c.task in tasks]
     t0 = time.time()
     outcomes = []
     bar = tqdm(cases, desc="bench", disable=not progress, dynamic_ncols=True)
@@ -354,34 +451,53 @@ def run_bench(model: str = "shapes", seeds: int | None = None, quick: bool = Fal
         bar.set_postfix(task=case.task, seed=case.seed)
         prog = dsl.compile(f'prompt "{PROMPT}"\nseed {case.seed}\nsteps {steps}\n{case.script}')
         t = time.perf_counter()
-        r = editor.run(prog, progress=False)
+        r = editor.run(prog, progress=False, script_dir=out)
         dt = time.perf_counter() - t
         figures = case.measure(W.detect(r.source_image), W.detect(r.image))
+        if case.score is not None:
+            figures.update(case.score(editor, r.source_image, r.image))
         outcomes.append(Outcome(case, figures, dt, r.source_image, r.image))
     cost = measure_cost(editor, steps, seed_list[: 2 if quick else 4], device, model)
+    inversion = measure_inversion(editor, seed_list[: 2 if quick else 8], steps, progress)
     table = summarise(outcomes)
     import platform
 
     meta = {"model": model, "steps": steps, "seeds": n, "quick": quick, "seconds": time.time() - t0, "command": command,
             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {device}"}
-    results = {"meta": meta, "tasks": table, "cost": cost,
+    results = {"meta": meta, "tasks": table, "cost": cost, "inversion": inversion,
                "runs": [{"task": o.case.task, "seed": o.case.seed, "script": o.case.script, "seconds": o.seconds, **o.figures} for o in outcomes]}
     _write_json(out / "results.json", results)
-    (out / "results.md").write_text(markdown(table, cost, meta))
+    _write_text(out / "results.md", markdown(table, cost, meta, inversion))
     contact_sheet(outcomes, out / "contact_sheet.png")
     return results
 
 
-def _write_json(path: Path, obj):
-    tmp = path.with_name("." + path.name)
-    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
+def _write_style_image(path: Path):
+    from PIL import Image
+
+    scene = next(W.make_scene(10**8 + k, n_objects=1) for k in range(1000)
+                 if W.make_scene(10**8 + k, n_objects=1).caption == "a green circle")
+    Image.fromarray((scene.image * 255).round().astype(np.uint8)).save(path)
+
+
+def _write_text(path: Path, text: str):
+    tmp = path.with_name("." + path.name)  # write beside, then rename: a reader never sees half a file
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj):
+    _write_text(path, json.dumps(obj, indent=2, default=float) + "\n")
 
 
 def main(args) -> int:
     import sys
 
-    results = run_bench(args.model, args.seeds, args.quick, args.out, command="steer " + " ".join(sys.argv[1:]))
+    try:
+        results = run_bench(args.model, args.seeds, args.quick, args.out, command="steer " + " ".join(sys.argv[1:]), tasks=args.task)
+    except ValueError as e:
+        print(f"steer bench: error: {e}", file=sys.stderr)
+        return 2
     print((Path(args.out) / "results.md").read_text())
     print(f"wrote {args.out}/results.json, results.md, contact_sheet.png")
     return 0

@@ -3,10 +3,19 @@
     python -m sampler.bench_backbones [--arch sd15 sdxl] [--res 512 1024] [--device cuda] [--dtype fp16]
     python -m sampler.bench_backbones --smoke        # CI: tiny widths, tiny resolution, CPU
 
-No weights are downloaded: the UNets are built from their published configs with random
-weights, which time exactly like the trained ones. A plain step is one classifier-free-guided
-forward (batch 2, no grad); a guided attention step adds one conditional forward with attention
-probes and a backward pass to the latent (the edit pass of `centroid -> ... ; keep appearance`).
+No weights are downloaded: the UNets, the VAE and the DINO ViT-B/8 are built from their
+published configs with random weights, which time exactly like the trained ones. Per step:
+
+- plain: one classifier-free-guided forward (batch 2, no grad);
+- guided_attention: a conditional forward with attention probes and a backward pass to the latent,
+  plus the unconditional half (`centroid -> ... ; keep appearance`);
+- guided_x0: the plain forward, then the predicted x0 decoded by the VAE and read by DINO
+  ViT-B/8 at 224 px with a backward pass to x0 (through ViT and VAE decoder, not the UNet), plus
+  the source's x0 decoded and read once (`keep structure`, the first run; a REPL re-run skips it);
+- direction_hspace: the plain forward plus an h-shifted one (Asyrp: mid-block delta), batch 2;
+- direction_noise: the plain forward plus one forward on the direction's token (NoiseCLR; the
+  empty-prompt eps is the unconditional half already computed).
+
 Peak memory is the CUDA allocator's peak on a GPU, and the resident-set growth on CPU.
 """
 
@@ -39,6 +48,11 @@ SDXL = dict(
     projection_class_embeddings_input_dim=2816,
 )
 ARCHS = {"sd15": (SD15, "sd", 768, 77), "sdxl": (SDXL, "sdxl", 2048, 77)}
+# The SD / SDXL VAE (same layout; SDXL's differs only in its weights and scaling factor).
+VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+           down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512)
+DINO_VITB8 = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, image_size=224,
+                  patch_size=8)  # facebook/dino-vitb8, DiffuseIT's ViT
 
 
 def smoke_config(cfg: dict) -> dict:
@@ -55,11 +69,19 @@ def smoke_config(cfg: dict) -> dict:
     return small
 
 
+def smoke_vae() -> dict:
+    return dict(VAE, block_out_channels=(16, 16, 32, 32), layers_per_block=1, norm_num_groups=8)
+
+
+def smoke_vit() -> dict:
+    return dict(DINO_VITB8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32)
+
+
 def _rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def measure(arch: str, res: int, device: str, dtype: torch.dtype, steps: int, smoke: bool) -> dict:
+def measure(arch: str, res: int, device: str, dtype: torch.dtype, steps: int, smoke: bool, only=None) -> dict:
     from diffusers import UNet2DConditionModel
 
     cfg, kind, ctx_dim, n_tok = ARCHS[arch]
@@ -101,16 +123,58 @@ def measure(arch: str, res: int, device: str, dtype: torch.dtype, steps: int, sm
             unet(z, 500, encoder_hidden_states=ctx[:1], added_cond_kwargs=half(added) if added else None)  # the uncond half
         return g / scale
 
+    from diffusers import AutoencoderKL
+    from transformers import ViTConfig, ViTModel
+
+    from energies import vit as V
+
+    from .hspace import shifting
+
+    vae = AutoencoderKL(**(smoke_vae() if smoke else VAE)).to(device, dtype).eval().requires_grad_(False)
+    vit_cfg = smoke_vit() if smoke else DINO_VITB8
+    vit = V.ViTKeys(ViTModel(ViTConfig(**vit_cfg), add_pooling_layer=False).to(device, dtype).eval().requires_grad_(False))
+    a_t = torch.tensor(0.5, device=device, dtype=dtype)
+
+    def decode(x0):
+        return (vae.decode(x0 / 0.18215).sample.float() + 1) / 2 * 2 - 1
+
+    def guided_x0():
+        with torch.no_grad():
+            eps_u, eps_c = unet(torch.cat([z, z]), 500, encoder_hidden_states=ctx, added_cond_kwargs=added).sample.chunk(2)
+            src_keys = vit(decode(z))[0]  # the source's x0 at this step, read once (first run)
+        with torch.enable_grad():
+            x0 = ((z - (1 - a_t).sqrt() * eps_c) / a_t.sqrt()).detach().requires_grad_(True)
+            e = V.structure_energy(vit(decode(x0))[0], src_keys)
+            (g,) = torch.autograd.grad(e * scale, x0)
+        return g / scale
+
+    delta = torch.randn(unet.config.block_out_channels[-1], lat // 2 ** (len(unet.config.block_out_channels) - 1),
+                        lat // 2 ** (len(unet.config.block_out_channels) - 1), device=device, dtype=dtype) * 0.1
+
+    @torch.no_grad()
+    def direction_hspace():
+        plain()
+        with shifting(unet, delta):
+            unet(torch.cat([z, z]), 500, encoder_hidden_states=ctx, added_cond_kwargs=added)
+
+    @torch.no_grad()
+    def direction_noise():
+        plain()
+        unet(z, 500, encoder_hidden_states=ctx[1:], added_cond_kwargs=half(added) if added else None)
+
     out = {"arch": arch, "resolution": res, "device": device, "dtype": str(dtype).replace("torch.", ""), "smoke": smoke,
            "params_M": round(sum(p.numel() for p in unet.parameters()) / 1e6, 1), "attention_layers": len(layers)}
-    for name, fn in (("plain", plain), ("guided_attention", guided)):
+    runs = (("plain", plain), ("guided_attention", guided), ("guided_x0", guided_x0), ("direction_hspace", direction_hspace),
+            ("direction_noise", direction_noise))
+    for name, fn in runs:
+        if only and name not in only:
+            continue
+        base = _rss()  # CPU: before the first call, whose allocations are the run's peak (one run per process)
         fn()  # warm-up
         sync()
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-        else:
-            base = _rss()
         t0 = time.perf_counter()
         for _ in range(steps):
             fn()
@@ -118,7 +182,28 @@ def measure(arch: str, res: int, device: str, dtype: torch.dtype, steps: int, sm
         out[f"{name}_s_per_step"] = (time.perf_counter() - t0) / steps
         peak = (torch.cuda.max_memory_allocated() - base) if device.startswith("cuda") else max(0, _rss() - base)
         out[f"{name}_peak_mb"] = peak / 2**20
-    out["time_ratio"] = out["guided_attention_s_per_step"] / out["plain_s_per_step"]
+    for name, _ in runs[1:]:
+        if f"{name}_s_per_step" in out and "plain_s_per_step" in out:
+            out[f"{name}_time_ratio"] = out[f"{name}_s_per_step"] / out["plain_s_per_step"]
+    return out
+
+
+RUNS = ("plain", "guided_attention", "guided_x0", "direction_hspace", "direction_noise")
+
+
+def measure_each_in_its_own_process(arch: str, res: int, dtype: str, steps: int) -> dict:
+    """CPU: the resident-set peak only grows, so each run gets a fresh process; times are the same."""
+    import subprocess
+    import sys
+
+    out: dict = {}
+    for name in RUNS:
+        cmd = [sys.executable, "-m", "sampler.bench_backbones", "--arch", arch, "--res", str(res), "--device", "cpu",
+               "--dtype", dtype, "--steps", str(steps), "--only", name, "--json-only"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        out.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+    for name in RUNS[1:]:
+        out[f"{name}_time_ratio"] = out[f"{name}_s_per_step"] / out["plain_s_per_step"]
     return out
 
 
@@ -130,12 +215,17 @@ def main(argv=None):
     p.add_argument("--dtype", default="fp32", choices=["fp16", "bf16", "fp32"])
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--smoke", action="store_true", help="tiny widths and 64 px: checks the script runs (CI)")
+    p.add_argument("--only", nargs="+", choices=RUNS, help="measure only these runs")
+    p.add_argument("--json-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     results = []
     for k, arch in enumerate(args.arch):
         res = 64 if args.smoke else (args.res[k] if args.res else {"sd15": 512, "sdxl": 1024}[arch])
-        r = measure(arch, res, args.device, dtype, 1 if args.smoke else args.steps, args.smoke)
+        if args.device == "cpu" and not args.smoke and not args.only:
+            r = measure_each_in_its_own_process(arch, res, args.dtype, args.steps)
+        else:
+            r = measure(arch, res, args.device, dtype, 1 if args.smoke else args.steps, args.smoke, args.only)
         print(json.dumps(r), flush=True)
         results.append(r)
     return results

@@ -28,12 +28,19 @@ import numpy as np
 import torch
 
 from dsl.errors import SteerCompileError, SteerRuntimeError
+from energies import defaults as D
 from energies import directions
+from energies import relocate as R
+from energies import vit as V
+from . import hspace as H
+from . import noise_directions as N
+from energies import x0 as X
 from energies import program as P
+from energies.resolve import prompt_objects
 from energies.terms import ENERGIES, BoundTerm, Features, bind
 
 from .backbones import Backbone, load_backbone
-from .guided import Guidance, sample_ddim
+from .guided import Guidance, pred_x0, sample_ddim
 from .images import file_hash, load_image
 from .inversion import invert_ddim, null_text
 from .probes import ProbeStore, cross_attention_layers, probing
@@ -59,6 +66,7 @@ class SourcePass:
     image: np.ndarray  # (H, W, 3) float in [0, 1]
     cond: object = None  # the Conditioning used (with null-text embeddings for inverted photos)
     clip: float | None = None  # x0 clipping used, so the edit pass steps the same way
+    x0s: list[torch.Tensor] = field(default_factory=list)  # predicted x0 at each step (relocation's background)
 
 
 @dataclass
@@ -120,6 +128,22 @@ class Editor:
             raise ValueError(f"no cross-attention layer under {b.defaults.attn_layers} in this UNet")
         self.feature_module = b.defaults.appearance_features
         b.unet.get_submodule(self.feature_module)  # fail early if the layout is not what we expect
+        self._vit = self._clip = None  # loaded on first use: only scripts with ViT or CLIP terms pay for them
+
+    def vit(self):
+        """The ViT whose keys and CLS token the structure and style terms read (energies/vit.py):
+        the shapes CLIP's image tower on the shapes model, DINO on Stable Diffusion."""
+        if self._vit is None:
+            b = self.backbone
+            self._vit = V.load_vit(b.kind, b.model if b.kind == "shapes" else None)
+        return self._vit
+
+    def clip(self):
+        """The CLIP of the directional CLIP term: the shapes CLIP, or OpenAI's ViT-B/16 (DiffusionCLIP's)."""
+        if self._clip is None:
+            b = self.backbone
+            self._clip = X.ClipScorer.for_shapes(b.model) if b.kind == "shapes" else X.ClipScorer.from_pretrained(X.CLIP_MODEL_ID)
+        return self._clip
 
     # ------------------------------------------------------------------------------------------
 
@@ -140,8 +164,11 @@ class Editor:
     def bind(self, program: P.Program, script_dir=None) -> list[BoundTerm]:
         """Resolve tokens and directions against this model (the model-dependent half of compiling)."""
         s = self.settings(program)
+        return bind(program, s.prompt, self.backbone.tokenizer, self._direction_paths(script_dir))
+
+    def _direction_paths(self, script_dir=None) -> list[Path]:
         model_dir = getattr(getattr(self.backbone, "model", None), "path", None)
-        return bind(program, s.prompt, self.backbone.tokenizer, directions.search_path(script_dir, model_dir))
+        return directions.search_path(script_dir, model_dir)
 
     def _noise(self, seed: int) -> torch.Tensor:
         g = torch.Generator("cpu").manual_seed(seed)
@@ -198,19 +225,25 @@ class Editor:
             clip = None  # the inversion inverts the unclipped step; clipping would not land back on the image
         record: list[Features] = []
         latents: list[torch.Tensor] = []
+        x0s: list[torch.Tensor] = []
+
+        def keep(d):
+            latents.append(d["z"].detach())
+            x0s.append(d["x0"].detach())
+
         final = sample_ddim(
             self._denoiser(cond, settings.cfg, record),
             noise,
             timesteps,
             *b.schedule(),
-            callback=lambda d: latents.append(d["z"].detach()),
+            callback=keep,
             disable=not progress,
             desc="source",
             clip=clip,
         )
         with torch.no_grad():
             image = b.decode(final)[0].permute(1, 2, 0).cpu().numpy()
-        src = SourcePass(key, noise, latents, record, final, image, cond, clip)
+        src = SourcePass(key, noise, latents, record, final, image, cond, clip, x0s)
         self._sources[key] = src
         while len(self._sources) > self.keep_sources:  # oldest first: dicts keep insertion order
             self._sources.pop(next(iter(self._sources)))
@@ -276,7 +309,8 @@ class Editor:
         timesteps = b.timesteps(settings.steps)
         curves: dict[str, list[tuple[int, float]]] = {x.label: [] for x in bound}
         last_maps: dict = {}
-        guide = self._guide(bound, src, cond, len(timesteps), curves, last_maps) if bound else None
+        self._prepare(bound, settings, script_dir)
+        guide = self._guide(bound, src, cond, len(timesteps), curves, last_maps, settings.cfg, settings.prompt) if bound else None
         final = sample_ddim(
             self._denoiser(cond, settings.cfg),
             src.noise,
@@ -286,49 +320,165 @@ class Editor:
             disable=not progress,
             desc="edit",
             clip=src.clip,
+            generator=torch.Generator().manual_seed(settings.seed + 1),  # for steps that ask for eta > 0
         )
         with torch.no_grad():
             image = b.decode(final)[0].permute(1, 2, 0).cpu().numpy()
         ran = P.Program(settings=settings, terms=program.terms)
         return EditResult(image, src.image, final, ran, b.name, curves, last_maps.get("maps", {}))
 
-    def _guide(self, bound: list[BoundTerm], src: SourcePass, cond, steps: int, curves, last_maps):
+    def _prepare(self, bound: list[BoundTerm], settings: P.Settings, script_dir=None):
+        """What terms need from outside the sampling loop: CLIP text features, a style image's CLS."""
+        for x in bound:
+            if x.kind == "clip":
+                scorer = self.clip()
+                x.extra["target"] = scorer.text([x.term.target])[0]
+                x.extra["source"] = scorer.text([x.term.source or settings.prompt])[0]
+            elif x.kind == "direction":
+                d = directions.load_direction(x.extra["path"], self.backbone, x.term.span)  # learned on this model?
+                x.extra["direction"] = d
+                if x.term.window is None:  # Asyrp's edit interval for h-space; NoiseCLR has no default
+                    x.window = H.EDIT_WINDOW if d.kind == "hspace" else D.NOISE_DIRECTION_WINDOW
+                if d.kind == "hspace":
+                    x.extra["delta"] = H.HSpaceDelta.from_direction(d)
+                    train_steps = int(d.meta.get("train_steps") or settings.steps)
+                    x.extra["scale"] = H.step_scale(train_steps, settings.steps)  # Asyrp: n_train_step / n_test_step
+                else:
+                    with torch.no_grad():
+                        x.extra["context"] = N.direction_context(self.backbone, d.tensors["embedding"].to(self.backbone.device))
+                        x.extra["empty"] = N.empty_context(self.backbone)
+            elif x.kind == "style":
+                path = Path(script_dir or ".") / x.term.path
+                image = load_image(path, self.backbone.image_size(), x.term.span, what="style image")
+                ref = torch.from_numpy(image).permute(2, 0, 1)[None].to(self.backbone.device) * 2 - 1
+                with torch.no_grad():
+                    x.extra["ref_cls"] = self.vit()(ref)[1][0]
+
+    def _image_features(self, image: torch.Tensor, needs: set[str], f: Features) -> Features:
+        """Fill the x0 family's fields of `f` from a decoded image (1, 3, H, W) in [-1, 1]."""
+        f.image = image[0]
+        if "vit" in needs:
+            keys, cls = self.vit()(image)
+            f.vit_keys, f.vit_cls = keys[0], cls[0]
+        if "clip" in needs:
+            f.clip_image = self.clip().image(image)[0]
+        return f
+
+    def _source_features(self, src: SourcePass, i: int, needs: set[str]) -> Features:
+        """The source pass's features at step i, with the x0 family's computed on first use."""
+        f = src.features[i]
+        if "image" in needs and (f.image is None or ("vit" in needs and f.vit_keys is None) or ("clip" in needs and f.clip_image is None)):
+            with torch.no_grad():
+                image = self.backbone.decode(src.x0s[i]) * 2 - 1
+                self._image_features(image, needs, f)
+        return f
+
+    def _relocations(self, bound: list[BoundTerm], src: SourcePass, steps: int, prompt: str) -> dict[int, list]:
+        """step -> [(mask, shift, scale)]: where layout terms copy their object's source region
+        (energies/relocate.py), at the step D.RELOCATE_AT of sampling, if the term is active then."""
+        at = min(steps - 1, round(D.RELOCATE_AT * steps))
+        hw = self.backbone.latent_shape()[1:]
+        late = src.features[int(D.RELOCATE_MASK_FROM * steps):] or src.features[-1:]
+        plans: dict[int, list] = {}
+        movers = [x for x in bound if x.kind in D.RELOCATE and x.active(at / steps) and x.weight > 0]
+        if not movers:
+            return plans
+        moved_tokens = {i for x in movers for i in x.token}
+        staying = [o.head for o in prompt_objects(prompt, self.backbone.tokenizer) if not set(o.tokens) & moved_tokens]
+        protect = sum((R.object_mask([f.token(list(h)) for f in late], hw, D.RELOCATE_MASK_THRESHOLD) for h in staying),
+                      torch.zeros(hw)).clamp(max=1)
+        for x in movers:
+            mask = R.object_mask([f.token(x.token) for f in late], hw, D.RELOCATE_MASK_THRESHOLD)
+            if mask.sum() == 0:
+                continue
+            shift, scale = R.moved_by(x.kind, x.term, mask)
+            plans.setdefault(at, []).append((mask.to(self.backbone.device), shift, scale, protect.to(self.backbone.device)))
+        return plans
+
+    def _guide(self, bound: list[BoundTerm], src: SourcePass, cond, steps: int, curves, last_maps, cfg: float, prompt: str):
         b = self.backbone
-        hw = b.latent_shape()[1:]
+        relocations = self._relocations(bound, src, steps, prompt)
+        alphas = b.schedule()[0]
+        boost = D.HSPACE_BOOST and any(x.kind == "direction" and x.extra["direction"].kind == "hspace" for x in bound)
 
         def guide(i, t, z):
             active = [x for x in bound if x.active(i / steps)]
-            if not active:
-                return Guidance()
-            needs = set().union(*(x.needs for x in active))
-            store = ProbeStore(hw)
-            with torch.enable_grad():
-                z_ = z.detach().requires_grad_(True)
-                feature_modules = [self.feature_module] if "features" in needs else []
-                with probing(b.unet, store, self.attn_layers if needs else [], feature_modules):
-                    eps_c = b.eps(z_, t, cond.cond, cond.added)
-                now = self._features(store)
-                total: dict[str, torch.Tensor] = {}
-                for x in active:
-                    e = x.weight * ENERGIES[x.kind](x, now, src.features[i])
-                    if not torch.isfinite(e):
-                        raise SteerRuntimeError(
-                            f"the energy of `{x.label}` is not finite at step {i} (t = {t})", x.term.span,
-                            hint="lower its weight, or narrow its window with @ a..b",
-                        )
-                    curves[x.label].append((i, float(e.detach())))
-                    total[x.placement] = total.get(x.placement, 0) + e
-                grads = {}
-                scale = LOSS_SCALE if b.dtype == torch.float16 else 1.0  # fp16 gradients underflow unscaled
-                for k, p in enumerate(total):  # one backward per placement group
-                    grads[p] = torch.autograd.grad(total[p] * scale, z_, retain_graph=k + 1 < len(total))[0].float() / scale
-            for p, g in grads.items():
-                if not torch.isfinite(g).all():
-                    raise SteerRuntimeError(
-                        f"the gradient of the {p}-placed terms is not finite at step {i} (t = {t})", active[0].term.span,
-                        hint="lower the weights of the terms active at this step",
-                    )
-            last_maps["maps"] = now.maps.detach()
-            return Guidance(eps=grads.get("eps"), latent=grads.get("latent"), mean=grads.get("mean"), eps_cond=eps_c.detach())
+            moved = None
+            if i in relocations:
+                moved = z[0]
+                for mask, shift, scale, protect in relocations[i]:
+                    moved = R.relocate(moved, src.latents[i][0], src.x0s[i][0], alphas[t], mask, shift, scale, protect)
+                moved = moved[None]
+            here = moved if moved is not None else z
+            energies = [x for x in active if x.kind != "direction"]
+            g = self._energy_guidance(energies, here, i, t, src, cond, curves, last_maps)
+            if moved is not None:  # z_t <- z_t - latent: first the copy, then the energies' own step
+                g = dataclasses.replace(g, latent=(z - moved) + (g.latent if g.latent is not None else 0), eps_cond=None)
+            hspace = [x for x in active if x.kind == "direction" and x.extra["direction"].kind == "hspace"]
+            noise = [x for x in active if x.kind == "direction" and x.extra["direction"].kind == "noise"]
+            if hspace:  # Asyrp: x0 from the eps of an h-shifted forward; the step's direction keeps the original eps
+                delta = sum(x.weight * x.extra["scale"] * x.extra["delta"].at(t).to(here) for x in hspace)
+                with torch.no_grad(), H.shifting(b.unet, delta):
+                    eps_u, eps_c = b.eps_both(here, t, cond, i)
+                g = dataclasses.replace(g, x0_eps=eps_u + cfg * (eps_c - eps_u))
+            if noise:  # NoiseCLR: eps + sum_k lambda_k (eps(z, d_k) - eps(z, ""))
+                with torch.no_grad():
+                    shift = sum(x.weight * D.NOISE_DIRECTION_SCALE * N.noise_direction_eps(b, here, t, x.extra["context"], x.extra["empty"])
+                                for x in noise)
+                g = dataclasses.replace(g, eps=shift if g.eps is None else g.eps + shift)
+            if boost and i / steps >= H.BOOST_FROM:
+                g = dataclasses.replace(g, eta=H.BOOST_ETA)  # Asyrp's quality boosting below t_boost
+            return g
 
         return guide
+
+    def _energy_guidance(self, active: list[BoundTerm], z, i, t, src: SourcePass, cond, curves, last_maps) -> Guidance:
+        b = self.backbone
+        hw = b.latent_shape()[1:]
+        if not active:
+            return Guidance()
+        needs = set().union(*(x.needs for x in active))
+        store = ProbeStore(hw)
+        with torch.enable_grad():
+            z_ = z.detach().requires_grad_(True)
+            feature_modules = [self.feature_module] if "features" in needs else []
+            attn = self.attn_layers if needs & {"attn", "layers", "features"} else []
+            with probing(b.unet, store, attn, feature_modules):
+                eps_c = b.eps(z_, t, cond.cond, cond.added)
+            now = self._features(store) if attn else Features()
+            x0 = None
+            if "image" in needs:  # the predicted x0 of the conditional forward, decoded (through the VAE)
+                a_t = b.schedule()[0][t]
+                x0 = pred_x0(z_, eps_c.float(), a_t.to(z_.device))
+                if src.clip is not None:
+                    x0 = x0.clamp(-src.clip, src.clip)
+                self._image_features(b.decode(x0) * 2 - 1, needs, now)
+            ref = self._source_features(src, i, needs)
+            total: dict[str, torch.Tensor] = {}
+            for x in active:
+                e = x.weight * ENERGIES[x.kind](x, now, ref)
+                if not torch.isfinite(e):
+                    raise SteerRuntimeError(
+                        f"the energy of `{x.label}` is not finite at step {i} (t = {t})", x.term.span,
+                        hint="lower its weight, or narrow its window with @ a..b",
+                    )
+                curves[x.label].append((i, float(e.detach())))
+                if x.placement == "x0" and x0 is None:
+                    raise SteerRuntimeError(f"`{x.label}` cannot act via x0: it does not read the predicted image", x.term.span,
+                                            hint="use via eps, latent or mean")
+                total[x.placement] = total.get(x.placement, 0) + e
+            grads = {}
+            scale = LOSS_SCALE if b.dtype == torch.float16 else 1.0  # fp16 gradients underflow unscaled
+            for k, p in enumerate(total):  # one backward per placement group; x0's stops before the UNet
+                wrt = x0 if p == "x0" else z_
+                grads[p] = torch.autograd.grad(total[p] * scale, wrt, retain_graph=k + 1 < len(total))[0].float() / scale
+        for p, g in grads.items():
+            if not torch.isfinite(g).all():
+                raise SteerRuntimeError(
+                    f"the gradient of the {p}-placed terms is not finite at step {i} (t = {t})", active[0].term.span,
+                    hint="lower the weights of the terms active at this step",
+                )
+        if now.maps is not None:
+            last_maps["maps"] = now.maps.detach()
+        return Guidance(eps=grads.get("eps"), latent=grads.get("latent"), mean=grads.get("mean"), x0=grads.get("x0"),
+                        eps_cond=eps_c.detach())

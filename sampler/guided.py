@@ -5,8 +5,10 @@ energy guidance applied where each term asks (reference/methods.md, "Where the g
 goes"):
 
     z_t     <- z_t - g_latent                          (Pix2Pix-Zero, Attend-and-Excite)
-    eps     =  eps_u + cfg (eps_c - eps_u) + g_eps     (Self-Guidance)
-    x0      =  (z_t - sqrt(1 - a_t) eps) / sqrt(a_t)   (eq. 12, "predicted x0"; clipped for pixel models)
+    eps     =  eps_u + cfg (eps_c - eps_u) + g_eps     (Self-Guidance, NoiseCLR)
+    x0      =  (z_t - sqrt(1 - a_t) eps~) / sqrt(a_t)  (eq. 12, "predicted x0"; clipped for pixel models;
+                                                        eps~ = eps, or Asyrp's h-shifted eps)
+    x0      <- x0 - g_x0                               (MPGD: a step on x0 itself, no UNet backward)
     z_{t-1} =  sqrt(a_prev) x0 + sqrt(1 - a_prev - s^2) eps + s noise    (eq. 12)
     z_{t-1} <- z_{t-1} - g_mean                        (DiffuseIT, FreeDoM)
 
@@ -28,6 +30,9 @@ class Guidance:
     latent: torch.Tensor | None = None  # subtracted from z_t before the UNet call
     mean: torch.Tensor | None = None  # subtracted from z_{t-1} after the step
     eps_cond: torch.Tensor | None = None  # the guided forward's eps_c at z_t, reusable if z_t did not move
+    x0_eps: torch.Tensor | None = None  # Asyrp: the eps of an h-shifted forward, used for x0 only
+    x0: torch.Tensor | None = None  # subtracted from the predicted x0 before the step
+    eta: float | None = None  # this step's DDIM eta, if not the loop's (Asyrp's quality boosting: 1)
 
 
 def pred_x0(z: torch.Tensor, eps: torch.Tensor, a_t: torch.Tensor) -> torch.Tensor:
@@ -68,11 +73,22 @@ def sample_ddim(denoise, z, timesteps, alphas, final_alpha, guide=None, callback
         eps = denoise(i, t, z, g.eps_cond if g.latent is None else None)
         if g.eps is not None:
             eps = eps + g.eps  # Self-Guidance: eps + grad of the energy
-        x0 = pred_x0(z, eps, a_t)
-        if clip is not None:
-            x0, eps = clip_x0(z, x0, a_t, clip)
-        sigma = ddim_sigma(a_t, a_prev, eta)
-        noise = torch.randn(z.shape, generator=generator).to(z) if eta > 0 else None
+        if g.x0_eps is not None:  # Asyrp's asymmetric step: x0 from the shifted eps, direction from eps
+            x0 = pred_x0(z, g.x0_eps + (g.eps if g.eps is not None else 0), a_t)
+            if clip is not None:  # clamp both x0s, so that a zero shift gives exactly the plain step
+                x0 = x0.clamp(-clip, clip)
+                _, eps = clip_x0(z, pred_x0(z, eps, a_t), a_t, clip)
+        else:
+            x0 = pred_x0(z, eps, a_t)
+            if clip is not None:
+                x0, eps = clip_x0(z, x0, a_t, clip)
+        if g.x0 is not None:
+            x0 = x0 - g.x0  # guidance on the predicted clean sample (MPGD); eps keeps the noise direction
+            if clip is not None:
+                x0 = x0.clamp(-clip, clip)
+        eta_i = eta if g.eta is None else g.eta
+        sigma = ddim_sigma(a_t, a_prev, eta_i)
+        noise = torch.randn(z.shape, generator=generator).to(z) if eta_i > 0 else None
         z_prev = ddim_step(x0, eps, a_prev, sigma, noise)
         if g.mean is not None:
             z_prev = z_prev - g.mean  # guidance on the posterior mean

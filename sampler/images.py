@@ -15,13 +15,13 @@ import numpy as np
 from dsl.errors import SteerCompileError
 
 
-def load_image(path: Path, size: tuple[int, int], span=None) -> np.ndarray:
-    """(H, W, 3) float32 in [0, 1] at `size` = (H, W)."""
+def load_image(path: Path, size: tuple[int, int], span=None, what: str = "source image") -> np.ndarray:
+    """(H, W, 3) float32 in [0, 1] at `size` = (H, W). `what` names the file in errors."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
-        raise SteerCompileError(f"source image {str(path)!r} does not exist", span, hint="paths are relative to the script")
+        raise SteerCompileError(f"{what} {str(path)!r} does not exist", span, hint="paths are relative to the script")
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
@@ -37,7 +37,7 @@ def load_image(path: Path, size: tuple[int, int], span=None) -> np.ndarray:
             im = im.crop((left, top, left + w, top + h))
             return np.asarray(im, dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise SteerCompileError(f"cannot read source image {str(path)!r}: {e}", span, hint="use a PNG, JPEG or WebP file") from None
+        raise SteerCompileError(f"cannot read {what} {str(path)!r}: {e}", span, hint="use a PNG, JPEG or WebP file") from None
 
 
 def file_hash(path: Path) -> str:

@@ -18,8 +18,20 @@ def test_quick_bench_writes_well_formed_results(tmp_path, shapes_path):
         c = data["cost"][name]
         assert c["time_ratio"] > 0 and c["plain_seconds_per_image"] > 0 and c["model_mb"] > 0
     assert data["cost"]["repl_rerun"]["time_ratio"] > 0
+    for kind in ("generated", "world"):
+        assert data["inversion"][kind]["n"] == 1 and data["inversion"][kind]["mean_psnr"] > 10
     md = (tmp_path / "results.md").read_text()
-    assert md.startswith("# steer bench") and "| move |" in md and "REPL re-run" in md
+    assert md.startswith("# steer bench") and "| move |" in md and "REPL re-run" in md and "| world | 1 |" in md
     with Image.open(tmp_path / "contact_sheet.png") as im:
         assert im.width > 256 and im.height > 128
     assert results["tasks"] == data["tasks"]
+
+
+def test_bench_runs_only_the_tasks_asked_and_names_the_known_ones(tmp_path, shapes_path, capsys):
+    from dsl.cli import main
+
+    assert main(["bench", "--model", shapes_path, "--quick", "--seeds", "1", "--out", str(tmp_path), "--task", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown task 'nope'" in err and "move" in err and "Traceback" not in err
+    data = run_bench(shapes_path, seeds=1, quick=True, out=tmp_path, steps=2, progress=False, tasks=["shift"])
+    assert set(data["tasks"]) == {"shift"}

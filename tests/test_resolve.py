@@ -82,5 +82,5 @@ def test_unknown_direction_lists_known_ones(word_tok, tmp_path):
     with pytest.raises(dsl.SteerCompileError) as info:
         bind(prog, PROMPT, word_tok, [tmp_path])
     assert "did you mean 'smile'" in info.value.hint and "known directions: smile" in info.value.hint
-    with pytest.raises(dsl.SteerCompileError, match="not built yet"):
-        bind(dsl.compile("direction smile"), PROMPT, word_tok, [tmp_path])
+    with pytest.raises(dsl.SteerCompileError, match="cannot read direction file"):
+        bind(dsl.compile("direction smile"), PROMPT, word_tok, [tmp_path])  # found, but not a safetensors file

@@ -44,6 +44,30 @@ def test_placements_act_where_they_say():
     assert not torch.allclose(eps_guided, plain)
 
 
+def test_asymmetric_step_takes_x0_from_the_shifted_eps_and_the_direction_from_the_original():
+    alphas = torch.linspace(0.9, 0.1, 10)
+    a_t, a_prev = alphas[5], alphas[2]
+    eps, shifted = torch.full((1, 1), 0.2), torch.full((1, 1), -0.3)
+    z = torch.ones(1, 1)
+    out = sample_ddim(lambda i, t, z, e: eps, z, [5, 2], alphas, torch.tensor(1.0),
+                      guide=lambda i, t, z: Guidance(x0_eps=shifted) if i == 0 else Guidance(), disable=True)
+    step = ddim_step(pred_x0(z, shifted, a_t), eps, a_prev)  # Asyrp: P_t(eps~), D_t(eps)
+    expected = ddim_step(pred_x0(step, eps, a_prev), eps, torch.tensor(1.0))
+    assert torch.allclose(out, expected, atol=1e-6)
+    same = sample_ddim(lambda i, t, z, e: eps, z, [5, 2], alphas, torch.tensor(1.0), guide=lambda i, t, z: Guidance(x0_eps=eps), disable=True)
+    assert torch.allclose(same, sample_ddim(lambda i, t, z, e: eps, z, [5, 2], alphas, torch.tensor(1.0), disable=True), atol=1e-6)
+
+
+def test_a_step_can_ask_for_its_own_eta():
+    alphas = torch.linspace(0.9, 0.1, 10)
+    run = lambda eta_step: sample_ddim(lambda i, t, z, e: torch.zeros_like(z), torch.ones(1, 4), [5, 2], alphas, torch.tensor(1.0),
+                                       guide=lambda i, t, z: Guidance(eta=eta_step), disable=True,
+                                       generator=torch.Generator().manual_seed(0))
+    assert torch.equal(run(None), run(0.0))
+    assert not torch.allclose(run(1.0), run(0.0))
+    assert torch.equal(run(1.0), run(1.0))  # seeded: the same noise every time
+
+
 def test_a_script_runs_end_to_end_on_a_latent_pipeline(editor):
     prog = dsl.compile(PROMPT + 'centroid(token "circle") -> (0.7, 0.5)\nkeep appearance\nkeep attention\nsize(token "square") *= 2')
     r = editor.run(prog, progress=False)

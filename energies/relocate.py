@@ -1,0 +1,88 @@
+"""Relocation: carry an object's region of the source latent to where a layout term wants it.
+
+An attention energy alone asks the model to put *attention* at the target; on a small model it is
+cheaper to draw a second object there than to move the first (the feasibility run's failure, and
+ours). So a layout term (move, shift, resize) also relocates, once, early in sampling: the region
+under the object's source mask is copied from the source trajectory's z_t to its new place, and
+the region it left is refilled with background at the same noise level. The denoiser then has an
+image whose layout already says "the object is there" and spends the remaining steps blending it;
+the term's attention energy keeps it there. This is the latent copy of DragonDiffusion and
+DiffEditor (reference/methods.md), driven by the term's own target instead of a drawn box.
+
+Pure tensor functions; latents are (C, H, W) here.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .attention import centroid, minmax, resize
+
+
+def object_mask(maps: list[torch.Tensor], hw, threshold: float = 0.5) -> torch.Tensor:
+    """A token's object mask from the source pass: its maps over the last steps averaged (where
+    they localise best), normalised, thresholded, resized to the latent (H, W). Float 0/1."""
+    m = minmax(torch.stack(maps).mean(0))
+    return (resize(m, hw) > threshold).float()
+
+
+def transform(x: torch.Tensor, shift=(0.0, 0.0), scale: float = 1.0, about=(0.5, 0.5)) -> torch.Tensor:
+    """Move (C, H, W) by `shift` (image units) and scale by `scale` about `about`, nearest
+    sampling: values are carried, never blended, so noise keeps its statistics. Zeros outside."""
+    h, w = x.shape[-2:]
+    ys = (torch.arange(h, dtype=torch.float32, device=x.device) + 0.5) / h
+    xs = (torch.arange(w, dtype=torch.float32, device=x.device) + 0.5) / w
+    src_x = about[0] + (xs - about[0] - shift[0]) / scale
+    src_y = about[1] + (ys - about[1] - shift[1]) / scale
+    gy, gx = torch.meshgrid(src_y * 2 - 1, src_x * 2 - 1, indexing="ij")
+    grid = torch.stack([gx, gy], -1)[None].to(x.dtype)
+    return F.grid_sample(x[None], grid, mode="nearest", padding_mode="zeros", align_corners=False)[0]
+
+
+def dilate(mask: torch.Tensor, r: int) -> torch.Tensor:
+    return F.max_pool2d(mask[None, None], 2 * r + 1, stride=1, padding=r)[0, 0] if r > 0 else mask
+
+
+def background(x0: torch.Tensor, mask: torch.Tensor, ring: int = 2) -> torch.Tensor:
+    """(C,) the median predicted-x0 value on a ring just outside the mask: what the hole an
+    object leaves should become. Falls back to the whole outside when the ring is empty."""
+    outer = dilate(mask, ring) - dilate(mask, 0)
+    sel = outer > 0.5 if outer.sum() > 0 else mask < 0.5
+    if sel.sum() == 0:
+        return x0.flatten(1).median(1).values
+    return x0[:, sel].median(1).values
+
+
+def relocate(z: torch.Tensor, z_src: torch.Tensor, x0_src: torch.Tensor, a_t, mask: torch.Tensor,
+             shift=(0.0, 0.0), scale: float = 1.0, protect: torch.Tensor | None = None) -> torch.Tensor:
+    """The latent z with the source object moved: z_src under `mask`, shifted by `shift` and
+    scaled by `scale` about the mask's centroid, pasted over z; the vacated region refilled with
+    the background x0 noised with the source's own noise at this step (so the noise level and
+    seed-noise there stay what the sampler expects). Pixels under `protect` (the objects the edit
+    does not move) are left alone: a moved object goes behind them, never over them."""
+    a_t = torch.as_tensor(a_t, dtype=z.dtype, device=z.device)
+    about = tuple(float(v) for v in centroid(mask))
+    moved = transform(z_src, shift, scale, about)
+    moved_mask = transform(mask[None], shift, scale, about)[0]
+    eps_src = (z_src - a_t.sqrt() * x0_src) / (1 - a_t).sqrt()
+    bg = background(x0_src, mask).view(-1, 1, 1)
+    hole = a_t.sqrt() * bg + (1 - a_t).sqrt() * eps_src
+    free = torch.ones_like(mask) if protect is None else (protect < 0.5).to(mask.dtype)
+    out = torch.where((mask * free)[None] > 0.5, hole, z)
+    return torch.where((moved_mask * free)[None] > 0.5, moved, out)
+
+
+def moved_by(kind: str, term, mask: torch.Tensor) -> tuple[tuple[float, float], float]:
+    """(shift, scale) a layout term asks of its object, given the object's source mask."""
+    c = centroid(mask)
+    if kind == "move":
+        return (float(term.to[0] - c[0]), float(term.to[1] - c[1])), 1.0
+    if kind == "shift":
+        return (float(term.by[0]), float(term.by[1])), 1.0
+    if kind == "resize":
+        return (0.0, 0.0), float(term.factor) ** 0.5
+    if kind == "size_to":
+        area = float(mask.mean())
+        return (0.0, 0.0), (float(term.area) / max(area, 1e-4)) ** 0.5
+    raise ValueError(f"{kind} terms do not relocate")

@@ -1,0 +1,61 @@
+"""Relocation (energies/relocate.py): the latent copy that moves an object before its energy holds it."""
+
+import pytest
+import torch
+
+from energies import attention as A
+from energies import relocate as R
+from energies.program import Move, Resize, Shift, TokenRef
+
+
+def square_mask(x0, y0, x1, y1, n=16):
+    m = torch.zeros(n, n)
+    m[y0:y1, x0:x1] = 1
+    return m
+
+
+def test_transform_carries_values_without_blending():
+    x = torch.randn(3, 16, 16)
+    moved = R.transform(x, shift=(4 / 16, -2 / 16))
+    # pixel (y, x) of the result holds the input at (y + 2, x - 4): a pure copy, no interpolation
+    assert torch.equal(moved[:, 0:14, 4:16], x[:, 2:16, 0:12])
+    assert (moved[:, 14:, :] == 0).all() and (moved[:, :, :4] == 0).all()
+
+
+def test_transform_scales_about_a_point():
+    m = square_mask(6, 6, 10, 10)
+    bigger = R.transform(m[None], scale=2.0, about=(0.5, 0.5))[0]
+    assert bigger.sum() == pytest.approx(4 * m.sum())
+    assert A.centroid(bigger).tolist() == pytest.approx([0.5, 0.5], abs=1e-6)
+
+
+def test_relocate_moves_the_object_and_fills_the_hole_with_background():
+    a_t = torch.tensor(0.64)
+    x0 = -torch.ones(3, 16, 16)  # black background
+    x0[0, 2:6, 2:6] = 1.0  # a red object at the top left
+    eps = torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(0))
+    z_src = a_t.sqrt() * x0 + (1 - a_t).sqrt() * eps
+    mask = square_mask(2, 2, 6, 6)
+    z = torch.randn(3, 16, 16)  # the edit's own latent: kept wherever nothing moves
+    out = R.relocate(z, z_src, x0, a_t, mask, shift=(8 / 16, 8 / 16))
+    assert torch.equal(out[:, 10:14, 10:14], z_src[:, 2:6, 2:6])  # the object arrived
+    hole = (out[:, 2:6, 2:6] - (1 - a_t).sqrt() * eps[:, 2:6, 2:6]) / a_t.sqrt()
+    assert torch.allclose(hole, -torch.ones_like(hole), atol=1e-5)  # what it left is background
+    untouched = torch.ones(16, 16, dtype=torch.bool)
+    untouched[2:6, 2:6] = untouched[10:14, 10:14] = False
+    assert torch.equal(out[:, untouched], z[:, untouched])
+
+
+def test_object_mask_thresholds_the_late_maps():
+    blob = square_mask(4, 4, 8, 8) * 0.9 + 0.05
+    mask = R.object_mask([blob, blob * 2], (32, 32))
+    assert mask.shape == (32, 32) and set(mask.unique().tolist()) == {0.0, 1.0}
+    assert A.centroid(mask).tolist() == pytest.approx([6 / 16, 6 / 16], abs=0.02)
+
+
+def test_each_layout_term_asks_its_own_motion():
+    mask = square_mask(2, 2, 6, 6)  # centroid (0.25, 0.25)
+    tok = TokenRef(word="circle")
+    assert R.moved_by("move", Move(token=tok, to=(0.75, 0.5)), mask) == (pytest.approx((0.5, 0.25)), 1.0)
+    assert R.moved_by("shift", Shift(token=tok, by=(0.1, -0.2)), mask) == ((0.1, -0.2), 1.0)
+    assert R.moved_by("resize", Resize(token=tok, factor=4.0), mask) == ((0.0, 0.0), 2.0)
