@@ -55,7 +55,7 @@ TERMS = {
 # h-space: delta-h, times Asyrp's n_train_step / n_test_step; window: Asyrp's t_edit (hspace.EDIT_WINDOW)
 # noise: NoiseCLR's lambda = s * NOISE_DIRECTION_SCALE, over NOISE_DIRECTION_WINDOW (NoiseCLR has no default)
 HSPACE_BOOST = True  # Asyrp's stochastic "quality boosting" (eta = 1) below t_boost when an h-space direction is used
-NOISE_DIRECTION_SCALE = 1.0
+NOISE_DIRECTION_SCALE = 6.0  # NoiseCLR's editing_scale is 7.5 on SD; 6 made the shipped shapes directions visible (tuned)
 NOISE_DIRECTION_WINDOW = (0.0, 1.0)
 
 # Layout terms also relocate their object's source region once, at this fraction of sampling

@@ -29,7 +29,9 @@ from .shapes import world as W
 PROMPT = "a red circle and a blue square"  # circle: red, square: blue
 CIRCLE, SQUARE = "red", "blue"
 GREEN_PROMPT = "a green circle and a blue square"  # what the recolouring tasks ask for
-STYLE_IMAGE = "style_green_circle.png"  # a world image of a green circle, written into the output folder
+STYLE_IMAGE = "style_green_circle.png"
+# The shipped directions and what each should do to the red circle (see README, "Directions").
+DIRECTIONS = [("circle_to_square", {"shape": "square"}), ("green", {"colour": "green"}), ("smaller", {"shrink": True})]  # a world image of a green circle, written into the output folder
 
 
 @dataclass
@@ -149,6 +151,29 @@ def measure_recolour(colour):
     return m
 
 
+def measure_direction(shape: str | None = None, colour: str | None = None, shrink: bool = False):
+    """A learned direction changed the circle's shape / colour where it stood (centroid within
+    0.05 of the source's), and left the square."""
+
+    def m(src, out):
+        s = W.find(src, CIRCLE)
+        if s is None:
+            return {"found": False}
+        square = W.find(out, SQUARE)
+        near = sorted((o for o in out if o is not square), key=lambda o: _dist(o.centroid, s.centroid))[:1]
+        f = {"found": bool(near), "stayed_0.05": bool(near and _dist(near[0].centroid, s.centroid) <= 0.05)}
+        if shape is not None:
+            f["became_" + shape] = bool(near and near[0].shape == shape)
+        if colour is not None:
+            f["took_colour"] = bool(near and near[0].colour == colour)
+        if shrink:
+            f["ratio"] = near[0].area / s.area if near else math.nan
+            f["shrunk"] = bool(near and near[0].area <= 0.7 * s.area)
+        return {**f, **_kept(src, out, SQUARE)}
+
+    return m
+
+
 def clip_score(target: str, source: str):
     """How far the image moved toward `target` and away from `source` in the shapes CLIP:
     (cos(I, target) - cos(I, source)) of the edit minus that of the source image."""
@@ -197,6 +222,8 @@ def suite(seeds: list[int], quick: bool) -> list[Case]:
                  measure_recolour("green"), "x0", clip_score(GREEN_PROMPT, PROMPT)),
             Case("style image", s, f'style image "{STYLE_IMAGE}"\nkeep structure', measure_recolour("green"), "x0",
                  clip_score(GREEN_PROMPT, PROMPT)),
+            # Learned directions shipped with the shapes model (sampler/shapes/weights/directions).
+            *[Case(f"direction {name}", s, f"direction {name}", measure_direction(**want), "direction") for name, want in DIRECTIONS],
         ]
     return cases
 
@@ -221,10 +248,30 @@ def _timed(fn, device="cpu"):
     return out, dt, (torch.cuda.max_memory_allocated() - base) if cuda else 0
 
 
+def _proc_status_kb(field: str) -> int | None:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak() -> bool:
+    """Linux: reset this process's peak resident set (VmHWM) to its current size (clear_refs 5)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def memory_probe(model: str, script: str, plain: bool) -> tuple[int, int]:
-    """(resident memory with the model loaded, peak the run adds above it), in bytes. Runs in a fresh process
-    (see `_peak_delta`), because in a long-lived one the allocator reuses freed pages and the
-    peak of the second run is invisible."""
+    """(resident memory with the model loaded, peak the run adds above it), in bytes. Runs in a fresh
+    process (see `_peak_delta`). On Linux the peak is VmHWM after resetting it to the current size
+    (so a warm-up's own peak does not hide the run's); elsewhere ru_maxrss, which can only grow."""
     import resource
 
     import dsl as _dsl
@@ -233,12 +280,17 @@ def memory_probe(model: str, script: str, plain: bool) -> tuple[int, int]:
     prog = _dsl.compile(script)
     settings = editor.settings(prog)
     editor.sample_plain(settings.model_copy(update={"steps": 1}))  # warm up: first-call allocations
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if _reset_peak() and _proc_status_kb("VmRSS") is not None:
+        base = _proc_status_kb("VmRSS") * 1024
+        peak = lambda: _proc_status_kb("VmHWM") * 1024  # noqa: E731
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # noqa: E731
     if plain:
         editor.sample_plain(settings)
     else:
         editor.run(prog, progress=False)  # source pass (recorded, kept) + guided pass: the whole cost
-    return base, max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)
+    return base, max(0, peak() - base)
 
 
 def _peak_delta(model: str, script: str, plain: bool) -> tuple[int, int]:
@@ -251,16 +303,18 @@ def _peak_delta(model: str, script: str, plain: bool) -> tuple[int, int]:
     return int(base), int(delta)
 
 
-def measure_cost(editor: Editor, steps: int, seeds: list[int], device: str, model: str = "shapes") -> dict:
+def measure_cost(editor: Editor, steps: int, seeds: list[int], device: str, model: str = "shapes", progress: bool = False) -> dict:
     """Guided / plain ratios of time and peak memory per cost class, and re-run / first run."""
     header = f'prompt "{PROMPT}"\nsteps {steps}\n'
     edits = {
         "attention": 'centroid(token "circle") -> (0.75, 0.5)',
         "attention + appearance": 'centroid(token "circle") -> (0.75, 0.5)\nkeep appearance',
         "x0: CLIP + ViT keys": f'clip "{GREEN_PROMPT}"\nkeep structure',
+        "direction (h-space)": f"direction {DIRECTIONS[0][0]}",
+        "direction (noise)": f"direction {DIRECTIONS[1][0]}",
     }
     out = {}
-    for name, terms in edits.items():
+    for name, terms in tqdm(edits.items(), desc="cost", disable=not progress, leave=False):
         t_plain = t_source = t_guided = m_plain = m_guided = 0.0
         for s in seeds:
             editor._sources.clear()
@@ -366,6 +420,9 @@ COLUMNS = [
     ("took_colour", "took colour", "{:.0%}"),
     ("found", "object found", "{:.0%}"),
     ("circle_iou", "circle IoU", "{:.2f}"),
+    ("became_square", "became square", "{:.0%}"),
+    ("stayed_0.05", "stayed within 0.05", "{:.0%}"),
+    ("shrunk", "area <= 0.7x", "{:.0%}"),
     ("clip_delta", "CLIP margin change", "{:+.3f}"),
     ("clip_toward", "CLIP toward target", "{:.0%}"),
 ]
@@ -457,7 +514,7 @@ def run_bench(model: str = "shapes", seeds: int | None = None, quick: bool = Fal
         if case.score is not None:
             figures.update(case.score(editor, r.source_image, r.image))
         outcomes.append(Outcome(case, figures, dt, r.source_image, r.image))
-    cost = measure_cost(editor, steps, seed_list[: 2 if quick else 4], device, model)
+    cost = measure_cost(editor, steps, seed_list[: 2 if quick else 4], device, model, progress)
     inversion = measure_inversion(editor, seed_list[: 2 if quick else 8], steps, progress)
     table = summarise(outcomes)
     import platform

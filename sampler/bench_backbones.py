@@ -31,6 +31,7 @@ import torch
 from energies import attention as A
 from energies.defaults import BACKBONES
 
+from .bench import _proc_status_kb, _reset_peak
 from .probes import ProbeStore, cross_attention_layers, probing
 
 SD15 = dict(
@@ -169,7 +170,10 @@ def measure(arch: str, res: int, device: str, dtype: torch.dtype, steps: int, sm
     for name, fn in runs:
         if only and name not in only:
             continue
-        base = _rss()  # CPU: before the first call, whose allocations are the run's peak (one run per process)
+        # CPU: from just before the first call, whose allocations are the run's peak; on Linux the
+        # peak (VmHWM) is first reset to the current size, so building the models does not hide it.
+        hwm = _reset_peak() and _proc_status_kb("VmRSS") is not None
+        base = _proc_status_kb("VmRSS") * 1024 if hwm else _rss()
         fn()  # warm-up
         sync()
         if device.startswith("cuda"):
@@ -180,7 +184,10 @@ def measure(arch: str, res: int, device: str, dtype: torch.dtype, steps: int, sm
             fn()
         sync()
         out[f"{name}_s_per_step"] = (time.perf_counter() - t0) / steps
-        peak = (torch.cuda.max_memory_allocated() - base) if device.startswith("cuda") else max(0, _rss() - base)
+        if device.startswith("cuda"):
+            peak = torch.cuda.max_memory_allocated() - base
+        else:
+            peak = max(0, (_proc_status_kb("VmHWM") * 1024 if hwm else _rss()) - base)
         out[f"{name}_peak_mb"] = peak / 2**20
     for name, _ in runs[1:]:
         if f"{name}_s_per_step" in out and "plain_s_per_step" in out:
@@ -191,19 +198,18 @@ def measure(arch: str, res: int, device: str, dtype: torch.dtype, steps: int, sm
 RUNS = ("plain", "guided_attention", "guided_x0", "direction_hspace", "direction_noise")
 
 
-def measure_each_in_its_own_process(arch: str, res: int, dtype: str, steps: int) -> dict:
-    """CPU: the resident-set peak only grows, so each run gets a fresh process; times are the same."""
+def measure_cpu(arch: str, res: int, dtype: str, steps: int) -> dict:
+    """CPU: times from one process (all runs in turn: the ratio is taken in one process), peak
+    memory from one fresh process per run (the resident-set peak only grows within a process)."""
     import subprocess
     import sys
 
-    out: dict = {}
+    out = measure(arch, res, "cpu", {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype], steps, False)
     for name in RUNS:
         cmd = [sys.executable, "-m", "sampler.bench_backbones", "--arch", arch, "--res", str(res), "--device", "cpu",
-               "--dtype", dtype, "--steps", str(steps), "--only", name, "--json-only"]
+               "--dtype", dtype, "--steps", "1", "--only", name]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        out.update(json.loads(proc.stdout.strip().splitlines()[-1]))
-    for name in RUNS[1:]:
-        out[f"{name}_time_ratio"] = out[f"{name}_s_per_step"] / out["plain_s_per_step"]
+        out[f"{name}_peak_mb"] = json.loads(proc.stdout.strip().splitlines()[-1])[f"{name}_peak_mb"]
     return out
 
 
@@ -216,14 +222,13 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--smoke", action="store_true", help="tiny widths and 64 px: checks the script runs (CI)")
     p.add_argument("--only", nargs="+", choices=RUNS, help="measure only these runs")
-    p.add_argument("--json-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     results = []
     for k, arch in enumerate(args.arch):
         res = 64 if args.smoke else (args.res[k] if args.res else {"sd15": 512, "sdxl": 1024}[arch])
         if args.device == "cpu" and not args.smoke and not args.only:
-            r = measure_each_in_its_own_process(arch, res, args.dtype, args.steps)
+            r = measure_cpu(arch, res, args.dtype, args.steps)
         else:
             r = measure(arch, res, args.device, dtype, 1 if args.smoke else args.steps, args.smoke, args.only)
         print(json.dumps(r), flush=True)

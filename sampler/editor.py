@@ -387,11 +387,17 @@ class Editor:
         staying = [o.head for o in prompt_objects(prompt, self.backbone.tokenizer) if not set(o.tokens) & moved_tokens]
         protect = sum((R.object_mask([f.token(list(h)) for f in late], hw, D.RELOCATE_MASK_THRESHOLD) for h in staying),
                       torch.zeros(hw)).clamp(max=1)
+        by_object: dict[tuple, list[BoundTerm]] = {}  # a move and a resize of one object make one relocation
         for x in movers:
-            mask = R.object_mask([f.token(x.token) for f in late], hw, D.RELOCATE_MASK_THRESHOLD)
+            by_object.setdefault(tuple(x.token), []).append(x)
+        for token, terms in by_object.items():
+            mask = R.object_mask([f.token(list(token)) for f in late], hw, D.RELOCATE_MASK_THRESHOLD)
             if mask.sum() == 0:
                 continue
-            shift, scale = R.moved_by(x.kind, x.term, mask)
+            shift, scale = (0.0, 0.0), 1.0
+            for x in terms:
+                (dx, dy), k = R.moved_by(x.kind, x.term, mask)
+                shift, scale = (shift[0] + dx, shift[1] + dy), scale * k
             plans.setdefault(at, []).append((mask.to(self.backbone.device), shift, scale, protect.to(self.backbone.device)))
         return plans
 
@@ -399,7 +405,7 @@ class Editor:
         b = self.backbone
         relocations = self._relocations(bound, src, steps, prompt)
         alphas = b.schedule()[0]
-        boost = D.HSPACE_BOOST and any(x.kind == "direction" and x.extra["direction"].kind == "hspace" for x in bound)
+        boost = D.HSPACE_BOOST and any(x.kind == "direction" and x.extra["direction"].kind == "hspace" and x.weight != 0 for x in bound)
 
         def guide(i, t, z):
             active = [x for x in bound if x.active(i / steps)]

@@ -88,3 +88,17 @@ def test_predicted_x0_terms_lower_their_energy_on_the_shipped_model(shapes_edito
 
     guided, unguided = curve(1.0), curve(1e-6)
     assert len(guided) > 2 and guided[1:].mean() < unguided[1:].mean(), (guided, unguided)
+
+
+@pytest.mark.parametrize("name", ["circle_to_square", "green"])
+def test_shipped_directions_edit_and_weight_zero_is_the_source(shapes_editor, name):
+    """An h-space (circle_to_square) and a noise (green) direction shipped with the model: at
+    weight 1 the image changes; at weight 0 the edit pass is the source pass (the asymmetric step
+    with an unshifted forward is plain DDIM)."""
+    def run(weight):
+        return shapes_editor.run(dsl.compile(f'prompt "a red circle and a blue square"\nseed 2\nsteps 10\ndirection {name} * {weight}'),
+                                 progress=False)
+
+    edited, zero = run(1), run(0)
+    assert np.abs(edited.image - edited.source_image).mean() > 0.02
+    assert np.abs(zero.image - zero.source_image).max() < 0.02
