@@ -394,9 +394,10 @@ class Editor:
             mask = R.object_mask([f.token(list(token)) for f in late], hw, D.RELOCATE_MASK_THRESHOLD)
             if mask.sum() == 0:
                 continue
+            core = R.object_mask([f.token(list(token)) for f in late], hw, D.RELOCATE_CENTRE_THRESHOLD)
             shift, scale = (0.0, 0.0), 1.0
-            for x in terms:
-                (dx, dy), k = R.moved_by(x.kind, x.term, mask)
+            for x in terms:  # where the object is: the centre of the map's core, not of the generous copy mask
+                (dx, dy), k = R.moved_by(x.kind, x.term, core if core.sum() > 0 else mask)
                 shift, scale = (shift[0] + dx, shift[1] + dy), scale * k
             plans.setdefault(at, []).append((mask.to(self.backbone.device), shift, scale, protect.to(self.backbone.device)))
         return plans
