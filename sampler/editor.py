@@ -110,6 +110,9 @@ def write_png(image: np.ndarray, path, text: dict | None = None):
     try:
         with os.fdopen(fd, "wb") as f:
             to_pil(image).save(f, format="PNG", pnginfo=info)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; an image is the user's ordinary file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

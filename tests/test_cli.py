@@ -69,6 +69,11 @@ def test_run_writes_the_edit_and_the_source_and_never_an_input(tmp_path, shapes_
         assert im.size == (32, 32)
         assert "centroid(token \"circle\")" in im.text["steer:program"] and im.text["steer:seed"] == "1"
     assert (tmp_path / "src.png").exists()
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary file, not mkstemp's 0600
     assert main(["run", str(script), "--model", shapes_path, "-o", str(script), "-q"]) == 2
     assert script.read_text() == MOVE
 
