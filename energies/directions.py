@@ -165,8 +165,11 @@ def load_direction(path, backbone, span=None) -> Direction:
     family ("shapes", "sd", "sdxl") and the tensor shapes this model needs. A direction learned on
     another model raises SteerCompileError naming both models."""
     d = read_direction(path, span)
-    if backbone is None:
-        return d
+    return d if backbone is None else check_direction(d, backbone, span)
+
+
+def check_direction(d: Direction, backbone, span=None) -> Direction:
+    """`d` if it fits `backbone` (family and tensor shapes), else a SteerCompileError naming both."""
     learned = str(d.meta.get("backbone", "?"))
     here = backbone_id(backbone)
 

@@ -82,7 +82,4 @@ def moved_by(kind: str, term, mask: torch.Tensor) -> tuple[tuple[float, float], 
         return (float(term.by[0]), float(term.by[1])), 1.0
     if kind == "resize":
         return (0.0, 0.0), float(term.factor) ** 0.5
-    if kind == "size_to":
-        area = float(mask.mean())
-        return (0.0, 0.0), (float(term.area) / max(area, 1e-4)) ** 0.5
     raise ValueError(f"{kind} terms do not relocate")

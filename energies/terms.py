@@ -14,10 +14,10 @@ import torch
 from dsl.errors import SteerCompileError
 
 from . import attention as A
-from . import vit as V
-from . import x0 as X
 from . import defaults as D
 from . import program as P
+from . import vit as V
+from . import x0 as X
 from .resolve import prompt_objects, token_indices
 
 LAYOUT_KINDS = {"move", "shift", "resize", "size_to", "shape_from"}
@@ -112,8 +112,7 @@ def bind(program: P.Program, prompt: str, tokenizer, direction_paths=()) -> list
         elif t.kind in ("keep_appearance", "keep_shape"):
             b.objects = [b.token]
         if t.kind == "direction":  # an unknown name is an error listing the known ones; a bad file, its own error
-            b.extra["path"] = directions.find(t, direction_paths)
-            b.extra["direction"] = directions.read_direction(b.extra["path"], t.span)
+            b.extra["direction"] = directions.read_direction(directions.find(t, direction_paths), t.span)
         out.append(b)
     return out
 

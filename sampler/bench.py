@@ -179,9 +179,7 @@ def clip_score(target: str, source: str):
     (cos(I, target) - cos(I, source)) of the edit minus that of the source image."""
 
     def score(editor, src_image, image):
-        from energies.x0 import ClipScorer
-
-        scorer = editor.__dict__.setdefault("_bench_clip", ClipScorer.for_shapes(editor.backbone.model))
+        scorer = editor.clip()  # the shapes CLIP, loaded once per editor
         t = scorer.text([target, source])
         with torch.no_grad():
             ims = torch.from_numpy(np.stack([src_image, image])).permute(0, 3, 1, 2).float() * 2 - 1
@@ -532,8 +530,8 @@ def run_bench(model: str = "shapes", seeds: int | None = None, quick: bool = Fal
 def _write_style_image(path: Path):
     from PIL import Image
 
-    scene = next(W.make_scene(10**8 + k, n_objects=1) for k in range(1000)
-                 if W.make_scene(10**8 + k, n_objects=1).caption == "a green circle")
+    scenes = (W.make_scene(10**8 + k, n_objects=1) for k in range(1000))
+    scene = next(s for s in scenes if s.caption == "a green circle")
     Image.fromarray((scene.image * 255).round().astype(np.uint8)).save(path)
 
 

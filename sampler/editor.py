@@ -30,15 +30,15 @@ import torch
 from dsl.errors import SteerCompileError, SteerRuntimeError
 from energies import defaults as D
 from energies import directions
+from energies import program as P
 from energies import relocate as R
 from energies import vit as V
-from . import hspace as H
-from . import noise_directions as N
 from energies import x0 as X
-from energies import program as P
 from energies.resolve import prompt_objects
 from energies.terms import ENERGIES, BoundTerm, Features, bind
 
+from . import hspace as H
+from . import noise_directions as N
 from .backbones import Backbone, load_backbone
 from .guided import Guidance, pred_x0, sample_ddim
 from .images import file_hash, load_image
@@ -145,7 +145,7 @@ class Editor:
         """The CLIP of the directional CLIP term: the shapes CLIP, or OpenAI's ViT-B/16 (DiffusionCLIP's)."""
         if self._clip is None:
             b = self.backbone
-            self._clip = X.ClipScorer.for_shapes(b.model) if b.kind == "shapes" else X.ClipScorer.from_pretrained(X.CLIP_MODEL_ID)
+            self._clip = X.ClipScorer.for_shapes(b.model) if b.kind == "shapes" else X.ClipScorer.from_pretrained(X.CLIP_MODEL_ID, device=b.device)
         return self._clip
 
     # ------------------------------------------------------------------------------------------
@@ -338,8 +338,7 @@ class Editor:
                 x.extra["target"] = scorer.text([x.term.target])[0]
                 x.extra["source"] = scorer.text([x.term.source or settings.prompt])[0]
             elif x.kind == "direction":
-                d = directions.load_direction(x.extra["path"], self.backbone, x.term.span)  # learned on this model?
-                x.extra["direction"] = d
+                d = directions.check_direction(x.extra["direction"], self.backbone, x.term.span)  # learned on this model?
                 if x.term.window is None:  # Asyrp's edit interval for h-space; NoiseCLR has no default
                     x.window = H.EDIT_WINDOW if d.kind == "hspace" else D.NOISE_DIRECTION_WINDOW
                 if d.kind == "hspace":
@@ -377,7 +376,7 @@ class Editor:
         return f
 
     def _relocations(self, bound: list[BoundTerm], src: SourcePass, steps: int, prompt: str) -> dict[int, list]:
-        """step -> [(mask, shift, scale)]: where layout terms copy their object's source region
+        """step -> [(mask, shift, scale, protect)]: where layout terms copy their object's source region
         (energies/relocate.py), at the step D.RELOCATE_AT of sampling, if the term is active then."""
         at = min(steps - 1, round(D.RELOCATE_AT * steps))
         hw = self.backbone.latent_shape()[1:]
@@ -394,10 +393,11 @@ class Editor:
         for x in movers:
             by_object.setdefault(tuple(x.token), []).append(x)
         for token, terms in by_object.items():
-            mask = R.object_mask([f.token(list(token)) for f in late], hw, D.RELOCATE_MASK_THRESHOLD)
+            maps = [f.token(list(token)) for f in late]
+            mask = R.object_mask(maps, hw, D.RELOCATE_MASK_THRESHOLD)
             if mask.sum() == 0:
                 continue
-            core = R.object_mask([f.token(list(token)) for f in late], hw, D.RELOCATE_CENTRE_THRESHOLD)
+            core = R.object_mask(maps, hw, D.RELOCATE_CENTRE_THRESHOLD)
             shift, scale = (0.0, 0.0), 1.0
             for x in terms:  # where the object is: the centre of the map's core, not of the generous copy mask
                 (dx, dy), k = R.moved_by(x.kind, x.term, core if core.sum() > 0 else mask)
