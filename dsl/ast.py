@@ -93,12 +93,27 @@ class StyleStmt(Node):
     mods: Modifiers
 
 
+class Box(Node):
+    x0: Number
+    y0: Number
+    x1: Number
+    y1: Number
+
+
+class DragStmt(Node):
+    handle: Point  # drag (x, y) -> (x, y) [within token "..." | within (x0, y0, x1, y1)]
+    op: Name  # must be ->; the grammar takes any OP so the compiler can say so
+    target: Point
+    within: Union[TokenRef, Box, None] = None
+    mods: Modifiers
+
+
 class DirectionStmt(Node):
     name: Name
     mods: Modifiers
 
 
-Statement = Union[Setting, Edit, Keep, DirectionStmt, ClipStmt, StyleStmt]
+Statement = Union[Setting, Edit, Keep, DirectionStmt, ClipStmt, StyleStmt, DragStmt]
 
 
 class Comment(BaseModel):

@@ -17,6 +17,7 @@ from .errors import SteerCompileError, did_you_mean
 SETTING_TYPES = {"prompt": "string", "negative": "string", "model": "string", "source": "string", "seed": "int", "steps": "int",
                  "cfg": "number", "invert": "name"}
 INVERSIONS = ("ddim", "null-text")
+DRAG_PLACEMENTS = ("bottleneck", "latent")  # what a drag optimises: the mid block's output, or z_t itself
 KEEP_NAMES = ("appearance", "layout", "attention", "structure", "pixels")
 
 
@@ -53,6 +54,8 @@ def _compile(script: ast.Script) -> P.Program:
             if not st.path.value.strip():
                 raise SteerCompileError("style image needs a file name", st.path.span, hint='for example: style image "ref.png"')
             terms.append(_modified(P.Style(path=st.path.value), st))
+        elif isinstance(st, ast.DragStmt):
+            terms.append(_drag(st))
     return P.Program(settings=P.Settings(**settings, spans=spans), terms=tuple(terms))
 
 
@@ -162,6 +165,30 @@ def _clip(st: ast.ClipStmt) -> P.TermBase:
     return _modified(P.Clip(target=st.target.value, source=st.source.value if st.source else None), st)
 
 
+def _drag(st: ast.DragStmt) -> P.TermBase:
+    example = "drag (0.3, 0.4) -> (0.55, 0.4)"
+    if st.op.value != "->":
+        raise SteerCompileError(f"a drag is written with ->, not {st.op.value}", st.op.span, hint=f"for example: {example}")
+    handle = _point(st.handle, "a drag", 0, 1, example)
+    target = _point(st.target, "a drag", 0, 1, example)
+    if handle == target:
+        raise SteerCompileError("the drag's target is its handle: nothing would move", st.target.span)
+    if st.mods.via is not None and st.mods.via.value not in DRAG_PLACEMENTS:
+        raise SteerCompileError(f"a drag acts via bottleneck (DragNoise) or latent (DragDiffusion), not {st.mods.via.value}",
+                                st.mods.via.span, hint=did_you_mean(st.mods.via.value, DRAG_PLACEMENTS) or "drop the `via ...` for DragNoise")
+    w = st.within
+    token = box = None
+    if isinstance(w, ast.TokenRef):
+        token = _token(w)
+    elif isinstance(w, ast.Box):
+        x0, y0, x1, y1 = (_finite(n) for n in (w.x0, w.y0, w.x1, w.y1))
+        if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
+            raise SteerCompileError("a box is (x0, y0, x1, y1) with 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1", w.span,
+                                    hint="within (0.2, 0.2, 0.8, 0.8) lets the middle of the image change")
+        box = (x0, y0, x1, y1)
+    return _modified(P.Drag(handle=handle, target=target, token=token, box=box), st)
+
+
 def _keep(st: ast.Keep) -> P.TermBase:
     w = st.what
     if st.region is not None and not (isinstance(w, ast.Name) and w.value == "pixels"):
@@ -209,7 +236,7 @@ def _modified(term: P.TermBase, st) -> P.TermBase:
             )
         update["window"] = P.Window(start=a, end=b)
     if m.via is not None:
-        if m.via.value not in P.PLACEMENTS:
+        if m.via.value not in P.PLACEMENTS and not isinstance(term, P.Drag):  # drags checked theirs in _drag
             raise SteerCompileError(
                 f"unknown placement {m.via.value!r}", m.via.span, hint=did_you_mean(m.via.value, P.PLACEMENTS) or "placements: eps, latent, mean"
             )

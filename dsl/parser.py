@@ -15,7 +15,7 @@ from energies.program import Span
 from . import ast
 from .errors import SteerSyntaxError, did_you_mean
 
-KEYWORDS = ("prompt", "negative", "seed", "steps", "cfg", "model", "source", "invert", "centroid", "size", "shape", "appearance", "keep", "direction", "clip", "style")
+KEYWORDS = ("prompt", "negative", "seed", "steps", "cfg", "model", "source", "invert", "centroid", "size", "shape", "appearance", "keep", "direction", "clip", "style", "drag")
 
 
 _comments = threading.local()  # where the lexer callback drops the comments of the current parse
@@ -148,6 +148,18 @@ class _ToAst(Transformer):
     def style(self, meta, children):
         path, mods = children
         return ast.StyleStmt(path=self._string(path), mods=mods, span=self._s(meta))
+
+    def drag(self, meta, children):
+        handle, op, target, *within, mods = children
+        return ast.DragStmt(handle=handle, op=self._name(op), target=target, within=within[0] if within else None, mods=mods,
+                            span=self._s(meta))
+
+    def within(self, meta, children):
+        return children[0]
+
+    def box(self, meta, children):
+        x0, y0, x1, y1 = children
+        return ast.Box(x0=x0, y0=y0, x1=x1, y1=y1, span=self._s(meta))
 
     def direction(self, meta, children):
         name, mods = children

@@ -85,6 +85,15 @@ def style(t: P.Style) -> str:
     return f"style image {string(t.path)}"
 
 
+def drag(t: P.Drag) -> str:
+    within = ""
+    if t.token is not None:
+        within = f" within {token(t.token)}"
+    elif t.box is not None:
+        within = " within (" + ", ".join(num(v) for v in t.box) + ")"
+    return f"drag {point(t.handle)} -> {point(t.target)}{within}"
+
+
 def direction(t: P.Direction) -> str:
     return f"direction {t.name}"
 

@@ -35,7 +35,8 @@ Commands:
 
 COMMANDS = (":run", ":list", ":rm", ":weight", ":window", ":clear", ":auto", ":out", ":save", ":help", ":quit")
 KEYWORDS = ("prompt", "negative", "seed", "steps", "cfg", "centroid", "size", "shape", "appearance", "keep", "direction", "token",
-            "layout", "attention", "via", "clip", "from", "style", "image", "structure", "pixels", "inside", "outside")
+            "layout", "attention", "via", "clip", "from", "style", "image", "structure", "pixels", "inside", "outside",
+            "drag", "within")
 
 
 class Repl:

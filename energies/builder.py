@@ -1,6 +1,6 @@
 """The Python API: build the same Program as the DSL, one call per construct.
 
-    from energies.builder import token, centroid, size, shape, appearance, keep, clip, style, direction, settings
+    from energies.builder import token, centroid, size, shape, appearance, keep, clip, style, direction, drag, settings
 
     program = settings(prompt="a red circle and a blue square", seed=3) \\
         + centroid(token("circle")).to(0.75, 0.5) * 2 \\
@@ -104,6 +104,14 @@ def style(path: str) -> P.Style:
 
 def direction(name: str) -> P.Direction:
     return P.Direction(name=name)
+
+
+def drag(handle, target, within=None, box=None) -> P.Drag:
+    """drag((0.3, 0.4), (0.55, 0.4), within="circle") or box=(x0, y0, x1, y1): DragNoise's point drag."""
+    if within is not None and box is not None:
+        raise ValueError("drag takes within= (a token) or box=, not both")
+    return P.Drag(handle=(float(handle[0]), float(handle[1])), target=(float(target[0]), float(target[1])),
+                  token=None if within is None else _ref(within), box=None if box is None else tuple(float(v) for v in box))
 
 
 def settings(**kw) -> P.Program:

@@ -50,6 +50,10 @@ TERMS = {
     "clip": TermDefaults(weight=20.0, window=(0.0, 0.5), placement="x0"),
     "keep_pixels": TermDefaults(weight=100.0, window=(0.0, 1.0), placement="x0"),
     "direction": TermDefaults(weight=1.0, window=(0.0, 1.0), placement="eps"),
+    # DragNoise: the bottleneck is optimised at the window's start (inversion_strength 0.7: step 35
+    # of 50 counted from t = 0, i.e. progress 0.3) and substituted until the end (end_step 0).
+    # The weight multiplies the drag's share of the loss (several drags in one script).
+    "drag": TermDefaults(weight=1.0, window=(0.3, 1.0), placement="bottleneck"),
 }
 
 # Learned directions (sampler/hspace.py, sampler/noise_directions.py). A script's `* s` multiplies:
@@ -67,6 +71,15 @@ RELOCATE_MASK_FROM = 0.8
 RELOCATE_MASK_THRESHOLD = 0.5
 RELOCATE_CENTRE_THRESHOLD = 0.85  # the object's centre, for the shift, from the map's core (tuned: 0.5 / 0.7 / 0.85 / 0.95 gave 9 / 10 / 11 / 10 of 16 seeds moved within 0.1 with the square kept)
 
+# DragNoise (sampler/drag.py, energies/drag.py): Adam lr 0.01, at most 60 iterations (the UI's
+# n_pix_step); tracking within r_p = 3; lambda = 0.1 on the region term. The patch radii are per
+# backbone (BackboneDefaults). Distances are in pixels of the supervision feature map.
+DRAG_LR = 0.01
+DRAG_ITERATIONS = 60
+DRAG_TRACK_RADIUS = 3
+DRAG_STOP_PIXELS = 2.0  # DragDiffusion's check_handle_reach_target: within 2 px of the target
+DRAG_REGION_WEIGHT = 0.1
+
 # Move and resize also match a translated / scaled source silhouette (energies/attention.py);
 # this is that term's share relative to the centroid / size term.
 SILHOUETTE = 1.0
@@ -82,18 +95,35 @@ class BackboneDefaults:
     attn_layers: tuple[str, ...]  # module-name prefixes of the attn2 layers averaged into a map
     map_res: int  # maps are resized to map_res x map_res before averaging
     appearance_features: str  # module whose output is pooled under a token's mask
+    drag_features: str  # decoder block whose output supervises a drag (DragNoise: the third, up_blocks[2] of SD)
+    drag_scale: float  # the drag's feature map, as a fraction of the image side (DragNoise: half the image)
+    drag_patch_radius: int = 1  # r_m of the motion supervision (DragNoise: 1)
+    drag_track_patch: int = 0  # tracking compares (2r+1)^2 patches; 0: single features (DragDiffusion)
 
 
 BACKBONES = {
     # Shapes model (32 px): every cross-attention layer (16x16 and 8x8) localises objects on the
     # shapes world; averaged at 16x16. Appearance pools the last decoder block (32x32, 32 ch).
-    "shapes": BackboneDefaults(attn_layers=("down_blocks",), map_res=16, appearance_features="up_blocks.2"),
+    # Drag: up_blocks.1's output (64 ch at 32x32, the image's own resolution) is the shapes UNet's
+    # counterpart of SD's up_blocks[2] (the second-to-last decoder stage at full latent resolution);
+    # it is already at the image size, so no upsampling. Its features are local colour detectors:
+    # inside a plain-coloured object every 3x3 patch looks alike, so r_m = 1 gives no motion signal
+    # and single-feature tracking is fooled by a stretched object. Patches of radius 4 (9x9 px, about
+    # an object) for both make the trailing edge part of the loss (tuned: within 0.1 on 4/8 seeds, r_m
+    # = 1: 0/8, via latent, `within token`).
+    "shapes": BackboneDefaults(attn_layers=("down_blocks",), map_res=16, appearance_features="up_blocks.2",
+                               drag_features="up_blocks.1", drag_scale=1.0, drag_patch_radius=4, drag_track_patch=4),
     # SD 1.x/2.x at 512 px: the Self-Guidance demo reads the lowest-resolution decoder stage that
     # still has 1/32 of the image side (16x16 here: up_blocks.1); appearance pools up_blocks[-1].
-    "sd": BackboneDefaults(attn_layers=("up_blocks.1",), map_res=16, appearance_features="up_blocks.3"),
+    # Drag: DragNoise's own choice, up_blocks[2] (640x64x64 at 512 px) upsampled to half the image.
+    "sd": BackboneDefaults(attn_layers=("up_blocks.1",), map_res=16, appearance_features="up_blocks.3",
+                           drag_features="up_blocks.2", drag_scale=0.5),
     # SDXL at 1024 px: the demo's own layers, up_blocks.0.attentions.1 (32x32); appearance from
     # up_blocks[2], the final decoder block.
-    "sdxl": BackboneDefaults(attn_layers=("up_blocks.0.attentions.1",), map_res=32, appearance_features="up_blocks.2"),
+    # Drag: up_blocks[1] (640 ch, the 128x128 stage at 1024 px) is SD's up_blocks[2] by channel
+    # count and resolution; a quarter of the image (256) keeps its upsampled map near DragNoise's size.
+    "sdxl": BackboneDefaults(attn_layers=("up_blocks.0.attentions.1",), map_res=32, appearance_features="up_blocks.2",
+                             drag_features="up_blocks.1", drag_scale=0.25),
 }
 
 # Words whose attention maps are too diffuse to stand for an object; "every object" terms skip them.

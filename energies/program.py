@@ -69,7 +69,7 @@ class Window(Node):
 class TermBase(Node):
     weight: float = 1.0  # multiplies the term's default weight (energies/defaults.py)
     window: Window | None = None  # None: the term's default window
-    placement: Literal["eps", "latent", "mean"] | None = None  # None: the term's default
+    placement: Literal["eps", "latent", "mean", "x0", "bottleneck"] | None = None  # None: the term's default
     span: Span | None = None
 
     def tokens(self) -> list[TokenRef]:
@@ -174,6 +174,18 @@ class Style(TermBase):
     path: str
 
 
+class Drag(TermBase):
+    """drag (x, y) -> (x, y): DragNoise. The UNet bottleneck is optimised at one step (the window's
+    start) so that the decoder features at the handle move to the target, then substituted at the
+    later steps (until the window's end). `within`: only that object (token) or box may change."""
+
+    kind: Literal["drag"] = "drag"
+    handle: tuple[float, float]
+    target: tuple[float, float]
+    token: TokenRef | None = None  # within token "circle"
+    box: tuple[float, float, float, float] | None = None  # within (x0, y0, x1, y1), image units
+
+
 class Direction(TermBase):
     """direction NAME * s: a learned direction (h-space or noise space), found by name."""
 
@@ -183,7 +195,7 @@ class Direction(TermBase):
 
 Term = Annotated[
     Union[Move, Shift, Resize, SizeTo, ShapeFrom, AppearanceFrom, KeepAppearance, KeepShape, KeepAttention, KeepStructure,
-          KeepPixels, Clip, Style, Direction],
+          KeepPixels, Clip, Style, Direction, Drag],
     Field(discriminator="kind"),
 ]
 

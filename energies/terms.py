@@ -20,7 +20,7 @@ from . import vit as V
 from . import x0 as X
 from .resolve import prompt_objects, token_indices
 
-LAYOUT_KINDS = {"move", "shift", "resize", "size_to", "shape_from"}
+LAYOUT_KINDS = {"move", "shift", "resize", "size_to", "shape_from", "drag"}  # a drag within a token moves it
 
 
 @dataclass
@@ -64,6 +64,7 @@ NEEDS = {
     "clip": {"image", "clip"},
     "keep_pixels": {"image"},
     "direction": set(),  # not an energy: the editor applies directions itself (h-space hook, noise eps)
+    "drag": set(),  # not an energy: sampler/drag.py optimises the bottleneck itself
 }
 
 
@@ -87,7 +88,7 @@ def bind(program: P.Program, prompt: str, tokenizer, direction_paths=()) -> list
         return {i for o in objects if set(o.tokens) & set(indices) for i in o.tokens} | set(indices)
 
     # Which objects other terms change, so "every object" keep terms leave them free.
-    moved = set().union(*[phrase_of(where(t.token)) for t in program.terms if t.kind in LAYOUT_KINDS] or [set()])
+    moved = set().union(*[phrase_of(where(t.token)) for t in program.terms if t.kind in LAYOUT_KINDS and t.token is not None] or [set()])
     restyled = set().union(*[phrase_of(where(t.token)) for t in program.terms if t.kind == "appearance_from"] or [set()])
 
     out = []

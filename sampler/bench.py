@@ -10,6 +10,7 @@ Writes DIR/results.json, DIR/results.md (the table) and DIR/contact_sheet.png.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -38,7 +39,7 @@ DIRECTIONS = [("circle_to_square", {"shape": "square"}), ("green", {"colour": "g
 class Case:
     task: str
     seed: int
-    script: str  # the edit (terms only); the prompt and seed are added by the bench
+    script: object  # the edit (terms only), or a function of the source's detections giving it; the prompt and seed are added
     measure: object  # (source objects, edited objects) -> dict of figures
     cost: str = "attention"  # which cost class the task belongs to
     score: object = None  # (editor, source image, edited image) -> more figures, from the images themselves
@@ -79,6 +80,7 @@ def _move_figures(src, out, target) -> dict:
     f["error"] = _dist(o.centroid, target) if o else math.nan
     f["within_0.1"] = bool(o is not None and f["error"] <= 0.1)
     f["single"] = _one_of(out, CIRCLE)
+    f["kept_shape"] = bool(o is not None and o.shape == s.shape)
     return {**f, **_kept(src, out, SQUARE)}
 
 
@@ -191,6 +193,21 @@ def clip_score(target: str, source: str):
     return score
 
 
+def drag_script(delta, via: str = ""):
+    """A drag of the circle's centre (as the detector finds it in the source) by delta: the
+    point-dragging counterpart of `centroid(token "circle") += delta`."""
+
+    def script(src):
+        s = W.find(src, CIRCLE)
+        if s is None:
+            return None
+        x, y = s.centroid
+        tx, ty = (min(max(v, 0.0), 1.0) for v in (x + delta[0], y + delta[1]))
+        return f'drag ({x:.3f}, {y:.3f}) -> ({tx:.3f}, {ty:.3f}) within token "circle"{via}'
+
+    return script
+
+
 def far_target(seed: int) -> tuple[float, float]:
     """The move target for a seed: one of four, in turn."""
     return [(0.75, 0.5), (0.25, 0.5), (0.5, 0.25), (0.5, 0.75)][seed % 4]
@@ -207,6 +224,9 @@ def suite(seeds: list[int], quick: bool) -> list[Case]:
             Case("move to (0.75, 0.5)", s, 'centroid(token "circle") -> (0.75, 0.5)\nkeep appearance', measure_move((0.75, 0.5))),
             Case("move", s, f'centroid(token "circle") -> ({t[0]}, {t[1]})\nkeep appearance', measure_move(t)),
             Case("shift", s, f'centroid(token "circle") += ({d[0]}, {d[1]})\nkeep appearance', measure_shift(d)),
+            # The same shifts as point drags (DragNoise; DragDiffusion's latent optimisation via latent).
+            Case("drag", s, drag_script(d), measure_shift(d), "drag"),
+            Case("drag via latent", s, drag_script(d, " via latent"), measure_shift(d), "drag"),
             *[Case(f"resize x{k:g}", s, f'size(token "square") *= {k:g}\nkeep appearance', measure_resize(k)) for k in ks],
             Case("keep", s, f'centroid(token "circle") -> ({t[0]}, {t[1]})\nkeep appearance\nkeep layout', measure_move(t)),
             Case("shape swap", s, 'shape(token "square") -> shape(token "circle")\nkeep appearance', measure_shape_swap),
@@ -310,6 +330,7 @@ def measure_cost(editor: Editor, steps: int, seeds: list[int], device: str, mode
         "x0: CLIP + ViT keys": f'clip "{GREEN_PROMPT}"\nkeep structure',
         "direction (h-space)": f"direction {DIRECTIONS[0][0]}",
         "direction (noise)": f"direction {DIRECTIONS[1][0]}",
+        "drag (bottleneck)": 'drag (0.3, 0.5) -> (0.55, 0.5) within token "circle"',
     }
     out = {}
     for name, terms in tqdm(edits.items(), desc="cost", disable=not progress, leave=False):
@@ -412,6 +433,7 @@ COLUMNS = [
     ("single", "one circle", "{:.0%}"),
     ("ratio", "area ratio", "{:.2f}"),
     ("ratio_within_20%", "ratio within 20%", "{:.0%}"),
+    ("kept_shape", "kept its shape", "{:.0%}"),
     ("kept_iou", "kept IoU", "{:.2f}"),
     ("kept_colour", "kept colour", "{:.0%}"),
     ("became_circle", "became circle", "{:.0%}"),
@@ -423,6 +445,7 @@ COLUMNS = [
     ("shrunk", "area <= 0.7x", "{:.0%}"),
     ("clip_delta", "CLIP margin change", "{:+.3f}"),
     ("clip_toward", "CLIP toward target", "{:.0%}"),
+    ("seconds", "s / edit", "{:.2f}"),
 ]
 
 
@@ -504,14 +527,21 @@ def run_bench(model: str = "shapes", seeds: int | None = None, quick: bool = Fal
     bar = tqdm(cases, desc="bench", disable=not progress, dynamic_ncols=True)
     for case in bar:
         bar.set_postfix(task=case.task, seed=case.seed)
-        prog = dsl.compile(f'prompt "{PROMPT}"\nseed {case.seed}\nsteps {steps}\n{case.script}')
+        header = f'prompt "{PROMPT}"\nseed {case.seed}\nsteps {steps}\n'
+        script = case.script
+        if callable(script):  # a script written from the source image (a drag's handle is where the object is)
+            src = editor.source(editor.settings(dsl.compile(header)), progress=False)
+            script = script(W.detect(src.image))
+            if script is None:
+                outcomes.append(Outcome(case, {"found": False}, 0.0, src.image, src.image))
+                continue
         t = time.perf_counter()
-        r = editor.run(prog, progress=False, script_dir=out)
+        r = editor.run(dsl.compile(header + script), progress=False, script_dir=out)
         dt = time.perf_counter() - t
-        figures = case.measure(W.detect(r.source_image), W.detect(r.image))
+        figures = {**case.measure(W.detect(r.source_image), W.detect(r.image)), "seconds": dt}
         if case.score is not None:
             figures.update(case.score(editor, r.source_image, r.image))
-        outcomes.append(Outcome(case, figures, dt, r.source_image, r.image))
+        outcomes.append(Outcome(dataclasses.replace(case, script=script), figures, dt, r.source_image, r.image))
     cost = measure_cost(editor, steps, seed_list[: 2 if quick else 4], device, model, progress)
     inversion = measure_inversion(editor, seed_list[: 2 if quick else 8], steps, progress)
     table = summarise(outcomes)

@@ -38,6 +38,7 @@ from energies.resolve import prompt_objects
 from energies.terms import ENERGIES, BoundTerm, Features, bind
 
 from . import hspace as H
+from .drag import DragOutcome, DragPlan
 from . import noise_directions as N
 from .backbones import Backbone, load_backbone
 from .guided import Guidance, pred_x0, sample_ddim
@@ -78,6 +79,7 @@ class EditResult:
     model: str
     energies: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # term -> (step, energy)
     maps: dict[str, np.ndarray] = field(default_factory=dict)  # word -> last edit-step attention map
+    drag: DragOutcome | None = None  # what the drag's optimisation did, if the program has drags
 
     def save(self, path, source_path=None):
         """Write the edited image (and the source) as PNG, atomically, with the program in it."""
@@ -313,9 +315,15 @@ class Editor:
         curves: dict[str, list[tuple[int, float]]] = {x.label: [] for x in bound}
         last_maps: dict = {}
         self._prepare(bound, settings, script_dir)
-        guide = self._guide(bound, src, cond, len(timesteps), curves, last_maps, settings.cfg, settings.prompt) if bound else None
+        others = [x for x in bound if x.kind != "drag"]
+        guide = self._guide(others, src, cond, len(timesteps), curves, last_maps, settings.cfg, settings.prompt) if others else None
+        denoise = self._denoiser(cond, settings.cfg)
+        drags = [x for x in bound if x.kind == "drag" and x.weight != 0]
+        plan = DragPlan(b, drags, src, len(timesteps), progress) if drags else None
+        if plan is not None:  # DragNoise: optimise the bottleneck at one step, substitute it afterwards
+            denoise, guide = plan.wrap(denoise, guide, cond)
         final = sample_ddim(
-            self._denoiser(cond, settings.cfg),
+            denoise,
             src.noise,
             timesteps,
             *b.schedule(),
@@ -328,7 +336,7 @@ class Editor:
         with torch.no_grad():
             image = b.decode(final)[0].permute(1, 2, 0).cpu().numpy()
         ran = P.Program(settings=settings, terms=program.terms)
-        return EditResult(image, src.image, final, ran, b.name, curves, last_maps.get("maps", {}))
+        return EditResult(image, src.image, final, ran, b.name, curves, last_maps.get("maps", {}), plan.outcome if plan else None)
 
     def _prepare(self, bound: list[BoundTerm], settings: P.Settings, script_dir=None):
         """What terms need from outside the sampling loop: CLIP text features, a style image's CLS."""

@@ -12,9 +12,11 @@ def test_quick_bench_writes_well_formed_results(tmp_path, shapes_path):
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["meta"]["quick"] is True and data["meta"]["seeds"] == 1
     tasks = set(data["tasks"])
-    assert {"move", "shift", "resize x2", "keep", "shape swap", "appearance swap", "combined"} <= tasks
+    assert {"move", "shift", "resize x2", "keep", "shape swap", "appearance swap", "combined", "drag", "drag via latent"} <= tasks
+    drags = [r for r in data["runs"] if r["task"] == "drag"]
+    assert drags and all(r["script"].startswith("drag (") and 'within token "circle"' in r["script"] for r in drags)
     assert all(r["task"] in tasks and "seconds" in r for r in data["runs"])
-    for name in ("attention", "attention + appearance"):
+    for name in ("attention", "attention + appearance", "drag (bottleneck)"):
         c = data["cost"][name]
         assert c["time_ratio"] > 0 and c["plain_seconds_per_image"] > 0 and c["model_mb"] > 0
     assert data["cost"]["repl_rerun"]["time_ratio"] > 0
