@@ -30,9 +30,9 @@ from .shapes import world as W
 PROMPT = "a red circle and a blue square"  # circle: red, square: blue
 CIRCLE, SQUARE = "red", "blue"
 GREEN_PROMPT = "a green circle and a blue square"  # what the recolouring tasks ask for
-STYLE_IMAGE = "style_green_circle.png"
+STYLE_IMAGE = "style_green_circle.png"  # a world image of a green circle, written into the output folder
 # The shipped directions and what each should do to the red circle (see README, "Directions").
-DIRECTIONS = [("circle_to_square", {"shape": "square"}), ("green", {"colour": "green"}), ("smaller", {"shrink": True})]  # a world image of a green circle, written into the output folder
+DIRECTIONS = [("circle_to_square", {"shape": "square"}), ("green", {"colour": "green"}), ("smaller", {"shrink": True})]
 
 
 @dataclass

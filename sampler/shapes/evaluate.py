@@ -200,7 +200,12 @@ def model_card(r: dict, training: dict, command: str) -> str:
               f"CLIP {training.get('clip_steps')} steps in {training.get('clip_minutes')} min",
               f"- machine: {training.get('machine')}, torch {training.get('torch')}; date {training.get('date')}",
               "- data: fresh world scenes every step (50% one-object), 10% empty captions for classifier-free guidance,",
-              "  AdamW with warm-up and cosine decay, bf16 autocast with fp32 weights, EMA 0.999 (the EMA weights ship)", ""]
+              "  AdamW with warm-up and cosine decay, bf16 autocast with fp32 weights, EMA 0.999 (the EMA weights ship)"]
+        ft = training.get("finetune")
+        if ft:
+            L += [f"- then fine-tuned for {ft['steps']} steps ({ft['minutes']} min) from the step-{ft['from_steps']} model: fresh "
+                  f"optimizer, peak lr {ft['lr']:g}, {1 - ft['p_one']:.0%} two-object scenes, data seed {ft['seed']}; why: {ft['why']}"]
+        L += [""]
     L += ["## Measured", "", f"Reproduce with `{command}` ({r['seconds']} s). Samples use {r['steps']} DDIM steps.", "",
           "### Caption fidelity (detector on samples; held-out captions, one seed each)", "",
           "| cfg | one object: right colour and shape | two objects: both right, nothing extra | two objects: colours right |",
