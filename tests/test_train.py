@@ -25,3 +25,22 @@ def test_resume_continues_exactly(tmp_path):
     from sampler.shapes import model as M
 
     assert M.load(straight / "out", with_clip=False).unet is not None
+
+
+def test_freeze_text_trains_the_unet_alone(tmp_path):
+    train.main(["unet", "--work", str(tmp_path), "--out", str(tmp_path / "out"), "--steps", "2", "--batch", "2",
+                "--warmup", "1", "--ckpt-every", "1", "--clip-steps", "0", "--freeze-text", "--restart"])
+    first = load_file(str(tmp_path / "unet.ckpt.safetensors"))
+    torch.manual_seed(0)  # what train_unet builds before its first step: the same seed, the same initial weights
+    from transformers import CLIPTextModel
+
+    from sampler.shapes import model as M
+
+    tok = M.build_tokenizer()
+    init_text = CLIPTextModel(M.text_config(tok)).state_dict()
+    init_unet = M.build_unet().state_dict()
+    text = {k[len("model.text_encoder."):]: v for k, v in first.items() if k.startswith("model.text_encoder.")}
+    unet = {k[len("model.unet."):]: v for k, v in first.items() if k.startswith("model.unet.")}
+    assert all(torch.equal(text[k], init_text[k]) for k in init_text), "the frozen text encoder moved"
+    assert any(not torch.equal(unet[k], init_unet[k]) for k in init_unet), "the UNet did not train"
+    assert any(k.startswith("opt.unet.") for k in first) and not any(k.startswith("opt.text_encoder.") for k in first)

@@ -105,7 +105,9 @@ def train_unet(args) -> dict:
     unet = M.build_unet()
     scheduler = M.build_scheduler()
     modules = {"unet": unet, "text_encoder": text_encoder}
-    params = [p for m in modules.values() for p in m.parameters()]
+    if args.freeze_text:  # keep the text encoder (and so the attention maps' keys) as they are: train the UNet alone
+        text_encoder.requires_grad_(False)
+    params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     ema = {f"{k}.{n}": v.detach().clone() for k, m in modules.items() for n, v in m.state_dict().items()}
 
@@ -292,6 +294,7 @@ def main(argv=None):
     p.add_argument("--max-minutes", type=float, default=0, help="stop (resumably) after this long; 0 = no limit")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--init-from", help="start the UNet and text encoder from a finished shapes model folder (or 'shapes')")
+    p.add_argument("--freeze-text", action="store_true", help="train the UNet only; the text encoder stays as initialised")
     p.add_argument("--clip-steps", type=int, default=1500)
     p.add_argument("--clip-batch", type=int, default=128)
     p.add_argument("--clip-lr", type=float, default=1e-3)
