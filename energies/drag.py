@@ -66,11 +66,11 @@ def track(feat0_at_handles: torch.Tensor, feat: torch.Tensor, handles: torch.Ten
     it is whose feature in `feat` (C, H, W) is nearest in L1 to its original feature
     (N, C, 2 r_t + 1, 2 r_t + 1): a single pixel's for r_t = 0 (DragDiffusion), a patch's otherwise."""
     C, H, W = feat.shape
-    r_t = (feat0_at_handles.shape[-1] - 1) // 2 if feat0_at_handles.dim() == 4 else 0
+    r_t = (feat0_at_handles.shape[-1] - 1) // 2  # features_at's patch radius
     padded = F.pad(feat.float(), (r_t, r_t, r_t, r_t))
     out = []
     for f0, p in zip(feat0_at_handles, handles):
-        f0 = f0.float().reshape(C, 2 * r_t + 1, 2 * r_t + 1)
+        f0 = f0.float()
         x, y = int(round(float(p[0]))), int(round(float(p[1])))
         best, where = None, (x, y)
         for yy in range(max(0, y - r_p), min(H, y + r_p + 1)):

@@ -13,7 +13,6 @@ removed in a `finally`, like the probes and the h-space shift.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -25,7 +24,7 @@ from energies import defaults as D
 from energies import drag as G
 from energies import relocate as R
 
-from .guided import Guidance, ddim_step, pred_x0
+from .guided import Guidance, after_move, ddim_step, pred_x0
 from .probes import ProbeStore, probing
 
 
@@ -43,21 +42,6 @@ def substituting(unet, s: torch.Tensor):
     handle = unet.mid_block.register_forward_hook(hook)
     try:
         yield
-    finally:
-        handle.remove()
-
-
-@contextlib.contextmanager
-def capturing(module):
-    """Record a module's output in the yielded dict under "out"."""
-    seen: dict = {}
-
-    def hook(m, inputs, output):
-        seen["out"] = output[0] if isinstance(output, tuple) else output
-
-    handle = module.register_forward_hook(hook)
-    try:
-        yield seen
     finally:
         handle.remove()
 
@@ -80,7 +64,7 @@ def feature_map(store: ProbeStore, module: str, size: tuple[int, int]) -> torch.
 
 
 def optimise_drag(backbone, z, t: int, a_t, a_prev, context, added, handles, targets, weights=None, region=None,
-                  progress: bool = True, iterations: int | None = None, lr: float | None = None, what: str = "bottleneck"):
+                  progress: bool = True, what: str = "bottleneck"):
     """The drag's optimisation at one step. Returns (the optimised tensor, DragOutcome).
 
     what = "bottleneck": DragNoise, optimise s = mid_block(z_t) and return it;
@@ -88,14 +72,13 @@ def optimise_drag(backbone, z, t: int, a_t, a_prev, context, added, handles, tar
     handles, targets: lists of (x, y) in image units. region: (H, W) latent mask of what may
     change (1) or None (everything may). Only the conditional branch is run (CFG 1, as both do)."""
     unet, d = backbone.unet, backbone.defaults
-    iterations, lr = iterations or D.DRAG_ITERATIONS, lr or D.DRAG_LR
     size = tuple(max(1, round(n * d.drag_scale)) for n in backbone.image_size())
     module = d.drag_features
     with torch.no_grad():
         store = ProbeStore(tuple(z.shape[-2:]))
-        with probing(unet, store, (), [module]), capturing(unet.mid_block) as mid:
+        with probing(unet, store, (), [module, "mid_block"]):
             eps0 = backbone.eps(z, t, context, added)
-        s0 = mid["out"].detach()
+        s0 = store.features["mid_block"]
         feat0 = feature_map(store, module, size)
         z_prev0 = ddim_step(pred_x0(z, eps0, a_t), eps0, a_prev)
     h = torch.stack([G.to_pixels(p, size) for p in handles])
@@ -103,12 +86,12 @@ def optimise_drag(backbone, z, t: int, a_t, a_prev, context, added, handles, tar
     f0 = G.features_at(feat0, h, d.drag_track_patch)
     latent = what == "latent"
     s = (z if latent else s0).detach().clone().float().requires_grad_(True)
-    opt = torch.optim.Adam([s], lr=lr)
+    opt = torch.optim.Adam([s], lr=D.DRAG_LR)
     substitute = contextlib.nullcontext if latent else lambda: substituting(unet, s)
     scale = 1000.0 if backbone.dtype == torch.float16 else 1.0  # fp16 gradients underflow unscaled (DragNoise: GradScaler)
     outcome = DragOutcome(step=-1, iterations=0, handles=[])
     unit = 1.0 / max(size)
-    bar = tqdm(range(iterations), disable=not progress, desc="drag", leave=False, dynamic_ncols=True)
+    bar = tqdm(range(D.DRAG_ITERATIONS), disable=not progress, desc="drag", leave=False, dynamic_ncols=True)
     for it in bar:
         with torch.enable_grad():
             store = ProbeStore(tuple(z.shape[-2:]))
@@ -142,7 +125,7 @@ def optimise_drag(backbone, z, t: int, a_t, a_prev, context, added, handles, tar
 class DragPlan:
     """The drags of one run: optimised together at one step, then carried to the window's end."""
 
-    def __init__(self, backbone, terms, src, steps: int, progress: bool = True):
+    def __init__(self, backbone, terms, src, timesteps: list[int], progress: bool = True):
         starts = sorted({x.window[0] for x in terms})
         if len(starts) > 1:
             late = next(x for x in terms if x.window[0] == starts[1])
@@ -153,7 +136,8 @@ class DragPlan:
             raise SteerCompileError("every drag of a script optimises the same tensor", terms[-1].term.span,
                                     hint="use via latent on all of them, or on none")
         self.what = ways[0]  # "bottleneck": DragNoise; "latent": DragDiffusion
-        self.backbone, self.terms, self.steps, self.progress = backbone, terms, steps, progress
+        self.backbone, self.terms, self.timesteps, self.progress = backbone, terms, timesteps, progress
+        self.steps = steps = len(timesteps)
         self.step = min(steps - 1, round(starts[0] * steps))
         self.end = max(x.window[1] for x in terms)
         self.region = self._region(terms, src)
@@ -165,13 +149,13 @@ class DragPlan:
         token's region is its object (from the source's late attention maps, as relocation reads
         them) together with where each of its drags takes it; a box is itself."""
         hw = tuple(self.backbone.latent_shape()[1:])
+        late = src.late_features()
         masks = []
         for x in terms:
             t = x.term
             if t.box is not None:
                 masks.append(G.box_mask(t.box, hw))
             elif x.token:
-                late = src.features[int(D.RELOCATE_MASK_FROM * len(src.features)):] or src.features[-1:]
                 m = R.object_mask([f.token(x.token) for f in late], hw, D.RELOCATE_MASK_THRESHOLD)
                 moved = R.transform(m[None], (t.target[0] - t.handle[0], t.target[1] - t.handle[1]))[0]
                 masks.append(R.dilate(torch.maximum(m, moved), 1))
@@ -188,7 +172,7 @@ class DragPlan:
     def optimise(self, z, t: int, cond):
         b = self.backbone
         alphas, final = b.schedule()
-        ts = b.timesteps(self.steps)
+        ts = self.timesteps
         a_prev = alphas[ts[self.step + 1]] if self.step + 1 < len(ts) else final
         self.s, self.outcome = optimise_drag(
             b, z, t, alphas[t].to(z.device), a_prev.to(z.device), cond.cond, cond.added,
@@ -214,8 +198,6 @@ class DragPlan:
             here = z if moved is None else moved
             with self.carrying(i):
                 g = guide(i, t, here) if guide is not None else Guidance()
-            if moved is not None:  # z_t <- z_t - latent: first the drag, then the other terms' own step
-                g = dataclasses.replace(g, latent=(z - moved) + (g.latent if g.latent is not None else 0), eps_cond=None)
-            return g
+            return g if moved is None else after_move(g, z, moved)  # first the drag, then the other terms' own step
 
         return denoise_, guide_

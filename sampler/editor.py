@@ -38,10 +38,10 @@ from energies.resolve import prompt_objects
 from energies.terms import ENERGIES, BoundTerm, Features, bind
 
 from . import hspace as H
-from .drag import DragOutcome, DragPlan
 from . import noise_directions as N
 from .backbones import Backbone, load_backbone
-from .guided import Guidance, pred_x0, sample_ddim
+from .drag import DragOutcome, DragPlan
+from .guided import Guidance, after_move, pred_x0, sample_ddim
 from .images import file_hash, load_image
 from .inversion import invert_ddim, null_text
 from .probes import ProbeStore, cross_attention_layers, probing
@@ -68,6 +68,11 @@ class SourcePass:
     cond: object = None  # the Conditioning used (with null-text embeddings for inverted photos)
     clip: float | None = None  # x0 clipping used, so the edit pass steps the same way
     x0s: list[torch.Tensor] = field(default_factory=list)  # predicted x0 at each step (relocation's background)
+
+    def late_features(self) -> list[Features]:
+        """The steps after D.RELOCATE_MASK_FROM, where token maps localise objects best: what
+        relocation and drag regions read object masks from."""
+        return self.features[int(D.RELOCATE_MASK_FROM * len(self.features)):] or self.features[-1:]
 
 
 @dataclass
@@ -319,7 +324,7 @@ class Editor:
         guide = self._guide(others, src, cond, len(timesteps), curves, last_maps, settings.cfg, settings.prompt) if others else None
         denoise = self._denoiser(cond, settings.cfg)
         drags = [x for x in bound if x.kind == "drag" and x.weight != 0]
-        plan = DragPlan(b, drags, src, len(timesteps), progress) if drags else None
+        plan = DragPlan(b, drags, src, timesteps, progress) if drags else None
         if plan is not None:  # DragNoise: optimise the bottleneck at one step, substitute it afterwards
             denoise, guide = plan.wrap(denoise, guide, cond)
         final = sample_ddim(
@@ -388,7 +393,7 @@ class Editor:
         (energies/relocate.py), at the step D.RELOCATE_AT of sampling, if the term is active then."""
         at = min(steps - 1, round(D.RELOCATE_AT * steps))
         hw = self.backbone.latent_shape()[1:]
-        late = src.features[int(D.RELOCATE_MASK_FROM * steps):] or src.features[-1:]
+        late = src.late_features()
         plans: dict[int, list] = {}
         movers = [x for x in bound if x.kind in D.RELOCATE and x.active(at / steps) and x.weight > 0]
         if not movers:
@@ -431,7 +436,7 @@ class Editor:
             energies = [x for x in active if x.kind != "direction"]
             g = self._energy_guidance(energies, here, i, t, src, cond, curves, last_maps)
             if moved is not None:  # z_t <- z_t - latent: first the copy, then the energies' own step
-                g = dataclasses.replace(g, latent=(z - moved) + (g.latent if g.latent is not None else 0), eps_cond=None)
+                g = after_move(g, z, moved)
             hspace = [x for x in active if x.kind == "direction" and x.extra["direction"].kind == "hspace"]
             noise = [x for x in active if x.kind == "direction" and x.extra["direction"].kind == "noise"]
             if hspace:  # Asyrp: x0 from the eps of an h-shifted forward; the step's direction keeps the original eps

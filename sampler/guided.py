@@ -18,6 +18,7 @@ the classifier-free-guided epsilon and `guide(i, t, z)` gives the Guidance for t
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,13 @@ class Guidance:
     x0_eps: torch.Tensor | None = None  # Asyrp: the eps of an h-shifted forward, used for x0 only
     x0: torch.Tensor | None = None  # subtracted from the predicted x0 before the step
     eta: float | None = None  # this step's DDIM eta, if not the loop's (Asyrp's quality boosting: 1)
+
+
+def after_move(g: Guidance, z: torch.Tensor, moved: torch.Tensor) -> Guidance:
+    """The guidance `g` (computed at `moved`) for a step whose z_t is first moved to `moved`:
+    z_t <- z_t - latent, with latent = (z - moved) + g's own latent step. g's eps_cond was taken at
+    `moved`, not z, so it is dropped."""
+    return dataclasses.replace(g, latent=(z - moved) + (g.latent if g.latent is not None else 0), eps_cond=None)
 
 
 def pred_x0(z: torch.Tensor, eps: torch.Tensor, a_t: torch.Tensor) -> torch.Tensor:

@@ -120,17 +120,19 @@ def test_bad_drags_are_the_languages_own_errors(line, message):
 
 
 def test_substituting_replaces_the_mid_block_output_and_is_removed(shapes_editor):
-    from sampler.drag import capturing, substituting
+    from sampler.drag import substituting
+    from sampler.probes import ProbeStore, probing
 
     b = shapes_editor.backbone
     z, c = torch.randn(1, *b.latent_shape()), b.encode_prompt("a red circle").cond
     with torch.no_grad():
-        with capturing(b.unet.mid_block) as mid:
+        mid, seen = ProbeStore((32, 32)), ProbeStore((32, 32))
+        with probing(b.unet, mid, (), ["mid_block"]):
             plain = b.eps(z, 500, c)
-        s = torch.zeros_like(mid["out"])
-        with substituting(b.unet, s), capturing(b.unet.mid_block) as seen:
+        s = torch.zeros_like(mid.features["mid_block"])
+        with substituting(b.unet, s), probing(b.unet, seen, (), ["mid_block"]):
             swapped = b.eps(z, 500, c)
-        assert torch.all(seen["out"] == 0) and not torch.allclose(plain, swapped)
+        assert torch.all(seen.features["mid_block"] == 0) and not torch.allclose(plain, swapped)
         with pytest.raises(ValueError, match="bottleneck"):
             with substituting(b.unet, s[:, :, :4]):
                 b.eps(z, 500, c)
