@@ -193,9 +193,11 @@ def clip_score(target: str, source: str):
     return score
 
 
-def drag_script(delta, via: str = ""):
+def drag_script(delta, via: str = "", region: str = "token"):
     """A drag of the circle's centre (as the detector finds it in the source) by delta: the
-    point-dragging counterpart of `centroid(token "circle") += delta`."""
+    point-dragging counterpart of `centroid(token "circle") += delta`. region "token": within
+    token "circle" (the circle is copied along the drag, then refined); "box": within the box
+    around the circle and where it goes, 2 px of margin (DragNoise alone)."""
 
     def script(src):
         s = W.find(src, CIRCLE)
@@ -203,7 +205,14 @@ def drag_script(delta, via: str = ""):
             return None
         x, y = s.centroid
         tx, ty = (min(max(v, 0.0), 1.0) for v in (x + delta[0], y + delta[1]))
-        return f'drag ({x:.3f}, {y:.3f}) -> ({tx:.3f}, {ty:.3f}) within token "circle"{via}'
+        within = ' within token "circle"'
+        if region == "box":
+            h, w = s.mask.shape
+            ys, xs = np.nonzero(s.mask)
+            x0, x1 = (xs.min() - 2) / w + min(0.0, delta[0]), (xs.max() + 3) / w + max(0.0, delta[0])
+            y0, y1 = (ys.min() - 2) / h + min(0.0, delta[1]), (ys.max() + 3) / h + max(0.0, delta[1])
+            within = " within ({:.3f}, {:.3f}, {:.3f}, {:.3f})".format(*(min(max(v, 0.0), 1.0) for v in (x0, y0, x1, y1)))
+        return f"drag ({x:.3f}, {y:.3f}) -> ({tx:.3f}, {ty:.3f}){within}{via}"
 
     return script
 
@@ -224,9 +233,12 @@ def suite(seeds: list[int], quick: bool) -> list[Case]:
             Case("move to (0.75, 0.5)", s, 'centroid(token "circle") -> (0.75, 0.5)\nkeep appearance', measure_move((0.75, 0.5))),
             Case("move", s, f'centroid(token "circle") -> ({t[0]}, {t[1]})\nkeep appearance', measure_move(t)),
             Case("shift", s, f'centroid(token "circle") += ({d[0]}, {d[1]})\nkeep appearance', measure_shift(d)),
-            # The same shifts as point drags (DragNoise; DragDiffusion's latent optimisation via latent).
+            # The same shifts as point drags: within the token, the circle is copied along the drag and
+            # then refined (DragNoise; DragDiffusion's latent optimisation via latent); within a box,
+            # DragNoise alone.
             Case("drag", s, drag_script(d), measure_shift(d), "drag"),
             Case("drag via latent", s, drag_script(d, " via latent"), measure_shift(d), "drag"),
+            Case("drag within a box", s, drag_script(d, region="box"), measure_shift(d), "drag"),
             *[Case(f"resize x{k:g}", s, f'size(token "square") *= {k:g}\nkeep appearance', measure_resize(k)) for k in ks],
             Case("keep", s, f'centroid(token "circle") -> ({t[0]}, {t[1]})\nkeep appearance\nkeep layout', measure_move(t)),
             Case("shape swap", s, 'shape(token "square") -> shape(token "circle")\nkeep appearance', measure_shape_swap),

@@ -8,6 +8,14 @@ for the mid block's output at every later step until the window's end ("propagat
 
 The substitution is a forward hook on `unet.mid_block`, installed around each UNet call and
 removed in a `finally`, like the probes and the h-space shift.
+
+A drag `within token "word"` first copies that object's region of z_t along the drag (the mean of
+its drags' vectors), as RegionDrag does (Lu et al., ECCV 2024) and as steer's layout terms relocate
+objects (energies/relocate.py); the optimisation then starts from the copied handles and only has
+to do what a rigid copy cannot (several drags that pull one object apart). Why: on the shapes
+model the bottleneck is 8x8 and its layout lives in the skip connections, so optimising the
+bottleneck alone moved the tracked features but not the object (0 of 16 seeds within 0.1,
+docs/bench-results.md). A drag `within` a box, or with no region, is DragNoise alone.
 """
 
 from __future__ import annotations
@@ -141,6 +149,7 @@ class DragPlan:
         self.step = min(steps - 1, round(starts[0] * steps))
         self.end = max(x.window[1] for x in terms)
         self.region = self._region(terms, src)
+        self.copies = self._copies(terms, src)
         self.s: torch.Tensor | None = None
         self.outcome: DragOutcome | None = None
 
@@ -163,6 +172,31 @@ class DragPlan:
                 return None
         return torch.stack(masks).amax(0).to(self.backbone.device)
 
+    def _copies(self, terms, src) -> dict[tuple[int, ...], tuple[torch.Tensor, tuple[float, float]]]:
+        """token -> (the object's latent mask, the shift to copy it by) for the drags within a token."""
+        hw = tuple(self.backbone.latent_shape()[1:])
+        late = src.late_features()
+        by_token: dict[tuple[int, ...], list] = {}
+        for x in terms:
+            if x.token and x.term.box is None:
+                by_token.setdefault(tuple(x.token), []).append(x.term)
+        copies = {}
+        for token, drags in by_token.items():
+            mask = R.object_mask([f.token(list(token)) for f in late], hw, D.RELOCATE_MASK_THRESHOLD)
+            if mask.sum() > 0:
+                dx = sum(d.target[0] - d.handle[0] for d in drags) / len(drags)
+                dy = sum(d.target[1] - d.handle[1] for d in drags) / len(drags)
+                copies[token] = (mask.to(self.backbone.device), (dx, dy))
+        return copies
+
+    def starts(self) -> list[tuple[float, float]]:
+        """Where each handle is when the optimisation starts: carried along by its object's copy."""
+        out = []
+        for x in self.terms:
+            _, (dx, dy) = self.copies.get(tuple(x.token), (None, (0.0, 0.0)))
+            out.append((x.term.handle[0] + dx, x.term.handle[1] + dy))
+        return out
+
     def carrying(self, i: int):
         """The substitution for step i: active from the edit step until the window's end."""
         if self.s is None or self.what == "latent" or i < self.step or i / self.steps >= self.end and self.end < 1.0:
@@ -176,7 +210,7 @@ class DragPlan:
         a_prev = alphas[ts[self.step + 1]] if self.step + 1 < len(ts) else final
         self.s, self.outcome = optimise_drag(
             b, z, t, alphas[t].to(z.device), a_prev.to(z.device), cond.cond, cond.added,
-            [x.term.handle for x in self.terms], [x.term.target for x in self.terms], [x.weight for x in self.terms],
+            self.starts(), [x.term.target for x in self.terms], [x.weight for x in self.terms],
             self.region, self.progress, what=self.what,
         )
         self.outcome.step = self.step

@@ -98,6 +98,23 @@ class EditResult:
         return {"steer:program": fmt(self.program), "steer:model": self.model, "steer:seed": str(self.program.settings.seed)}
 
 
+def relocating(guide, relocations: dict[int, list], src: SourcePass, alphas):
+    """The guide with the copies of `relocations` (step -> [(mask, shift, scale, protect)]) made
+    first: at those steps z_t is moved (energies/relocate.py) and the guide runs at the moved z_t."""
+
+    def guide_(i, t, z):
+        if i not in relocations:
+            return guide(i, t, z) if guide is not None else Guidance()
+        moved = z[0]
+        for mask, shift, scale, protect in relocations[i]:
+            moved = R.relocate(moved, src.latents[i][0], src.x0s[i][0], alphas[t], mask, shift, scale, protect)
+        moved = moved[None]
+        g = guide(i, t, moved) if guide is not None else Guidance()
+        return after_move(g, z, moved)  # z_t <- z_t - latent: first the copy, then the guide's own step
+
+    return guide_
+
+
 def to_pil(image: np.ndarray):
     from PIL import Image
 
@@ -321,12 +338,15 @@ class Editor:
         last_maps: dict = {}
         self._prepare(bound, settings, script_dir)
         others = [x for x in bound if x.kind != "drag"]
-        guide = self._guide(others, src, cond, len(timesteps), curves, last_maps, settings.cfg, settings.prompt) if others else None
+        guide = self._guide(others, src, cond, len(timesteps), curves, last_maps, settings.cfg) if others else None
         denoise = self._denoiser(cond, settings.cfg)
         drags = [x for x in bound if x.kind == "drag" and x.weight != 0]
         plan = DragPlan(b, drags, src, timesteps, progress) if drags else None
         if plan is not None:  # DragNoise: optimise the bottleneck at one step, substitute it afterwards
             denoise, guide = plan.wrap(denoise, guide, cond)
+        relocations = self._relocations(others, src, len(timesteps), settings.prompt, plan)
+        if relocations:  # first the copies, then the drag's optimisation, then the energies
+            guide = relocating(guide, relocations, src, b.schedule()[0])
         final = sample_ddim(
             denoise,
             src.noise,
@@ -388,20 +408,25 @@ class Editor:
                 self._image_features(image, needs, f)
         return f
 
-    def _relocations(self, bound: list[BoundTerm], src: SourcePass, steps: int, prompt: str) -> dict[int, list]:
+    def _relocations(self, bound: list[BoundTerm], src: SourcePass, steps: int, prompt: str,
+                     plan: DragPlan | None = None) -> dict[int, list]:
         """step -> [(mask, shift, scale, protect)]: where layout terms copy their object's source region
-        (energies/relocate.py), at the step D.RELOCATE_AT of sampling, if the term is active then."""
+        (energies/relocate.py), at the step D.RELOCATE_AT of sampling, if the term is active then;
+        and where drags within a token copy theirs, at the drag's step (sampler/drag.py)."""
         at = min(steps - 1, round(D.RELOCATE_AT * steps))
         hw = self.backbone.latent_shape()[1:]
         late = src.late_features()
         plans: dict[int, list] = {}
         movers = [x for x in bound if x.kind in D.RELOCATE and x.active(at / steps) and x.weight > 0]
-        if not movers:
+        copies = plan.copies if plan is not None else {}
+        if not movers and not copies:
             return plans
-        moved_tokens = {i for x in movers for i in x.token}
+        moved_tokens = {i for x in movers for i in x.token} | {i for token in copies for i in token}
         staying = [o.head for o in prompt_objects(prompt, self.backbone.tokenizer) if not set(o.tokens) & moved_tokens]
         protect = sum((R.object_mask([f.token(list(h)) for f in late], hw, D.RELOCATE_MASK_THRESHOLD) for h in staying),
-                      torch.zeros(hw)).clamp(max=1)
+                      torch.zeros(hw)).clamp(max=1).to(self.backbone.device)
+        for mask, shift in copies.values():
+            plans.setdefault(plan.step, []).append((mask, shift, 1.0, protect))
         by_object: dict[tuple, list[BoundTerm]] = {}  # a move and a resize of one object make one relocation
         for x in movers:
             by_object.setdefault(tuple(x.token), []).append(x)
@@ -415,38 +440,27 @@ class Editor:
             for x in terms:  # where the object is: the centre of the map's core, not of the generous copy mask
                 (dx, dy), k = R.moved_by(x.kind, x.term, core if core.sum() > 0 else mask)
                 shift, scale = (shift[0] + dx, shift[1] + dy), scale * k
-            plans.setdefault(at, []).append((mask.to(self.backbone.device), shift, scale, protect.to(self.backbone.device)))
+            plans.setdefault(at, []).append((mask.to(self.backbone.device), shift, scale, protect))
         return plans
 
-    def _guide(self, bound: list[BoundTerm], src: SourcePass, cond, steps: int, curves, last_maps, cfg: float, prompt: str):
+    def _guide(self, bound: list[BoundTerm], src: SourcePass, cond, steps: int, curves, last_maps, cfg: float):
         b = self.backbone
-        relocations = self._relocations(bound, src, steps, prompt)
-        alphas = b.schedule()[0]
         boost = D.HSPACE_BOOST and any(x.kind == "direction" and x.extra["direction"].kind == "hspace" and x.weight != 0 for x in bound)
 
         def guide(i, t, z):
             active = [x for x in bound if x.active(i / steps)]
-            moved = None
-            if i in relocations:
-                moved = z[0]
-                for mask, shift, scale, protect in relocations[i]:
-                    moved = R.relocate(moved, src.latents[i][0], src.x0s[i][0], alphas[t], mask, shift, scale, protect)
-                moved = moved[None]
-            here = moved if moved is not None else z
             energies = [x for x in active if x.kind != "direction"]
-            g = self._energy_guidance(energies, here, i, t, src, cond, curves, last_maps)
-            if moved is not None:  # z_t <- z_t - latent: first the copy, then the energies' own step
-                g = after_move(g, z, moved)
+            g = self._energy_guidance(energies, z, i, t, src, cond, curves, last_maps)
             hspace = [x for x in active if x.kind == "direction" and x.extra["direction"].kind == "hspace"]
             noise = [x for x in active if x.kind == "direction" and x.extra["direction"].kind == "noise"]
             if hspace:  # Asyrp: x0 from the eps of an h-shifted forward; the step's direction keeps the original eps
-                delta = sum(x.weight * x.extra["scale"] * x.extra["delta"].at(t).to(here) for x in hspace)
+                delta = sum(x.weight * x.extra["scale"] * x.extra["delta"].at(t).to(z) for x in hspace)
                 with torch.no_grad(), H.shifting(b.unet, delta):
-                    eps_u, eps_c = b.eps_both(here, t, cond, i)
+                    eps_u, eps_c = b.eps_both(z, t, cond, i)
                 g = dataclasses.replace(g, x0_eps=eps_u + cfg * (eps_c - eps_u))
             if noise:  # NoiseCLR: eps + sum_k lambda_k (eps(z, d_k) - eps(z, ""))
                 with torch.no_grad():
-                    shift = sum(x.weight * D.NOISE_DIRECTION_SCALE * N.noise_direction_eps(b, here, t, x.extra["context"], x.extra["empty"])
+                    shift = sum(x.weight * D.NOISE_DIRECTION_SCALE * N.noise_direction_eps(b, z, t, x.extra["context"], x.extra["empty"])
                                 for x in noise)
                 g = dataclasses.replace(g, eps=shift if g.eps is None else g.eps + shift)
             if boost and i / steps >= H.BOOST_FROM:

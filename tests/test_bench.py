@@ -12,9 +12,12 @@ def test_quick_bench_writes_well_formed_results(tmp_path, shapes_path):
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["meta"]["quick"] is True and data["meta"]["seeds"] == 1
     tasks = set(data["tasks"])
-    assert {"move", "shift", "resize x2", "keep", "shape swap", "appearance swap", "combined", "drag", "drag via latent"} <= tasks
+    assert {"move", "shift", "resize x2", "keep", "shape swap", "appearance swap", "combined", "drag", "drag via latent",
+            "drag within a box"} <= tasks
     drags = [r for r in data["runs"] if r["task"] == "drag"]
     assert drags and all(r["script"].startswith("drag (") and 'within token "circle"' in r["script"] for r in drags)
+    boxed = [r for r in data["runs"] if r["task"] == "drag within a box"]
+    assert boxed and all(r["script"].startswith("drag (") and "within (" in r["script"] for r in boxed)
     assert all(r["task"] in tasks and "seconds" in r for r in data["runs"])
     for name in ("attention", "attention + appearance", "drag (bottleneck)"):
         c = data["cost"][name]
