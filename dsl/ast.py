@@ -109,7 +109,8 @@ class DragStmt(Node):
 
 
 class DirectionStmt(Node):
-    name: Name
+    name: Name  # direction NAME [within token "..." | within (x0, y0, x1, y1)]
+    within: Union[TokenRef, Box, None] = None
     mods: Modifiers
 
 

@@ -47,7 +47,8 @@ def _compile(script: ast.Script) -> P.Program:
         elif isinstance(st, ast.Keep):
             terms.append(_keep(st))
         elif isinstance(st, ast.DirectionStmt):
-            terms.append(_modified(P.Direction(name=st.name.value), st))
+            token, box = _within(st.within)
+            terms.append(_modified(P.Direction(name=st.name.value, token=token, box=box), st))
         elif isinstance(st, ast.ClipStmt):
             terms.append(_clip(st))
         elif isinstance(st, ast.StyleStmt):
@@ -176,17 +177,21 @@ def _drag(st: ast.DragStmt) -> P.TermBase:
     if st.mods.via is not None and st.mods.via.value not in DRAG_PLACEMENTS:
         raise SteerCompileError(f"a drag acts via bottleneck (DragNoise) or latent (DragDiffusion), not {st.mods.via.value}",
                                 st.mods.via.span, hint=did_you_mean(st.mods.via.value, DRAG_PLACEMENTS) or "drop the `via ...` for DragNoise")
-    w = st.within
-    token = box = None
+    token, box = _within(st.within)
+    return _modified(P.Drag(handle=handle, target=target, token=token, box=box), st)
+
+
+def _within(w) -> tuple[P.TokenRef | None, tuple[float, float, float, float] | None]:
+    """`within token "..."` or `within (x0, y0, x1, y1)`: (token, None), (None, box) or (None, None)."""
     if isinstance(w, ast.TokenRef):
-        token = _token(w)
-    elif isinstance(w, ast.Box):
+        return _token(w), None
+    if isinstance(w, ast.Box):
         x0, y0, x1, y1 = (_finite(n) for n in (w.x0, w.y0, w.x1, w.y1))
         if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
             raise SteerCompileError("a box is (x0, y0, x1, y1) with 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1", w.span,
                                     hint="within (0.2, 0.2, 0.8, 0.8) lets the middle of the image change")
-        box = (x0, y0, x1, y1)
-    return _modified(P.Drag(handle=handle, target=target, token=token, box=box), st)
+        return None, (x0, y0, x1, y1)
+    return None, None
 
 
 def _keep(st: ast.Keep) -> P.TermBase:

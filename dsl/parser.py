@@ -162,8 +162,8 @@ class _ToAst(Transformer):
         return ast.Box(x0=x0, y0=y0, x1=x1, y1=y1, span=self._s(meta))
 
     def direction(self, meta, children):
-        name, mods = children
-        return ast.DirectionStmt(name=self._name(name), mods=mods, span=self._s(meta))
+        name, *within, mods = children
+        return ast.DirectionStmt(name=self._name(name), within=within[0] if within else None, mods=mods, span=self._s(meta))
 
 
 class _Children:

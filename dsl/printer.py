@@ -85,17 +85,20 @@ def style(t: P.Style) -> str:
     return f"style image {string(t.path)}"
 
 
-def drag(t: P.Drag) -> str:
-    within = ""
+def within(t: P.Drag | P.Direction) -> str:
     if t.token is not None:
-        within = f" within {token(t.token)}"
-    elif t.box is not None:
-        within = " within (" + ", ".join(num(v) for v in t.box) + ")"
-    return f"drag {point(t.handle)} -> {point(t.target)}{within}"
+        return f" within {token(t.token)}"
+    if t.box is not None:
+        return " within (" + ", ".join(num(v) for v in t.box) + ")"
+    return ""
+
+
+def drag(t: P.Drag) -> str:
+    return f"drag {point(t.handle)} -> {point(t.target)}{within(t)}"
 
 
 def direction(t: P.Direction) -> str:
-    return f"direction {t.name}"
+    return f"direction {t.name}{within(t)}"
 
 
 def modifiers(t: P.TermBase) -> str:

@@ -102,8 +102,12 @@ def style(path: str) -> P.Style:
     return P.Style(path=str(path))
 
 
-def direction(name: str) -> P.Direction:
-    return P.Direction(name=name)
+def direction(name: str, within=None, box=None) -> P.Direction:
+    """direction("green", within="circle") or box=(x0, y0, x1, y1): a learned direction, maybe local."""
+    if within is not None and box is not None:
+        raise ValueError("direction takes within= (a token) or box=, not both")
+    return P.Direction(name=name, token=None if within is None else _ref(within),
+                       box=None if box is None else tuple(float(v) for v in box))
 
 
 def drag(handle, target, within=None, box=None) -> P.Drag:

@@ -187,10 +187,13 @@ class Drag(TermBase):
 
 
 class Direction(TermBase):
-    """direction NAME * s: a learned direction (h-space or noise space), found by name."""
+    """direction NAME * s: a learned direction (h-space or noise space), found by name. `within`:
+    it acts only on that object (token) or box; elsewhere the sampler is left as it was."""
 
     kind: Literal["direction"] = "direction"
     name: str
+    token: TokenRef | None = None  # within token "circle"
+    box: tuple[float, float, float, float] | None = None  # within (x0, y0, x1, y1), image units
 
 
 Term = Annotated[

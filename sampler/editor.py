@@ -31,6 +31,7 @@ from dsl.errors import SteerCompileError, SteerRuntimeError
 from energies import defaults as D
 from energies import directions
 from energies import program as P
+from energies import drag as G
 from energies import relocate as R
 from energies import vit as V
 from energies import x0 as X
@@ -113,6 +114,16 @@ def relocating(guide, relocations: dict[int, list], src: SourcePass, alphas):
         return after_move(g, z, moved)  # z_t <- z_t - latent: first the copy, then the guide's own step
 
     return guide_
+
+
+def local(shift: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """A direction's shift (..., h, w) kept inside `mask` (H, W), resized to the shift's grid (a
+    cell of a coarser grid counts if any of it is inside: h-space is 8x8 on the shapes model)."""
+    if mask is None:
+        return shift
+    size = tuple(shift.shape[-2:])
+    m = mask if tuple(mask.shape) == size else torch.nn.functional.adaptive_max_pool2d(mask[None, None], size)[0, 0]
+    return shift * m.to(shift)
 
 
 def to_pil(image: np.ndarray):
@@ -446,6 +457,7 @@ class Editor:
     def _guide(self, bound: list[BoundTerm], src: SourcePass, cond, steps: int, curves, last_maps, cfg: float):
         b = self.backbone
         boost = D.HSPACE_BOOST and any(x.kind == "direction" and x.extra["direction"].kind == "hspace" and x.weight != 0 for x in bound)
+        regions = self._regions([x for x in bound if x.kind == "direction"], src)
 
         def guide(i, t, z):
             active = [x for x in bound if x.active(i / steps)]
@@ -454,13 +466,14 @@ class Editor:
             hspace = [x for x in active if x.kind == "direction" and x.extra["direction"].kind == "hspace"]
             noise = [x for x in active if x.kind == "direction" and x.extra["direction"].kind == "noise"]
             if hspace:  # Asyrp: x0 from the eps of an h-shifted forward; the step's direction keeps the original eps
-                delta = sum(x.weight * x.extra["scale"] * x.extra["delta"].at(t).to(z) for x in hspace)
+                delta = sum(x.weight * x.extra["scale"] * local(x.extra["delta"].at(t).to(z), regions[id(x)]) for x in hspace)
                 with torch.no_grad(), H.shifting(b.unet, delta):
                     eps_u, eps_c = b.eps_both(z, t, cond, i)
                 g = dataclasses.replace(g, x0_eps=eps_u + cfg * (eps_c - eps_u))
             if noise:  # NoiseCLR: eps + sum_k lambda_k (eps(z, d_k) - eps(z, ""))
                 with torch.no_grad():
-                    shift = sum(x.weight * D.NOISE_DIRECTION_SCALE * N.noise_direction_eps(b, z, t, x.extra["context"], x.extra["empty"])
+                    shift = sum(x.weight * D.NOISE_DIRECTION_SCALE
+                                * local(N.noise_direction_eps(b, z, t, x.extra["context"], x.extra["empty"]), regions[id(x)])
                                 for x in noise)
                 g = dataclasses.replace(g, eps=shift if g.eps is None else g.eps + shift)
             if boost and i / steps >= H.BOOST_FROM:
@@ -468,6 +481,21 @@ class Editor:
             return g
 
         return guide
+
+    def _regions(self, terms: list[BoundTerm], src: SourcePass) -> dict[int, torch.Tensor | None]:
+        """id(term) -> the (H, W) latent mask a `within` term acts in (its object from the source's
+        late attention maps, dilated by a pixel; or its box), or None where it acts everywhere."""
+        hw = tuple(self.backbone.latent_shape()[1:])
+        out: dict[int, torch.Tensor | None] = {}
+        for x in terms:
+            mask = None
+            if x.term.box is not None:
+                mask = G.box_mask(x.term.box, hw)
+            elif x.token:
+                maps = [f.token(x.token) for f in src.late_features()]
+                mask = R.dilate(R.object_mask(maps, hw, D.RELOCATE_MASK_THRESHOLD), 1)
+            out[id(x)] = None if mask is None else mask.to(self.backbone.device)
+        return out
 
     def _energy_guidance(self, active: list[BoundTerm], z, i, t, src: SourcePass, cond, curves, last_maps) -> Guidance:
         b = self.backbone

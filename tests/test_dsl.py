@@ -43,6 +43,8 @@ CONSTRUCTS = [
     ('keep appearance via latent', P.KeepAppearance(placement="latent")),
     ('size(token "dog"#2) *= 2', P.Resize(token=P.TokenRef(word="dog", occurrence=2), factor=2.0)),
     ("direction smile*1.5", P.Direction(name="smile", weight=1.5)),
+    ('direction green within token "circle" * 2', P.Direction(name="green", token=P.TokenRef(word="circle"), weight=2.0)),
+    ("direction green within (0, 0, 0.5, 1)", P.Direction(name="green", box=(0.0, 0.0, 0.5, 1.0))),
     ("keep structure", P.KeepStructure()),
     ("keep pixels", P.KeepPixels()),
     ('keep pixels inside token "square"', P.KeepPixels(token=P.TokenRef(word="square"), inside=True)),
@@ -94,7 +96,8 @@ def test_builder_covers_every_construct():
         centroid("circle").by(0.25, 0) + size("square").times(1.5) + size("square").to(0.12)
         + shape("square").to(shape("circle")) + appearance("circle").to(appearance("square"))
         + keep.layout() + keep.shape("square") + keep.attention() + keep.appearance("square")
-        + direction("smile") * 1.5 + centroid(token("dog", 2)).to(0.1, 0.2).at(0, 0.6).via("latent")
+        + direction("smile") * 1.5 + direction("green", within="circle") + direction("green", box=(0, 0, 0.5, 1))
+        + centroid(token("dog", 2)).to(0.1, 0.2).at(0, 0.6).via("latent")
         + keep.structure() + keep.pixels() + keep.pixels(inside="square") + keep.pixels(outside="circle") * 2
         + clip("a blue circle", source="a red circle") + clip("a green circle") + style("ref.png")
     )

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 import dsl
 from energies import defaults as D
@@ -102,3 +103,27 @@ def test_shipped_directions_edit_and_weight_zero_is_the_source(shapes_editor, na
     edited, zero = run(1), run(0)
     assert np.abs(edited.image - edited.source_image).mean() > 0.02
     assert np.abs(zero.image - zero.source_image).max() < 0.02
+
+
+@pytest.mark.parametrize("name", ["circle_to_square", "green"])
+def test_a_direction_within_a_region_acts_there(shapes_editor, name):
+    """`within`: the direction's shift is kept inside the region. A box in a corner of the image
+    leaves far less changed than the same direction everywhere; within the circle, it still edits."""
+    def run(where):
+        return shapes_editor.run(dsl.compile(f'prompt "a red circle and a blue square"\nseed 2\nsteps 10\ndirection {name}{where}'),
+                                 progress=False)
+
+    everywhere, corner, circle = run(""), run(" within (0, 0, 0.1, 0.1)"), run(' within token "circle"')
+    change = {k: np.abs(r.image - r.source_image).mean() for k, r in [("all", everywhere), ("corner", corner), ("circle", circle)]}
+    assert change["corner"] < 0.25 * change["all"] and change["circle"] > change["corner"], change
+
+
+def test_local_shift_is_masked_on_its_own_grid():
+    from sampler.editor import local
+
+    shift = torch.ones(1, 3, 8, 8)
+    mask = torch.zeros(32, 32)
+    mask[:4, :4] = 1  # the top-left 4x4 pixels: one 8x8 cell
+    out = local(shift, mask)
+    assert out[0, 0, 0, 0] == 1 and out[..., 1:, :].abs().sum() == 0 and out[..., :, 1:].abs().sum() == 0
+    assert torch.equal(local(shift, None), shift) and torch.equal(local(torch.ones(1, 3, 32, 32), mask)[0, 0], mask)

@@ -204,7 +204,8 @@ def model_card(r: dict, training: dict, command: str) -> str:
         ft = training.get("finetune")
         if ft:
             L += [f"- then fine-tuned for {ft['steps']} steps ({ft['minutes']} min) from the step-{ft['from_steps']} model: fresh "
-                  f"optimizer, peak lr {ft['lr']:g}, {1 - ft['p_one']:.0%} two-object scenes, data seed {ft['seed']}; why: {ft['why']}"]
+                  f"optimizer, peak lr {ft['lr']:g}, {1 - ft['p_one']:.0%} two-object scenes, data seed {ft['seed']}"
+                  + ("; the UNet alone (text encoder frozen)" if ft.get("freeze_text") else "") + f"; why: {ft['why']}"]
         L += [""]
     L += ["## Measured", "", f"Reproduce with `{command}` ({r['seconds']} s). Samples use {r['steps']} DDIM steps.", "",
           "### Caption fidelity (detector on samples; held-out captions, one seed each)", "",
