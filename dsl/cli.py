@@ -226,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="bench-out")
     b.add_argument("--task", action="append", help="run only this task (repeatable), e.g. --task move")
     b.add_argument("--model", default="shapes")
+    b.add_argument("--no-cost", action="store_true", help="only the tasks: skip the cost classes and the inversion")
     b.set_defaults(func=cmd_bench)
     return p
 

@@ -39,7 +39,7 @@ DIRECTIONS = [("circle_to_square", {"shape": "square"}), ("green", {"colour": "g
 class Case:
     task: str
     seed: int
-    script: object  # the edit (terms only), or a function of the source's detections giving it; the prompt and seed are added
+    script: object  # the edit (terms only), or a function (source's detections, seed) giving it; the prompt and seed are added
     measure: object  # (source objects, edited objects) -> dict of figures
     cost: str = "attention"  # which cost class the task belongs to
     score: object = None  # (editor, source image, edited image) -> more figures, from the images themselves
@@ -199,7 +199,7 @@ def drag_script(delta, via: str = "", region: str = "token"):
     token "circle" (the circle is copied along the drag, then refined); "box": within the box
     around the circle and where it goes, 2 px of margin (DragNoise alone)."""
 
-    def script(src):
+    def script(src, seed=None):
         s = W.find(src, CIRCLE)
         if s is None:
             return None
@@ -215,6 +215,51 @@ def drag_script(delta, via: str = "", region: str = "token"):
         return f"drag ({x:.3f}, {y:.3f}) -> ({tx:.3f}, {ty:.3f}){within}{via}"
 
     return script
+
+
+def free_vector(src, seed: int, lengths=(0.25, 0.2, 0.15)):
+    """A drag/shift vector for the circle whose target is free: the circle moved by it stays inside
+    the image and at least 2 px from the square. Candidates (+-length along x and along y, in an
+    order that turns with the seed; the longest length first) are tried; None if none fits. The
+    fixed +-x shifts of `shift` and `drag` often ask for a place behind the square or past the
+    border, where no method can keep the circle's shape."""
+    s, q = W.find(src, CIRCLE), W.find(src, SQUARE)
+    if s is None:
+        return None
+    h, w = s.mask.shape
+    ys, xs = np.nonzero(s.mask)
+    blocked = np.zeros((h, w), bool) if q is None else W._dilate(q.mask, 2)
+    for length in lengths:
+        order = [(length, 0.0), (-length, 0.0), (0.0, length), (0.0, -length)]
+        for dx, dy in order[seed % 4:] + order[: seed % 4]:
+            mx, my = xs + round(dx * w), ys + round(dy * h)
+            inside = mx.min() >= 0 and my.min() >= 0 and mx.max() < w and my.max() < h
+            if inside and not blocked[my, mx].any():
+                return (dx, dy)
+    return None
+
+
+def free_shift_script(via: str | None = None):
+    """`centroid(token "circle") += v` (via None) or a drag by v (via "" or " via latent") with
+    v = free_vector(source)."""
+
+    def script(src, seed):
+        v = free_vector(src, seed)
+        if v is None:
+            return None
+        if via is None:
+            return f'centroid(token "circle") += ({v[0]:g}, {v[1]:g})\nkeep appearance'
+        return drag_script(v, via)(src)
+
+    return script
+
+
+def measure_free_shift(seed: int):
+    def m(src, out):
+        v = free_vector(src, seed)
+        return {"found": False} if v is None else measure_shift(v)(src, out)
+
+    return m
 
 
 def far_target(seed: int) -> tuple[float, float]:
@@ -239,6 +284,9 @@ def suite(seeds: list[int], quick: bool) -> list[Case]:
             Case("drag", s, drag_script(d), measure_shift(d), "drag"),
             Case("drag via latent", s, drag_script(d, " via latent"), measure_shift(d), "drag"),
             Case("drag within a box", s, drag_script(d, region="box"), measure_shift(d), "drag"),
+            # The same 0.25 moves, to a free place (inside the image, clear of the square).
+            Case("shift to free space", s, free_shift_script(), measure_free_shift(s)),
+            Case("drag to free space", s, free_shift_script(""), measure_free_shift(s), "drag"),
             *[Case(f"resize x{k:g}", s, f'size(token "square") *= {k:g}\nkeep appearance', measure_resize(k)) for k in ks],
             Case("keep", s, f'centroid(token "circle") -> ({t[0]}, {t[1]})\nkeep appearance\nkeep layout', measure_move(t)),
             Case("shape swap", s, 'shape(token "square") -> shape(token "circle")\nkeep appearance', measure_shape_swap),
@@ -461,15 +509,8 @@ COLUMNS = [
 ]
 
 
-def markdown(table: dict, cost: dict, meta: dict, inversion: dict | None = None) -> str:
-    cols = [c for c in COLUMNS if any(c[0] in row for row in table.values())]
-    lines = [f"# steer bench ({meta['model']}, {meta['steps']} steps, {meta['seeds']} seeds{', quick' if meta['quick'] else ''})", ""]
-    lines.append("| task | " + " | ".join(c[1] for c in cols) + " |")
-    lines.append("| --- | " + " | ".join("---" for _ in cols) + " |")
-    for task, row in table.items():
-        cells = [c[2].format(row[c[0]]) if c[0] in row else "" for c in cols]
-        lines.append(f"| {task} | " + " | ".join(cells) + " |")
-    lines += ["", "| cost (edit class) | guided / plain time | incl. source pass | guided / plain peak memory (total) | "
+def _cost_lines(cost: dict) -> list[str]:
+    lines = ["", "| cost (edit class) | guided / plain time | incl. source pass | guided / plain peak memory (total) | "
               "memory above the loaded model: guided / plain | plain s/image | guided s/image |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, c in cost.items():
@@ -481,6 +522,19 @@ def markdown(table: dict, cost: dict, meta: dict, inversion: dict | None = None)
     lines += ["", "Guided time is the edit pass with the source pass cached, as in the REPL; 'incl. source pass' adds the one-off source pass."]
     r = cost["repl_rerun"]
     lines += ["", f"REPL re-run after a weight change / first run: {r['time_ratio']:.2f} ({r['rerun_seconds']:.2f}s vs {r['first_seconds']:.2f}s)", ""]
+    return lines
+
+
+def markdown(table: dict, cost: dict, meta: dict, inversion: dict | None = None) -> str:
+    cols = [c for c in COLUMNS if any(c[0] in row for row in table.values())]
+    lines = [f"# steer bench ({meta['model']}, {meta['steps']} steps, {meta['seeds']} seeds{', quick' if meta['quick'] else ''})", ""]
+    lines.append("| task | " + " | ".join(c[1] for c in cols) + " |")
+    lines.append("| --- | " + " | ".join("---" for _ in cols) + " |")
+    for task, row in table.items():
+        cells = [c[2].format(row[c[0]]) if c[0] in row else "" for c in cols]
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    if cost:
+        lines += _cost_lines(cost)
     if inversion:
         lines += ["| inversion (`source \"image.png\"`, DDIM, regenerated) | images | mean PSNR | min PSNR | >= 30 dB |",
                   "| --- | --- | --- | --- | --- |"]
@@ -519,7 +573,8 @@ def contact_sheet(outcomes: list[Outcome], path: Path, per_task: int = 4, scale:
 
 def run_bench(model: str = "shapes", seeds: int | None = None, quick: bool = False, out: Path | str = "bench-out",
               steps: int | None = None, device: str = "cpu", progress: bool = True, command: str = "steer bench",
-              tasks: list[str] | None = None) -> dict:
+              tasks: list[str] | None = None, cost: bool = True) -> dict:
+    """The suite (or `tasks` of it), then, unless cost=False, the cost classes and the inversion."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     editor = Editor(model, device=device)
@@ -543,9 +598,9 @@ def run_bench(model: str = "shapes", seeds: int | None = None, quick: bool = Fal
         script = case.script
         if callable(script):  # a script written from the source image (a drag's handle is where the object is)
             src = editor.source(editor.settings(dsl.compile(header)), progress=False)
-            script = script(W.detect(src.image))
+            script = script(W.detect(src.image), case.seed)
             if script is None:
-                outcomes.append(Outcome(case, {"found": False}, 0.0, src.image, src.image))
+                outcomes.append(Outcome(dataclasses.replace(case, script=None), {"found": False}, 0.0, src.image, src.image))
                 continue
         t = time.perf_counter()
         r = editor.run(dsl.compile(header + script), progress=False, script_dir=out)
@@ -554,17 +609,17 @@ def run_bench(model: str = "shapes", seeds: int | None = None, quick: bool = Fal
         if case.score is not None:
             figures.update(case.score(editor, r.source_image, r.image))
         outcomes.append(Outcome(dataclasses.replace(case, script=script), figures, dt, r.source_image, r.image))
-    cost = measure_cost(editor, steps, seed_list[: 2 if quick else 4], device, model, progress)
-    inversion = measure_inversion(editor, seed_list[: 2 if quick else 8], steps, progress)
+    costs = measure_cost(editor, steps, seed_list[: 2 if quick else 4], device, model, progress) if cost else {}
+    inversion = measure_inversion(editor, seed_list[: 2 if quick else 8], steps, progress) if cost else {}
     table = summarise(outcomes)
     import platform
 
     meta = {"model": model, "steps": steps, "seeds": n, "quick": quick, "seconds": time.time() - t0, "command": command,
             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {device}"}
-    results = {"meta": meta, "tasks": table, "cost": cost, "inversion": inversion,
+    results = {"meta": meta, "tasks": table, "cost": costs, "inversion": inversion,
                "runs": [{"task": o.case.task, "seed": o.case.seed, "script": o.case.script, "seconds": o.seconds, **o.figures} for o in outcomes]}
     _write_json(out / "results.json", results)
-    _write_text(out / "results.md", markdown(table, cost, meta, inversion))
+    _write_text(out / "results.md", markdown(table, costs, meta, inversion))
     contact_sheet(outcomes, out / "contact_sheet.png")
     return results
 
@@ -591,7 +646,8 @@ def main(args) -> int:
     import sys
 
     try:
-        results = run_bench(args.model, args.seeds, args.quick, args.out, command="steer " + " ".join(sys.argv[1:]), tasks=args.task)
+        results = run_bench(args.model, args.seeds, args.quick, args.out, command="steer " + " ".join(sys.argv[1:]), tasks=args.task,
+                            cost=not args.no_cost)
     except ValueError as e:
         print(f"steer bench: error: {e}", file=sys.stderr)
         return 2

@@ -16,6 +16,8 @@ def test_quick_bench_writes_well_formed_results(tmp_path, shapes_path):
             "drag within a box"} <= tasks
     drags = [r for r in data["runs"] if r["task"] == "drag"]
     assert drags and all(r["script"].startswith("drag (") and 'within token "circle"' in r["script"] for r in drags)
+    free = [r for r in data["runs"] if r["task"] in ("shift to free space", "drag to free space")]
+    assert len(free) == 2 and all(r["script"] is None or "+= (" in r["script"] or "drag (" in r["script"] for r in free)
     boxed = [r for r in data["runs"] if r["task"] == "drag within a box"]
     assert boxed and all(r["script"].startswith("drag (") and "within (" in r["script"] for r in boxed)
     assert all(r["task"] in tasks and "seconds" in r for r in data["runs"])
@@ -40,3 +42,24 @@ def test_bench_runs_only_the_tasks_asked_and_names_the_known_ones(tmp_path, shap
     assert "unknown task 'nope'" in err and "move" in err and "Traceback" not in err
     data = run_bench(shapes_path, seeds=1, quick=True, out=tmp_path, steps=2, progress=False, tasks=["shift"])
     assert set(data["tasks"]) == {"shift"}
+
+
+def test_free_vector_keeps_the_moved_circle_inside_and_clear_of_the_square():
+    import numpy as np
+
+    from sampler.bench import free_vector
+    from sampler.shapes import world as W
+
+    def obj(colour, x0, y0, n=6):
+        m = np.zeros((32, 32), bool)
+        m[y0:y0 + n, x0:x0 + n] = True
+        return W.make_object("circle" if colour == "red" else "square", colour, m)
+
+    # The square sits right of the circle: +x is blocked, so seed 0 (which tries +x first) gets -x.
+    src = [obj("red", 12, 13), obj("blue", 21, 13)]
+    assert free_vector(src, 0) == (-0.25, 0.0)
+    assert free_vector(src, 2) == (0.0, 0.25)  # seed 2 tries +y first, and it is free
+    # Too big to move 0.15 of the image any way and stay inside: no place.
+    big = [obj("red", 4, 4, 24), obj("blue", 29, 29, 3)]
+    assert free_vector(big, 0) is None
+    assert free_vector([obj("blue", 0, 0)], 0) is None  # no circle
