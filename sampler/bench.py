@@ -381,17 +381,24 @@ def _peak_delta(model: str, script: str, plain: bool) -> tuple[int, int]:
     return int(base), int(delta)
 
 
-def measure_cost(editor: Editor, steps: int, seeds: list[int], device: str, model: str = "shapes", progress: bool = False) -> dict:
-    """Guided / plain ratios of time and peak memory per cost class, and re-run / first run."""
+# The cost classes: one representative script each.
+COST_EDITS = {
+    "attention": 'centroid(token "circle") -> (0.75, 0.5)',
+    "attention + appearance": 'centroid(token "circle") -> (0.75, 0.5)\nkeep appearance',
+    "x0: CLIP + ViT keys": f'clip "{GREEN_PROMPT}"\nkeep structure',
+    "direction (h-space)": f"direction {DIRECTIONS[0][0]}",
+    "direction (noise)": f"direction {DIRECTIONS[1][0]}",
+    "drag (copy, then bottleneck)": 'drag (0.3, 0.5) -> (0.55, 0.5) within token "circle"',
+    "drag (bottleneck optimisation)": 'drag (0.3, 0.5) -> (0.55, 0.5) within (0.05, 0.2, 0.95, 0.8)',
+}
+
+
+def measure_cost(editor: Editor, steps: int, seeds: list[int], device: str, model: str = "shapes", progress: bool = False,
+                 names: list[str] | None = None) -> dict:
+    """Guided / plain ratios of time and peak memory per cost class (`names` of COST_EDITS, or all),
+    and re-run / first run."""
     header = f'prompt "{PROMPT}"\nsteps {steps}\n'
-    edits = {
-        "attention": 'centroid(token "circle") -> (0.75, 0.5)',
-        "attention + appearance": 'centroid(token "circle") -> (0.75, 0.5)\nkeep appearance',
-        "x0: CLIP + ViT keys": f'clip "{GREEN_PROMPT}"\nkeep structure',
-        "direction (h-space)": f"direction {DIRECTIONS[0][0]}",
-        "direction (noise)": f"direction {DIRECTIONS[1][0]}",
-        "drag (bottleneck)": 'drag (0.3, 0.5) -> (0.55, 0.5) within token "circle"',
-    }
+    edits = {k: v for k, v in COST_EDITS.items() if names is None or k in names}
     out = {}
     for name, terms in tqdm(edits.items(), desc="cost", disable=not progress, leave=False):
         t_plain = t_source = t_guided = m_plain = m_guided = 0.0
@@ -423,8 +430,8 @@ def measure_cost(editor: Editor, steps: int, seeds: list[int], device: str, mode
         }
     # REPL: first run (source pass + edit) vs a re-run after a weight change (edit pass only)
     editor._sources.clear()
-    first = dsl.compile(header + f"seed {seeds[0]}\n" + edits["attention + appearance"])
-    again = dsl.compile(header + f"seed {seeds[0]}\n" + edits["attention + appearance"].replace("\nkeep", " * 1.5\nkeep"))
+    first = dsl.compile(header + f"seed {seeds[0]}\n" + COST_EDITS["attention + appearance"])
+    again = dsl.compile(header + f"seed {seeds[0]}\n" + COST_EDITS["attention + appearance"].replace("\nkeep", " * 1.5\nkeep"))
     _, t_first, _ = _timed(lambda: editor.run(first, progress=False), device)
     _, t_again, _ = _timed(lambda: editor.run(again, progress=False), device)
     out["repl_rerun"] = {"time_ratio": t_again / t_first, "first_seconds": t_first, "rerun_seconds": t_again}

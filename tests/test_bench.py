@@ -21,7 +21,7 @@ def test_quick_bench_writes_well_formed_results(tmp_path, shapes_path):
     boxed = [r for r in data["runs"] if r["task"] == "drag within a box"]
     assert boxed and all(r["script"].startswith("drag (") and "within (" in r["script"] for r in boxed)
     assert all(r["task"] in tasks and "seconds" in r for r in data["runs"])
-    for name in ("attention", "attention + appearance", "drag (bottleneck)"):
+    for name in ("attention", "attention + appearance", "drag (copy, then bottleneck)", "drag (bottleneck optimisation)"):
         c = data["cost"][name]
         assert c["time_ratio"] > 0 and c["plain_seconds_per_image"] > 0 and c["model_mb"] > 0
     assert data["cost"]["repl_rerun"]["time_ratio"] > 0
