@@ -158,14 +158,13 @@ class DragPlan:
         token's region is its object (from the source's late attention maps, as relocation reads
         them) together with where each of its drags takes it; a box is itself."""
         hw = tuple(self.backbone.latent_shape()[1:])
-        late = src.late_features()
         masks = []
         for x in terms:
             t = x.term
             if t.box is not None:
                 masks.append(G.box_mask(t.box, hw))
             elif x.token:
-                m = R.object_mask([f.token(x.token) for f in late], hw, D.RELOCATE_MASK_THRESHOLD)
+                m = src.object_mask(x.token, hw)
                 moved = R.transform(m[None], (t.target[0] - t.handle[0], t.target[1] - t.handle[1]))[0]
                 masks.append(R.dilate(torch.maximum(m, moved), 1))
             else:
@@ -175,14 +174,13 @@ class DragPlan:
     def _copies(self, terms, src) -> dict[tuple[int, ...], tuple[torch.Tensor, tuple[float, float]]]:
         """token -> (the object's latent mask, the shift to copy it by) for the drags within a token."""
         hw = tuple(self.backbone.latent_shape()[1:])
-        late = src.late_features()
         by_token: dict[tuple[int, ...], list] = {}
         for x in terms:
             if x.token and x.term.box is None:
                 by_token.setdefault(tuple(x.token), []).append(x.term)
         copies = {}
         for token, drags in by_token.items():
-            mask = R.object_mask([f.token(list(token)) for f in late], hw, D.RELOCATE_MASK_THRESHOLD)
+            mask = src.object_mask(token, hw)
             if mask.sum() > 0:
                 dx = sum(d.target[0] - d.handle[0] for d in drags) / len(drags)
                 dy = sum(d.target[1] - d.handle[1] for d in drags) / len(drags)

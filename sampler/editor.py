@@ -75,6 +75,11 @@ class SourcePass:
         relocation and drag regions read object masks from."""
         return self.features[int(D.RELOCATE_MASK_FROM * len(self.features)):] or self.features[-1:]
 
+    def object_mask(self, token, hw, threshold: float = D.RELOCATE_MASK_THRESHOLD) -> torch.Tensor:
+        """(H, W) mask of the object of `token` (its positions), from the late attention maps: what
+        relocation copies, what drags and `within` terms act in."""
+        return R.object_mask([f.token(list(token)) for f in self.late_features()], hw, threshold)
+
 
 @dataclass
 class EditResult:
@@ -426,7 +431,6 @@ class Editor:
         and where drags within a token copy theirs, at the drag's step (sampler/drag.py)."""
         at = min(steps - 1, round(D.RELOCATE_AT * steps))
         hw = self.backbone.latent_shape()[1:]
-        late = src.late_features()
         plans: dict[int, list] = {}
         movers = [x for x in bound if x.kind in D.RELOCATE and x.active(at / steps) and x.weight > 0]
         copies = plan.copies if plan is not None else {}
@@ -434,7 +438,7 @@ class Editor:
             return plans
         moved_tokens = {i for x in movers for i in x.token} | {i for token in copies for i in token}
         staying = [o.head for o in prompt_objects(prompt, self.backbone.tokenizer) if not set(o.tokens) & moved_tokens]
-        protect = sum((R.object_mask([f.token(list(h)) for f in late], hw, D.RELOCATE_MASK_THRESHOLD) for h in staying),
+        protect = sum((src.object_mask(h, hw) for h in staying),
                       torch.zeros(hw)).clamp(max=1).to(self.backbone.device)
         for mask, shift in copies.values():
             plans.setdefault(plan.step, []).append((mask, shift, 1.0, protect))
@@ -442,11 +446,10 @@ class Editor:
         for x in movers:
             by_object.setdefault(tuple(x.token), []).append(x)
         for token, terms in by_object.items():
-            maps = [f.token(list(token)) for f in late]
-            mask = R.object_mask(maps, hw, D.RELOCATE_MASK_THRESHOLD)
+            mask = src.object_mask(token, hw)
             if mask.sum() == 0:
                 continue
-            core = R.object_mask(maps, hw, D.RELOCATE_CENTRE_THRESHOLD)
+            core = src.object_mask(token, hw, D.RELOCATE_CENTRE_THRESHOLD)
             shift, scale = (0.0, 0.0), 1.0
             for x in terms:  # where the object is: the centre of the map's core, not of the generous copy mask
                 (dx, dy), k = R.moved_by(x.kind, x.term, core if core.sum() > 0 else mask)
@@ -492,8 +495,7 @@ class Editor:
             if x.term.box is not None:
                 mask = G.box_mask(x.term.box, hw)
             elif x.token:
-                maps = [f.token(x.token) for f in src.late_features()]
-                mask = R.dilate(R.object_mask(maps, hw, D.RELOCATE_MASK_THRESHOLD), 1)
+                mask = R.dilate(src.object_mask(x.token, hw), 1)
             out[id(x)] = None if mask is None else mask.to(self.backbone.device)
         return out
 
