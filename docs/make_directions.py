@@ -3,7 +3,8 @@
     python docs/make_directions.py
 
 One row per direction: for four seeds of "a red circle and a blue square", the unedited image
-and the image with `direction NAME` at its default strength, enlarged with nearest-neighbour.
+and the image with `direction NAME` at its default strength, enlarged with nearest-neighbour. The
+prompt direction red_to_green is shown alone and with `keep attention` (Pix2Pix-Zero's pairing).
 """
 
 from pathlib import Path
@@ -13,7 +14,7 @@ import numpy as np
 import dsl
 from sampler.editor import Editor, write_png
 
-DIRECTIONS = ["circle_to_square", "green", "smaller"]
+DIRECTIONS = ["circle_to_square", "green", "smaller", "red_to_green", "red_to_green + keep attention"]
 SEEDS = [0, 1, 2, 3]
 
 root = Path(__file__).resolve().parent.parent
@@ -22,7 +23,7 @@ rows = []
 for name in DIRECTIONS:
     cells = []
     for seed in SEEDS:
-        r = editor.run(dsl.compile(f'prompt "a red circle and a blue square"\nseed {seed}\ndirection {name}'), progress=False)
+        r = editor.run(dsl.compile(f'prompt "a red circle and a blue square"\nseed {seed}\ndirection {name.replace(" + ", chr(10))}'), progress=False)
         cells += [r.source_image, np.ones((32, 1, 3), np.float32), r.image, np.ones((32, 4, 3), np.float32)]
     rows += [np.concatenate(cells, axis=1), np.ones((4, sum(c.shape[1] for c in cells), 3), np.float32)]
 grid = np.concatenate(rows, axis=0)

@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_flags(rp)
     rp.set_defaults(func=cmd_repl)
 
-    lp = sub.add_parser("learn", help="learn directions: `steer learn hspace ...` (Asyrp) or `steer learn noiseclr ...` (NoiseCLR)",
+    lp = sub.add_parser("learn", help="learn directions: `steer learn hspace ...` (Asyrp), `noiseclr ...` (NoiseCLR) or `prompt ...` (Pix2Pix-Zero)",
                         add_help=False)
     lp.add_argument("rest", nargs=argparse.REMAINDER)
     lp.set_defaults(func=cmd_learn)

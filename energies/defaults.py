@@ -56,12 +56,32 @@ TERMS = {
     "drag": TermDefaults(weight=1.0, window=(0.3, 1.0), placement="bottleneck"),
 }
 
-# Learned directions (sampler/hspace.py, sampler/noise_directions.py). A script's `* s` multiplies:
+# Where a backbone needs another default than the method's own (tuned on that backbone).
+# Pix2Pix-Zero's loss sums squared map differences over pixels and tokens: SD's 64x64 maps over 77
+# tokens give it a scale that the shapes model's 16x16 maps over 16 tokens do not. With the
+# red_to_green prompt direction on 16 seeds of "a red circle and a blue square" (25 steps, the
+# world's detector), the green circle stayed within 0.05 of the red one on 1 of 16 seeds at
+# Pix2Pix-Zero's lr 0.1, on 14 / 15 / 16 at 1.0 / 2.0 / 3.0 (0 of 16 without the guidance).
+BACKBONE_TERMS = {
+    "shapes": {"keep_attention": TermDefaults(weight=3.0, window=(0.0, 1.0), placement="latent")},
+}
+
+
+def term_defaults(kind: str, backbone: str | None = None) -> TermDefaults:
+    """The defaults of a term kind on a backbone family ("shapes", "sd", "sdxl"; None: the method's)."""
+    return BACKBONE_TERMS.get(backbone, {}).get(kind, TERMS[kind])
+
+
+# Learned directions (sampler/hspace.py, sampler/noise_directions.py, sampler/prompt_directions.py).
+# A script's `* s` multiplies:
 # h-space: delta-h, times Asyrp's n_train_step / n_test_step; window: Asyrp's t_edit (hspace.EDIT_WINDOW)
 # noise: NoiseCLR's lambda = s * NOISE_DIRECTION_SCALE, over NOISE_DIRECTION_WINDOW (NoiseCLR has no default)
+# prompt: Pix2Pix-Zero's delta_c, as c + s * delta_c, over PROMPT_DIRECTION_WINDOW
 HSPACE_BOOST = True  # Asyrp's stochastic "quality boosting" (eta = 1) below t_boost when an h-space direction is used
 NOISE_DIRECTION_SCALE = 6.0  # NoiseCLR's editing_scale is 7.5 on SD; 6 made the shipped shapes directions visible (tuned)
 NOISE_DIRECTION_WINDOW = (0.0, 1.0)
+# prompt (Pix2Pix-Zero): the edit pass conditions on c + s * delta_c at every step.
+PROMPT_DIRECTION_WINDOW = (0.0, 1.0)
 
 # Layout terms also relocate their object's source region once, at this fraction of sampling
 # (energies/relocate.py), with a mask from the source's maps over the steps after MASK_FROM.

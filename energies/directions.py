@@ -56,20 +56,23 @@ def find(term, paths) -> Path:
 #   hspace  "delta_h"    (C, h, w) float32: Asyrp's global delta-h, added to the UNet mid-block output
 #           or (N, C, h, w) with "timesteps" (N,) int64: one delta-h per training timestep
 #   noise   "embedding"  (D,) float32: NoiseCLR's token embedding in the text encoder's input table
+#   prompt  "delta"      (T, D) float32: Pix2Pix-Zero's edit direction, added to the prompt's
+#           encoder hidden states; SDXL files also carry "pooled" (P,), added to the pooled embedding
 # Its safetensors metadata has one key, "steer", a JSON object with at least
 #   format (1), kind, backbone ("<kind>:<name>", e.g. "shapes:shapes"), resolution ([H, W] of the
 #   images), recipe (the command that made it), date (UTC, ISO 8601)
 # and whatever else the learner recorded (train_steps, losses, ...).
 
 FORMAT = 1
-KINDS = ("hspace", "noise")
-TENSOR = {"hspace": "delta_h", "noise": "embedding"}  # the tensor every file of a kind must have
+KINDS = ("hspace", "noise", "prompt")
+TENSOR = {"hspace": "delta_h", "noise": "embedding", "prompt": "delta"}
+LEARN = {"hspace": "hspace", "noise": "noiseclr", "prompt": "prompt"}  # the `steer learn` command of each kind  # the tensor every file of a kind must have
 
 
 @dataclass
 class Direction:
     name: str  # the file's stem: what a script calls it
-    kind: str  # "hspace" | "noise"
+    kind: str  # "hspace" | "noise" | "prompt"
     tensors: dict  # name -> torch.Tensor (CPU, as saved)
     meta: dict  # the "steer" metadata object
 
@@ -91,6 +94,14 @@ def hspace_shape(unet) -> tuple[int, int, int]:
 def noise_width(backbone) -> int:
     """D of a NoiseCLR direction: the width of the text encoder's input-embedding table."""
     return int(backbone.text_encoder.get_input_embeddings().weight.shape[1])
+
+
+def prompt_shape(backbone) -> tuple[int, int]:
+    """(T, D) of a prompt direction: the encoder hidden states a prompt conditions the UNet with."""
+    import torch
+
+    with torch.no_grad():
+        return tuple(backbone.encode_prompt("").cond.shape[-2:])
 
 
 def save_direction(path, tensors: dict, kind: str, backbone: str, meta: dict | None = None) -> Path:
@@ -153,7 +164,7 @@ def read_direction(path, span=None) -> Direction:
         meta = None
     if not isinstance(meta, dict) or meta.get("kind") not in KINDS:
         raise SteerCompileError(f"{str(path)!r} is not a steer direction file (no 'steer' metadata with a kind)", span,
-                                hint="direction files are written by `steer learn hspace` or `steer learn noiseclr`")
+                                hint="direction files are written by `steer learn hspace`, `steer learn noiseclr` or `steer learn prompt`")
     kind = meta["kind"]
     if TENSOR[kind] not in tensors:
         raise SteerCompileError(f"direction file {str(path)!r} has no {TENSOR[kind]!r} tensor", span)
@@ -176,7 +187,7 @@ def check_direction(d: Direction, backbone, span=None) -> Direction:
     def mismatch(why: str):
         return SteerCompileError(
             f"direction {d.name!r} was learned on {learned}, not on this model {here}: {why}", span,
-            hint=f"learn it again on this model: steer learn {'hspace' if d.kind == 'hspace' else 'noiseclr'} ... --model {backbone.name}",
+            hint=f"learn it again on this model: steer learn {LEARN[d.kind]} ... --model {backbone.name}",
         )
 
     learned_kind = learned.split(":", 1)[0]
@@ -189,8 +200,12 @@ def check_direction(d: Direction, backbone, span=None) -> Direction:
             raise mismatch(f"its delta-h is {'x'.join(map(str, got))} but this UNet's mid block gives {'x'.join(map(str, want))}")
         if d.tensors["delta_h"].dim() == 4 and "timesteps" not in d.tensors:
             raise SteerCompileError(f"direction {d.name!r} has one delta-h per timestep but no 'timesteps' tensor", span)
-    else:
+    elif d.kind == "noise":
         got, want = int(d.tensors["embedding"].shape[-1]), noise_width(backbone)
         if got != want:
             raise mismatch(f"its token embedding has {got} dimensions but this text encoder's has {want}")
+    else:
+        got, want = tuple(d.tensors["delta"].shape), prompt_shape(backbone)
+        if got != want:
+            raise mismatch(f"its edit direction is {'x'.join(map(str, got))} but this model's prompts are {'x'.join(map(str, want))}")
     return d

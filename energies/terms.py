@@ -68,9 +68,10 @@ NEEDS = {
 }
 
 
-def bind(program: P.Program, prompt: str, tokenizer, direction_paths=()) -> list[BoundTerm]:
+def bind(program: P.Program, prompt: str, tokenizer, direction_paths=(), backbone: str | None = None) -> list[BoundTerm]:
     """Resolve every term's tokens against the prompt and its directions against the direction
-    folders; apply defaults. Raises SteerCompileError at the offending term."""
+    folders; apply the defaults of the backbone family `backbone`. Raises SteerCompileError at the
+    offending term."""
     from dsl.printer import term as term_text
 
     from . import directions
@@ -93,7 +94,7 @@ def bind(program: P.Program, prompt: str, tokenizer, direction_paths=()) -> list
 
     out = []
     for t in program.terms:
-        d = D.TERMS[t.kind]
+        d = D.term_defaults(t.kind, backbone)
         b = BoundTerm(
             term=t,
             label=term_text(t),

@@ -31,8 +31,17 @@ PROMPT = "a red circle and a blue square"  # circle: red, square: blue
 CIRCLE, SQUARE = "red", "blue"
 GREEN_PROMPT = "a green circle and a blue square"  # what the recolouring tasks ask for
 STYLE_IMAGE = "style_green_circle.png"  # a world image of a green circle, written into the output folder
-# The shipped directions and what each should do to the red circle (see README, "Directions").
-DIRECTIONS = [("circle_to_square", {"shape": "square"}), ("green", {"colour": "green"}), ("smaller", {"shrink": True})]
+# The shipped directions and what each should do to the red circle (see README, "Directions"):
+# (script, what the detector should see). red_to_green is a Pix2Pix-Zero prompt direction, alone
+# (it redraws the scene as "a green circle ..." would) and with the cross-attention guidance that
+# keeps the layout, as Pix2Pix-Zero uses it.
+DIRECTIONS = [
+    ("direction circle_to_square", {"shape": "square"}),
+    ("direction green", {"colour": "green"}),
+    ("direction smaller", {"shrink": True}),
+    ("direction red_to_green", {"colour": "green"}),
+    ("direction red_to_green\nkeep attention", {"colour": "green"}),
+]
 
 
 @dataclass
@@ -301,7 +310,7 @@ def suite(seeds: list[int], quick: bool) -> list[Case]:
             Case("style image", s, f'style image "{STYLE_IMAGE}"\nkeep structure', measure_recolour("green"), "x0",
                  clip_score(GREEN_PROMPT, PROMPT)),
             # Learned directions shipped with the shapes model (sampler/shapes/weights/directions).
-            *[Case(f"direction {name}", s, f"direction {name}", measure_direction(**want), "direction") for name, want in DIRECTIONS],
+            *[Case(script.replace("\n", " + "), s, script, measure_direction(**want), "direction") for script, want in DIRECTIONS],
         ]
     return cases
 
@@ -386,8 +395,9 @@ COST_EDITS = {
     "attention": 'centroid(token "circle") -> (0.75, 0.5)',
     "attention + appearance": 'centroid(token "circle") -> (0.75, 0.5)\nkeep appearance',
     "x0: CLIP + ViT keys": f'clip "{GREEN_PROMPT}"\nkeep structure',
-    "direction (h-space)": f"direction {DIRECTIONS[0][0]}",
-    "direction (noise)": f"direction {DIRECTIONS[1][0]}",
+    "direction (h-space)": "direction circle_to_square",
+    "direction (noise)": "direction green",
+    "direction (prompt) + keep attention": "direction red_to_green\nkeep attention",
     "drag (copy, then bottleneck)": 'drag (0.3, 0.5) -> (0.55, 0.5) within token "circle"',
     "drag (bottleneck optimisation)": 'drag (0.3, 0.5) -> (0.55, 0.5) within (0.05, 0.2, 0.95, 0.8)',
 }

@@ -40,6 +40,7 @@ from energies.terms import ENERGIES, BoundTerm, Features, bind
 
 from . import hspace as H
 from . import noise_directions as N
+from . import prompt_directions as PD
 from .backbones import Backbone, load_backbone
 from .drag import DragOutcome, DragPlan
 from .guided import Guidance, after_move, pred_x0, sample_ddim
@@ -207,7 +208,7 @@ class Editor:
     def bind(self, program: P.Program, script_dir=None) -> list[BoundTerm]:
         """Resolve tokens and directions against this model (the model-dependent half of compiling)."""
         s = self.settings(program)
-        return bind(program, s.prompt, self.backbone.tokenizer, self._direction_paths(script_dir))
+        return bind(program, s.prompt, self.backbone.tokenizer, self._direction_paths(script_dir), self.backbone.kind)
 
     def _direction_paths(self, script_dir=None) -> list[Path]:
         model_dir = getattr(getattr(self.backbone, "model", None), "path", None)
@@ -218,10 +219,14 @@ class Editor:
         return torch.randn((1, *self.backbone.latent_shape()), generator=g).to(self.backbone.device)
 
     def _denoiser(self, cond, cfg: float, record: list | None = None):
+        """CFG's epsilon at step i. `cond` is a Conditioning, or i -> the step's Conditioning
+        (an edit pass whose prompt directions shift the prompt in their windows)."""
         b = self.backbone
         hw = b.latent_shape()[1:]
+        cond_at = cond if callable(cond) else lambda i: cond
 
         def denoise(i, t, z, eps_cond=None):
+            cond = cond_at(i)
             if eps_cond is not None:
                 eps_c = eps_cond
                 eps_u = b.eps(z, t, cond.uncond_at(i), cond.added_uncond) if cfg != 1 else eps_c
@@ -348,18 +353,18 @@ class Editor:
         bound = self.bind(program, script_dir)
         src = self.source(settings, progress, script_dir)
         b = self.backbone
-        cond = src.cond
         timesteps = b.timesteps(settings.steps)
         curves: dict[str, list[tuple[int, float]]] = {x.label: [] for x in bound}
         last_maps: dict = {}
         self._prepare(bound, settings, script_dir)
         others = [x for x in bound if x.kind != "drag"]
+        cond = self._conditioning(others, src.cond, len(timesteps))
         guide = self._guide(others, src, cond, len(timesteps), curves, last_maps, settings.cfg) if others else None
         denoise = self._denoiser(cond, settings.cfg)
         drags = [x for x in bound if x.kind == "drag" and x.weight != 0]
         plan = DragPlan(b, drags, src, timesteps, progress) if drags else None
         if plan is not None:  # DragNoise: optimise the bottleneck at one step, substitute it afterwards
-            denoise, guide = plan.wrap(denoise, guide, cond)
+            denoise, guide = plan.wrap(denoise, guide, src.cond)
         relocations = self._relocations(others, src, len(timesteps), settings.prompt, plan)
         if relocations:  # first the copies, then the drag's optimisation, then the energies
             guide = relocating(guide, relocations, src, b.schedule()[0])
@@ -388,9 +393,15 @@ class Editor:
                 x.extra["source"] = scorer.text([x.term.source or settings.prompt])[0]
             elif x.kind == "direction":
                 d = directions.check_direction(x.extra["direction"], self.backbone, x.term.span)  # learned on this model?
-                if x.term.window is None:  # Asyrp's edit interval for h-space; NoiseCLR has no default
-                    x.window = H.EDIT_WINDOW if d.kind == "hspace" else D.NOISE_DIRECTION_WINDOW
-                if d.kind == "hspace":
+                if x.term.window is None:  # Asyrp's edit interval for h-space; NoiseCLR and Pix2Pix-Zero have none
+                    x.window = {"hspace": H.EDIT_WINDOW, "noise": D.NOISE_DIRECTION_WINDOW, "prompt": D.PROMPT_DIRECTION_WINDOW}[d.kind]
+                if d.kind == "prompt":
+                    if x.term.token is not None or x.term.box is not None:
+                        raise SteerCompileError(f"`{x.label}` cannot act within a region: {d.name!r} is a prompt direction, "
+                                                "a shift of the whole prompt's embedding", x.term.span,
+                                                hint="drop the `within ...`; `keep attention` keeps the other objects where they were")
+                    x.extra["prompt_shift"] = d.tensors
+                elif d.kind == "hspace":
                     x.extra["delta"] = H.HSpaceDelta.from_direction(d)
                     train_steps = int(d.meta.get("train_steps") or settings.steps)
                     x.extra["scale"] = H.step_scale(train_steps, settings.steps)  # Asyrp: n_train_step / n_test_step
@@ -457,6 +468,20 @@ class Editor:
             plans.setdefault(at, []).append((mask.to(self.backbone.device), shift, scale, protect))
         return plans
 
+    def _conditioning(self, bound: list[BoundTerm], cond, steps: int):
+        """i -> the Conditioning of step i: the source's, its conditional half shifted by the prompt
+        directions active at that step (Pix2Pix-Zero's c + delta_c)."""
+        shifts = [x for x in bound if x.kind == "direction" and x.extra["direction"].kind == "prompt" and x.weight != 0]
+        made: dict[tuple, object] = {}
+
+        def at(i):
+            active = tuple(k for k, x in enumerate(shifts) if x.active(i / steps))
+            if active not in made:
+                made[active] = PD.shifted(cond, [(shifts[k].weight, shifts[k].extra["prompt_shift"]) for k in active])
+            return made[active]
+
+        return at
+
     def _guide(self, bound: list[BoundTerm], src: SourcePass, cond, steps: int, curves, last_maps, cfg: float):
         b = self.backbone
         boost = D.HSPACE_BOOST and any(x.kind == "direction" and x.extra["direction"].kind == "hspace" and x.weight != 0 for x in bound)
@@ -465,13 +490,13 @@ class Editor:
         def guide(i, t, z):
             active = [x for x in bound if x.active(i / steps)]
             energies = [x for x in active if x.kind != "direction"]
-            g = self._energy_guidance(energies, z, i, t, src, cond, curves, last_maps)
+            g = self._energy_guidance(energies, z, i, t, src, cond(i), curves, last_maps)
             hspace = [x for x in active if x.kind == "direction" and x.extra["direction"].kind == "hspace"]
             noise = [x for x in active if x.kind == "direction" and x.extra["direction"].kind == "noise"]
             if hspace:  # Asyrp: x0 from the eps of an h-shifted forward; the step's direction keeps the original eps
                 delta = sum(x.weight * x.extra["scale"] * local(x.extra["delta"].at(t).to(z), regions[id(x)]) for x in hspace)
                 with torch.no_grad(), H.shifting(b.unet, delta):
-                    eps_u, eps_c = b.eps_both(z, t, cond, i)
+                    eps_u, eps_c = b.eps_both(z, t, cond(i), i)
                 g = dataclasses.replace(g, x0_eps=eps_u + cfg * (eps_c - eps_u))
             if noise:  # NoiseCLR: eps + sum_k lambda_k (eps(z, d_k) - eps(z, ""))
                 with torch.no_grad():

@@ -1,4 +1,5 @@
-"""Learn directions: `steer learn hspace NAME --from A --to B` and `steer learn noiseclr --images DIR --k K`.
+"""Learn directions: `steer learn hspace NAME --from A --to B`, `steer learn noiseclr --images DIR --k K`
+and `steer learn prompt NAME --from A... --to B...`.
 
 hspace    Asyrp (reference/methods.md, section 4), the `--train_delta_h` variant with one global
           delta-h (C, h, w), which is what an edit applies. Source images are samples of the --from
@@ -8,6 +9,8 @@ hspace    Asyrp (reference/methods.md, section 4), the `--train_delta_h` variant
 noiseclr  NoiseCLR (section 5): K token embeddings, learned contrastively on a folder of images so
           that each one's noise difference eps(x_t, d_k) - eps(x_t, "") agrees with itself across
           images and differs from the other directions' on the same image.
+prompt    Pix2Pix-Zero (section 3): the mean text embedding of the --to sentences minus that of the
+          --from sentences; nothing is trained, so it takes seconds (sampler/prompt_directions.py).
 
 Like sampler/shapes/train.py: a tqdm bar; checkpoints (safetensors with the JSON state in their
 metadata, never pickle) every --ckpt-every steps in --work; --resume; and everything a function
@@ -38,6 +41,7 @@ from energies.x0 import CLIP_MODEL_ID, ClipScorer, directional_clip_energy
 
 from . import hspace as H
 from . import noise_directions as N
+from . import prompt_directions as PD
 from .guided import clip_x0, ddim_step, pred_x0
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -383,11 +387,73 @@ def learn_noiseclr(args, argv) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
+# prompt: Pix2Pix-Zero
+
+
+def read_sentences(path: Path) -> list[str]:
+    """One sentence per line; blank lines and lines starting with '#' are skipped."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise UsageError(f"cannot read sentences from {str(path)!r}: {e.strerror or e}") from None
+    return [x.strip() for x in lines if x.strip() and not x.lstrip().startswith("#")]
+
+
+def swap_word(sentence: str, old: str, new: str) -> str:
+    """The sentence with every whole word `old` replaced by `new`."""
+    return re.sub(rf"\b{re.escape(old)}\b", new, sentence)
+
+
+def sentence_sets(args) -> tuple[list[str], list[str]]:
+    sources = list(args.src or []) + (read_sentences(args.src_file) if args.src_file else [])
+    targets = list(args.dst or []) + (read_sentences(args.dst_file) if args.dst_file else [])
+    if not sources:
+        raise UsageError("no source sentences: give --from SENTENCE... or --from-file FILE")
+    if args.swap:
+        if targets:
+            raise UsageError("--swap makes the target sentences from the source ones: drop --to / --to-file")
+        old, new = args.swap
+        missing = [x for x in sources if swap_word(x, old, new) == x]
+        if missing:
+            raise UsageError(f"--swap {old} {new}: {missing[0]!r} has no word {old!r}")
+        targets = [swap_word(x, old, new) for x in sources]
+    if not targets:
+        raise UsageError("no target sentences: give --to SENTENCE..., --to-file FILE or --swap OLD NEW")
+    return sources, targets
+
+
+def learn_prompt(args, argv) -> int:
+    from .backbones import load_backbone
+
+    if not NAME.fullmatch(args.name):
+        raise UsageError(f"{args.name!r} cannot be a direction name: use letters, digits, '_' and '-', starting with a letter")
+    sources, targets = sentence_sets(args)
+    t0 = time.time()
+    b = load_backbone(args.model, device=args.device, dtype=args.dtype)
+    long = [x for x in sources + targets if len(b.tokenizer(x).input_ids) > b.tokenizer.model_max_length]
+    if long:
+        print(f"warning: {len(long)} sentence(s) are longer than the text encoder's {b.tokenizer.model_max_length} tokens "
+              f"and are cut, e.g. {long[0]!r}", file=sys.stderr)
+    tensors = PD.edit_direction(b, sources, targets)
+    out = Path(args.out) / f"{args.name}.safetensors"
+    D.save_direction(out, tensors, "prompt", D.backbone_id(b), {
+        "resolution": list(b.image_size()),
+        "recipe": _command(argv),
+        "method": "pix2pix-zero",
+        "from": sources, "to": targets,
+    })
+    print(f"wrote prompt direction {args.name!r} to {out} ({len(sources)} source and {len(targets)} target sentences, "
+          f"|delta| = {tensors['delta'].norm():.2f}, {time.time() - t0:.0f} s); "
+          f"use it with `keep attention` so the layout stays")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="steer learn", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="method", required=True, metavar="{hspace,noiseclr}")
+    sub = p.add_subparsers(dest="method", required=True, metavar="{hspace,noiseclr,prompt}")
 
     def common(q, work_default):
         q.add_argument("--model", default="shapes", help="shapes (default), a shapes folder, or a Stable Diffusion id / folder")
@@ -431,6 +497,23 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tau", type=float, default=0.5, help="temperature")
     c.set_defaults(func=learn_noiseclr)
     common(c, "runs/learn/noiseclr-FOLDER")
+
+    q = sub.add_parser("prompt", help="Pix2Pix-Zero: an edit direction in the prompt's embedding (--from -> --to sentences)",
+                       description="Make a Pix2Pix-Zero edit direction: the mean embedding of the target sentences minus that "
+                                   "of the source sentences. Use many sentences that differ in the edited word; on a small "
+                                   "causal text encoder (the shapes model's) put the word where your prompts have it, since "
+                                   "the direction is positional.")
+    q.add_argument("name", help="the direction's name (the file NAME.safetensors)")
+    q.add_argument("--from", dest="src", nargs="+", metavar="SENTENCE", help='source sentences, e.g. "a red circle" "a red square"')
+    q.add_argument("--to", dest="dst", nargs="+", metavar="SENTENCE", help="target sentences (as many as you like)")
+    q.add_argument("--from-file", dest="src_file", type=Path, help="more source sentences, one per line")
+    q.add_argument("--to-file", dest="dst_file", type=Path, help="more target sentences, one per line")
+    q.add_argument("--swap", nargs=2, metavar=("OLD", "NEW"), help="make the targets from the sources by replacing the word OLD with NEW")
+    q.add_argument("--model", default="shapes", help="shapes (default), a shapes folder, or a Stable Diffusion id / folder")
+    q.add_argument("--out", type=Path, default=Path("directions"), help="where the direction file is written (default ./directions)")
+    q.add_argument("--device", default="cpu")
+    q.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="Stable Diffusion weights (shapes: always fp32)")
+    q.set_defaults(func=learn_prompt)
     return p
 
 

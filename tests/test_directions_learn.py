@@ -1,5 +1,6 @@
 """Learned directions: the file format, the h-space hook and asymmetric step, NoiseCLR's token
-context, and `steer learn` on the shipped shapes model at tiny settings (resumed runs included)."""
+context, Pix2Pix-Zero's prompt directions, and `steer learn` on the shipped shapes model at tiny
+settings (resumed runs included)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from energies import directions as D
 from sampler import hspace as H
 from sampler import learn
 from sampler import noise_directions as N
+from sampler import prompt_directions as PD
 from sampler.backbones import StableDiffusionBackbone, load_backbone
 from sampler.guided import clip_x0, ddim_step, pred_x0
 from tiny import tiny_sd_pipeline
@@ -283,3 +285,90 @@ def test_learn_noiseclr_needs_two_images(tmp_path, capsys):
     images = _world_images(tmp_path / "one", n=1)
     assert _noiseclr(tmp_path, images, tmp_path / "w", 1) == 2
     assert "at least 2" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# Pix2Pix-Zero prompt directions
+
+
+@pytest.mark.parametrize("which", ["shapes", "tiny_sd"])
+def test_edit_direction_is_the_difference_of_mean_embeddings(which, request):
+    b = request.getfixturevalue(which)
+    E = lambda text: b.encode_prompt(text).cond[0]  # noqa: E731
+    one = PD.edit_direction(b, ["a red circle"], ["a green circle"], progress=False)
+    assert set(one) == {"delta"} and tuple(one["delta"].shape) == D.prompt_shape(b)
+    assert torch.allclose(one["delta"], E("a green circle") - E("a red circle"), atol=1e-6)
+    many = PD.edit_direction(b, ["a red circle", "a red square"], ["a green circle"], progress=False)
+    want = E("a green circle") - (E("a red circle") + E("a red square")) / 2  # sets of any sizes: means
+    assert torch.allclose(many["delta"], want, atol=1e-5)
+    assert one["delta"].abs().max() > 0
+    with pytest.raises(ValueError):
+        PD.edit_direction(b, [], ["a green circle"], progress=False)
+
+
+def test_shifted_moves_only_the_conditional_half(shapes):
+    cond = shapes.encode_prompt("a red circle and a blue square")
+    d1 = {"delta": torch.randn(D.prompt_shape(shapes), generator=torch.Generator().manual_seed(0))}
+    d2 = {"delta": torch.randn(D.prompt_shape(shapes), generator=torch.Generator().manual_seed(1))}
+    out = PD.shifted(cond, [(1.5, d1), (-0.5, d2)])
+    assert torch.allclose(out.cond, cond.cond + 1.5 * d1["delta"] - 0.5 * d2["delta"])
+    assert torch.equal(out.uncond, cond.uncond) and out is not cond
+    assert PD.shifted(cond, []) is cond
+    assert torch.equal(PD.shifted(cond, [(0.0, d1)]).cond, cond.cond)
+
+
+def test_shifted_adds_the_pooled_delta_on_sdxl(tmp_path):
+    from sampler.backbones import StableDiffusionXLBackbone
+    from tiny import tiny_sdxl_pipeline
+
+    b = StableDiffusionXLBackbone(tiny_sdxl_pipeline(tmp_path), "tiny-xl")
+    d = PD.edit_direction(b, ["a red circle"], ["a green circle"], progress=False)
+    assert set(d) == {"delta", "pooled"} and tuple(d["delta"].shape) == D.prompt_shape(b)
+    cond = b.encode_prompt("a red circle")
+    out = PD.shifted(cond, [(1.0, d)])
+    green = b.encode_prompt("a green circle")
+    assert torch.allclose(out.cond, green.cond, atol=1e-5)
+    assert torch.allclose(out.added["text_embeds"], green.added["text_embeds"], atol=1e-5)
+    assert torch.equal(out.added_uncond["text_embeds"], cond.added_uncond["text_embeds"])
+
+
+def test_a_prompt_direction_of_another_shape_is_refused(shapes, tiny_sd, tmp_path):
+    path = D.save_direction(tmp_path / "p.safetensors", {"delta": torch.zeros(D.prompt_shape(tiny_sd))}, "prompt", D.backbone_id(tiny_sd))
+    assert D.load_direction(path, tiny_sd).kind == "prompt"
+    wrong = D.save_direction(tmp_path / "q.safetensors", {"delta": torch.zeros(7, 32)}, "prompt", D.backbone_id(shapes))
+    with pytest.raises(SteerCompileError) as e:
+        D.load_direction(wrong, shapes)
+    assert "7x32" in e.value.message and "x".join(map(str, D.prompt_shape(shapes))) in e.value.message
+    assert "steer learn prompt" in e.value.hint
+    with pytest.raises(ValueError, match="delta"):
+        D.save_direction(tmp_path / "r.safetensors", {"embedding": torch.zeros(4)}, "prompt", "shapes:shapes")
+
+
+def test_learn_prompt_writes_the_direction_and_its_sentences(shapes, shapes_path, tmp_path, capsys):
+    (tmp_path / "more.txt").write_text("# source sentences\na red square\n\na red triangle and a blue circle\n")
+    argv = ["prompt", "red_to_green", "--from", "a red circle", "--from-file", str(tmp_path / "more.txt"),
+            "--swap", "red", "green", "--out", str(tmp_path / "out"), "--model", shapes_path]
+    assert learn.main(argv) == 0
+    out = tmp_path / "out" / "red_to_green.safetensors"
+    assert f"to {out}" in capsys.readouterr().out
+    d = D.load_direction(out, shapes)
+    assert d.kind == "prompt" and d.meta["method"] == "pix2pix-zero"
+    assert d.meta["from"] == ["a red circle", "a red square", "a red triangle and a blue circle"]
+    assert d.meta["to"] == ["a green circle", "a green square", "a green triangle and a blue circle"]
+    assert d.meta["recipe"].startswith("steer learn prompt red_to_green --from 'a red circle'")
+    want = PD.edit_direction(shapes, d.meta["from"], d.meta["to"], progress=False)["delta"]
+    assert torch.allclose(d.tensors["delta"], want, atol=1e-6)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--to", "a green circle"], "no source sentences"),
+    (["--from", "a red circle"], "no target sentences"),
+    (["--from", "a red circle", "--swap", "blue", "green"], "has no word 'blue'"),
+    (["--from", "a red circle", "--to", "a green circle", "--swap", "red", "green"], "drop --to"),
+    (["--from-file", "missing.txt", "--to", "a green circle"], "cannot read sentences"),
+])
+def test_learn_prompt_mistakes_are_usage_errors(argv, message, tmp_path, capsys):
+    assert learn.main(["prompt", "x", *argv, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("steer learn: error:") and message in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())

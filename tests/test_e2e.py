@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import dsl
+from dsl.errors import SteerCompileError
 from energies import defaults as D
 from sampler.shapes import world as W
 
@@ -116,6 +117,29 @@ def test_a_direction_within_a_region_acts_there(shapes_editor, name):
     everywhere, corner, circle = run(""), run(" within (0, 0, 0.1, 0.1)"), run(' within token "circle"')
     change = {k: np.abs(r.image - r.source_image).mean() for k, r in [("all", everywhere), ("corner", corner), ("circle", circle)]}
     assert change["corner"] < 0.25 * change["all"] and change["circle"] > change["corner"], change
+
+
+def test_prompt_direction_recolours_in_place_with_keep_attention(shapes_editor):
+    """The shipped Pix2Pix-Zero direction red_to_green: alone it redraws the scene as a new prompt
+    would (the green circle lands elsewhere); with `keep attention` (Pix2Pix-Zero's cross-attention
+    guidance) the circle turns green where it was. The full figure is `steer bench`."""
+    for seed in (3, 4):
+        def run(extra):
+            r = shapes_editor.run(dsl.compile(f'prompt "a red circle and a blue square"\nseed {seed}\nsteps 10\n{extra}'),
+                                  progress=False)
+            was, now = W.find(W.detect(r.source_image), "red"), W.find(W.detect(r.image), "green")
+            assert was is not None and now is not None, (seed, extra)
+            return math.dist(was.centroid, now.centroid)
+
+        kept, alone = run("direction red_to_green\nkeep attention"), run("direction red_to_green")
+        assert kept < 0.05 and alone > 0.1, (seed, kept, alone)
+
+
+def test_a_prompt_direction_cannot_act_within_a_region(shapes_editor):
+    with pytest.raises(SteerCompileError, match="prompt direction") as e:
+        shapes_editor.run(dsl.compile('prompt "a red circle and a blue square"\nsteps 2\ndirection red_to_green within token "circle"'),
+                          progress=False)
+    assert e.value.span is not None and e.value.span.line == 3
 
 
 def test_local_shift_is_masked_on_its_own_grid():

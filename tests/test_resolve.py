@@ -73,6 +73,16 @@ def test_defaults_and_weights_apply(word_tok):
     assert b.active(0.1) and b.active(0.49) and not b.active(0.5) and not b.active(0.05)
 
 
+def test_a_backbone_can_have_its_own_default(word_tok):
+    from energies.defaults import BACKBONE_TERMS, TERMS
+
+    prog = dsl.compile("keep attention * 2")
+    assert bind(prog, PROMPT, word_tok)[0].weight == 2 * TERMS["keep_attention"].weight  # Pix2Pix-Zero's 0.1
+    assert bind(prog, PROMPT, word_tok, backbone="sd")[0].weight == 2 * TERMS["keep_attention"].weight
+    shapes = bind(prog, PROMPT, word_tok, backbone="shapes")[0]
+    assert shapes.weight == 2 * BACKBONE_TERMS["shapes"]["keep_attention"].weight and shapes.weight != 2 * TERMS["keep_attention"].weight
+
+
 def test_unknown_direction_lists_known_ones(word_tok, tmp_path):
     prog = dsl.compile(dsl.parse("direction smiel", "x.edit"))
     with pytest.raises(dsl.SteerCompileError) as info:
