@@ -187,8 +187,9 @@ class Drag(TermBase):
 
 
 class Direction(TermBase):
-    """direction NAME * s: a learned direction (h-space or noise space), found by name. `within`:
-    it acts only on that object (token) or box; elsewhere the sampler is left as it was."""
+    """direction NAME * s: a learned direction (h-space, noise space or the prompt embedding), found
+    by name. `within`: it acts only on that object (token) or box; elsewhere the sampler is left as
+    it was (h-space and noise directions; a prompt direction acts on the whole prompt)."""
 
     kind: Literal["direction"] = "direction"
     name: str
