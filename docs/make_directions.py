@@ -14,7 +14,8 @@ import numpy as np
 import dsl
 from sampler.editor import Editor, write_png
 
-DIRECTIONS = ["circle_to_square", "green", "smaller", "red_to_green", "red_to_green + keep attention"]
+DIRECTIONS = ["circle_to_square", "green", "smaller", "red_to_green", "red_to_green + keep attention",
+              "circle_to_square_p2p + keep attention"]
 SEEDS = [0, 1, 2, 3]
 
 root = Path(__file__).resolve().parent.parent

@@ -32,15 +32,16 @@ CIRCLE, SQUARE = "red", "blue"
 GREEN_PROMPT = "a green circle and a blue square"  # what the recolouring tasks ask for
 STYLE_IMAGE = "style_green_circle.png"  # a world image of a green circle, written into the output folder
 # The shipped directions and what each should do to the red circle (see README, "Directions"):
-# (script, what the detector should see). red_to_green is a Pix2Pix-Zero prompt direction, alone
-# (it redraws the scene as "a green circle ..." would) and with the cross-attention guidance that
-# keeps the layout, as Pix2Pix-Zero uses it.
+# (script, what the detector should see). red_to_green and circle_to_square_p2p are Pix2Pix-Zero
+# prompt directions, shown with the cross-attention guidance that keeps the layout, as
+# Pix2Pix-Zero uses them (and red_to_green alone: it redraws the scene as a new prompt would).
 DIRECTIONS = [
     ("direction circle_to_square", {"shape": "square"}),
     ("direction green", {"colour": "green"}),
     ("direction smaller", {"shrink": True}),
     ("direction red_to_green", {"colour": "green"}),
     ("direction red_to_green\nkeep attention", {"colour": "green"}),
+    ("direction circle_to_square_p2p\nkeep attention", {"shape": "square"}),
 ]
 
 
