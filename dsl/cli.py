@@ -1,4 +1,4 @@
-"""The `steer` command line (also `python -m dsl`): run, check, fmt, repl, bench.
+"""The `steer` command line (also `python -m dsl`): run, check, fmt, repl, directions, learn, bench.
 
 A user's mistake prints `file:line:col: error: message`, the line with a caret and a hint, and
 exits with status 2, without a traceback.
@@ -164,6 +164,16 @@ def cmd_repl(args) -> int:
     return Repl(args.script, model=args.model, device=args.device, dtype=args.dtype, low_memory=args.low_memory).loop()
 
 
+def cmd_directions(args) -> int:
+    from energies import directions
+    from sampler.shapes import model as shapes_model
+
+    model_dir = shapes_model.resolve(args.model or "shapes")
+    here = Path(args.script).parent if args.script else Path.cwd()
+    print("\n".join(directions.listing(directions.search_path(here, model_dir))))
+    return 0
+
+
 def cmd_bench(args) -> int:
     from sampler.bench import main as bench_main
 
@@ -219,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
                         add_help=False)
     lp.add_argument("rest", nargs=argparse.REMAINDER)
     lp.set_defaults(func=cmd_learn)
+
+    d = sub.add_parser("directions", help="list the learned directions a script can use, and what each is")
+    d.add_argument("script", nargs="?", help="look next to this script too (default: the current folder)")
+    d.add_argument("--model", help='"shapes" (default) or a shapes model folder: its shipped directions')
+    d.set_defaults(func=cmd_directions)
 
     b = sub.add_parser("bench", help="measure edit quality and cost on the shapes world")
     b.add_argument("--quick", action="store_true", help="a smoke run: few seeds and steps")

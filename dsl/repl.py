@@ -30,10 +30,11 @@ Commands:
     :auto on|off       re-run after every change (default on)
     :out PATH          where images go (default repl.png and repl-source.png)
     :save PATH         write the program as an .edit script (never over an existing file)
+    :directions        the learned directions `direction NAME` can use, and what each is
     :help              this text
     :quit              leave (also Ctrl-D)"""
 
-COMMANDS = (":run", ":list", ":rm", ":weight", ":window", ":clear", ":auto", ":out", ":save", ":help", ":quit")
+COMMANDS = (":run", ":list", ":rm", ":weight", ":window", ":clear", ":auto", ":out", ":save", ":directions", ":help", ":quit")
 KEYWORDS = ("prompt", "negative", "seed", "steps", "cfg", "centroid", "size", "shape", "appearance", "keep", "direction", "token",
             "layout", "attention", "via", "clip", "from", "style", "image", "structure", "pixels", "inside", "outside",
             "drag", "within")
@@ -144,6 +145,12 @@ class Repl:
                 raise ValueError(f"{path} exists; choose another name")
             path.write_text(fmt(self.program))
             print(f"wrote {path}")
+        elif cmd == ":directions":
+            from energies import directions
+            from sampler.shapes import model as shapes_model
+
+            model_dir = shapes_model.resolve(self.program.settings.model or "shapes")
+            print("\n".join(directions.listing(directions.search_path(self.script_dir, model_dir))))
         else:
             raise ValueError(f"unknown command {line!r}; :help lists them")
         if changed:

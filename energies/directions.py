@@ -49,6 +49,43 @@ def find(term, paths) -> Path:
     )
 
 
+def describe(d: "Direction") -> str:
+    """One line on what a direction is, from its metadata: kind, method and what it was made from."""
+    m = d.meta
+
+    def sentences(key):
+        v = m.get(key)
+        if isinstance(v, list):
+            return f'"{v[0]}"' + (f" (+{len(v) - 1} more)" if len(v) > 1 else "") if v else "?"
+        return f'"{v}"' if v else "?"
+
+    if d.kind == "hspace":
+        what = f"h-space (Asyrp): {sentences('from')} -> {sentences('to')}"
+    elif d.kind == "prompt":
+        what = f"prompt (Pix2Pix-Zero): {sentences('from')} -> {sentences('to')}; use with keep attention"
+    else:
+        what = "noise (NoiseCLR)" + (f": direction {m['index']} of {m['k']} found in {m.get('images', '?')}" if "index" in m else "")
+    return f"{what}; learned on {m.get('backbone', '?')}"
+
+
+def listing(paths) -> list[str]:
+    """`name  description` for every direction on the search path, grouped by folder; a name that an
+    earlier folder already has is marked as hidden by it."""
+    lines, seen = [], set()
+    for folder in paths:
+        files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+        lines.append(f"{folder}:" + ("" if files else " (none)"))
+        for f in files:
+            try:
+                text = describe(read_direction(f))
+            except SteerCompileError as e:
+                text = f"unreadable: {e.message}"
+            hidden = "  [hidden by an earlier folder]" if f.stem in seen else ""
+            seen.add(f.stem)
+            lines.append(f"  {f.stem:<24} {text}{hidden}")
+    return lines
+
+
 # ----------------------------------------------------------------------------------------------
 # Direction files: what `steer learn` writes and an editor reads.
 #

@@ -36,6 +36,29 @@ def test_design_card_example_fails_on_the_unknown_direction(tmp_path, shapes_pat
     assert "2:57: error: unknown direction 'smile'" in err and "known directions" in err
 
 
+def test_directions_lists_the_search_path_and_what_each_is(tmp_path, shapes_path, monkeypatch, capsys):
+    import torch
+
+    from energies import directions as D
+
+    monkeypatch.setenv("STEER_DIRECTIONS", str(tmp_path / "user"))
+    script = write(tmp_path, "s.edit", MOVE)
+    mine = D.save_direction(tmp_path / "directions" / "green.safetensors", {"delta": torch.zeros(2, 2)}, "prompt", "shapes:shapes",
+                            {"from": ["a red circle", "a red square"], "to": ["a green circle", "a green square"]})
+    (tmp_path / "directions" / "broken.safetensors").write_bytes(b"not a safetensors file")
+    assert main(["directions", str(script), "--model", shapes_path]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{mine.parent}:" and out[3] == f"{tmp_path / 'user'}: (none)"
+    assert out[1].split()[0] == "broken" and "unreadable" in out[1]
+    assert out[2].split()[0] == "green" and 'prompt (Pix2Pix-Zero): "a red circle" (+1 more) -> "a green circle" (+1 more)' in out[2]
+    shipped = {line.split()[0]: line for line in out[5:]}
+    from sampler.shapes.model import resolve
+
+    assert out[4] == f"{resolve(shapes_path) / 'directions'}:"
+    assert "[hidden by an earlier folder]" in shipped["green"] and "noise (NoiseCLR)" in shipped["green"]
+    assert "h-space (Asyrp)" in shipped["circle_to_square"] and "hidden" not in shipped["circle_to_square"]
+
+
 def test_syntax_error_exit_code_in_a_real_process(tmp_path):
     p = write(tmp_path, "syntax.edit", 'centroid("circle") -> (0.7, 0.5)\n')
     proc = subprocess.run([sys.executable, "-m", "dsl", "check", str(p)], capture_output=True, text=True)

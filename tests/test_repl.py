@@ -37,6 +37,15 @@ def test_repl_loop_reports_mistakes_and_goes_on(tmp_path, shapes_path, monkeypat
     assert "[1] keep layout" in out
 
 
+def test_repl_lists_directions(tmp_path, shapes_path, monkeypatch, capsys):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(":directions\n"))
+    assert Repl(model=shapes_path, out=str(tmp_path / "r.png")).loop() == 0
+    out = capsys.readouterr().out
+    assert "red_to_green" in out and "prompt (Pix2Pix-Zero)" in out and "h-space (Asyrp)" in out
+
+
 def test_completion_offers_keywords_and_prompt_words(shapes_path):
     repl = Repl(model=shapes_path)
     repl.handle(':auto off')
