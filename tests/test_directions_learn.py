@@ -372,3 +372,29 @@ def test_learn_prompt_mistakes_are_usage_errors(argv, message, tmp_path, capsys)
     err = capsys.readouterr().err
     assert err.startswith("steer learn: error:") and message in err and "Traceback" not in err
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("which", ["sd", "sdxl"])
+def test_prompt_direction_runs_on_latent_pipelines(which, tmp_path):
+    """The editor's path for a prompt direction on SD (77-token context) and SDXL (two encoders and
+    a pooled embedding): weight 0 is the source pass exactly; weight 1 changes the image."""
+    import dsl
+    from sampler.backbones import StableDiffusionXLBackbone
+    from sampler.editor import Editor
+    from tiny import tiny_sdxl_pipeline
+
+    if which == "sd":
+        b = StableDiffusionBackbone(tiny_sd_pipeline(tmp_path / "build"), "tiny-sd")
+    else:
+        b = StableDiffusionXLBackbone(tiny_sdxl_pipeline(tmp_path / "build"), "tiny-xl")
+    tensors = PD.edit_direction(b, ["a photo of a dog"], ["a photo of a red dog"], progress=False)
+    D.save_direction(tmp_path / "directions" / "redder.safetensors", tensors, "prompt", D.backbone_id(b))
+    editor = Editor(b)
+
+    def run(extra):
+        return editor.run(dsl.compile(f'prompt "a photo of a dog"\nsteps 3\n{extra}'), progress=False, script_dir=tmp_path)
+
+    zero, one, kept = run("direction redder * 0"), run("direction redder"), run("direction redder\nkeep attention")
+    assert np.abs(zero.image - zero.source_image).max() < 1e-5
+    assert np.abs(one.image - one.source_image).max() > 1e-4
+    assert np.isfinite(kept.image).all() and not np.array_equal(kept.image, one.image)
