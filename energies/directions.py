@@ -92,7 +92,8 @@ def listing(paths) -> list[str]:
 # One safetensors file per direction. Its tensors depend on the kind:
 #   hspace  "delta_h"    (C, h, w) float32: Asyrp's global delta-h, added to the UNet mid-block output
 #           or (N, C, h, w) with "timesteps" (N,) int64: one delta-h per training timestep
-#   noise   "embedding"  (D,) float32: NoiseCLR's token embedding in the text encoder's input table
+#   noise   "embedding"  (W,) float32: NoiseCLR's token embedding in the text encoder's input table
+#           (SDXL: [row of text_encoder; row of text_encoder_2], W = 768 + 1280)
 #   prompt  "delta"      (T, D) float32: Pix2Pix-Zero's edit direction, added to the prompt's
 #           encoder hidden states; SDXL files also carry "pooled" (P,), added to the pooled embedding
 # Its safetensors metadata has one key, "steer", a JSON object with at least
@@ -129,8 +130,11 @@ def hspace_shape(unet) -> tuple[int, int, int]:
 
 
 def noise_width(backbone) -> int:
-    """D of a NoiseCLR direction: the width of the text encoder's input-embedding table."""
-    return int(backbone.text_encoder.get_input_embeddings().weight.shape[1])
+    """W of a NoiseCLR direction: the width of the text encoder's input-embedding table (on SDXL,
+    of both tables: the direction is a row of each, concatenated)."""
+    from sampler.noise_directions import widths
+
+    return sum(widths(backbone))
 
 
 def prompt_shape(backbone) -> tuple[int, int]:

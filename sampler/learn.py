@@ -301,8 +301,6 @@ def learn_noiseclr(args, argv) -> int:
         raise UsageError("--k must be at least 2: a direction is learned against the others")
     torch.manual_seed(args.seed)
     b = load_backbone(args.model, device=args.device, dtype=args.dtype)
-    if b.kind == "sdxl":
-        raise UsageError("NoiseCLR on SDXL (two text encoders) is not supported yet; use a shapes or SD 1.x/2.x model")
     files, images = load_images(Path(args.images), b.image_size())
     with torch.no_grad():
         latents = torch.cat([b.encode(images[i : i + 8]) for i in range(0, len(images), 8)]).float()
@@ -316,9 +314,11 @@ def learn_noiseclr(args, argv) -> int:
 
     # NoiseCLR starts from random rows; drawn here with the table's own per-dimension mean and
     # spread, so a new token starts among the words, not far outside them.
-    table = b.text_encoder.get_input_embeddings().weight.detach().float().cpu()
+    # On SDXL a direction is a row of each encoder's table, concatenated, each drawn from its own.
+    tables = [enc.get_input_embeddings().weight.detach().float().cpu() for _, enc in N.encoders(b)]
+    mean, std = torch.cat([t.mean(0) for t in tables]), torch.cat([t.std(0) for t in tables])
     g = torch.Generator().manual_seed(args.seed)
-    init = table.mean(0) + table.std(0) * torch.randn((K, table.shape[1]), generator=g)
+    init = mean + std * torch.randn((K, mean.shape[0]), generator=g)
     emb = torch.nn.Parameter(init.to(b.device))
     opt = torch.optim.AdamW([emb], lr=args.lr, weight_decay=args.weight_decay)
     ctx_empty = N.empty_context(b)
@@ -355,9 +355,10 @@ def learn_noiseclr(args, argv) -> int:
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
 
         with torch.no_grad():
-            eps_empty = b.eps(xt, t, ctx_empty.expand(batch, -1, -1))
-        ctx = N.direction_context(b, emb[[k, *negs]])  # (1 + L, T, D): the chosen direction first
-        eps = b.eps(xt.repeat(1 + n_neg, 1, 1, 1), t, ctx.repeat_interleave(batch, 0))  # direction-major rows
+            empty = ctx_empty.batch(batch)
+            eps_empty = b.eps(xt, t, empty.hidden, empty.added)
+        ctx = N.direction_context(b, emb[[k, *negs]]).rows(batch)  # (1 + L) * batch rows, the chosen direction first
+        eps = b.eps(xt.repeat(1 + n_neg, 1, 1, 1), t, ctx.hidden, ctx.added)  # direction-major rows
         delta = F.normalize((eps.view(1 + n_neg, batch, -1) - eps_empty.view(1, batch, -1)), dim=-1)
         loss = noiseclr_loss(delta[0], delta[1:], args.tau)
         opt.zero_grad(set_to_none=True)

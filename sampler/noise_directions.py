@@ -12,28 +12,62 @@ The tokenizer and the embedding table are never changed. The installed transform
 CLIPTextModel takes no `inputs_embeds`, so the token's row is swapped in by a forward hook on the
 input-embedding module, for one call, removed in a `finally`: the placeholder position's output is
 replaced by the embedding, which keeps the context differentiable w.r.t. it (training needs that).
+
+SDXL conditions on two text encoders (their penultimate hidden states, concatenated) and on the
+second one's pooled projection. NoiseCLR was published on SD 1.5; steer's SDXL direction is one
+token in both tables, stored as one vector [row of encoder 1; row of encoder 2], and conditions
+the UNet as a prompt of that token would: both hidden states, its pooled embedding, the model's
+size ids. Its eps(z_t, "") is the empty prompt's own embedding, as NoiseCLR's is on SD.
 """
 
 from __future__ import annotations
 
 import contextlib
+from typing import NamedTuple
 
 import torch
 
 PLACEHOLDER = 1  # the token's position: right after BOS
 
 
-def _encoder(backbone):
-    if backbone.kind == "sdxl":  # two text encoders and a pooled embedding: a direction would be two rows
-        raise NotImplementedError("NoiseCLR directions are not supported on SDXL yet (two text encoders); use a shapes or SD 1.x/2.x model")
-    return backbone.text_encoder
+class Context(NamedTuple):
+    """What a prompt conditions the UNet with: hidden states (K, T, D) and, on SDXL, the added
+    conditions (text_embeds (K, P), time_ids (K, 6)); {} elsewhere."""
+
+    hidden: torch.Tensor
+    added: dict
+
+    def rows(self, n: int) -> "Context":
+        """Each of the K rows repeated n times in a row (direction-major batches)."""
+        return Context(self.hidden.repeat_interleave(n, 0), {k: v.repeat_interleave(n, 0) for k, v in self.added.items()})
+
+    def batch(self, n: int) -> "Context":
+        """A one-row context broadcast to n rows."""
+        return Context(self.hidden.expand(n, -1, -1), {k: v.expand(n, -1) for k, v in self.added.items()})
+
+    @staticmethod
+    def cat(parts: list["Context"]) -> "Context":
+        return Context(torch.cat([c.hidden for c in parts]), {k: torch.cat([c.added[k] for c in parts]) for k in parts[0].added})
 
 
-def direction_ids(backbone) -> list[int]:
+def encoders(backbone) -> list[tuple[object, object]]:
+    """(tokenizer, text encoder) pairs whose input tables a direction has a row in."""
+    pairs = [(backbone.tokenizer, backbone.text_encoder)]
+    if backbone.kind == "sdxl":
+        pairs.append((backbone.tokenizer_2, backbone.text_encoder_2))
+    return pairs
+
+
+def widths(backbone) -> list[int]:
+    """The width of each encoder's input-embedding table: a direction is their concatenation."""
+    return [int(enc.get_input_embeddings().weight.shape[1]) for _, enc in encoders(backbone)]
+
+
+def direction_ids(tokenizer) -> list[int]:
     """The ids of the one-token prompt: the tokenizer's own "" (BOS, EOS, padding) with a
     placeholder after BOS. The placeholder is BOS's id: its embedding is replaced anyway, and an
     id below EOS's keeps CLIP's EOS pooling (argmax of the ids, or the first EOS) on the real EOS."""
-    empty = backbone.token_ids("")
+    empty = tokenizer("", padding="max_length", max_length=tokenizer.model_max_length, truncation=True).input_ids
     return [empty[0], empty[0], *empty[1:-1]]
 
 
@@ -54,28 +88,38 @@ def swapped_token(text_encoder, embeddings: torch.Tensor, position: int = PLACEH
         handle.remove()
 
 
-def direction_context(backbone, embedding: torch.Tensor) -> torch.Tensor:
-    """Encoder hidden states of the one-token prompt "<d>": (1, T, D) for an embedding (D,),
-    (K, T, D) for K embeddings (K, D) at once. Differentiable w.r.t. `embedding`; the text
-    encoder's weights may stay frozen."""
-    encoder = _encoder(backbone)
+def direction_context(backbone, embedding: torch.Tensor) -> Context:
+    """The conditioning of the one-token prompt "<d>": hidden (1, T, D) for an embedding (W,), or
+    (K, T, D) for K embeddings (K, W) at once. Differentiable w.r.t. `embedding`; the text
+    encoders' weights may stay frozen."""
     emb = embedding[None] if embedding.dim() == 1 else embedding
-    ids = torch.tensor([direction_ids(backbone)], device=backbone.device).expand(emb.shape[0], -1)
-    with swapped_token(encoder, emb):
-        return encoder(ids)[0]  # last hidden state, as Backbone.encode_prompt conditions on
+    if backbone.kind != "sdxl":
+        ((tok, enc),) = encoders(backbone)
+        ids = torch.tensor([direction_ids(tok)], device=backbone.device).expand(emb.shape[0], -1)
+        with swapped_token(enc, emb):
+            return Context(enc(ids)[0], {})  # last hidden state, as Backbone.encode_prompt conditions on
+    hidden, pooled = [], None
+    for (tok, enc), part in zip(encoders(backbone), emb.split(widths(backbone), dim=-1)):
+        ids = torch.tensor([direction_ids(tok)], device=backbone.device).expand(emb.shape[0], -1)
+        with swapped_token(enc, part):
+            out = enc(ids, output_hidden_states=True)
+        hidden.append(out.hidden_states[-2])  # as StableDiffusionXLBackbone._embed_xl
+        pooled = out[0]  # the second encoder's pooled projection
+    ids = backbone._time_ids().expand(emb.shape[0], -1)
+    return Context(torch.cat(hidden, dim=-1), {"text_embeds": pooled, "time_ids": ids})
 
 
-def empty_context(backbone) -> torch.Tensor:
-    """Hidden states of "" (NoiseCLR's unconditional prompt), (1, T, D), no graph."""
+def empty_context(backbone) -> Context:
+    """The conditioning of "" (NoiseCLR's unconditional prompt), one row, no graph."""
     with torch.no_grad():
-        return _encoder(backbone)(torch.tensor([backbone.token_ids("")], device=backbone.device))[0]
+        c = backbone.encode_prompt("")
+    return Context(c.cond, dict(c.added))
 
 
-def noise_direction_eps(backbone, z: torch.Tensor, t: int, ctx_dir: torch.Tensor, ctx_empty: torch.Tensor) -> torch.Tensor:
-    """eps(z_t, d) - eps(z_t, ""), from one batched forward. z (B, ...); contexts (1 or B, T, D).
-    An editor that already has eps(z_t, "") from classifier-free guidance (empty negative prompt)
-    needs only the eps(z_t, d) half: one extra UNet row per direction."""
+def noise_direction_eps(backbone, z: torch.Tensor, t: int, ctx_dir: Context, ctx_empty: Context) -> torch.Tensor:
+    """eps(z_t, d) - eps(z_t, ""), from one batched forward. z (B, ...); contexts of 1 or B rows."""
     B = z.shape[0]
-    ctx = torch.cat([ctx_dir.expand(B, -1, -1), ctx_empty.expand(B, -1, -1)])
-    eps_d, eps_0 = backbone.eps(torch.cat([z, z]), t, ctx).chunk(2)
+    both = Context.cat([ctx_dir.batch(B) if ctx_dir.hidden.shape[0] == 1 else ctx_dir,
+                        ctx_empty.batch(B) if ctx_empty.hidden.shape[0] == 1 else ctx_empty])
+    eps_d, eps_0 = backbone.eps(torch.cat([z, z]), t, both.hidden, both.added).chunk(2)
     return eps_d - eps_0

@@ -176,30 +176,53 @@ def test_windows_and_tables():
 # NoiseCLR
 
 
-@pytest.mark.parametrize("which,word", [("shapes", "red"), ("tiny_sd", "red</w>")])
+@pytest.fixture(scope="module")
+def tiny_sdxl(tmp_path_factory):
+    from sampler.backbones import StableDiffusionXLBackbone
+    from tiny import tiny_sdxl_pipeline
+
+    return StableDiffusionXLBackbone(tiny_sdxl_pipeline(tmp_path_factory.mktemp("xl")), "tiny-xl")
+
+
+def _word_rows(b, word):
+    """The input-embedding rows of `word` in each of the backbone's text encoders, concatenated."""
+    return torch.cat([enc.get_input_embeddings().weight[tok.convert_tokens_to_ids(word)].detach().clone()
+                      for tok, enc in N.encoders(b)])
+
+
+@pytest.mark.parametrize("which,word", [("shapes", "red"), ("tiny_sd", "red</w>"), ("tiny_sdxl", "red</w>")])
 def test_direction_context_is_the_one_token_prompt_and_leaves_the_model_alone(which, word, request):
     b = request.getfixturevalue(which)
-    table = b.text_encoder.get_input_embeddings().weight
-    before, vocab = table.detach().clone(), dict(b.tokenizer.get_vocab())
-    row = table[b.tokenizer.convert_tokens_to_ids(word)].detach().clone()
-    # the embedding of a real word gives exactly the hidden states of the prompt of that word
+    tables = [enc.get_input_embeddings().weight for _, enc in N.encoders(b)]
+    before, vocab = [t.detach().clone() for t in tables], dict(b.tokenizer.get_vocab())
+    row = _word_rows(b, word)
+    assert row.shape == (D.noise_width(b),)
+    # the embedding of a real word gives exactly the conditioning of the prompt of that word
     ctx = N.direction_context(b, row)
-    assert torch.allclose(ctx, b.encode_prompt(word.replace("</w>", "")).cond, atol=1e-5)
+    prompt = b.encode_prompt(word.replace("</w>", ""))
+    assert torch.allclose(ctx.hidden, prompt.cond, atol=1e-5)
+    assert set(ctx.added) == set(prompt.added)
+    for k in ctx.added:  # SDXL: the pooled embedding and the size ids
+        assert torch.allclose(ctx.added[k].float(), prompt.added[k].float(), atol=1e-5), k
     # differentiable w.r.t. the embedding, K at once
     emb = torch.randn(3, row.shape[0], generator=torch.Generator().manual_seed(0)).mul(0.02).requires_grad_(True)
     ctx3 = N.direction_context(b, emb)
-    assert ctx3.shape == (3, *ctx.shape[1:])
-    (g,) = torch.autograd.grad(ctx3[1].square().sum(), emb)
+    assert ctx3.hidden.shape == (3, *ctx.hidden.shape[1:])
+    (g,) = torch.autograd.grad(ctx3.hidden[1].square().sum(), emb)
     assert g[1].abs().sum() > 0 and g[0].abs().sum() == 0 and g[2].abs().sum() == 0
-    assert torch.equal(table, before) and not table.requires_grad
+    if b.kind == "sdxl":  # both encoders' halves of the row condition the UNet
+        w1 = N.widths(b)[0]
+        assert g[1, :w1].abs().sum() > 0 and g[1, w1:].abs().sum() > 0
+    assert all(torch.equal(t, t0) and not t.requires_grad for t, t0 in zip(tables, before))
     assert dict(b.tokenizer.get_vocab()) == vocab and len(b.tokenizer) == len(vocab)
-    assert len(b.text_encoder.get_input_embeddings()._forward_hooks) == 0
+    assert all(len(enc.get_input_embeddings()._forward_hooks) == 0 for _, enc in N.encoders(b))
     # the noise difference of a direction is eps(z, d) - eps(z, "")
     z = torch.randn((2, *b.latent_shape()), generator=torch.Generator().manual_seed(1))
     empty = N.empty_context(b)
     with torch.no_grad():
         diff = N.noise_direction_eps(b, z, 300, ctx, empty)
-        want = b.eps(z, 300, ctx.expand(2, -1, -1)) - b.eps(z, 300, empty.expand(2, -1, -1))
+        d2, e2 = ctx.batch(2), empty.batch(2)
+        want = b.eps(z, 300, d2.hidden, d2.added) - b.eps(z, 300, e2.hidden, e2.added)
     assert torch.allclose(diff, want, atol=1e-5) and diff.abs().max() > 0
 
 
@@ -272,7 +295,7 @@ def test_learn_noiseclr_writes_k_directions_and_resumes(shapes, shapes_path, tmp
     full = [D.load_direction(f, shapes) for f in files]
     assert all(d.kind == "noise" and d.tensors["embedding"].shape == (D.noise_width(shapes),) for d in full)
     assert full[1].meta["index"] == 1 and full[1].meta["k"] == 3 and full[1].meta["recipe"].startswith("steer learn noiseclr")
-    N.direction_context(shapes, full[0].tensors["embedding"])  # usable as it is
+    N.direction_context(shapes, full[0].tensors["embedding"]).hidden  # usable as it is
 
     assert _noiseclr(tmp_path, images, tmp_path / "w_part", 1, "--model", shapes_path) == 0
     assert _noiseclr(tmp_path, images, tmp_path / "w_part", 2, "--model", shapes_path, "--resume") == 0
@@ -398,3 +421,30 @@ def test_prompt_direction_runs_on_latent_pipelines(which, tmp_path):
     assert np.abs(zero.image - zero.source_image).max() < 1e-5
     assert np.abs(one.image - one.source_image).max() > 1e-4
     assert np.isfinite(kept.image).all() and not np.array_equal(kept.image, one.image)
+
+
+def test_noiseclr_learns_and_edits_on_sdxl(tmp_path, capsys):
+    """NoiseCLR on a tiny SDXL pipeline saved to disk: `steer learn noiseclr` learns rows for both
+    text encoders, and `direction NAME` runs through the editor (weight 0: the source exactly)."""
+    import dsl
+    from sampler.editor import Editor
+    from tiny import tiny_sdxl_pipeline
+
+    tiny_sdxl_pipeline(tmp_path / "build").save_pretrained(tmp_path / "xl", safe_serialization=True)
+    images = _world_images(tmp_path / "images")
+    assert _noiseclr(tmp_path, images, tmp_path / "work", 2, "--model", str(tmp_path / "xl")) == 0
+    b = load_backbone(str(tmp_path / "xl"))
+    d = D.load_direction(tmp_path / "dirs" / "noiseclr_01.safetensors", b)
+    assert b.kind == "sdxl" and d.tensors["embedding"].shape == (sum(N.widths(b)),) and len(N.widths(b)) == 2
+    assert D.backbone_id(b) == d.meta["backbone"]
+
+    (tmp_path / "dirs").rename(tmp_path / "directions")  # next to the script: found by name
+    editor = Editor(b)
+
+    def run(weight):
+        return editor.run(dsl.compile(f'prompt "a photo of a dog"\nsteps 3\ndirection noiseclr_01 * {weight}'),
+                          progress=False, script_dir=tmp_path)
+
+    zero, one = run(0), run(1)
+    assert np.abs(zero.image - zero.source_image).max() < 1e-5
+    assert np.abs(one.image - one.source_image).max() > 1e-4
