@@ -358,9 +358,9 @@ class Editor:
         last_maps: dict = {}
         self._prepare(bound, settings, script_dir)
         others = [x for x in bound if x.kind != "drag"]
-        cond = self._conditioning(others, src.cond, len(timesteps))
-        guide = self._guide(others, src, cond, len(timesteps), curves, last_maps, settings.cfg) if others else None
-        denoise = self._denoiser(cond, settings.cfg)
+        cond_at = self._conditioning(others, src.cond, len(timesteps))
+        guide = self._guide(others, src, cond_at, len(timesteps), curves, last_maps, settings.cfg) if others else None
+        denoise = self._denoiser(cond_at, settings.cfg)
         drags = [x for x in bound if x.kind == "drag" and x.weight != 0]
         plan = DragPlan(b, drags, src, timesteps, progress) if drags else None
         if plan is not None:  # DragNoise: optimise the bottleneck at one step, substitute it afterwards
@@ -482,7 +482,8 @@ class Editor:
 
         return at
 
-    def _guide(self, bound: list[BoundTerm], src: SourcePass, cond, steps: int, curves, last_maps, cfg: float):
+    def _guide(self, bound: list[BoundTerm], src: SourcePass, cond_at, steps: int, curves, last_maps, cfg: float):
+        """The edit pass's guide(i, t, z); cond_at(i) is step i's Conditioning (see _conditioning)."""
         b = self.backbone
         boost = D.HSPACE_BOOST and any(x.kind == "direction" and x.extra["direction"].kind == "hspace" and x.weight != 0 for x in bound)
         regions = self._regions([x for x in bound if x.kind == "direction"], src)
@@ -490,13 +491,13 @@ class Editor:
         def guide(i, t, z):
             active = [x for x in bound if x.active(i / steps)]
             energies = [x for x in active if x.kind != "direction"]
-            g = self._energy_guidance(energies, z, i, t, src, cond(i), curves, last_maps)
+            g = self._energy_guidance(energies, z, i, t, src, cond_at(i), curves, last_maps)
             hspace = [x for x in active if x.kind == "direction" and x.extra["direction"].kind == "hspace"]
             noise = [x for x in active if x.kind == "direction" and x.extra["direction"].kind == "noise"]
             if hspace:  # Asyrp: x0 from the eps of an h-shifted forward; the step's direction keeps the original eps
                 delta = sum(x.weight * x.extra["scale"] * local(x.extra["delta"].at(t).to(z), regions[id(x)]) for x in hspace)
                 with torch.no_grad(), H.shifting(b.unet, delta):
-                    eps_u, eps_c = b.eps_both(z, t, cond(i), i)
+                    eps_u, eps_c = b.eps_both(z, t, cond_at(i), i)
                 g = dataclasses.replace(g, x0_eps=eps_u + cfg * (eps_c - eps_u))
             if noise:  # NoiseCLR: eps + sum_k lambda_k (eps(z, d_k) - eps(z, ""))
                 with torch.no_grad():
