@@ -147,10 +147,8 @@ class Repl:
             print(f"wrote {path}")
         elif cmd == ":directions":
             from energies import directions
-            from sampler.shapes import model as shapes_model
 
-            model_dir = shapes_model.resolve(self.program.settings.model or "shapes")
-            print("\n".join(directions.listing(directions.search_path(self.script_dir, model_dir))))
+            print("\n".join(directions.listing(self._direction_paths())))
         else:
             raise ValueError(f"unknown command {line!r}; :help lists them")
         if changed:
@@ -170,13 +168,24 @@ class Repl:
             self.run()
         return True
 
+    def _direction_paths(self) -> list[Path]:
+        from energies import directions
+        from sampler.shapes import model as shapes_model
+
+        return directions.search_path(self.script_dir, shapes_model.resolve(self.program.settings.model or "shapes"))
+
     # -- the loop ------------------------------------------------------------------------------
 
     def _completer(self):
+        from energies import directions
         from energies.resolve import prompt_words
 
+        names: list[str] = []  # direction names, read from their folders once per completion
+
         def complete(text, state):
-            words = list(COMMANDS) + list(KEYWORDS)
+            if state == 0:  # readline asks for match 0, 1, 2 ... of one completion
+                names[:] = directions.known(self._direction_paths())
+            words = list(COMMANDS) + list(KEYWORDS) + names
             if self.program.settings.prompt:
                 words += [f'"{w}"' for w, _, _ in prompt_words(self.program.settings.prompt)]
             matches = [w for w in words if w.startswith(text)]

@@ -54,3 +54,4 @@ def test_completion_offers_keywords_and_prompt_words(shapes_path):
     assert complete("cen", 0) == "centroid"
     assert complete('"ci', 0) == '"circle"'
     assert complete(":we", 0) == ":weight"
+    assert complete("red_", 0) == "red_to_green"  # the shipped directions, by name
