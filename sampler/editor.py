@@ -395,11 +395,7 @@ class Editor:
                 d = directions.check_direction(x.extra["direction"], self.backbone, x.term.span)  # learned on this model?
                 if x.term.window is None:  # Asyrp's edit interval for h-space; NoiseCLR and Pix2Pix-Zero have none
                     x.window = {"hspace": H.EDIT_WINDOW, "noise": D.NOISE_DIRECTION_WINDOW, "prompt": D.PROMPT_DIRECTION_WINDOW}[d.kind]
-                if d.kind == "prompt":
-                    if x.term.token is not None or x.term.box is not None:
-                        raise SteerCompileError(f"`{x.label}` cannot act within a region: {d.name!r} is a prompt direction, "
-                                                "a shift of the whole prompt's embedding", x.term.span,
-                                                hint="drop the `within ...`; `keep attention` keeps the other objects where they were")
+                if d.kind == "prompt":  # bind() refused `within` for it
                     x.extra["prompt_shift"] = d.tensors
                 elif d.kind == "hspace":
                     x.extra["delta"] = H.HSpaceDelta.from_direction(d)

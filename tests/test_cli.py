@@ -59,6 +59,13 @@ def test_directions_lists_the_search_path_and_what_each_is(tmp_path, shapes_path
     assert "h-space (Asyrp)" in shipped["circle_to_square"] and "hidden" not in shipped["circle_to_square"]
 
 
+def test_check_refuses_a_prompt_direction_within_a_region(tmp_path, shapes_path, capsys):
+    p = write(tmp_path, "within.edit", 'prompt "a red circle"\ndirection red_to_green within token "circle"\n')
+    assert main(["check", str(p), "--model", shapes_path]) == 2
+    err = capsys.readouterr().err
+    assert f"{p}:2:1: error:" in err and "prompt direction" in err and "hint: drop the `within ...`" in err
+
+
 def test_syntax_error_exit_code_in_a_real_process(tmp_path):
     p = write(tmp_path, "syntax.edit", 'centroid("circle") -> (0.7, 0.5)\n')
     proc = subprocess.run([sys.executable, "-m", "dsl", "check", str(p)], capture_output=True, text=True)
