@@ -95,11 +95,18 @@ def cmd_run(args) -> int:
     return 0
 
 
-def cmd_check(args) -> int:
+def direction_search_path(script_dir: Path, model: str | None) -> list[Path]:
+    """The folders `direction NAME` is looked up in, for a script in `script_dir` run on `model`
+    (its shipped directions when it is a shapes model folder), without loading the model."""
     from energies import directions
+    from sampler.shapes import model as shapes_model
+
+    return directions.search_path(script_dir, shapes_model.resolve(model or "shapes"))
+
+
+def cmd_check(args) -> int:
     from energies.terms import bind
     from sampler.backbones import load_tokenizer
-    from sampler.shapes import model as shapes_model
 
     status = 0
     for path in args.scripts:
@@ -110,9 +117,8 @@ def cmd_check(args) -> int:
                 raise located(SteerError("the script has no prompt", hint=NO_PROMPT_HINT), path, text)
             model = program.settings.model or "shapes"
             tokenizer = load_tokenizer(model)
-            model_dir = shapes_model.resolve(model)
             try:
-                bind(program, program.settings.prompt, tokenizer, directions.search_path(Path(path).parent, model_dir))
+                bind(program, program.settings.prompt, tokenizer, direction_search_path(Path(path).parent, model))
             except SteerError as e:
                 raise located(e, path, text)
             print(f"{path}: ok ({len(program.terms)} term{'s' * (len(program.terms) != 1)})")
@@ -166,11 +172,9 @@ def cmd_repl(args) -> int:
 
 def cmd_directions(args) -> int:
     from energies import directions
-    from sampler.shapes import model as shapes_model
 
-    model_dir = shapes_model.resolve(args.model or "shapes")
     here = Path(args.script).parent if args.script else Path.cwd()
-    print("\n".join(directions.listing(directions.search_path(here, model_dir))))
+    print("\n".join(directions.listing(direction_search_path(here, args.model))))
     return 0
 
 

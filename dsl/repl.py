@@ -169,10 +169,9 @@ class Repl:
         return True
 
     def _direction_paths(self) -> list[Path]:
-        from energies import directions
-        from sampler.shapes import model as shapes_model
+        from .cli import direction_search_path
 
-        return directions.search_path(self.script_dir, shapes_model.resolve(self.program.settings.model or "shapes"))
+        return direction_search_path(self.script_dir, self.program.settings.model)
 
     # -- the loop ------------------------------------------------------------------------------
 

@@ -103,8 +103,8 @@ def listing(paths) -> list[str]:
 
 FORMAT = 1
 KINDS = ("hspace", "noise", "prompt")
-TENSOR = {"hspace": "delta_h", "noise": "embedding", "prompt": "delta"}
-LEARN = {"hspace": "hspace", "noise": "noiseclr", "prompt": "prompt"}  # the `steer learn` command of each kind  # the tensor every file of a kind must have
+TENSOR = {"hspace": "delta_h", "noise": "embedding", "prompt": "delta"}  # the tensor every file of a kind must have
+LEARN = {"hspace": "hspace", "noise": "noiseclr", "prompt": "prompt"}  # the `steer learn` command of each kind
 
 
 @dataclass

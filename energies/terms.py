@@ -114,9 +114,9 @@ def bind(program: P.Program, prompt: str, tokenizer, direction_paths=(), backbon
         elif t.kind in ("keep_appearance", "keep_shape"):
             b.objects = [b.token]
         if t.kind == "direction":  # an unknown name is an error listing the known ones; a bad file, its own error
-            d = b.extra["direction"] = directions.read_direction(directions.find(t, direction_paths), t.span)
-            if d.kind == "prompt" and (t.token is not None or t.box is not None):
-                raise SteerCompileError(f"`{b.label}` cannot act within a region: {d.name!r} is a prompt direction, "
+            found = b.extra["direction"] = directions.read_direction(directions.find(t, direction_paths), t.span)
+            if found.kind == "prompt" and (t.token is not None or t.box is not None):
+                raise SteerCompileError(f"`{b.label}` cannot act within a region: {found.name!r} is a prompt direction, "
                                         "a shift of the whole prompt's embedding", t.span,
                                         hint="drop the `within ...`; `keep attention` keeps the other objects where they were")
         out.append(b)

@@ -456,15 +456,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="steer learn", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="method", required=True, metavar="{hspace,noiseclr,prompt}")
 
-    def common(q, work_default):
+    def model_and_out(q):
         q.add_argument("--model", default="shapes", help="shapes (default), a shapes folder, or a Stable Diffusion id / folder")
         q.add_argument("--out", type=Path, default=Path("directions"), help="where the direction files are written (default ./directions)")
+        q.add_argument("--device", default="cpu")
+        q.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="Stable Diffusion weights (shapes: always fp32)")
+
+    def common(q, work_default):  # the trained kinds: checkpoints and a seed too
+        model_and_out(q)
         q.add_argument("--work", type=Path, default=None, help=f"checkpoints (default {work_default})")
         q.add_argument("--ckpt-every", type=int, default=10, help="checkpoint every N steps")
         q.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work")
         q.add_argument("--seed", type=int, default=0)
-        q.add_argument("--device", default="cpu")
-        q.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="Stable Diffusion weights (shapes: always fp32)")
 
     h = sub.add_parser("hspace", help="Asyrp: a global delta-h from a text direction (--from -> --to)",
                        description="Learn an Asyrp h-space direction (a global delta-h) that moves --from images towards --to.")
@@ -510,10 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--from-file", dest="src_file", type=Path, help="more source sentences, one per line")
     q.add_argument("--to-file", dest="dst_file", type=Path, help="more target sentences, one per line")
     q.add_argument("--swap", nargs=2, metavar=("OLD", "NEW"), help="make the targets from the sources by replacing the word OLD with NEW")
-    q.add_argument("--model", default="shapes", help="shapes (default), a shapes folder, or a Stable Diffusion id / folder")
-    q.add_argument("--out", type=Path, default=Path("directions"), help="where the direction file is written (default ./directions)")
-    q.add_argument("--device", default="cpu")
-    q.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="Stable Diffusion weights (shapes: always fp32)")
+    model_and_out(q)
     q.set_defaults(func=learn_prompt)
     return p
 
