@@ -14,7 +14,29 @@ parse the message text.
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
+
+
+def source_lines(text: str) -> list[str]:
+    """A script's lines as the parser counts them: broken at \n only, a \r before it being part
+    of the break. Not str.splitlines, which also breaks at a lone \r, \f, U+0085, U+2028 and
+    others, and so would number lines differently from the parser and show the wrong line."""
+    lines = text.split("\n")
+    if lines[-1] == "":  # the last line's newline ends it; no empty line follows
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def is_invisible(ch: str) -> bool:
+    """A control character or a line/paragraph separator: printed raw it would move the cursor or
+    break the line, so error lines show a space instead, and strings and comments refuse it."""
+    return ch != "\t" and unicodedata.category(ch) in ("Cc", "Zl", "Zp", "Cs")
+
+
+def _shown(line: str) -> str:
+    # one column per character, so the caret below stays under the right one
+    return "".join(" " if ch == "\t" or is_invisible(ch) else ch for ch in line)
 
 
 class SteerError(Exception):
@@ -58,9 +80,9 @@ class SteerError(Exception):
             except (OSError, UnicodeDecodeError):
                 text = None
         if text is not None:
-            lines = text.splitlines()
+            lines = source_lines(text)
             if 1 <= self.span.line <= len(lines):
-                src = lines[self.span.line - 1].replace("\t", " ")
+                src = _shown(lines[self.span.line - 1])
                 width = self.span.end_col - self.span.col if self.span.end_line == self.span.line else len(src) - self.span.col + 1
                 width = max(1, width)
                 out.append("  " + src)

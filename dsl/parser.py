@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import re
 import threading
+import unicodedata
 from pathlib import Path
 
 from lark import Lark, Token, Transformer, v_args
@@ -13,16 +14,70 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from energies.program import Span
 
 from . import ast
-from .errors import SteerSyntaxError, did_you_mean
+from .errors import SteerSyntaxError, did_you_mean, is_invisible, source_lines
 
 KEYWORDS = ("prompt", "negative", "seed", "steps", "cfg", "model", "source", "invert", "centroid", "size", "shape", "appearance", "keep", "direction", "clip", "style", "drag")
 
+BOM = "\ufeff"  # some Windows editors start a UTF-8 file with one; it is not part of the script
+MAX_OCCURRENCE_DIGITS = 9  # no prompt has a billion words; longer would also overflow int()
 
 _comments = threading.local()  # where the lexer callback drops the comments of the current parse
 
 
+class _TokenMistake(Exception):
+    """A lexer callback's complaint about one token; parse() turns it into a SteerSyntaxError,
+    which needs the file and text the callback does not have."""
+
+    def __init__(self, message: str, tok: Token, offset: int, width: int, hint: str | None = None):
+        super().__init__(message)
+        self.message, self.tok, self.offset, self.width, self.hint = message, tok, offset, width, hint
+
+
+def _refuse_invisible(tok: Token, text: str, what: str) -> None:
+    """Strings and comments are one line of printable text (tabs allowed). A \r, \f, U+0085 or
+    U+2028 inside one is a line break to some editors and tools and not to steer, so the script
+    would not mean what it shows; it is refused rather than kept."""
+    for i, ch in enumerate(text):
+        if is_invisible(ch):
+            raise _TokenMistake(f"{what} cannot hold {_char_name(ch)}", tok, i, 1,
+                                hint="strings and comments are printable text on one line; only \\n (or \\r\\n) ends a line")
+
+
+_CONTROL_NAMES = {"\r": "carriage return", "\n": "line feed", "\f": "form feed", "\v": "vertical tab", "\x00": "NUL",
+                  "\x1b": "escape", "\x85": "next line"}
+
+
+def _char_name(ch: str) -> str:
+    name = _CONTROL_NAMES.get(ch) or unicodedata.name(ch, "control character").lower()
+    return f"U+{ord(ch):04X} ({name})"
+
+
 def _keep_comment(tok: Token) -> Token:
+    text = str(tok)
+    _refuse_invisible(tok, text[:-1] if text.endswith("\r") else text, "a comment")  # that \r belongs to a \r\n
     getattr(_comments, "sink", []).append(tok)
+    return tok
+
+
+def _separator_comments(tok: Token) -> Token:
+    """Keep the comments inside a run of separators. Each comment runs to the end of its line, and
+    the rest of the run is only ";", blanks and newlines, so the first "#" of a line starts one."""
+    for i, part in enumerate(str(tok).split("\n")):
+        at = part.find("#")
+        if at >= 0:
+            line, col = tok.line + i, (tok.column if i == 0 else 1) + at
+            _keep_comment(Token("COMMENT", part[at:], line=line, column=col, end_line=line, end_column=col + len(part) - at))
+    return tok
+
+
+def _check_string(tok: Token) -> Token:
+    _refuse_invisible(tok, str(tok), "a string")
+    if tok.type == "STRING_OCC":
+        digits = str(tok).rpartition("#")[2]
+        if len(digits.lstrip("0")) > MAX_OCCURRENCE_DIGITS:
+            at = len(tok) - len(digits) - 1
+            raise _TokenMistake("this occurrence number is too large", tok, at, len(digits) + 1,
+                                hint="#n is the n-th time the word appears in the prompt")
     return tok
 
 
@@ -33,27 +88,36 @@ def _lark() -> Lark:
         parser="lalr",
         propagate_positions=True,
         maybe_placeholders=False,
-        lexer_callbacks={"COMMENT": _keep_comment},
+        lexer_callbacks={"COMMENT": _keep_comment, "_SEP": _separator_comments, "STRING": _check_string, "STRING_OCC": _check_string},
     )
 
 
 def parse(text: str, file: str = "<script>") -> ast.Script:
     """Parse a script into its syntax tree. Raises SteerSyntaxError with a position and a hint."""
+    text = text.removeprefix(BOM)
     _comments.sink = comments = []
     try:
         tree = _lark().parse(text)
     except UnexpectedInput as e:
         raise _syntax_error(e, text, file) from None
+    except _TokenMistake as e:
+        raise _token_error(e, text, file) from None
     finally:
         _comments.sink = []
     statements = tuple(_ToAst(file).transform(tree).children)
-    kept = tuple(ast.Comment(line=c.line, text=str(c).rstrip(), trailing=_is_trailing(text, c)) for c in comments)
+    stmt_lines = {s.span.line for s in statements}  # a statement never spans lines: a newline ends it
+    kept = tuple(ast.Comment(line=c.line, text=_comment_text(c), trailing=c.line in stmt_lines) for c in comments)
     return ast.Script(statements=statements, comments=kept, file=file, source=text)
 
 
-def _is_trailing(text: str, tok: Token) -> bool:
-    line = text.splitlines()[tok.line - 1]
-    return bool(line[: tok.column - 1].strip())
+def _comment_text(tok: Token) -> str:
+    return str(tok).rstrip(" \t\r")
+
+
+def _token_error(e: _TokenMistake, text: str, file: str) -> SteerSyntaxError:
+    col = e.tok.column + e.offset  # strings and comments hold no newline: one line
+    span = Span(line=e.tok.line, col=col, end_line=e.tok.line, end_col=col + e.width, file=file)
+    return SteerSyntaxError(e.message, span=span, hint=e.hint, source=text)
 
 
 def _span(file: str, meta_or_token) -> Span:
@@ -86,9 +150,13 @@ class _ToAst(Transformer):
         return ast.Point(x=x, y=y, span=self._s(meta))
 
     def tokref(self, meta, children):
-        string = self._string(children[0])
-        occurrence = int(str(children[1])[1:]) if len(children) > 1 else 1
-        return ast.TokenRef(word=string, occurrence=occurrence, span=self._s(meta))
+        (tok,) = children
+        if tok.type == "STRING":
+            return ast.TokenRef(word=self._string(tok), span=self._s(meta))
+        quoted, _, digits = str(tok).rpartition("#")  # STRING_OCC: "word"#n
+        span = Span(line=tok.line, col=tok.column, end_line=tok.line, end_col=tok.column + len(quoted), file=self.file)
+        word = ast.String(value=_unquote(quoted), span=span)
+        return ast.TokenRef(word=word, occurrence=int(digits), span=self._s(meta))
 
     def prop(self, meta, children):
         name, tokref = children
@@ -176,15 +244,19 @@ class _Children:
 
 _DESCRIBE = {
     "STRING": "a string",
+    "STRING_OCC": "a string",
     "NUMBER": "a number",
     "NAME": "a name",
-    "OCCURRENCE": "an occurrence like #2",
     "PROP": "centroid, size, shape or appearance",
     "SETTING": "a setting",
+    "REGION": "inside or outside",
     "OP": "->, += or *=",
-    "_NL": "end of line",
     "$END": "end of input",
 }
+
+# Characters that some editor or tool takes for a line break, and steer does not.
+_NOT_LINE_BREAKS = {"\r": "a carriage return ends a line only as part of \\r\\n",
+                    **{ch: "only \\n (or \\r\\n) ends a line" for ch in "\v\x1c\x1d\x1e\x85\u2028\u2029"}}
 
 
 def _describe_terminal(name: str) -> str:
@@ -199,11 +271,21 @@ def _describe_terminal(name: str) -> str:
     return name.lower()
 
 
+def _describe_expected(names) -> list[str]:
+    out = set()
+    for name in names:
+        if name == "_SEP":  # one terminal for ";" and newlines; the user sees two things
+            out |= {"';'", "end of line"}
+        elif not name.startswith("_"):
+            out.add(_describe_terminal(name))
+    return sorted(out)
+
+
 def _describe_token(tok: Token) -> str:
     if tok.type == "$END":
         return "end of input"
-    if tok.type == "_NL":
-        return "end of line"
+    if tok.type == "_SEP":
+        return "';'" if tok.startswith(";") else "end of line"
     return repr(str(tok))
 
 
@@ -216,22 +298,26 @@ def _syntax_error(e: UnexpectedInput, text: str, file: str) -> SteerSyntaxError:
         if ch == '"':
             message = "unterminated string"
             hint = 'a string opens and closes with " on the same line'
-            width = len(text.splitlines()[line - 1]) - col + 1
+            width = len(source_lines(text)[line - 1]) - col + 1
         else:
             message = f"unexpected character {ch!r}"
             if ch == "=":
                 hint = "use -> to set a property, += to shift it, *= to scale it"
+            elif ch == BOM:
+                hint = "a byte order mark is only allowed at the very start of a script"
+            else:
+                hint = _NOT_LINE_BREAKS.get(ch)
     elif isinstance(e, (UnexpectedToken, UnexpectedEOF)):
         tok = getattr(e, "token", None)
         if tok is None or tok.type == "$END":
-            lines = text.splitlines() or [""]
+            lines = source_lines(text) or [""]
             line, col = len(lines), len(lines[-1]) + 1
             message = "unexpected end of input"
         else:
-            if tok.type != "_NL":
+            if tok.type != "_SEP":
                 width = max(1, len(str(tok)))
             message = f"unexpected {_describe_token(tok)}"
-        expected = sorted({_describe_terminal(t) for t in e.expected if not t.startswith("_") or t == "_NL"})
+        expected = _describe_expected(e.expected)
         if tok is not None and tok.type == "NAME" and "a setting" in expected:
             message = f"unknown statement {str(tok)!r}"
             hint = did_you_mean(str(tok), KEYWORDS) or "statements start with one of: " + ", ".join(KEYWORDS)
