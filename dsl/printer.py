@@ -9,6 +9,7 @@ from __future__ import annotations
 from energies import program as P
 
 from . import ast
+from .errors import source_lines
 
 SETTING_ORDER = ("model", "source", "invert", "prompt", "negative", "seed", "steps", "cfg")
 
@@ -140,60 +141,51 @@ def format_script(script: ast.Script) -> str:
     """Canonical text of a script in its own order, one statement a line, comments where they were.
 
     Each statement is printed from its compiled meaning, so the output parses back to an equal
-    Program; blank lines between groups are kept (runs of them collapse to one).
+    Program; a script that does not compile is refused with the compiler's error (it carries the
+    script's text, so the error shows the line and a caret). A comment written on a statement's
+    line stays at the end of that line; the others keep their place between the statements.
+    Blank lines between groups are kept (runs of them collapse to one). Linear in the script's size.
     """
     from .compiler import compile_script
 
-    leading: dict[int, list[str]] = {}
-    trailing: dict[int, str] = {}
-    stmt_lines = sorted({s.span.line for s in script.statements})
-
-    def owner(line: int) -> int:  # the statement a comment belongs to: the next one at or after it
-        later = [l for l in stmt_lines if l >= line]
-        return later[0] if later else 10**9
-
+    prog = compile_script(script)
+    last_on_line = {st.span.line: i for i, st in enumerate(script.statements)}
+    trailing: dict[int, str] = {}  # statement index -> its comment
+    items: list[tuple[int, str]] = []  # (line, text): statements and comments of their own line
     for c in script.comments:
-        if c.trailing:
-            trailing[c.line] = trailing.get(c.line, "") + c.text
-        else:
-            leading.setdefault(owner(c.line), []).append((c.line, c.text))
+        if c.trailing and c.line in last_on_line:
+            trailing[last_on_line[c.line]] = c.text
+    for i, (st, text) in enumerate(zip(script.statements, _statement_texts(script.statements, prog))):
+        items.append((st.span.line, text + ("  " + trailing[i] if i in trailing else "")))
+    items += [(c.line, c.text) for c in script.comments if not (c.trailing and c.line in last_on_line)]
+    items.sort(key=lambda item: item[0])  # stable: statements sharing a line keep their order
 
+    blanks = _blank_lines_before(script.source)
     out: list[str] = []
-    source_lines = script.source.splitlines()
-    prev_line = 0
-
-    def blank_between(a: int, b: int) -> bool:
-        return any(not source_lines[i - 1].strip() for i in range(a + 1, b) if 0 < i <= len(source_lines))
-
-    for st in script.statements:
-        for line, text in leading.pop(st.span.line, []):
-            if out and blank_between(prev_line, line):
-                out.append("")
-            out.append(text)
-            prev_line = line
-        if out and blank_between(prev_line, st.span.line) and out[-1] != "":
-            out.append("")
-        text = _statement(st, compile_script)
-        if st.span.end_line in trailing and _last_on_line(script, st):
-            text += "  " + trailing.pop(st.span.end_line)
-        out.append(text)
-        prev_line = st.span.end_line
-    for line, text in leading.pop(10**9, []):
-        if out and blank_between(prev_line, line):
+    prev = None
+    for line, text in items:
+        if prev is not None and blanks[min(line - 1, len(blanks) - 1)] > blanks[min(prev, len(blanks) - 1)]:
             out.append("")
         out.append(text)
-        prev_line = line
+        prev = line
     return "\n".join(out) + "\n" if out else ""
 
 
-def _last_on_line(script: ast.Script, st) -> bool:
-    return not any(o.span.line == st.span.end_line and o.span.col > st.span.col for o in script.statements)
+def _statement_texts(statements, prog: P.Program):
+    """Each statement's canonical text, from the program it compiled to: a setting from its value,
+    any other statement from its term (the compiler makes exactly one per statement, in order)."""
+    terms = iter(prog.terms)
+    for st in statements:
+        if isinstance(st, ast.Setting):
+            yield setting(st.name.value, getattr(prog.settings, st.name.value))
+        else:
+            yield term(next(terms))
 
 
-def _statement(st, compile_script) -> str:
-    one = ast.Script(statements=(st,), file=st.span.file, source="")
-    prog = compile_script(one)
-    if isinstance(st, ast.Setting):
-        name = st.name.value
-        return setting(name, getattr(prog.settings, name))
-    return term(prog.terms[0])
+def _blank_lines_before(source: str) -> list[int]:
+    """counts[n]: how many of the source's lines 1..n are blank, so "is there a blank line between
+    lines a and b" is counts[b - 1] > counts[a], without rescanning the lines in between."""
+    counts = [0]
+    for line in source_lines(source):
+        counts.append(counts[-1] + (not line.strip(" \t\f")))
+    return counts
