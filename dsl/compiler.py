@@ -81,23 +81,29 @@ def _setting_value(st: ast.Setting):
         raise SteerCompileError(f"{name} takes a number", v.span)
     if want == "int":
         if not v.is_int:
-            raise SteerCompileError(f"{name} takes a whole number, got {v.text}", v.span)
-        value = int(v.text)
-        if name == "seed" and not 0 <= value < 2**63:
-            raise SteerCompileError(f"seed must be between 0 and 2^63 - 1, got {v.text}", v.span)
-        if name == "steps" and not 1 <= value <= 1000:
-            raise SteerCompileError(f"steps must be between 1 and 1000, got {v.text}", v.span)
+            raise SteerCompileError(f"{name} takes a whole number, got {_short(v.text)}", v.span)
+        # more digits than any seed has is out of range before int() is asked (it refuses > 4300 digits)
+        value = int(v.text) if len(v.text.lstrip("+-0")) <= 20 else None
+        if name == "seed" and not (value is not None and 0 <= value < 2**63):
+            raise SteerCompileError(f"seed must be between 0 and 2^63 - 1, got {_short(v.text)}", v.span)
+        if name == "steps" and not (value is not None and 1 <= value <= 1000):
+            raise SteerCompileError(f"steps must be between 1 and 1000, got {_short(v.text)}", v.span)
         return value
     value = _finite(v)
     if value < 0:
-        raise SteerCompileError(f"cfg must be >= 0, got {v.text}", v.span, hint="cfg 1 means no classifier-free guidance")
+        raise SteerCompileError(f"cfg must be >= 0, got {_short(v.text)}", v.span, hint="cfg 1 means no classifier-free guidance")
     return value
 
 
 def _finite(n: ast.Number) -> float:
     if not math.isfinite(n.value):
-        raise SteerCompileError(f"{n.text} is not a finite number", n.span)
+        raise SteerCompileError(f"{_short(n.text)} is not a finite number", n.span)
     return n.value
+
+
+def _short(text: str) -> str:
+    """A number as written, cut to a readable length for a message (the caret shows all of it)."""
+    return text if len(text) <= 24 else text[:10] + "..." + text[-10:]
 
 
 def _token(t: ast.TokenRef) -> P.TokenRef:
@@ -116,7 +122,7 @@ def _point(v, what: str, lo: float, hi: float, example: str) -> tuple[float, flo
         value = _finite(n)
         if not lo <= value <= hi:
             raise SteerCompileError(
-                f"{axis} = {n.text} is outside [{lo:g}, {hi:g}]", n.span, hint="positions are in image units: (0, 0) top-left, (1, 1) bottom-right"
+                f"{axis} = {_short(n.text)} is outside [{lo:g}, {hi:g}]", n.span, hint="positions are in image units: (0, 0) top-left, (1, 1) bottom-right"
             )
         out.append(value)
     return (out[0], out[1])
@@ -139,12 +145,12 @@ def _edit(st: ast.Edit) -> P.TermBase:
     elif prop == "size" and op == "*=":
         k = _number(v, "scaling a size", f"{src} *= 1.5")
         if k <= 0:
-            raise SteerCompileError(f"a size can only be scaled by a positive factor, got {v.text}", v.span)
+            raise SteerCompileError(f"a size can only be scaled by a positive factor, got {_short(v.text)}", v.span)
         term = P.Resize(token=tok, factor=k)
     elif prop == "size" and op == "->":
         area = _number(v, "setting a size", f"{src} -> 0.12")
         if not 0 < area <= 1:
-            raise SteerCompileError(f"an absolute size is a fraction of the image in (0, 1], got {v.text}", v.span)
+            raise SteerCompileError(f"an absolute size is a fraction of the image in (0, 1], got {_short(v.text)}", v.span)
         term = P.SizeTo(token=tok, area=area)
     elif prop in ("shape", "appearance") and op == "->":
         if not isinstance(v, ast.Prop) or v.name.value != prop:
@@ -235,7 +241,7 @@ def _modified(term: P.TermBase, st) -> P.TermBase:
         a, b = (_finite(n) for n in m.window)
         if not 0 <= a < b <= 1:
             raise SteerCompileError(
-                f"window {m.window[0].text}..{m.window[1].text} is not inside 0..1 with start < end",
+                f"window {_short(m.window[0].text)}..{_short(m.window[1].text)} is not inside 0..1 with start < end",
                 _span_between(m.window[0], m.window[1]),
                 hint="windows are fractions of sampling: @ 0..0.6 is the first 60% of the steps",
             )
