@@ -1,10 +1,11 @@
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import dsl
+from dsl.printer import format_script
 from energies import appearance, centroid, direction, keep, shape, size, token
 from energies.builder import clip, style
 from energies import program as P
@@ -161,36 +162,150 @@ def test_mistakes_are_reported_at_their_place(text, line, col, hint):
         assert hint in (e.hint or "")
 
 
-# --- fuzz: mutated scripts compile or raise the language's own error, never anything else -----
+# --- the formatter keeps meaning and comments -------------------------------------------------
 
-SEEDS = IDENTITY + ['centroid(token "dog") -> (0.7,0.5); keep appearance; direction smile*1.5']
-PIECES = ["(", ")", ",", ";", "\n", "#", "#2", '"', "->", "+=", "*=", "*", "@", "..", "via", "token", "keep",
-          "1e9", "-0", ".5", "nan", "inf", "1e999", "\\", "é", "\t", " ", "0..1", "shape", "size"]
-
-
-@st.composite
-def mutated(draw):
-    text = draw(st.sampled_from(SEEDS))
-    for _ in range(draw(st.integers(1, 4))):
-        pos = draw(st.integers(0, len(text)))
-        op = draw(st.sampled_from(["insert", "delete", "replace"]))
-        piece = draw(st.one_of(st.sampled_from(PIECES), st.text(max_size=3)))
-        if op == "insert":
-            text = text[:pos] + piece + text[pos:]
-        elif op == "delete":
-            text = text[:pos] + text[pos + draw(st.integers(1, 5)):]
-        else:
-            text = text[:pos] + piece + text[pos + len(piece):]
-    return text
+def fmt(text, file="<script>"):
+    return format_script(dsl.parse(text, file))
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(mutated())
-def test_fuzz_mutated_scripts_compile_or_raise_steer_errors(text):
-    try:
-        prog = dsl.compile(dsl.parse(text, "fuzz.edit"))
-    except dsl.SteerError as e:
-        e.render()  # rendering must not fail either
-        return
-    again = dsl.compile(dsl.parse(dsl.format(prog)))
-    assert again == prog, "whatever compiles must survive a format round trip"
+@pytest.mark.parametrize("text", [
+    'keep layout ;#2 is the one',
+    'keep pixels inside token "x" ;#2 is the one',
+    'centroid(token "circle") -> (0.5,0.5) #2 because',
+    'direction d within token "circle" #2 because',
+    'keep shape(token "x") #2',
+])
+def test_a_comment_that_starts_with_a_digit_stays_a_comment(text):
+    once = fmt(text)
+    assert dsl.compile(once) == dsl.compile(text)
+    assert fmt(once) == once
+    assert [c.text for c in dsl.parse(once).comments] == [c.text for c in dsl.parse(text).comments]
+
+
+def test_an_occurrence_is_glued_to_the_closing_quote():
+    assert one('keep shape(token "dog"#2)').token.occurrence == 2
+    assert one('keep pixels inside token "dog"#2 # two').token.occurrence == 2
+    assert one('keep pixels inside token "dog" #2').token.occurrence == 1, "after a space, # starts a comment"
+    with pytest.raises(dsl.SteerSyntaxError):
+        dsl.parse('keep shape(token "dog" #2)')  # the comment eats the ")"
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("keep layout  # why", "keep layout  # why\n"),
+    ("seed 1; keep layout # why\n", "seed 1\nkeep layout  # why\n"),
+    ("\x0c\nkeep layout # why", "keep layout  # why\n"),  # a form feed is a blank, not a line break
+    ("seed 1\r\n\r\nkeep layout # why\r\n", "seed 1\n\nkeep layout  # why\n"),
+    ("keep layout\n; # after a lone separator\n", "keep layout\n# after a lone separator\n"),
+    ("# a\nseed 1 ;# b\n\n  # c\n;# d\nkeep layout # e\n# f", "# a\nseed 1  # b\n\n# c\n# d\nkeep layout  # e\n# f\n"),
+])
+def test_comments_stay_where_they_were(text, expected):
+    assert fmt(text) == expected
+    assert fmt(expected) == expected
+
+
+@pytest.mark.parametrize("text", ['keep nothing', 'prompt "a"\nseed 1\nseed 2', 'centroid(token "c") -> 0.5'])
+def test_fmt_refuses_what_does_not_compile_with_the_line_and_a_caret(text):
+    with pytest.raises(dsl.SteerCompileError) as info:
+        fmt(text, "bad.edit")
+    lines = info.value.render().split("\n")
+    assert lines[0].startswith(f"bad.edit:{info.value.line}:{info.value.col}: error: ")
+    assert lines[1] == "  " + text.split("\n")[info.value.line - 1]
+    assert lines[2].strip().startswith("^")
+
+
+# --- one notion of a line: \n, or \r\n ------------------------------------------------------
+
+ODD_BREAKS = ["\r", "\x0c", "\x0b", "\x85", "\u2028", "\u2029", "\x1c", "\x00", "\x1b"]
+
+
+@pytest.mark.parametrize("ch", ODD_BREAKS, ids=[f"U+{ord(c):04X}" for c in ODD_BREAKS])
+@pytest.mark.parametrize("template", ['seed 1\nprompt "a{ch}b"', "seed 1\nkeep layout # a{ch}b", "seed 1\n# a{ch}b\nkeep layout"])
+def test_control_characters_in_strings_and_comments_are_refused_where_they_are(template, ch):
+    text = template.format(ch=ch)
+    with pytest.raises(dsl.SteerSyntaxError) as info:
+        dsl.parse(text, "bad.edit")
+    e = info.value
+    line = text.split("\n")[e.line - 1]
+    assert (e.line, line[e.col - 1]) == (2, ch)
+    shown = e.render().split("\n")
+    assert shown[1] == "  " + line.replace(ch, " ") and shown[2] == "  " + " " * (e.col - 1) + "^"
+
+
+def test_tabs_in_strings_and_comments_round_trip():
+    text = 'prompt "a\tb"  # c\td\n'
+    assert fmt(text) == text and dsl.compile(text).settings.prompt == "a\tb"
+
+
+@pytest.mark.parametrize("text,line", [
+    ("seed 1\x0c\nkeep nothing", 2),
+    ("seed 1\r\nkeep nothing\r\n", 2),
+    ("prompt \"a\" # \u00e9\nseed 1\n\nkeep nothing", 4),
+])
+def test_errors_show_the_line_the_parser_counted(text, line):
+    with pytest.raises(dsl.SteerError) as info:
+        dsl.compile(dsl.parse(text, "bad.edit"))
+    assert info.value.line == line
+    assert info.value.render().split("\n")[1] == "  keep nothing"
+
+
+def test_a_lone_carriage_return_is_not_a_line_break():
+    with pytest.raises(dsl.SteerSyntaxError) as info:
+        dsl.parse("seed 1\rkeep layout", "bad.edit")
+    assert (info.value.line, info.value.col) == (1, 7)
+    assert "\\r\\n" in info.value.hint
+    assert info.value.render().split("\n")[1] == "  seed 1 keep layout"
+
+
+def test_a_byte_order_mark_starts_a_script_but_nothing_else():
+    assert dsl.compile("\ufeffkeep layout\n").terms == (P.KeepShape(),)
+    assert fmt("\ufeff# lead\nkeep layout\n") == "# lead\nkeep layout\n"
+    with pytest.raises(dsl.SteerSyntaxError) as info:
+        dsl.parse("keep layout\n\ufeffseed 1")
+    assert (info.value.line, info.value.col) == (2, 1)
+
+
+# --- keywords are whole words ------------------------------------------------------------------
+
+KEYWORDISH = ["sizes", "size", "shape_x", "keep", "keeper", "prompt", "prompting", "seeds", "seed-2", "direction", "token", "within",
+              "via", "inside", "outsider", "from", "image", "clip", "drag", "style", "centroid2", "appearances", "invert", "cfg_", "model"]
+
+
+@pytest.mark.parametrize("name", KEYWORDISH)
+def test_a_direction_can_have_any_name(name):
+    assert one(f"direction {name} * 2") == P.Direction(name=name, weight=2.0)
+    assert fmt(f"direction {name}") == f"direction {name}\n"
+
+
+@settings(max_examples=200, deadline=None)
+@example("sizes")
+@example("prompt-2")
+@example("keep_red")
+@given(st.from_regex(r"[A-Za-z_][A-Za-z0-9_\-]*", fullmatch=True))  # what `steer learn` accepts as a name
+def test_every_name_steer_learn_accepts_is_a_direction_name(name):
+    assert one(f"direction {name} within token \"x\"#2") == P.Direction(name=name, token=P.TokenRef(word="x", occurrence=2))
+
+
+def test_a_keyword_prefix_does_not_make_a_statement():
+    with pytest.raises(dsl.SteerSyntaxError) as info:
+        dsl.parse("seeds 3")
+    assert info.value.message == "unknown statement 'seeds'" and "'seed'" in info.value.hint
+
+
+# --- huge inputs ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text", ["seed " + "9" * 5000, "steps " + "1" * 5000, 'keep shape(token "x"#' + "1" * 5000 + ")",
+                                  "cfg " + "9" * 5000, "keep layout * 1e99999"])
+def test_huge_numbers_are_language_errors(text):
+    with pytest.raises(dsl.SteerError) as info:
+        dsl.compile(dsl.parse(text))
+    assert len(info.value.message) < 100
+
+
+def test_a_megabyte_of_newlines_and_many_comments_format_in_linear_time():
+    import time
+
+    t0 = time.perf_counter()
+    assert fmt("\n" * 2**20 + "keep layout\n") == "keep layout\n"
+    text = "keep layout  # c\n# d\n" * 5000
+    assert fmt(text) == text
+    assert time.perf_counter() - t0 < 5, "was 10 s and more with a token per newline and a scan per comment"
