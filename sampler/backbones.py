@@ -112,10 +112,11 @@ class Backbone:
 
 
 class ShapesBackbone(Backbone):
-    """The shipped shapes model: pixel space, the latent is the image in [-1, 1]."""
+    """The shipped shapes model. Second generation: latent space through its own small
+    AutoencoderKL, exactly as Stable Diffusion. A first-generation folder (no vae/) is pixel space:
+    the latent is the image in [-1, 1]."""
 
     kind = "shapes"
-    clip_x0 = 1.0  # images live in [-1, 1]
 
     def __init__(self, name_or_path="shapes", device="cpu"):
         from .shapes import model as shapes_model
@@ -125,18 +126,31 @@ class ShapesBackbone(Backbone):
         self.name = str(name_or_path)
         self.tokenizer, self.text_encoder, self.unet, self.scheduler = m.tokenizer, m.text_encoder, m.unet, m.scheduler
         self.clip = m.clip
+        self.vae = m.vae
+        self.vae_scale = 1 if m.vae is None else 2 ** (len(m.vae.config.block_out_channels) - 1)
+        self.clip_x0 = 1.0 if m.vae is None else None  # pixel-space images live in [-1, 1]
         self.device = torch.device(device)
         self.dtype = torch.float32
         self.sampling_defaults = m.card.get("defaults", {})
 
     def decode(self, z):
-        return ((z.float() + 1) / 2).clamp(0, 1)
+        if self.vae is None:
+            return ((z.float() + 1) / 2).clamp(0, 1)
+        from .shapes.model import vae_decode
+
+        return ((vae_decode(self.vae, z.float()) + 1) / 2).clamp(0, 1)
 
     def encode(self, image):
-        return image.float().to(self.device) * 2 - 1
+        x = image.float().to(self.device) * 2 - 1
+        if self.vae is None:
+            return x
+        from .shapes.model import vae_encode
+
+        with torch.no_grad():
+            return vae_encode(self.vae, x)
 
     def image_size(self):
-        s = self.unet.config.sample_size
+        s = self.unet.config.sample_size * self.vae_scale
         return (s, s)
 
 

@@ -1,10 +1,18 @@
 """Measure the shapes model and write its model card: `python -m sampler.shapes.evaluate`.
 
 Every figure is measured by the world's own detector or ground truth, on samples drawn here:
-  - caption fidelity of samples at the default settings (one- and two-object captions);
-  - cross-attention localisation: IoU of the top-k cells of a shape word's map with its object;
-  - DDIM inversion and regeneration PSNR, of generated and of world images;
+  - caption fidelity at the default settings: every one-object caption (12) and every two-object
+    caption (108: both object orders, every pair of colours and shapes), several seeds each, with
+    per-shape and per-colour rows for the objects of two-object scenes;
+  - cross-attention localisation of shape and colour words, per shape: IoU of the top-k cells of
+    a word's map with its own object and with the other object;
+  - inversion of generated images saved as PNG and regenerated through the editor's own
+    `source "image.png"` path (inversion cache included), and of world images;
   - the shapes CLIP's zero-shot caption retrieval on held-out scenes.
+
+Seeds come in two splits: `--split tune` (seeds from 0) is where settings are chosen, `--split
+report` (seeds from 1,000,000) is what the model card quotes. Training never sees either: its
+scenes are drawn from tuple seeds.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,33 +31,44 @@ from tqdm.auto import tqdm
 
 from ..backbones import ShapesBackbone
 from ..guided import sample_ddim
-from ..inversion import invert_ddim, psnr
+from ..inversion import psnr
 from ..probes import ProbeStore, cross_attention_layers, probing
 from . import model as M
 from . import world as W
 
 HELD_OUT = 10**7  # scene seeds from here on were never drawn for training (those are tuples)
+SPLITS = {"tune": 0, "report": 1_000_000}  # sampling seeds of each split start here
+
+
+def one_object_captions() -> list[str]:
+    return [f"a {c} {s}" for c in W.COLOURS for s in W.SHAPES]
+
+
+def two_object_captions() -> list[str]:
+    """Every caption of two objects: the world never gives two objects one colour."""
+    return [f"a {c1} {s1} and a {c2} {s2}" for c1, c2 in itertools.permutations(W.COLOURS, 2) for s1 in W.SHAPES for s2 in W.SHAPES]
 
 
 def all_captions() -> list[str]:
-    ones = [f"a {c} {s}" for c in W.COLOURS for s in W.SHAPES]
-    twos = [f"a {c1} {s1} and a {c2} {s2}" for c1, c2 in itertools.permutations(W.COLOURS, 2) for s1 in W.SHAPES for s2 in W.SHAPES]
-    return ones + twos
+    return one_object_captions() + two_object_captions()
 
 
-def eval_captions(n_objects: int, n: int, seed: int = 0) -> list[str]:
-    """n captions of n_objects objects, drawn from held-out world scenes (a fair mix)."""
-    return [W.make_scene(HELD_OUT + seed * 100_000 + i, n_objects=n_objects).caption for i in range(n)]
+def caption_grid(captions: list[str], per_caption: int, split: str) -> tuple[list[str], list[int]]:
+    """Each caption `per_caption` times, with distinct sampling seeds of the split."""
+    caps = [c for c in captions for _ in range(per_caption)]
+    base = SPLITS[split]
+    return caps, [base + i for i in range(len(caps))]
 
 
 @torch.no_grad()
-def sample(b: ShapesBackbone, captions: list[str], seeds: list[int], steps: int, cfg: float, batch: int = 32) -> np.ndarray:
+def sample(b: ShapesBackbone, captions: list[str], seeds: list[int], steps: int, cfg: float, batch: int = 32,
+           progress: bool = False) -> np.ndarray:
     """Plain CFG DDIM samples, one per (caption, seed), batched. Returns (N, H, W, 3) in [0, 1]."""
     assert len(captions) == len(seeds), f"{len(captions)} captions but {len(seeds)} seeds"
     out = []
     ts = b.timesteps(steps)
     alphas, final = b.schedule()
-    for k in range(0, len(captions), batch):
+    for k in tqdm(range(0, len(captions), batch), disable=not progress, desc=f"sample cfg {cfg:g}", leave=False):
         caps, sds = captions[k : k + batch], seeds[k : k + batch]
         cond = torch.cat([b.encode_prompt(c).cond for c in caps])
         uncond = b.encode_prompt("").cond.expand_as(cond)
@@ -64,60 +84,113 @@ def sample(b: ShapesBackbone, captions: list[str], seeds: list[int], steps: int,
 
 
 def fidelity(images: np.ndarray, captions: list[str]) -> dict:
+    """Whole-caption figures, and per object of the caption (by its shape and by its colour):
+    an object counts as drawn when the detector finds an object of its colour and shape."""
     colours = exact = 0
+    per: dict[str, list[bool]] = {}
     for im, cap in zip(images, captions):
-        c, a = W.matches_caption(W.detect(im), cap)
+        found = W.detect(im)
+        c, a = W.matches_caption(found, cap)
         colours += c
         exact += a
-    return {"n": len(captions), "colours_right": colours / len(captions), "all_right": exact / len(captions)}
+        for colour, shape in W.parse_caption(cap):
+            hit = W.find(found, colour, shape) is not None
+            per.setdefault(shape, []).append(hit)
+            per.setdefault(colour, []).append(hit)
+    n = len(captions)
+    return {"n": n, "colours_right": colours / n, "all_right": exact / n,
+            "per_object": {k: {"n": len(v), "right": float(np.mean(v))} for k, v in per.items()}}
 
 
 @torch.no_grad()
-def localisation(b: ShapesBackbone, n: int = 64, timesteps=(100, 300, 500, 700, 900)) -> dict:
-    """For two-object world scenes noised to t: mean IoU of the top-k cells of each object's shape
-    word (k = object area) with that object's mask, and with the other object's mask."""
+def localisation(b: ShapesBackbone, n: int = 96, timesteps=(100, 300, 500, 700, 900)) -> dict:
+    """For two-object world scenes noised to t: mean IoU of the top-k cells of a word's map
+    (k = its object's area) with that object's mask and with the other object's mask, for the
+    shape word and the colour word of each object, per shape. Maps are averaged over the
+    backbone's attention layers, as the energies read them."""
     layers = cross_attention_layers(b.unet, b.defaults.attn_layers)
-    res = {}
-    scenes = [W.make_scene(HELD_OUT + 500_000 + i, n_objects=2) for i in range(n)]
+    size = b.image_size()[0]
+    scenes = [W.make_scene(HELD_OUT + 500_000 + i, size, n_objects=2) for i in range(n)]
     alphas = b.alphas_cumprod()
+    rows: dict = {}
     for t in timesteps:
-        own, other = [], []
+        acc: dict = {}
         for i, s in enumerate(scenes):
-            x = torch.from_numpy(s.image).permute(2, 0, 1)[None] * 2 - 1
-            noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(i))
-            z = alphas[t].sqrt() * x + (1 - alphas[t]).sqrt() * noise
+            z0 = b.encode(torch.from_numpy(s.image).permute(2, 0, 1)[None])
+            noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(i))
+            z = alphas[t].sqrt() * z0 + (1 - alphas[t]).sqrt() * noise
             store = ProbeStore(b.latent_shape()[1:], detach=True)
             with probing(b.unet, store, layers):
                 b.eps(z, t, b.encode_prompt(s.caption).cond)
             maps = F.interpolate(store.token_maps(b.defaults.map_res), size=s.image.shape[:2], mode="bilinear", align_corners=False)[0]
             for j, o in enumerate(s.objects):
-                word_pos = 3 if j == 0 else 7  # "<bos> a red circle and a blue square": positions 3 and 7
-                a = maps[word_pos].numpy()
-                k = int(o.mask.sum())
-                top = np.zeros(a.size, bool)
-                top[np.argsort(a.ravel())[-k:]] = True
-                top = top.reshape(a.shape)
-                own.append(W.mask_iou(top, o.mask))
-                other.append(W.mask_iou(top, s.objects[1 - j].mask))
-        res[int(t)] = {"own_object": float(np.mean(own)), "other_object": float(np.mean(other))}
-    return res
+                # "<bos> a red circle and a blue square": colour words at 2 and 6, shape words at 3 and 7
+                for word, pos in (("shape", 3 + 4 * j), ("colour", 2 + 4 * j)):
+                    a = maps[pos].numpy()
+                    k = int(o.mask.sum())
+                    top = np.zeros(a.size, bool)
+                    top[np.argsort(a.ravel())[-k:]] = True
+                    top = top.reshape(a.shape)
+                    for key in (f"{word} word", f"{word} word, {o.shape}"):
+                        own, other = acc.setdefault(key, ([], []))
+                        own.append(W.mask_iou(top, o.mask))
+                        other.append(W.mask_iou(top, s.objects[1 - j].mask))
+        for key, (own, other) in acc.items():
+            rows.setdefault(key, {})[int(t)] = {"own_object": float(np.mean(own)), "other_object": float(np.mean(other)), "n": len(own)}
+    return rows
 
 
-@torch.no_grad()
-def inversion(b: ShapesBackbone, images: np.ndarray, captions: list[str], steps: int = 50, fixed_point: int = 0) -> dict:
-    """Invert each image with DDIM (cond only, cfg 1) and regenerate; PSNR against the input."""
-    ts = b.timesteps(steps)
-    alphas, final = b.schedule()
+def regenerate(editor, image: np.ndarray, caption: str, folder: Path, name: str, steps: int) -> float:
+    """Save `image` as a PNG, edit nothing with it as `source`, and return the regeneration's PSNR
+    against the PNG: the path a user's photo takes (load, encode, invert, cache, sample, decode)."""
+    from energies import program as P
+    from sampler.editor import write_png
+
+    path = folder / f"{name}.png"
+    write_png(image, path)
+    from sampler.images import load_image
+
+    target = load_image(path, editor.backbone.image_size())
+    settings = editor.settings(P.Program(settings=P.Settings(prompt=caption, source=path.name, steps=steps)))
+    src = editor.source(settings, progress=False, script_dir=folder)
+    return psnr(torch.from_numpy(src.image).permute(2, 0, 1)[None], torch.from_numpy(target).permute(2, 0, 1)[None])
+
+
+class _cache_in:
+    """Keep the evaluation's inversions out of the user's cache."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.old = str(folder), None
+
+    def __enter__(self):
+        import os
+
+        self.old = os.environ.get("STEER_CACHE")
+        os.environ["STEER_CACHE"] = self.folder
+
+    def __exit__(self, *exc):
+        import os
+
+        if self.old is None:
+            os.environ.pop("STEER_CACHE", None)
+        else:
+            os.environ["STEER_CACHE"] = self.old
+
+
+def inversion(b: ShapesBackbone, images: np.ndarray, captions: list[str], steps: int = 50) -> dict:
+    """Regenerate each image through the editor's `source` path (DDIM inversion at cfg 1 with
+    fixed-point refinement, then sampling); PSNR against the input."""
+    from sampler.editor import Editor
+
+    editor = Editor(b)
     scores = []
-    for im, cap in zip(images, captions):
-        x = torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1)[None].float() * 2 - 1
-        cond = b.encode_prompt(cap).cond
-        eps = lambda z, t: b.eps(z, t, cond)  # noqa: E731
-        zs = invert_ddim(eps, x, ts, alphas, final, fixed_point=fixed_point, disable=True)
-        rec = sample_ddim(lambda i, t, z, e=None: eps(z, t), zs[0], ts, alphas, final, disable=True)
-        scores.append(psnr(b.decode(rec), b.decode(x)))
+    with tempfile.TemporaryDirectory() as d, _cache_in(Path(d) / "cache"):
+        for i, (im, cap) in enumerate(zip(images, captions)):
+            scores.append(regenerate(editor, im, cap, Path(d), f"im{i}", steps))
+            editor._sources.clear()
     s = np.array(scores)
-    return {"n": len(s), "mean_psnr": float(s.mean()), "min_psnr": float(s.min()), "share_at_least_30db": float((s >= 30).mean())}
+    return {"n": len(s), "steps": steps, "mean_psnr": float(s.mean()), "min_psnr": float(s.min()),
+            "share_at_least_30db": float((s >= 30).mean()), "share_under_25db": float((s < 25).mean())}
 
 
 def _features(out) -> torch.Tensor:
@@ -134,7 +207,8 @@ def clip_retrieval(b: ShapesBackbone, n: int = 256) -> dict:
     caps = all_captions()
     ids = b.tokenizer(caps, padding="max_length", max_length=M.MAX_LENGTH, return_tensors="pt").input_ids
     text = F.normalize(_features(b.clip.get_text_features(input_ids=ids)), dim=-1)
-    scenes = [W.make_scene(HELD_OUT + 900_000 + i) for i in range(n)]
+    size = b.clip.config.vision_config.image_size
+    scenes = [W.make_scene(HELD_OUT + 900_000 + i, size) for i in range(n)]
     pixels = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2) * 2 - 1
     img = F.normalize(_features(b.clip.get_image_features(pixel_values=pixels)), dim=-1)
     best = (img @ text.T).argmax(1)
@@ -147,86 +221,126 @@ def clip_retrieval(b: ShapesBackbone, n: int = 256) -> dict:
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m sampler.shapes.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="shapes")
-    p.add_argument("--n", type=int, default=64, help="samples per caption kind")
+    p.add_argument("--split", choices=list(SPLITS), default="report", help="sampling seeds: tune (choose settings) or report (quote)")
+    p.add_argument("--per-caption", type=int, default=3, help="seeds per two-object caption (108 captions); one-object captions get 8")
     p.add_argument("--cfg", type=float, nargs="*", default=None, help="cfg scales to compare (default: the model's)")
     p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--only", choices=["fidelity"], help="just the caption fidelity (a quick check during training)")
     p.add_argument("--out", type=Path, default=Path("docs/shapes-model.json"))
     args = p.parse_args(argv)
     torch.manual_seed(0)
     b = ShapesBackbone(args.model)
     d = b.sampling_defaults
     steps = args.steps or d["steps"]
-    report = {"model": args.model, "steps": steps, "fidelity": {}}
+    report = {"model": args.model, "split": args.split, "steps": steps, "image_size": list(b.image_size()), "fidelity": {}}
     t0 = time.time()
-    ones, twos = eval_captions(1, args.n, 1), eval_captions(2, args.n, 2)
-    seeds = list(range(args.n))
+    ones, one_seeds = caption_grid(one_object_captions(), 8, args.split)
+    twos, two_seeds = caption_grid(two_object_captions(), args.per_caption, args.split)
+    two_seeds = [s + 100_000 for s in two_seeds]
     for cfg in tqdm(args.cfg or [d["cfg"]], desc="fidelity"):
         report["fidelity"][str(cfg)] = {
-            "one_object": fidelity(sample(b, ones, seeds, steps, cfg), ones),
-            "two_objects": fidelity(sample(b, twos, seeds, steps, cfg), twos),
+            "one_object": fidelity(sample(b, ones, one_seeds, steps, cfg, progress=True), ones),
+            "two_objects": fidelity(sample(b, twos, two_seeds, steps, cfg, progress=True), twos),
         }
-    report["localisation"] = localisation(b)
-    gen_caps = twos[:16] + ones[:16]
-    generated = sample(b, gen_caps, list(range(len(gen_caps))), steps, d["cfg"])
-    world_scenes = [W.make_scene(HELD_OUT + 700_000 + i) for i in range(32)]
-    report["inversion"] = {
-        "generated": inversion(b, generated, gen_caps),
-        "generated_fixed_point_2": inversion(b, generated, gen_caps, fixed_point=2),
-        "world": inversion(b, np.stack([s.image for s in world_scenes]), [s.caption for s in world_scenes]),
-    }
-    report["clip"] = clip_retrieval(b)
+    if args.only != "fidelity":
+        report["localisation"] = localisation(b)
+        gen_caps = two_object_captions()[::9][:12] + one_object_captions()[::3][:4]  # every colour pair, both orders
+        generated = sample(b, gen_caps, [SPLITS[args.split] + 200_000 + i for i in range(len(gen_caps))], steps, d["cfg"])
+        world_scenes = [W.make_scene(HELD_OUT + 700_000 + i, b.image_size()[0]) for i in range(16)]
+        report["inversion"] = {
+            "generated": inversion(b, generated, gen_caps, steps),
+            "generated_50": inversion(b, generated, gen_caps, 50),
+            "world": inversion(b, np.stack([s.image for s in world_scenes]), [s.caption for s in world_scenes], steps),
+        }
+        report["clip"] = clip_retrieval(b)
     report["seconds"] = round(time.time() - t0)
+    command = " ".join(["python -m sampler.shapes.evaluate", *(argv if argv is not None else __import__("sys").argv[1:])])
+    if args.only:
+        print(json.dumps(report, indent=2))
+        return
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     card = args.out.with_suffix(".md")
-    card.write_text(model_card(report, b.model.card.get("training", {}), " ".join(["python -m sampler.shapes.evaluate", *(argv or [])])))
+    card.write_text(model_card(report, b, command))
     print(card.read_text())
 
 
-def model_card(r: dict, training: dict, command: str) -> str:
+def describe(b: ShapesBackbone) -> str:
+    """The model's architecture, read from its own configs."""
+    u, te = b.unet.config, b.text_encoder.config
+    attn = [i for i, k in enumerate(u.down_block_types) if "CrossAttn" in k]
+    latent = u.sample_size
+    res = ", ".join(f"{latent // 2 ** i}x{latent // 2 ** i}" for i in attn)
+    n_params = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
+    size = b.image_size()[0]
+    L = [f"steer's shipped text-to-image model for the shapes world (circle, square, triangle in red, green, blue, yellow on",
+         f"black, {size}x{size} pixels). Built from Stable Diffusion's classes: a transformers `CLIPTextModel` ({te.num_hidden_layers} layers,",
+         f"{te.hidden_size} wide, {n_params(b.text_encoder):.1f}M parameters) with a word-level `tokenizers` tokenizer,"]
+    if b.vae is not None:
+        v = b.vae.config
+        L += [f"a diffusers `AutoencoderKL` ({n_params(b.vae):.1f}M parameters) between the {size}x{size}x3 image and a "
+              f"{latent}x{latent}x{v.latent_channels} latent (scaling factor {v.scaling_factor:.3f}, shift {v.shift_factor:.3f}),",
+              f"a diffusers `UNet2DConditionModel` on that latent ({n_params(b.unet):.1f}M parameters, channels "
+              f"{'/'.join(map(str, u.block_out_channels))}, cross-attention at {res} and in the mid block, epsilon prediction),"]
+    else:
+        L += [f"a diffusers `UNet2DConditionModel` in pixel space ({n_params(b.unet):.1f}M parameters, channels "
+              f"{'/'.join(map(str, u.block_out_channels))}, cross-attention at {res} and in the mid block),"]
+    L += ["diffusers' DDIM scheduler, and a shapes CLIP (`CLIPModel`, ViT image tower) for the ViT and CLIP energies.",
+          "Weights are safetensors in `sampler/shapes/weights/`; `Editor(\"shapes\")` loads them offline."]
+    return "\n".join(L)
+
+
+def _pct(v: dict) -> str:
+    return f"{v['right']:.0%} (n={v['n']})"
+
+
+def model_card(r: dict, b: ShapesBackbone, command: str) -> str:
     """The model card: how the shipped model was made and what it measures."""
-    L = ["# The shapes model", "",
-         "steer's shipped text-to-image model for the shapes world (circle, square, triangle in red, green, blue, yellow on",
-         "black, 32x32). Built from Stable Diffusion's classes: a transformers `CLIPTextModel` (2 layers, 64 wide) with a",
-         "word-level `tokenizers` tokenizer, a diffusers `UNet2DConditionModel` in pixel space (channels 32/64/128, cross-",
-         "attention at 16x16 and 8x8, epsilon prediction), diffusers' DDIM scheduler, and a shapes CLIP (`CLIPModel`, ViT",
-         "image tower on 4x4 patches) for the ViT and CLIP energies. Weights are safetensors in `sampler/shapes/weights/`.", "",
-         "## Training", ""]
+    training = b.model.card.get("training", {})
+    L = ["# The shapes model", "", describe(b), "", "## Training", ""]
     if training:
         L += ["- commands, in order (a resumed run continues the same seeded schedule): "
               + "; ".join(f"`{c}`" for c in training.get("commands", [training.get("command", "?")])),
-              f"- seed {training.get('seed')}, batch {training.get('batch')}, UNet + text encoder {training.get('unet_steps')} steps "
-              f"in {training.get('unet_minutes')} min (final loss {training.get('final_loss', float('nan')):.4f}), "
-              f"CLIP {training.get('clip_steps')} steps in {training.get('clip_minutes')} min",
-              f"- machine: {training.get('machine')}, torch {training.get('torch')}; date {training.get('date')}",
-              "- data: fresh world scenes every step (50% one-object), 10% empty captions for classifier-free guidance,",
-              "  AdamW with warm-up and cosine decay, bf16 autocast with fp32 weights, EMA 0.999 (the EMA weights ship)"]
-        ft = training.get("finetune")
-        if ft:
-            L += [f"- then fine-tuned for {ft['steps']} steps ({ft['minutes']} min) from the step-{ft['from_steps']} model: fresh "
-                  f"optimizer, peak lr {ft['lr']:g}, {1 - ft['p_one']:.0%} two-object scenes, data seed {ft['seed']}"
-                  + ("; the UNet alone (text encoder frozen)" if ft.get("freeze_text") else "") + f"; why: {ft['why']}"]
+              f"- seed {training.get('seed')}, batch {training.get('batch')}; machine: {training.get('machine')}, "
+              f"torch {training.get('torch')}; date {training.get('date')}"]
+        for stage, what in (("vae", "autoencoder"), ("unet", "UNet + text encoder"), ("clip", "shapes CLIP")):
+            if f"{stage}_steps" in training:
+                L.append(f"- {what}: {training[f'{stage}_steps']} steps in {training.get(f'{stage}_minutes')} min")
+        for note in training.get("notes", []):
+            L.append(f"- {note}")
         L += [""]
-    L += ["## Measured", "", f"Reproduce with `{command}` ({r['seconds']} s). Samples use {r['steps']} DDIM steps.", "",
-          "### Caption fidelity (detector on samples; held-out captions, one seed each)", "",
-          "| cfg | one object: right colour and shape | two objects: both right, nothing extra | two objects: colours right |",
-          "| --- | --- | --- | --- |"]
+    L += ["## Measured", "", f"Reproduce with `{command}` ({r['seconds']} s). Samples use {r['steps']} DDIM steps; sampling seeds",
+          f"of the `{r['split']}` split (settings are chosen on the `tune` split; training draws neither).", "",
+          "### Caption fidelity (the world's detector on samples)", "",
+          "Every one-object caption (12, 8 seeds each) and every two-object caption (108: all colour pairs, all shape",
+          "pairs, both orders). *Right* means exactly the named objects, each of its colour and shape, nothing extra.", "",
+          "| cfg | one object right | two objects right | two objects: colours right |", "| --- | --- | --- | --- |"]
     for cfg, f in r["fidelity"].items():
-        L.append(f"| {cfg} | {f['one_object']['all_right']:.0%} (n={f['one_object']['n']}) | {f['two_objects']['all_right']:.0%} "
-                 f"(n={f['two_objects']['n']}) | {f['two_objects']['colours_right']:.0%} |")
-    L += ["", "### Cross-attention localisation", "",
-          "World images with two objects, noised to t; for each object's shape word, the top-k cells of its attention map",
-          "(k = the object's area, maps averaged over every cross-attention layer) against the object's mask, and against",
-          "the other object's mask.", "", "| t | IoU with its object | IoU with the other object |", "| --- | --- | --- |"]
-    for t, v in r["localisation"].items():
-        L.append(f"| {t} | {v['own_object']:.2f} | {v['other_object']:.2f} |")
-    inv = r["inversion"]
-    L += ["", "### DDIM inversion and regeneration (50 steps, cfg 1)", "", "| images | mean PSNR | min PSNR | share >= 30 dB |",
-          "| --- | --- | --- | --- |"]
-    for k, name in (("generated", "generated samples"), ("generated_fixed_point_2", "generated, 2 fixed-point iterations per step"),
-                    ("world", "world ground-truth images")):
-        v = inv[k]
-        L.append(f"| {name} (n={v['n']}) | {v['mean_psnr']:.1f} dB | {v['min_psnr']:.1f} dB | {v['share_at_least_30db']:.0%} |")
+        L.append(f"| {cfg} | {f['one_object']['all_right']:.1%} (n={f['one_object']['n']}) | {f['two_objects']['all_right']:.1%} "
+                 f"(n={f['two_objects']['n']}) | {f['two_objects']['colours_right']:.1%} |")
+    L += ["", "Per object of the two-object scenes (found with its colour and shape), by shape and by colour:", "",
+          "| cfg | " + " | ".join((*W.SHAPES, *W.COLOURS)) + " |", "| --- |" + " --- |" * (len(W.SHAPES) + len(W.COLOURS))]
+    for cfg, f in r["fidelity"].items():
+        per = f["two_objects"]["per_object"]
+        L.append(f"| {cfg} | " + " | ".join(_pct(per[k]) for k in (*W.SHAPES, *W.COLOURS)) + " |")
+    if "localisation" in r:
+        L += ["", "### Cross-attention localisation", "",
+              "World images with two objects, noised to t; for a word, the top-k cells of its attention map (k = its object's",
+              "area; maps averaged over the layers the energies read) against its own object's mask / the other object's.", "",
+              "| word | " + " | ".join(f"t = {t}" for t in next(iter(r["localisation"].values()))) + " |",
+              "| --- |" + " --- |" * len(next(iter(r["localisation"].values())))]
+        for key, by_t in r["localisation"].items():
+            L.append(f"| {key} | " + " | ".join(f"{v['own_object']:.2f} / {v['other_object']:.2f}" for v in by_t.values()) + " |")
+    if "inversion" in r:
+        inv = r["inversion"]
+        L += ["", "### Inversion and regeneration through `source \"image.png\"`", "",
+              "Each image saved as a PNG and given to the editor as its `source`: encoded, DDIM-inverted at cfg 1 with the",
+              "editor's fixed-point refinement, sampled back and decoded; PSNR against the PNG.", "",
+              "| images | steps | mean PSNR | min PSNR | share >= 30 dB | share < 25 dB |", "| --- | --- | --- | --- | --- | --- |"]
+        for k, name in (("generated", "generated samples"), ("generated_50", "generated samples"), ("world", "world images")):
+            v = inv[k]
+            L.append(f"| {name} (n={v['n']}) | {v['steps']} | {v['mean_psnr']:.1f} dB | {v['min_psnr']:.1f} dB | "
+                     f"{v['share_at_least_30db']:.0%} | {v['share_under_25db']:.0%} |")
     c = r.get("clip") or {}
     if c:
         L += ["", "### Shapes CLIP", "", f"Zero-shot caption retrieval on {c['n']} held-out scenes among all {c['candidates']} captions of the",

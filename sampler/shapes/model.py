@@ -1,10 +1,14 @@
 """The shapes model: Stable Diffusion's classes at shapes-world size, and how to load it offline.
 
-The text encoder is a transformers CLIPTextModel, the denoiser a diffusers UNet2DConditionModel
-with cross-attention at 16x16 and 8x8 (and in the 8x8 mid block), the scheduler diffusers' DDIM.
-It works in pixel space (no VAE): the "latent" is the image in [-1, 1]. The same layout on disk as
-a diffusers pipeline folder: unet/, text_encoder/, tokenizer/, scheduler/, plus clip/ for the
-shapes CLIP used by the ViT and CLIP energies.
+Second generation (what `build_*` make): latent diffusion, as Stable Diffusion is. A diffusers
+AutoencoderKL maps a 64x64 world image to a 4x16x16 latent (factor 4); a transformers
+CLIPTextModel with a word-level tokenizer encodes the caption; a diffusers UNet2DConditionModel
+with cross-attention at 16x16, 8x8 and in the 4x4 mid block denoises the latent; diffusers' DDIM
+samples. The same layout on disk as a diffusers pipeline folder: vae/, unet/, text_encoder/,
+tokenizer/, scheduler/, plus clip/ for the shapes CLIP that the ViT and CLIP energies read.
+
+A folder without vae/ is a first-generation pixel-space model (32x32, the "latent" is the image in
+[-1, 1]); `load` reads either, from the configs on disk.
 """
 
 from __future__ import annotations
@@ -44,34 +48,57 @@ def build_tokenizer():
     )
 
 
+IMAGE_SIZE = 64  # world images, in pixels
+TEXT_WIDTH = 128
+
+
 def text_config(tokenizer):
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=256,
-        num_hidden_layers=2,
+        hidden_size=TEXT_WIDTH,
+        intermediate_size=4 * TEXT_WIDTH,
+        num_hidden_layers=4,
         num_attention_heads=4,
         max_position_embeddings=MAX_LENGTH,
-        projection_dim=64,
+        projection_dim=TEXT_WIDTH,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
 
 
-UNET_CONFIG = dict(
-    sample_size=32,
+# The autoencoder: 64x64x3 <-> 16x16x4. Three encoder blocks, two of them downsampling (factor 4),
+# as Stable Diffusion's four blocks give factor 8. Its scaling and shift factors are measured on
+# world images after training (vae.config.scaling_factor, shift_factor), so latents have unit
+# variance around zero: z = (vae_latent - shift) * scale.
+VAE_CONFIG = dict(
     in_channels=3,
     out_channels=3,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    block_out_channels=(32, 64, 128),
+    down_block_types=("DownEncoderBlock2D",) * 3,
+    up_block_types=("UpDecoderBlock2D",) * 3,
+    block_out_channels=(32, 64, 64),
     layers_per_block=1,
-    cross_attention_dim=64,
-    attention_head_dim=4,  # diffusers' name for the number of heads in this UNet class
-    norm_num_groups=8,
+    latent_channels=4,
+    norm_num_groups=16,
+    sample_size=IMAGE_SIZE,
+)
+LATENT_SIZE = IMAGE_SIZE // 4
+
+# Cross-attention (and self-attention) at 16x16 and 8x8, and in the 4x4 mid block; the deepest
+# down block is a plain ResNet block. Diffusers' up blocks mirror the down blocks.
+UNET_CONFIG = dict(
+    sample_size=LATENT_SIZE,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    block_out_channels=(64, 128, 128),
+    layers_per_block=1,
+    cross_attention_dim=TEXT_WIDTH,
+    attention_head_dim=8,  # diffusers' name for the number of heads in this UNet class
+    norm_num_groups=16,
 )
 
 SCHEDULER_CONFIG = dict(
@@ -79,6 +106,8 @@ SCHEDULER_CONFIG = dict(
     beta_schedule="squaredcos_cap_v2",  # cosine: the usual choice for small pixel-space models
     clip_sample=False,
     set_alpha_to_one=True,
+    # Cosine on the latent too: alpha_bar(999) = 2e-9, so the last training step is pure noise
+    # (zero terminal SNR in all but name) and the model learns to draw the layout from nothing.
     # Not "trailing": the cosine schedule has alpha_bar(999) = 2e-9, where x0 = (z - eps) / 5e-5
     # magnifies any error in eps 20,000 times and DDIM inversion cannot come back (4 dB PSNR).
     # "leading" with offset 1 starts at t = 961 (25 steps) or 981 (50 steps), as SD does.
@@ -100,11 +129,30 @@ def clip_config(tokenizer):
         intermediate_size=384,
         num_hidden_layers=4,
         num_attention_heads=4,
-        image_size=32,
-        patch_size=4,
+        image_size=IMAGE_SIZE,
+        patch_size=8,
         num_channels=3,
     )
     return CLIPConfig(text_config=t, vision_config=vision, projection_dim=64)
+
+
+def build_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(**VAE_CONFIG)
+
+
+def vae_encode(vae, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Images in [-1, 1] -> the diffusion model's latents (the posterior mean, or a sample of it
+    when a generator is given, as Stable Diffusion trains)."""
+    d = vae.encode(x).latent_dist
+    z = d.mean if generator is None else d.mean + d.std * torch.randn(d.mean.shape, generator=generator).to(d.mean)
+    return (z - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor
+
+
+def vae_decode(vae, z: torch.Tensor) -> torch.Tensor:
+    """The diffusion model's latents -> images in [-1, 1] (not clamped)."""
+    return vae.decode(z / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)).sample
 
 
 def build_unet():
@@ -128,6 +176,7 @@ class ShapesModel:
     clip: torch.nn.Module | None
     path: Path
     card: dict
+    vae: torch.nn.Module | None = None  # None: a first-generation pixel-space model
 
 
 def resolve(name_or_path: str | Path) -> Path:
@@ -142,7 +191,7 @@ def is_shapes_folder(path: Path) -> bool:
 
 def load(name_or_path: str | Path = "shapes", device: str | torch.device = "cpu", with_clip: bool = True) -> ShapesModel:
     """Load the shapes model offline from a folder written by `save` (safetensors only)."""
-    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPModel, CLIPTextModel, PreTrainedTokenizerFast
 
     path = resolve(name_or_path)
@@ -155,17 +204,20 @@ def load(name_or_path: str | Path = "shapes", device: str | torch.device = "cpu"
     text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", use_safetensors=True).to(device).eval()
     unet = UNet2DConditionModel.from_pretrained(path / "unet", use_safetensors=True).to(device).eval()
     scheduler = DDIMScheduler.from_pretrained(path / "scheduler")
+    vae = None
+    if (path / "vae").is_dir():
+        vae = AutoencoderKL.from_pretrained(path / "vae", use_safetensors=True).to(device).eval()
     clip = None
     if with_clip and (path / "clip").is_dir():
         clip = CLIPModel.from_pretrained(path / "clip", use_safetensors=True).to(device).eval()
-    for m in (text_encoder, unet, clip):
+    for m in (text_encoder, unet, clip, vae):
         if m is not None:
             m.requires_grad_(False)
     card = json.loads((path / "steer_shapes.json").read_text())
-    return ShapesModel(tokenizer, text_encoder, unet, scheduler, clip, path, card)
+    return ShapesModel(tokenizer, text_encoder, unet, scheduler, clip, path, card, vae)
 
 
-def save(path: Path, tokenizer, text_encoder, unet, scheduler, clip=None, card: dict | None = None, dtype=torch.float32):
+def save(path: Path, tokenizer, text_encoder, unet, scheduler, clip=None, card: dict | None = None, dtype=torch.float32, vae=None):
     """Write a shapes model folder (safetensors weights, JSON configs)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -175,4 +227,6 @@ def save(path: Path, tokenizer, text_encoder, unet, scheduler, clip=None, card: 
     scheduler.save_pretrained(path / "scheduler")
     if clip is not None:
         clip.to(dtype).save_pretrained(path / "clip", safe_serialization=True)
+    if vae is not None:
+        vae.to(dtype).save_pretrained(path / "vae", safe_serialization=True)
     (path / "steer_shapes.json").write_text(json.dumps({"defaults": DEFAULTS, **(card or {})}, indent=2) + "\n")

@@ -1,8 +1,11 @@
-"""Train the shapes model: `python -m sampler.shapes.train [unet|clip|all] [--out DIR]`.
+"""Train the shapes model: `python -m sampler.shapes.train [vae|unet|clip|all] [--out DIR]`.
 
-Stage `unet` trains the UNet and the text encoder jointly on freshly generated world scenes
-(epsilon prediction, 10% empty captions for classifier-free guidance, an EMA of the weights).
-Stage `clip` trains the shapes CLIP contrastively on the same world. Everything is a function of
+Stage `vae` trains the autoencoder (L1 + L2 reconstruction and a small KL term) on world images,
+some of them recoloured, noised or blurred so that it also encodes photos that are not quite of
+the world, and measures the latents' scale. Stage `unet` trains the UNet and the text encoder
+jointly on freshly generated world scenes encoded by that autoencoder (epsilon prediction with
+Min-SNR weighting, 10% empty captions for classifier-free guidance, an EMA of the weights). Stage
+`clip` trains the shapes CLIP contrastively on the same world. Everything is a function of
 the seed: batch s is world.scene_batch(seed, s, batch) and its noise comes from a generator seeded
 with (seed, s), so a resumed run continues exactly where it stopped. Checkpoints are safetensors
 (weights, EMA and optimizer moments) plus a JSON file with the step: nothing is pickled.
@@ -30,6 +33,7 @@ from . import world
 
 
 def images_to_tensor(scenes) -> torch.Tensor:
+    """World scenes -> (B, 3, H, W) in [-1, 1]."""
     x = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2)
     return x * 2 - 1  # the model works on images in [-1, 1]
 
@@ -85,15 +89,124 @@ def _param_names(modules: dict) -> dict:
     return {p: f"{prefix}.{n}" for prefix, m in modules.items() for n, p in m.named_parameters()}
 
 
-def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+def lr_at(step: int, total: int, peak: float, warmup: int, schedule: str = "cosine", cooldown: int = 0) -> float:
+    """Warm-up, then cosine decay to 10% over the run; or "wsd" (warm-up, stable, decay): the peak
+    until the last `cooldown` steps, then linear to 10%. A wsd run can be extended by raising
+    --steps on resume, since nothing before the cool-down depends on the total."""
     if step < warmup:
         return peak * (step + 1) / warmup
+    if schedule == "wsd":
+        into = step - (total - cooldown)
+        return peak if into < 0 else peak * (1 - 0.9 * into / max(1, cooldown))
     progress = (step - warmup) / max(1, total - warmup)
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))  # cosine down to 10%
 
 
 # ----------------------------------------------------------------------------------------------
-# Stage 1: UNet + text encoder
+# Stage 1: the autoencoder
+
+
+def vae_augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Some images (in [-1, 1]) recoloured off the palette, noised or blurred, so the autoencoder
+    also carries in-between colours (a recolour half done) and imperfect photos of the world."""
+    x = x.clone()
+    u = torch.rand(x.shape[0], generator=g)
+    recolour = u < 0.2
+    if recolour.any():  # a random non-negative colour mixing matrix on [0, 1] images
+        m = torch.rand(int(recolour.sum()), 3, 3, generator=g) ** 2
+        m = m / m.sum(1, keepdim=True).clamp(min=0.5)
+        y = torch.einsum("bij,bjhw->bihw", m, (x[recolour] + 1) / 2)
+        x[recolour] = y.clamp(0, 1) * 2 - 1
+    noisy = (u >= 0.2) & (u < 0.3)
+    if noisy.any():
+        sigma = torch.rand(int(noisy.sum()), 1, 1, 1, generator=g) * 0.3
+        x[noisy] = (x[noisy] + sigma * torch.randn(x[noisy].shape, generator=g)).clamp(-1, 1)
+    blur = (u >= 0.3) & (u < 0.35)
+    if blur.any():
+        x[blur] = F.avg_pool2d(F.pad(x[blur], (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    return x
+
+
+def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR of images in [-1, 1], measured on [0, 1]."""
+    mse = ((a.clamp(-1, 1) - b) / 2).pow(2).mean().item()
+    return 10 * math.log10(1 / max(mse, 1e-10))
+
+
+def train_vae(args) -> dict:
+    torch.manual_seed(args.seed + 2)
+    vae = M.build_vae()
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    ckpt = args.work / "vae.ckpt.safetensors"
+    start, elapsed = 0, 0.0
+    if ckpt.exists() and not args.restart:
+        state = load_checkpoint(ckpt, {"vae": vae}, {}, opt)
+        start, elapsed = state["step"], state["elapsed"]
+        print(f"resumed from {ckpt} at step {start}")
+    t0 = time.time() - elapsed
+    bar = tqdm(range(start, args.vae_steps), initial=start, total=args.vae_steps, desc="vae", dynamic_ncols=True)
+    scores = []
+    for step in bar:
+        scenes = world.scene_batch(args.seed + 11, step, args.vae_batch, size=M.IMAGE_SIZE, p_one=args.p_one)
+        g = torch.Generator().manual_seed(args.seed * 7_000_003 + step)
+        x = vae_augment(images_to_tensor(scenes), g)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, args.vae_steps, args.vae_lr, 100)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            d = vae.encode(x).latent_dist
+            z = d.mean + d.std * torch.randn(d.mean.shape, generator=g)
+            rec = vae.decode(z).sample.float()
+        kl = d.kl().mean()  # summed over the latent's elements, as Stable Diffusion's autoencoder does
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + args.vae_kl * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        scores.append(psnr_db(rec.detach(), x))
+        if step % 20 == 0:
+            bar.set_postfix(psnr=f"{np.mean(scores[-100:]):.1f}dB", kl=f"{kl.item():.0f}")
+        done = step + 1 == args.vae_steps
+        if (step + 1) % args.ckpt_every == 0 or done or (args.max_minutes and time.time() - t0 > args.max_minutes * 60):
+            save_checkpoint(ckpt, {"vae": vae}, {}, opt, {"step": step + 1, "elapsed": time.time() - t0})
+            if not done and args.max_minutes and time.time() - t0 > args.max_minutes * 60:
+                print(f"stopping at step {step + 1}: --max-minutes {args.max_minutes} reached (resume to continue)")
+                raise SystemExit(0)
+    bar.close()
+    vae.eval()
+    scale, shift, held_out = measure_latents(vae)
+    vae.register_to_config(scaling_factor=scale, shift_factor=shift)
+    tmp = args.work / "vae.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    vae.save_pretrained(tmp, safe_serialization=True)
+    shutil.rmtree(args.work / "vae", ignore_errors=True)
+    tmp.rename(args.work / "vae")
+    return {"vae_steps": args.vae_steps, "vae_minutes": round((time.time() - t0) / 60, 1),
+            "vae_scaling_factor": scale, "vae_shift_factor": shift, "vae_psnr_world": held_out}
+
+
+@torch.no_grad()
+def measure_latents(vae, n: int = 256) -> tuple[float, float, float]:
+    """(scaling factor, shift factor, mean reconstruction PSNR) on held-out world images: the
+    shift centres the latents and the scale gives them unit variance, as the diffusion model
+    expects of its data."""
+    scenes = [world.make_scene(10**7 + 800_000 + i, M.IMAGE_SIZE) for i in range(n)]
+    x = images_to_tensor(scenes)
+    z = torch.cat([vae.encode(x[k : k + 64]).latent_dist.mean for k in range(0, n, 64)])
+    rec = torch.cat([vae.decode(z[k : k + 64]).sample for k in range(0, n, 64)])
+    shift, std = z.mean().item(), z.std().item()
+    return 1.0 / std, shift, float(np.mean([psnr_db(r[None], xx[None]) for r, xx in zip(rec, x)]))
+
+
+def load_vae(work: Path):
+    from diffusers import AutoencoderKL
+
+    if not (work / "vae").is_dir():
+        raise SystemExit(f"no autoencoder in {work / 'vae'}: run the vae stage first (python -m sampler.shapes.train vae)")
+    return AutoencoderKL.from_pretrained(work / "vae", use_safetensors=True).eval().requires_grad_(False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 2: UNet + text encoder
 
 
 def train_unet(args) -> dict:
@@ -104,6 +217,7 @@ def train_unet(args) -> dict:
     text_encoder = CLIPTextModel(M.text_config(tokenizer))
     unet = M.build_unet()
     scheduler = M.build_scheduler()
+    vae = load_vae(args.work)
     modules = {"unet": unet, "text_encoder": text_encoder}
     if args.freeze_text:  # keep the text encoder (and so the attention maps' keys) as they are: train the UNet alone
         text_encoder.requires_grad_(False)
@@ -127,26 +241,31 @@ def train_unet(args) -> dict:
         print(f"resumed from {ckpt} at step {start}")
 
     alphas = scheduler.alphas_cumprod
+    # Min-SNR-gamma (Hang et al. 2023): an epsilon loss weighted by min(SNR, gamma) / SNR, so the
+    # nearly clean timesteps (huge SNR, little to learn) stop dominating the gradient.
+    snr = alphas / (1 - alphas)
+    weight_of_t = (snr.clamp(max=args.min_snr) / snr) if args.min_snr else torch.ones_like(snr)
     t0 = time.time() - elapsed
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="unet", dynamic_ncols=True)
     losses = []
     for step in bar:
-        scenes = world.scene_batch(args.seed, step, args.batch, p_one=args.p_one)
-        x0 = images_to_tensor(scenes)
+        scenes = world.scene_batch(args.seed, step, args.batch, size=M.IMAGE_SIZE, p_one=args.p_one)
         drop = np.random.default_rng((args.seed, step, 1 << 20)).random(args.batch) < args.p_uncond
         captions = ["" if d else s.caption for s, d in zip(scenes, drop)]
         g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        with torch.no_grad():
+            x0 = M.vae_encode(vae, images_to_tensor(scenes), g)
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch,), generator=g)
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
 
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
+            group["lr"] = lr_at(step, args.steps, args.lr, args.warmup, args.schedule, args.cooldown)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
             cond = encode(tokenizer, text_encoder, captions)
             pred = unet(xt, t, cond).sample
-        loss = F.mse_loss(pred.float(), noise)
+        loss = (weight_of_t[t] * (pred.float() - noise).pow(2).mean((1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -166,18 +285,18 @@ def train_unet(args) -> dict:
             bar.set_postfix(loss=f"{np.mean(losses[-200:]):.4f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
         if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
             save_checkpoint(ckpt, modules, ema, opt, {"step": step + 1, "elapsed": time.time() - t0})
-            export_ema(args.work / "ema", tokenizer, text_encoder, unet, scheduler, ema)
+            export_ema(args.work / "ema", tokenizer, text_encoder, unet, scheduler, ema, vae)
         if args.max_minutes and time.time() - t0 > args.max_minutes * 60:
             save_checkpoint(ckpt, modules, ema, opt, {"step": step + 1, "elapsed": time.time() - t0})
             print(f"stopping at step {step + 1}: --max-minutes {args.max_minutes} reached (resume to continue)")
             break
     bar.close()
     steps_done = step + 1
-    export_ema(args.work / "ema", tokenizer, text_encoder, unet, scheduler, ema)
+    export_ema(args.work / "ema", tokenizer, text_encoder, unet, scheduler, ema, vae)
     return {"unet_steps": steps_done, "unet_minutes": round((time.time() - t0) / 60, 1), "final_loss": float(np.mean(losses[-200:]))}
 
 
-def export_ema(path: Path, tokenizer, text_encoder, unet, scheduler, ema: dict):
+def export_ema(path: Path, tokenizer, text_encoder, unet, scheduler, ema: dict, vae=None):
     """Write the EMA weights as a loadable shapes model folder (no CLIP yet)."""
     from transformers import CLIPTextModel
 
@@ -187,13 +306,13 @@ def export_ema(path: Path, tokenizer, text_encoder, unet, scheduler, ema: dict):
     un.load_state_dict({k[len("unet.") :]: v for k, v in ema.items() if k.startswith("unet.")})
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    M.save(tmp, tokenizer, te, un, scheduler)
+    M.save(tmp, tokenizer, te, un, scheduler, vae=vae)
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
 
 
 # ----------------------------------------------------------------------------------------------
-# Stage 2: the shapes CLIP
+# Stage 3: the shapes CLIP
 
 
 def clip_loss(model, pixels, ids, captions) -> torch.Tensor:
@@ -225,7 +344,7 @@ def train_clip(args) -> dict:
     t0 = time.time()
     bar = tqdm(range(args.clip_steps), desc="clip", dynamic_ncols=True)
     for step in bar:
-        scenes = world.scene_batch(args.seed + 7, step, args.clip_batch, p_one=args.p_one)
+        scenes = world.scene_batch(args.seed + 7, step, args.clip_batch, size=M.IMAGE_SIZE, p_one=args.p_one)
         captions = [s.caption for s in scenes]
         g = torch.Generator().manual_seed(args.seed * 7919 + step)
         pixels = augment(images_to_tensor(scenes), g)
@@ -253,7 +372,7 @@ def train_clip(args) -> dict:
 
 def assemble(args, record: dict):
     """Copy the EMA model and the CLIP into --out, with the training record."""
-    from diffusers import UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPModel, CLIPTextModel, PreTrainedTokenizerFast
 
     src = args.work / "ema"
@@ -269,7 +388,10 @@ def assemble(args, record: dict):
         M.build_scheduler(),  # the current sampling config, not the one the run started with
         clip,
         card={"training": record},
+        vae=AutoencoderKL.from_pretrained(src / "vae", use_safetensors=True),
     )
+    if (out / "directions").is_dir():  # learned directions live beside the weights: keep them
+        shutil.copytree(out / "directions", tmp / "directions")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     print(f"wrote {out}")
@@ -277,17 +399,22 @@ def assemble(args, record: dict):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m sampler.shapes.train", description=__doc__.split("\n")[0])
-    p.add_argument("stage", nargs="?", default="all", choices=["unet", "clip", "all", "assemble"],
+    p.add_argument("stage", nargs="?", default="all", choices=["vae", "unet", "clip", "all", "assemble"],
                    help="assemble: only write --out from the finished stages in --work")
     p.add_argument("--work", type=Path, default=Path("runs/shapes"), help="checkpoints and intermediate models")
-    p.add_argument("--out", type=Path, default=M.SHIPPED, help="where the finished model is written")
+    p.add_argument("--out", type=Path, default=None,
+                   help="where the finished model is written (default: WORK/model; the shipped model is sampler/shapes/weights, "
+                        "written only when named, and its directions/ are kept)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=9000)
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=300)
+    p.add_argument("--schedule", choices=["cosine", "wsd"], default="wsd", help="learning rate after the warm-up")
+    p.add_argument("--cooldown", type=int, default=3000, help="wsd: steps of linear decay at the end of the run")
+    p.add_argument("--min-snr", type=float, default=5.0, help="Min-SNR-gamma loss weighting; 0 = plain epsilon MSE")
     p.add_argument("--ema", type=float, default=0.999)
-    p.add_argument("--p-one", type=float, default=0.5, help="share of one-object scenes")
+    p.add_argument("--p-one", type=float, default=0.3, help="share of one-object scenes")
     p.add_argument("--p-uncond", type=float, default=0.1, help="share of empty captions (for CFG)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast (fp32 weights)")
     p.add_argument("--ckpt-every", type=int, default=250)
@@ -295,11 +422,16 @@ def main(argv=None):
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--init-from", help="start the UNet and text encoder from a finished shapes model folder (or 'shapes')")
     p.add_argument("--freeze-text", action="store_true", help="train the UNet only; the text encoder stays as initialised")
+    p.add_argument("--vae-steps", type=int, default=3000)
+    p.add_argument("--vae-batch", type=int, default=32)
+    p.add_argument("--vae-lr", type=float, default=1e-3)
+    p.add_argument("--vae-kl", type=float, default=1e-7, help="weight of the KL term (summed over the latent)")
     p.add_argument("--clip-steps", type=int, default=1500)
     p.add_argument("--clip-batch", type=int, default=128)
     p.add_argument("--clip-lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     args = p.parse_args(argv)
+    args.out = args.out or args.work / "model"
     if args.threads:
         torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -315,6 +447,12 @@ def main(argv=None):
         machine=f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {'GPU' if torch.cuda.is_available() else 'CPU'}",
         torch=torch.__version__,
     )
+    if args.stage in ("vae", "all"):
+        if not (args.work / "vae").is_dir():
+            record.update(train_vae(args))
+            record_path.write_text(json.dumps(record, indent=2))
+        if args.stage == "vae":
+            return
     if args.stage in ("unet", "all"):
         record.update(train_unet(args))
         record_path.write_text(json.dumps(record, indent=2))

@@ -29,7 +29,7 @@ WORDS = ("a", "and", *COLOURS, *SHAPES)
 # 8 to 15 px: small enough that two objects and a move fit, large enough that the silhouette
 # is still a circle, a square or a triangle after pixelisation.
 MIN_EXTENT, MAX_EXTENT = 0.25, 0.47
-GAP = 2  # pixels kept free between two objects, so colour masks never touch
+GAP = 2  # pixels kept free between two objects at 32 px (scaled with the image), so colour masks never touch
 
 
 @dataclass
@@ -114,6 +114,7 @@ def make_scene(seed, size: int = 32, n_objects: int | None = None, p_one: float 
 def _place(rng, shapes, colours, size) -> list[WorldObject] | None:
     objects: list[WorldObject] = []
     taken = np.zeros((size, size), bool)
+    gap = max(GAP, round(GAP * size / 32))
     for shape, colour in zip(shapes, colours):
         for _ in range(20):
             extent = rng.uniform(MIN_EXTENT, MAX_EXTENT) * size
@@ -124,7 +125,7 @@ def _place(rng, shapes, colours, size) -> list[WorldObject] | None:
                 break
         else:
             return None
-        taken |= _dilate(mask, GAP)
+        taken |= _dilate(mask, gap)
         objects.append(make_object(str(shape), str(colour), mask))
     return objects
 
