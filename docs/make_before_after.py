@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 import dsl
-from sampler.editor import Editor, write_png
+from sampler.editor import Editor
+from sampler.images import write_png
 
 root = Path(__file__).resolve().parent.parent
 program = dsl.load(root / "examples" / "move_circle.edit")

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 import dsl
-from sampler.editor import Editor, write_png
+from sampler.editor import Editor
+from sampler.images import write_png
 
 DIRECTIONS = ["circle_to_square", "green", "smaller", "red_to_green", "red_to_green + keep attention",
               "circle_to_square_p2p + keep attention"]

@@ -129,12 +129,18 @@ def hspace_shape(unet) -> tuple[int, int, int]:
     return (int(cfg.block_out_channels[-1]), int(size[0]) // down, int(size[1]) // down)
 
 
-def noise_width(backbone) -> int:
-    """W of a NoiseCLR direction: the width of the text encoder's input-embedding table (on SDXL,
-    of both tables: the direction is a row of each, concatenated)."""
-    from sampler.noise_directions import widths
+def embedding_widths(backbone) -> list[int]:
+    """The width of each text encoder's input-embedding table that a NoiseCLR direction has a row
+    in: the text encoder's, and on SDXL the second one's too (the direction is their rows, concatenated)."""
+    encoders = [backbone.text_encoder]
+    if backbone.kind == "sdxl":
+        encoders.append(backbone.text_encoder_2)
+    return [int(e.get_input_embeddings().weight.shape[1]) for e in encoders]
 
-    return sum(widths(backbone))
+
+def noise_width(backbone) -> int:
+    """W of a NoiseCLR direction (see embedding_widths)."""
+    return sum(embedding_widths(backbone))
 
 
 def prompt_shape(backbone) -> tuple[int, int]:

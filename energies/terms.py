@@ -33,7 +33,8 @@ class BoundTerm:
     token: list[int] = field(default_factory=list)  # positions of the term's token
     other: list[int] = field(default_factory=list)  # positions of the other token (shape/appearance from)
     objects: list[list[int]] = field(default_factory=list)  # heads of the objects a keep term covers
-    extra: dict = field(default_factory=dict)  # what the editor precomputes: text features, a reference's CLS
+    direction: object = None  # a direction term's file (energies.directions.Direction), read when binding
+    state: object = None  # what the editor prepares before sampling: ClipText, StyleReference, a direction kind's state
 
     @property
     def kind(self) -> str:
@@ -114,13 +115,28 @@ def bind(program: P.Program, prompt: str, tokenizer, direction_paths=(), backbon
         elif t.kind in ("keep_appearance", "keep_shape"):
             b.objects = [b.token]
         if t.kind == "direction":  # an unknown name is an error listing the known ones; a bad file, its own error
-            found = b.extra["direction"] = directions.read_direction(directions.find(t, direction_paths), t.span)
+            found = b.direction = directions.read_direction(directions.find(t, direction_paths), t.span)
             if found.kind == "prompt" and (t.token is not None or t.box is not None):
                 raise SteerCompileError(f"`{b.label}` cannot act within a region: {found.name!r} is a prompt direction, "
                                         "a shift of the whole prompt's embedding", t.span,
                                         hint="drop the `within ...`; `keep attention` keeps the other objects where they were")
         out.append(b)
     return out
+
+
+@dataclass
+class ClipText:
+    """The CLIP text features a `clip` term compares against (DiffusionCLIP's directional loss)."""
+
+    target: torch.Tensor
+    source: torch.Tensor
+
+
+@dataclass
+class StyleReference:
+    """The ViT CLS token of a `style image` term's reference image."""
+
+    cls: torch.Tensor
 
 
 @dataclass
@@ -185,11 +201,11 @@ def keep_structure(b: BoundTerm, now: Features, src: Features) -> torch.Tensor:
 
 
 def style(b: BoundTerm, now: Features, src: Features) -> torch.Tensor:
-    return V.style_energy(now.vit_cls, b.extra["ref_cls"])
+    return V.style_energy(now.vit_cls, b.state.cls)
 
 
 def clip(b: BoundTerm, now: Features, src: Features) -> torch.Tensor:
-    return X.directional_clip_energy(now.clip_image, src.clip_image, b.extra["target"], b.extra["source"])
+    return X.directional_clip_energy(now.clip_image, src.clip_image, b.state.target, b.state.source)
 
 
 def keep_pixels(b: BoundTerm, now: Features, src: Features) -> torch.Tensor:

@@ -11,7 +11,8 @@ import numpy as np
 
 import dsl
 from energies import centroid, keep, settings, token
-from sampler.editor import Editor, write_png
+from sampler.editor import Editor
+from sampler.images import write_png
 from sampler.shapes import world
 
 program = (

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 import dsl
-from sampler.editor import Editor, write_png
+from sampler.editor import Editor
+from sampler.images import write_png
 from sampler.shapes import world
 
 TARGET = (0.75, 0.5)

@@ -32,7 +32,8 @@ from energies import defaults as D
 from energies import drag as G
 from energies import relocate as R
 
-from .guided import Guidance, after_move, ddim_step, pred_x0
+from .guided import Guidance, after_move, ddim_step, pred_x0, step_alphas
+from .hooks import forward_hook
 from .probes import ProbeStore, probing
 
 
@@ -47,11 +48,8 @@ def substituting(unet, s: torch.Tensor):
         new = s.to(h.dtype).expand(h.shape[0], *s.shape[1:])
         return (new, *output[1:]) if isinstance(output, tuple) else new
 
-    handle = unet.mid_block.register_forward_hook(hook)
-    try:
+    with forward_hook(unet.mid_block, hook):
         yield
-    finally:
-        handle.remove()
 
 
 @dataclass
@@ -204,10 +202,9 @@ class DragPlan:
     def optimise(self, z, t: int, cond):
         b = self.backbone
         alphas, final = b.schedule()
-        ts = self.timesteps
-        a_prev = alphas[ts[self.step + 1]] if self.step + 1 < len(ts) else final
+        a = step_alphas(alphas, self.timesteps, final)
         self.s, self.outcome = optimise_drag(
-            b, z, t, alphas[t].to(z.device), a_prev.to(z.device), cond.cond, cond.added,
+            b, z, t, a[self.step].to(z.device), a[self.step + 1].to(z.device), cond.cond, cond.added,
             self.starts(), [x.term.target for x in self.terms], [x.weight for x in self.terms],
             self.region, self.progress, what=self.what,
         )

@@ -43,6 +43,17 @@ def after_move(g: Guidance, z: torch.Tensor, moved: torch.Tensor) -> Guidance:
     return dataclasses.replace(g, latent=(z - moved) + (g.latent if g.latent is not None else 0), eps_cond=None)
 
 
+def classifier_free(eps_u: torch.Tensor, eps_c: torch.Tensor, cfg: float) -> torch.Tensor:
+    """Classifier-free guidance (Ho & Salimans 2022): eps_u + cfg (eps_c - eps_u)."""
+    return eps_u + cfg * (eps_c - eps_u)
+
+
+def step_alphas(alphas: torch.Tensor, timesteps, final_alpha) -> list[torch.Tensor]:
+    """alpha_bar at each of the run's timesteps, padded with the one after the last step: step i
+    goes from a[i] to a[i + 1]. Every DDIM loop (sampling, inversion, learning) reads this."""
+    return [alphas[t] for t in timesteps] + [torch.as_tensor(final_alpha).to(alphas)]
+
+
 def pred_x0(z: torch.Tensor, eps: torch.Tensor, a_t: torch.Tensor) -> torch.Tensor:
     """The model's estimate of the clean sample (DDIM eq. 12, first term)."""
     return (z - (1 - a_t).sqrt() * eps) / a_t.sqrt()
@@ -71,10 +82,9 @@ def ddim_step(x0: torch.Tensor, eps: torch.Tensor, a_prev: torch.Tensor, sigma=0
 def sample_ddim(denoise, z, timesteps, alphas, final_alpha, guide=None, callback=None, disable=None, eta=0.0, generator=None,
                 desc="sampling", clip=None):
     """Run DDIM from z at timesteps[0] down to t = 0 and return the final sample."""
+    a = step_alphas(alphas, timesteps, final_alpha)
     for i in tqdm(range(len(timesteps)), disable=disable, desc=desc, leave=False, dynamic_ncols=True):
-        t = timesteps[i]
-        a_t = alphas[t]
-        a_prev = alphas[timesteps[i + 1]] if i + 1 < len(timesteps) else final_alpha
+        t, a_t, a_prev = timesteps[i], a[i], a[i + 1]
         g = guide(i, t, z) if guide is not None else Guidance()
         if g.latent is not None:
             z = z - g.latent  # update z_t before the UNet call

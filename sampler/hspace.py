@@ -26,6 +26,8 @@ import torch
 
 from energies.directions import hspace_shape
 
+from .hooks import forward_hook
+
 # Asyrp finds t_edit and t_boost from LPIPS curves (`set_t_edit_t_addnoise`); there is no LPIPS
 # here, so steer uses the README's user-defined values, --user_defined_t_edit 500 and
 # --user_defined_t_addnoise 200 on 1000 training steps, as fractions of sampling progress
@@ -107,11 +109,8 @@ def shifting(unet, delta: torch.Tensor, rows=None):
             h = h + shift
         return (h, *output[1:]) if isinstance(output, tuple) else h
 
-    handle = unet.mid_block.register_forward_hook(hook)
-    try:
+    with forward_hook(unet.mid_block, hook):
         yield
-    finally:
-        handle.remove()
 
 
 def eps_pair(backbone, z: torch.Tensor, t: int, context: torch.Tensor, delta: torch.Tensor, added: dict | None = None):

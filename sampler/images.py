@@ -1,13 +1,18 @@
-"""Reading a user's photograph into a model's resolution, with the rule stated once.
+"""Image files: reading a user's photograph into a model's resolution, writing a result.
 
-The rule: apply the EXIF orientation, convert to RGB (transparent pixels become black), scale so
-the shorter side matches the model's side (Lanczos), then crop the centre. Any size, any mode.
-A missing or unreadable file is a SteerCompileError at the `source` statement.
+Reading, the rule stated once: apply the EXIF orientation, convert to RGB (transparent pixels
+become black), scale so the shorter side matches the model's side (Lanczos), then crop the
+centre. Any size, any mode. A missing or unreadable file is a SteerCompileError at the
+statement that named it.
+
+Writing: a PNG with text chunks (the program that made it), written atomically.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -42,3 +47,32 @@ def load_image(path: Path, size: tuple[int, int], span=None, what: str = "source
 
 def file_hash(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def to_pil(image: np.ndarray):
+    """(H, W, 3) float in [0, 1] -> an 8-bit PIL image."""
+    from PIL import Image
+
+    return Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8))
+
+
+def write_png(image: np.ndarray, path, text: dict | None = None):
+    """Write atomically: a temporary file in the same folder, then a rename."""
+    from PIL.PngImagePlugin import PngInfo
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = PngInfo()
+    for k, v in (text or {}).items():
+        info.add_text(k, v)
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent, prefix=f".{path.stem}-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            to_pil(image).save(f, format="PNG", pnginfo=info)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; an image is the user's ordinary file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -12,29 +12,28 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from .guided import ddim_step, pred_x0
+from .guided import classifier_free, ddim_step, pred_x0, step_alphas
 
 
 @torch.no_grad()
 def invert_ddim(eps_fn, z0, timesteps, alphas, final_alpha, fixed_point: int = 0, disable=None, callback=None):
     """Invert z0 through `timesteps` (in sampling order, high t first). Returns [z at each t] in
     sampling order; the first element is the inverted noise to start sampling from."""
-    ts = list(timesteps)[::-1]  # low t first
+    a = step_alphas(alphas, timesteps, final_alpha)  # sampling step i goes from a[i] to a[i + 1]
     z = z0
     out = []
-    for k in tqdm(range(len(ts)), disable=disable, desc="invert", leave=False, dynamic_ncols=True):
-        t_next = ts[k]
-        a_cur = alphas[ts[k - 1]] if k > 0 else final_alpha
-        a_next = alphas[t_next]
-        eps = eps_fn(z, t_next)  # the plain inversion step: eps at the current point
-        z_next = ddim_step(pred_x0(z, eps, a_cur), eps, a_next)
+    steps = list(reversed(range(len(timesteps))))  # undo the last sampling step first
+    for k, i in enumerate(tqdm(steps, disable=disable, desc="invert", leave=False, dynamic_ncols=True)):
+        t = timesteps[i]
+        eps = eps_fn(z, t)  # the plain inversion step: eps at the current point
+        z_next = ddim_step(pred_x0(z, eps, a[i + 1]), eps, a[i])
         for _ in range(fixed_point):  # make the generative step from z_next land exactly on z
-            eps = eps_fn(z_next, t_next)
-            z_next = ddim_step(pred_x0(z, eps, a_cur), eps, a_next)
+            eps = eps_fn(z_next, t)
+            z_next = ddim_step(pred_x0(z, eps, a[i + 1]), eps, a[i])
         z = z_next
         out.append(z)
         if callback is not None:
-            callback({"k": k, "t": t_next, "z": z})
+            callback({"k": k, "t": t, "z": z})
     return out[::-1]
 
 
@@ -51,17 +50,16 @@ def null_text(backbone, cond, trajectory, z0, timesteps, cfg, alphas, final_alph
     uncond = cond.uncond.detach().clone()
     z = trajectory[0]
     out = []
+    a = step_alphas(alphas, timesteps, final_alpha)
     for i in tqdm(range(len(timesteps)), disable=disable, desc="null-text", leave=False, dynamic_ncols=True):
-        t = timesteps[i]
-        a_t = alphas[t]
-        a_prev = alphas[timesteps[i + 1]] if i + 1 < len(timesteps) else final_alpha
+        t, a_t, a_prev = timesteps[i], a[i], a[i + 1]
         eps_c = backbone.eps(z, t, cond.cond, cond.added)
         u = uncond.clone().requires_grad_(True)
         opt = torch.optim.Adam([u], lr=lr * (1 - i / (2 * len(timesteps))))
         with torch.enable_grad():
             for _ in range(inner):
                 eps_u = backbone.eps(z, t, u, cond.added_uncond)
-                eps = eps_u + cfg * (eps_c - eps_u)
+                eps = classifier_free(eps_u, eps_c, cfg)
                 loss = F.mse_loss(ddim_step(pred_x0(z, eps, a_t), eps, a_prev), targets[i])
                 opt.zero_grad()
                 loss.backward()
@@ -71,7 +69,7 @@ def null_text(backbone, cond, trajectory, z0, timesteps, cfg, alphas, final_alph
         uncond = u.detach()
         out.append(uncond)
         eps_u = backbone.eps(z, t, uncond, cond.added_uncond)
-        eps = eps_u + cfg * (eps_c - eps_u)
+        eps = classifier_free(eps_u, eps_c, cfg)
         z = ddim_step(pred_x0(z, eps, a_t), eps, a_prev)
     return out
 

@@ -27,6 +27,10 @@ from typing import NamedTuple
 
 import torch
 
+from energies.directions import embedding_widths
+
+from .hooks import forward_hook
+
 PLACEHOLDER = 1  # the token's position: right after BOS
 
 
@@ -60,7 +64,7 @@ def encoders(backbone) -> list[tuple[object, object]]:
 
 def widths(backbone) -> list[int]:
     """The width of each encoder's input-embedding table: a direction is their concatenation."""
-    return [int(enc.get_input_embeddings().weight.shape[1]) for _, enc in encoders(backbone)]
+    return embedding_widths(backbone)
 
 
 def direction_ids(tokenizer) -> list[int]:
@@ -81,11 +85,8 @@ def swapped_token(text_encoder, embeddings: torch.Tensor, position: int = PLACEH
         e = e.expand(out.shape[0], -1) if e.dim() == 1 or e.shape[0] == 1 else e
         return torch.cat([out[:, :position], e[:, None], out[:, position + 1 :]], dim=1)
 
-    handle = text_encoder.get_input_embeddings().register_forward_hook(hook)
-    try:
+    with forward_hook(text_encoder.get_input_embeddings(), hook):
         yield
-    finally:
-        handle.remove()
 
 
 def direction_context(backbone, embedding: torch.Tensor) -> Context:

@@ -19,6 +19,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .hooks import forward_hook
+
 
 class ProbeStore:
     """What the probes saw during one forward. Keyed by layer name, so a gradient-checkpoint
@@ -100,18 +102,43 @@ def cross_attention_layers(unet, prefixes=("",)) -> list[str]:
 def probing(unet, store: ProbeStore, attn_layers=(), feature_modules=()):
     """Install attention probes on `attn_layers` and output hooks on `feature_modules`."""
     originals = {}
-    handles = []
-    try:
-        for name in attn_layers:
-            module = unet.get_submodule(name)
-            originals[name] = module.processor
-            module.set_processor(AttentionProbe(name, store))
-        for name in feature_modules:
-            module = unet.get_submodule(name)
-            handles.append(module.register_forward_hook(lambda m, i, o, name=name: store.record_feature(name, o)))
-        yield store
-    finally:
-        for name, proc in originals.items():
-            unet.get_submodule(name).set_processor(proc)
-        for h in handles:
-            h.remove()
+    with contextlib.ExitStack() as hooks:
+        try:
+            for name in attn_layers:
+                module = unet.get_submodule(name)
+                originals[name] = module.processor
+                module.set_processor(AttentionProbe(name, store))
+            for name in feature_modules:
+                hooks.enter_context(forward_hook(unet.get_submodule(name), lambda m, i, o, name=name: store.record_feature(name, o)))
+            yield store
+        finally:
+            for name, proc in originals.items():
+                unet.get_submodule(name).set_processor(proc)
+
+
+class Readout:
+    """What the terms of an edit read from a forward: the backbone's attention layers (averaged
+    into token maps at map_res) and one decoder block's output (appearance)."""
+
+    def __init__(self, backbone):
+        d = backbone.defaults
+        self.map_res = d.map_res
+        self.attn_layers = cross_attention_layers(backbone.unet, d.attn_layers)
+        if not self.attn_layers:
+            raise ValueError(f"no cross-attention layer under {d.attn_layers} in this UNet")
+        self.feature_module = d.appearance_features
+        backbone.unet.get_submodule(self.feature_module)  # fail early if the layout is not what we expect
+
+    def features(self, store: ProbeStore, detach: bool = False):
+        """The store's contents as the terms' Features (the batch's first conditional row)."""
+        from energies.terms import Features
+
+        maps = store.token_maps(self.map_res)[0]
+        feats = store.features.get(self.feature_module)
+        layers = [a[0] for a in store.attn.values()]
+        if detach:  # the source pass is kept for many runs: keep it small
+            maps, layers = maps.cpu(), [l.cpu() for l in layers]
+            feats = feats[0].to("cpu", torch.float16 if feats.numel() > 2**20 else torch.float32) if feats is not None else None
+        else:
+            feats = feats[0] if feats is not None else None
+        return Features(maps=maps.float(), layers=layers, features=feats)

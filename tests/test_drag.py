@@ -198,7 +198,7 @@ def test_drags_must_share_their_step_and_their_tensor(shapes_editor):
 
 
 def test_drag_runs_on_a_real_image_through_inversion(shapes_editor, tmp_path, monkeypatch):
-    from sampler.editor import to_pil
+    from sampler.images import to_pil
     from sampler.shapes import world as W
 
     monkeypatch.setenv("STEER_CACHE", str(tmp_path / "cache"))

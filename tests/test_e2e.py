@@ -155,7 +155,7 @@ def test_a_prompt_direction_cannot_act_within_a_region(shapes_editor):
 
 
 def test_local_shift_is_masked_on_its_own_grid():
-    from sampler.editor import local
+    from sampler.regions import local
 
     shift = torch.ones(1, 3, 8, 8)
     mask = torch.zeros(32, 32)

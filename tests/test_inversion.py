@@ -64,8 +64,8 @@ def test_ddim_inversion_regenerates_the_photo_and_is_cached(tmp_path, editor, ca
     through_vae = editor.backbone.decode(editor.backbone.encode(target))
     assert psnr(recon, through_vae) > 30, "inversion + regeneration reproduces the encoded photo"
     assert len(list(cache.glob("inversions/*.safetensors"))) == 1
-    editor._sources.clear()
-    monkeypatch.setattr("sampler.editor.invert_ddim", lambda *a, **k: pytest.fail("inverted again instead of using the cache"))
+    editor.sources.clear()
+    monkeypatch.setattr("sampler.source.invert_ddim", lambda *a, **k: pytest.fail("inverted again instead of using the cache"))
     again = editor.run(prog, progress=False, script_dir=tmp_path)
     assert np.allclose(again.source_image, r.source_image, atol=1e-5)
 

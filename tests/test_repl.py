@@ -8,15 +8,15 @@ def test_repl_adds_reweights_removes_and_reuses_the_source(tmp_path, shapes_path
     repl.handle('prompt "a red circle and a blue square"; seed 2; steps 5')
     repl.handle('centroid(token "circle") -> (0.75, 0.5)')
     assert (tmp_path / "r.png").exists() and (tmp_path / "r-source.png").exists()
-    source = next(iter(repl.editor._sources.values()))
+    source = next(iter(repl.editor.sources))
     calls = []
-    monkeypatch.setattr(repl.editor, "_noise", lambda seed: calls.append(seed))  # a new source pass would call this
+    monkeypatch.setattr(repl.editor.sources, "noise", lambda seed: calls.append(seed))  # a new source pass would call this
     repl.handle(":weight 1 2")
     assert repl.program.terms[0].weight == 2.0
     repl.handle("keep appearance")
     repl.handle(":rm 1")
     assert [t.kind for t in repl.program.terms] == ["keep_appearance"]
-    assert calls == [] and next(iter(repl.editor._sources.values())) is source
+    assert calls == [] and next(iter(repl.editor.sources)) is source
     repl.handle(":save " + str(tmp_path / "saved.edit"))
     assert "keep appearance" in (tmp_path / "saved.edit").read_text()
     with pytest.raises(ValueError):

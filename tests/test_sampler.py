@@ -80,9 +80,9 @@ def test_a_script_runs_end_to_end_on_a_latent_pipeline(editor):
 def test_no_terms_reproduces_the_source_and_reuses_it(editor):
     prog = dsl.compile(PROMPT + "seed 5")
     first = editor.run(prog, progress=False)
-    source = editor._sources[next(iter(editor._sources))]
+    source = next(iter(editor.sources))
     again = editor.run(prog + dsl.compile("keep layout"), progress=False)
-    assert editor._sources[next(iter(editor._sources))] is source, "the source pass is cached"
+    assert next(iter(editor.sources)) is source, "the source pass is cached"
     assert np.allclose(first.image, first.source_image, atol=1e-5)
     assert np.array_equal(again.source_image, first.source_image)
 
@@ -142,7 +142,7 @@ def test_sdxl_pipeline_threads_added_conditioning_through_guided_forwards(tmp_pa
 
     b = StableDiffusionXLBackbone(tiny_sdxl_pipeline(tmp_path), "tiny-xl")
     ed = Editor(b)
-    assert ed.attn_layers and all(n.startswith("up_blocks.0.attentions.1") for n in ed.attn_layers)
+    assert ed.readout.attn_layers and all(n.startswith("up_blocks.0.attentions.1") for n in ed.readout.attn_layers)
     c = b.encode_prompt("a red circle")
     assert c.cond.shape[-1] == 64 and c.added["text_embeds"].shape == (1, 32) and c.added["time_ids"].shape == (1, 6)
     assert torch.count_nonzero(c.uncond) == 0, "SDXL zeroes the empty negative prompt"

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..backbones import ShapesBackbone
-from ..guided import sample_ddim
+from ..guided import classifier_free, sample_ddim
 from ..inversion import psnr
 from ..probes import ProbeStore, cross_attention_layers, probing
 from . import model as M
@@ -76,7 +76,7 @@ def sample(b: ShapesBackbone, captions: list[str], seeds: list[int], steps: int,
 
         def denoise(i, t, z, eps_cond=None):
             eps_u, eps_c = b.eps(torch.cat([z, z]), t, torch.cat([uncond, cond])).chunk(2)
-            return eps_u + cfg * (eps_c - eps_u)
+            return classifier_free(eps_u, eps_c, cfg)
 
         z = sample_ddim(denoise, z, ts, alphas, final, disable=True, clip=b.clip_x0)
         out.append(b.decode(z).permute(0, 2, 3, 1).numpy())
@@ -144,7 +144,7 @@ def regenerate(editor, image: np.ndarray, caption: str, folder: Path, name: str,
     """Save `image` as a PNG, edit nothing with it as `source`, and return the regeneration's PSNR
     against the PNG: the path a user's photo takes (load, encode, invert, cache, sample, decode)."""
     from energies import program as P
-    from sampler.editor import write_png
+    from sampler.images import write_png
 
     path = folder / f"{name}.png"
     write_png(image, path)
@@ -187,7 +187,7 @@ def inversion(b: ShapesBackbone, images: np.ndarray, captions: list[str], steps:
     with tempfile.TemporaryDirectory() as d, _cache_in(Path(d) / "cache"):
         for i, (im, cap) in enumerate(zip(images, captions)):
             scores.append(regenerate(editor, im, cap, Path(d), f"im{i}", steps))
-            editor._sources.clear()
+            editor.sources.clear()
     s = np.array(scores)
     return {"n": len(s), "steps": steps, "mean_psnr": float(s.mean()), "min_psnr": float(s.min()),
             "share_at_least_30db": float((s >= 30).mean()), "share_under_25db": float((s < 25).mean())}

@@ -1,0 +1,94 @@
+"""Energy guidance: the autograd core of an edit step.
+
+At step i, one conditional forward at z_t runs with only the probes the active terms read; the
+terms' energies are summed per placement and differentiated with torch.autograd.grad (w.r.t.
+z_t, or w.r.t. the predicted x0 for the x0 placement, which needs no backward through the UNet).
+Model weights stay frozen. A non-finite energy or gradient stops the run at the statement and
+step where it appeared.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dsl.errors import SteerRuntimeError
+from energies.terms import ENERGIES, BoundTerm, Features
+
+from .guided import Guidance, pred_x0
+from .probes import ProbeStore, probing
+
+LOSS_SCALE = 1000.0  # Self-Guidance's fp16 energy scale (sg_loss_rescale)
+
+
+class EnergyGuide:
+    """The energies of one backbone: its readout, and the ViT and CLIP that x0 terms read
+    (`vit()` and `clip()` load them on first use)."""
+
+    def __init__(self, backbone, readout, vit, clip):
+        self.backbone, self.readout = backbone, readout
+        self.vit, self.clip = vit, clip
+
+    def image_features(self, image: torch.Tensor, needs: set[str], f: Features) -> Features:
+        """Fill the x0 family's fields of `f` from a decoded image (1, 3, H, W) in [-1, 1]."""
+        f.image = image[0]
+        if "vit" in needs:
+            keys, cls = self.vit()(image)
+            f.vit_keys, f.vit_cls = keys[0], cls[0]
+        if "clip" in needs:
+            f.clip_image = self.clip().image(image)[0]
+        return f
+
+    def source_features(self, src, i: int, needs: set[str]) -> Features:
+        """The source pass's features at step i, with the x0 family's computed on first use."""
+        f = src.features[i]
+        if "image" in needs and (f.image is None or ("vit" in needs and f.vit_keys is None) or ("clip" in needs and f.clip_image is None)):
+            with torch.no_grad():
+                self.image_features(self.backbone.decode(src.x0s[i]) * 2 - 1, needs, f)
+        return f
+
+    def step(self, active: list[BoundTerm], z, i: int, t: int, src, cond, curves, last_maps) -> Guidance:
+        """The Guidance of the active energy terms at step i: gradients per placement, and the
+        conditional eps of the guided forward (reused by the denoiser when z_t does not move)."""
+        b = self.backbone
+        if not active:
+            return Guidance()
+        needs = set().union(*(x.needs for x in active))
+        store = ProbeStore(b.latent_shape()[1:])
+        with torch.enable_grad():
+            z_ = z.detach().requires_grad_(True)
+            feature_modules = [self.readout.feature_module] if "features" in needs else []
+            attn = self.readout.attn_layers if needs & {"attn", "layers", "features"} else []
+            with probing(b.unet, store, attn, feature_modules):
+                eps_c = b.eps(z_, t, cond.cond, cond.added)
+            now = self.readout.features(store) if attn else Features()
+            x0 = None
+            if "image" in needs:  # the predicted x0 of the conditional forward, decoded (through the VAE)
+                x0 = pred_x0(z_, eps_c.float(), b.schedule()[0][t].to(z_.device))
+                if src.clip is not None:
+                    x0 = x0.clamp(-src.clip, src.clip)
+                self.image_features(b.decode(x0) * 2 - 1, needs, now)
+            ref = self.source_features(src, i, needs)
+            total: dict[str, torch.Tensor] = {}
+            for x in active:
+                e = x.weight * ENERGIES[x.kind](x, now, ref)
+                if not torch.isfinite(e):
+                    raise SteerRuntimeError(f"the energy of `{x.label}` is not finite at step {i} (t = {t})", x.term.span,
+                                            hint="lower its weight, or narrow its window with @ a..b")
+                curves[x.label].append((i, float(e.detach())))
+                if x.placement == "x0" and x0 is None:
+                    raise SteerRuntimeError(f"`{x.label}` cannot act via x0: it does not read the predicted image", x.term.span,
+                                            hint="use via eps, latent or mean")
+                total[x.placement] = total.get(x.placement, 0) + e
+            grads = {}
+            scale = LOSS_SCALE if b.dtype == torch.float16 else 1.0  # fp16 gradients underflow unscaled
+            for k, p in enumerate(total):  # one backward per placement group; x0's stops before the UNet
+                wrt = x0 if p == "x0" else z_
+                grads[p] = torch.autograd.grad(total[p] * scale, wrt, retain_graph=k + 1 < len(total))[0].float() / scale
+        for p, g in grads.items():
+            if not torch.isfinite(g).all():
+                raise SteerRuntimeError(f"the gradient of the {p}-placed terms is not finite at step {i} (t = {t})",
+                                        active[0].term.span, hint="lower the weights of the terms active at this step")
+        if now.maps is not None:
+            last_maps["maps"] = now.maps.detach()
+        return Guidance(eps=grads.get("eps"), latent=grads.get("latent"), mean=grads.get("mean"), x0=grads.get("x0"),
+                        eps_cond=eps_c.detach())

@@ -1,0 +1,95 @@
+"""Where an edit acts: relocations (a layout term's object copied to its target once) and the
+regions of `within` terms.
+
+A move, shift or resize first copies its object's source region in z_t to the target, at the
+step D.RELOCATE_AT of sampling (energies/relocate.py); its attention energy then only holds it
+there. A drag within a token copies its object along the drag at the drag's step. Objects that
+nothing moves are protected from the copies. Masks come from the source pass's late attention
+maps (SourcePass.object_mask).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from energies import defaults as D
+from energies import drag as G
+from energies import relocate as R
+from energies.resolve import prompt_objects
+from energies.terms import BoundTerm
+
+from .guided import Guidance, after_move
+
+
+def plan_relocations(backbone, bound: list[BoundTerm], src, steps: int, prompt: str, drag_plan=None) -> dict[int, list]:
+    """step -> [(mask, shift, scale, protect)]: where layout terms copy their object's source
+    region, at the step D.RELOCATE_AT of sampling if the term is active then; and where drags
+    within a token copy theirs, at the drag's step (sampler/drag.py)."""
+    at = min(steps - 1, round(D.RELOCATE_AT * steps))
+    hw = backbone.latent_shape()[1:]
+    plans: dict[int, list] = {}
+    movers = [x for x in bound if x.kind in D.RELOCATE and x.active(at / steps) and x.weight > 0]
+    copies = drag_plan.copies if drag_plan is not None else {}
+    if not movers and not copies:
+        return plans
+    moved_tokens = {i for x in movers for i in x.token} | {i for token in copies for i in token}
+    staying = [o.head for o in prompt_objects(prompt, backbone.tokenizer) if not set(o.tokens) & moved_tokens]
+    protect = sum((src.object_mask(h, hw) for h in staying), torch.zeros(hw)).clamp(max=1).to(backbone.device)
+    for mask, shift in copies.values():
+        plans.setdefault(drag_plan.step, []).append((mask, shift, 1.0, protect))
+    by_object: dict[tuple, list[BoundTerm]] = {}  # a move and a resize of one object make one relocation
+    for x in movers:
+        by_object.setdefault(tuple(x.token), []).append(x)
+    for token, terms in by_object.items():
+        mask = src.object_mask(token, hw)
+        if mask.sum() == 0:
+            continue
+        core = src.object_mask(token, hw, D.RELOCATE_CENTRE_THRESHOLD)
+        shift, scale = (0.0, 0.0), 1.0
+        for x in terms:  # where the object is: the centre of the map's core, not of the generous copy mask
+            (dx, dy), k = R.moved_by(x.kind, x.term, core if core.sum() > 0 else mask)
+            shift, scale = (shift[0] + dx, shift[1] + dy), scale * k
+        plans.setdefault(at, []).append((mask.to(backbone.device), shift, scale, protect))
+    return plans
+
+
+def relocating(guide, relocations: dict[int, list], src, alphas):
+    """The guide with the copies of `relocations` (step -> [(mask, shift, scale, protect)]) made
+    first: at those steps z_t is moved (energies/relocate.py) and the guide runs at the moved z_t."""
+
+    def guide_(i, t, z):
+        if i not in relocations:
+            return guide(i, t, z) if guide is not None else Guidance()
+        moved = z[0]
+        for mask, shift, scale, protect in relocations[i]:
+            moved = R.relocate(moved, src.latents[i][0], src.x0s[i][0], alphas[t], mask, shift, scale, protect)
+        moved = moved[None]
+        g = guide(i, t, moved) if guide is not None else Guidance()
+        return after_move(g, z, moved)  # z_t <- z_t - latent: first the copy, then the guide's own step
+
+    return guide_
+
+
+def within_regions(backbone, terms: list[BoundTerm], src) -> dict[int, torch.Tensor | None]:
+    """id(term) -> the (H, W) latent mask a `within` term acts in (its object from the source's
+    late attention maps, dilated by a pixel; or its box), or None where it acts everywhere."""
+    hw = tuple(backbone.latent_shape()[1:])
+    out: dict[int, torch.Tensor | None] = {}
+    for x in terms:
+        mask = None
+        if x.term.box is not None:
+            mask = G.box_mask(x.term.box, hw)
+        elif x.token:
+            mask = R.dilate(src.object_mask(x.token, hw), 1)
+        out[id(x)] = None if mask is None else mask.to(backbone.device)
+    return out
+
+
+def local(shift: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """A direction's shift (..., h, w) kept inside `mask` (H, W), resized to the shift's grid (a
+    cell of a coarser grid counts if any of it is inside: h-space is 8x8 on the shapes model)."""
+    if mask is None:
+        return shift
+    size = tuple(shift.shape[-2:])
+    m = mask if tuple(mask.shape) == size else torch.nn.functional.adaptive_max_pool2d(mask[None, None], size)[0, 0]
+    return shift * m.to(shift)

@@ -1,0 +1,138 @@
+"""The source pass: the unedited trajectory every edit is measured against, recorded once.
+
+From (prompt, seed) it is plain classifier-free-guided DDIM from the seed's noise; from a photo
+(`source "photo.png"`) it starts from the photo's DDIM inversion (kept on disk, see
+inversion_cache.py). At every step it records what the terms compare against: the conditional
+half's attention maps and decoder features, z_t and the predicted x0. Passes are kept in memory
+by their settings, so re-running a script after a weight change (the REPL) costs only the edit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from energies import defaults as D
+from energies import program as P
+from energies import relocate as R
+from energies.terms import Features
+
+from . import inversion_cache
+from .denoiser import denoiser
+from .guided import sample_ddim
+from .images import file_hash, load_image
+from .inversion import invert_ddim, null_text
+
+INVERSION_FIXED_POINT = 3  # fixed-point refinements per inversion step (sampler/inversion.py)
+
+
+@dataclass
+class SourcePass:
+    key: tuple
+    noise: torch.Tensor  # z_T
+    latents: list[torch.Tensor]  # z_t at each step
+    features: list[Features]  # what the probes saw at each step (conditional half)
+    final: torch.Tensor  # z_0
+    image: np.ndarray  # (H, W, 3) float in [0, 1]
+    cond: object = None  # the Conditioning used (with null-text embeddings for inverted photos)
+    clip: float | None = None  # x0 clipping used, so the edit pass steps the same way
+    x0s: list[torch.Tensor] = field(default_factory=list)  # predicted x0 at each step (relocation's background)
+
+    def late_features(self) -> list[Features]:
+        """The steps after D.RELOCATE_MASK_FROM, where token maps localise objects best: what
+        relocation and drag regions read object masks from."""
+        return self.features[int(D.RELOCATE_MASK_FROM * len(self.features)):] or self.features[-1:]
+
+    def object_mask(self, token, hw, threshold: float = D.RELOCATE_MASK_THRESHOLD) -> torch.Tensor:
+        """(H, W) mask of the object of `token` (its positions), from the late attention maps: what
+        relocation copies, what drags and `within` terms act in."""
+        return R.object_mask([f.token(list(token)) for f in self.late_features()], hw, threshold)
+
+
+class SourcePasses:
+    """Source passes of one backbone, the most recent `keep` of them in memory."""
+
+    def __init__(self, backbone, readout, keep: int = 8):
+        self.backbone, self.readout, self.keep = backbone, readout, keep
+        self._passes: dict[tuple, SourcePass] = {}
+
+    def clear(self):
+        self._passes.clear()
+
+    def __iter__(self):
+        """The passes in memory, oldest first."""
+        return iter(list(self._passes.values()))
+
+    def __len__(self):
+        return len(self._passes)
+
+    def noise(self, seed: int) -> torch.Tensor:
+        g = torch.Generator("cpu").manual_seed(seed)
+        return torch.randn((1, *self.backbone.latent_shape()), generator=g).to(self.backbone.device)
+
+    def get(self, settings: P.Settings, progress: bool = True, script_dir=None) -> SourcePass:
+        """The unedited trajectory: from (prompt, seed), or from the inversion of a real image."""
+        b = self.backbone
+        image_path = Path(script_dir or ".") / settings.source if settings.source else None
+        image_key = file_hash(image_path) if image_path is not None and image_path.is_file() else str(image_path)
+        key = (settings.prompt, settings.negative, settings.seed, settings.steps, settings.cfg, image_key, settings.invert)
+        if key in self._passes:
+            return self._passes[key]
+        cond = b.encode_prompt(settings.prompt, settings.negative)
+        timesteps = b.timesteps(settings.steps)
+        clip = b.clip_x0
+        if image_path is None:
+            noise = self.noise(settings.seed)
+        else:
+            noise, cond = self._inverted(settings, image_path, image_key, cond, timesteps, progress)
+            clip = None  # the inversion inverts the unclipped step; clipping would not land back on the image
+        record: list[Features] = []
+        latents: list[torch.Tensor] = []
+        x0s: list[torch.Tensor] = []
+
+        def keep(d):
+            latents.append(d["z"].detach())
+            x0s.append(d["x0"].detach())
+
+        final = sample_ddim(denoiser(b, cond, settings.cfg, self.readout, record), noise, timesteps, *b.schedule(),
+                            callback=keep, disable=not progress, desc="source", clip=clip)
+        with torch.no_grad():
+            image = b.decode(final)[0].permute(1, 2, 0).cpu().numpy()
+        src = SourcePass(key, noise, latents, record, final, image, cond, clip, x0s)
+        self._passes[key] = src
+        while len(self._passes) > self.keep:  # oldest first: dicts keep insertion order
+            self._passes.pop(next(iter(self._passes)))
+        return src
+
+    def _inverted(self, settings: P.Settings, path: Path, image_key: str, cond, timesteps, progress: bool):
+        """(z_T, conditioning) for a real image, from the on-disk cache or by inverting it now.
+
+        DDIM inversion runs with the prompt at cfg 1, each step refined by fixed-point iterations
+        so that regeneration lands back on the image; `invert null-text` then fits one
+        unconditional embedding per step so that sampling at the script's cfg reproduces it."""
+        b = self.backbone
+        mode = settings.invert or "ddim"
+        span = settings.spans.get("source")
+        meta = {"model": b.name, "image": image_key, "prompt": settings.prompt, "negative": settings.negative or "",
+                "steps": settings.steps, "cfg": settings.cfg, "invert": mode, "size": list(b.image_size())}
+        cached = inversion_cache.load(meta, b.device)
+        if cached is not None:
+            steps = [cached[f"uncond.{i}"] for i in range(len(timesteps))] if mode == "null-text" else None
+            return cached["noise"], dataclasses.replace(cond, uncond_steps=steps)
+        image = load_image(path, b.image_size(), span)
+        alphas, final = b.schedule()
+        with torch.no_grad():
+            z0 = b.encode(torch.from_numpy(image).permute(2, 0, 1)[None])
+            trajectory = invert_ddim(lambda z, t: b.eps(z, t, cond.cond, cond.added), z0, timesteps, alphas, final,
+                                     fixed_point=INVERSION_FIXED_POINT, disable=not progress)
+        tensors = {"noise": trajectory[0]}
+        steps = None
+        if mode == "null-text":
+            steps = null_text(b, cond, trajectory, z0, timesteps, settings.cfg, alphas, final, disable=not progress)
+            tensors.update({f"uncond.{i}": u for i, u in enumerate(steps)})
+        inversion_cache.save(meta, tensors)
+        return trajectory[0], dataclasses.replace(cond, uncond_steps=steps)
