@@ -83,3 +83,63 @@ def test_freeze_text_trains_the_unet_alone(tmp_path):
     assert all(torch.equal(text[k], init_text[k]) for k in init_text), "the frozen text encoder moved"
     assert any(not torch.equal(unet[k], init_unet[k]) for k in init_unet), "the UNet did not train"
     assert any(k.startswith("opt.unet.") for k in first) and not any(k.startswith("opt.text_encoder.") for k in first)
+
+
+def _tiny_run():
+    """Two small modules (one with an integer buffer, which the EMA copies) and AdamW after a step."""
+    torch.manual_seed(0)
+    modules = {"unet": torch.nn.Linear(3, 2), "text_encoder": torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))}
+    opt = torch.optim.AdamW([p for m in modules.values() for p in m.parameters()], lr=1e-2)
+    for m in modules.values():
+        m(torch.randn(4, m[0].in_features if isinstance(m, torch.nn.Sequential) else 3)).pow(2).sum().backward()
+    opt.step()
+    return modules, opt
+
+
+def test_a_checkpoint_in_the_running_format_loads_and_continues(tmp_path):
+    """The layout runs/shapes2 was written in (before sampler/training.py) still loads, bit for bit:
+    model.{module}.{key}, ema.{module}.{key}, opt.{module}.{param}.exp_avg / .exp_avg_sq, and the
+    metadata "state" = JSON {"step", "elapsed", "opt_step": {"module.param": step}}."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from sampler import training as T
+
+    modules, opt = _tiny_run()
+    ema = {f"{k}.{n}": v.detach().clone() + (0.5 if v.is_floating_point() else 3)
+           for k, m in modules.items() for n, v in m.state_dict().items()}
+    names = {p: f"{prefix}.{n}" for prefix, m in modules.items() for n, p in m.named_parameters()}
+    tensors = {f"model.{prefix}.{k}": v.detach().contiguous() for prefix, m in modules.items() for k, v in m.state_dict().items()}
+    tensors.update({f"ema.{k}": v.contiguous() for k, v in ema.items()})
+    for p, s in opt.state.items():
+        for key in ("exp_avg", "exp_avg_sq"):
+            tensors[f"opt.{names[p]}.{key}"] = s[key].contiguous()
+    state = {"step": 7, "elapsed": 12.5, "opt_step": {names[p]: float(s["step"]) for p, s in opt.state.items()}}
+    path = tmp_path / "unet.ckpt.safetensors"
+    save_file(tensors, str(path), metadata={"state": json.dumps(state)})
+
+    torch.manual_seed(1)  # other weights: everything must come from the file
+    fresh = {"unet": torch.nn.Linear(3, 2), "text_encoder": torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))}
+    fresh_opt = torch.optim.AdamW([p for m in fresh.values() for p in m.parameters()], lr=1e-2)
+    fresh_ema = T.ema_of(fresh)
+    loaded, got = T.resume(path)
+    T.restore_models(loaded, got, fresh, fresh_ema, fresh_opt)
+    assert got["step"] == 7 and got["elapsed"] == 12.5
+    for k, m in modules.items():
+        assert all(torch.equal(v, fresh[k].state_dict()[n]) for n, v in m.state_dict().items())
+    assert all(torch.equal(ema[k], fresh_ema[k]) for k in ema)
+
+    # the next step is the same from the original and from the loaded state
+    x = torch.randn(4, 3)
+    for ms, o in ((modules, opt), (fresh, fresh_opt)):
+        o.zero_grad()
+        ms["unet"](x).pow(2).sum().backward()
+        o.step()
+    assert torch.equal(modules["unet"].weight, fresh["unet"].weight)
+
+    # and the harness writes that same layout back
+    T.save_models(tmp_path / "again.safetensors", fresh, fresh_ema, fresh_opt, {"step": 8, "elapsed": 13.0})
+    again, again_state = T.load_checkpoint(tmp_path / "again.safetensors")
+    assert again.keys() == tensors.keys() and list(again_state) == ["step", "elapsed", "opt_step"]
+    assert again_state["opt_step"].keys() == state["opt_step"].keys()

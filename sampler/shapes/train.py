@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
-from tqdm import tqdm
 
+from .. import training as T
+from ..files import atomic_write
 from . import model as M
 from . import world
 
@@ -41,52 +41,6 @@ def images_to_tensor(scenes) -> torch.Tensor:
 def encode(tokenizer, text_encoder, captions) -> torch.Tensor:
     ids = tokenizer(list(captions), padding="max_length", max_length=M.MAX_LENGTH, truncation=True, return_tensors="pt").input_ids
     return text_encoder(ids.to(text_encoder.device)).last_hidden_state
-
-
-# ----------------------------------------------------------------------------------------------
-# Checkpoints: safetensors for every tensor (weights, EMA, Adam moments), JSON for the rest.
-
-
-def save_checkpoint(path: Path, modules: dict, ema: dict, opt: torch.optim.Optimizer, state: dict):
-    tensors = {}
-    for prefix, m in modules.items():
-        tensors.update({f"model.{prefix}.{k}": v.detach().contiguous() for k, v in m.state_dict().items()})
-    tensors.update({f"ema.{k}": v.contiguous() for k, v in ema.items()})
-    names = _param_names(modules)
-    for p, s in opt.state.items():
-        for key in ("exp_avg", "exp_avg_sq"):
-            tensors[f"opt.{names[p]}.{key}"] = s[key].contiguous()
-    state = {**state, "opt_step": {names[p]: float(s["step"]) for p, s in opt.state.items()}}
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={"state": json.dumps(state)})
-    tmp.replace(path)  # atomic: a crash mid-write never leaves a broken checkpoint
-
-
-def load_checkpoint(path: Path, modules: dict, ema: dict, opt: torch.optim.Optimizer) -> dict:
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        state = json.loads(f.metadata()["state"])
-    tensors = load_file(str(path))
-    for prefix, m in modules.items():
-        m.load_state_dict({k[len(f"model.{prefix}.") :]: v for k, v in tensors.items() if k.startswith(f"model.{prefix}.")})
-    for k in ema:
-        ema[k].copy_(tensors[f"ema.{k}"])
-    names = _param_names(modules)
-    for group in opt.param_groups:
-        for p in group["params"]:
-            n = names[p]
-            if f"opt.{n}.exp_avg" in tensors:
-                opt.state[p] = {
-                    "step": torch.tensor(state["opt_step"][n]),
-                    "exp_avg": tensors[f"opt.{n}.exp_avg"],
-                    "exp_avg_sq": tensors[f"opt.{n}.exp_avg_sq"],
-                }
-    return state
-
-
-def _param_names(modules: dict) -> dict:
-    return {p: f"{prefix}.{n}" for prefix, m in modules.items() for n, p in m.named_parameters()}
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int, schedule: str = "cosine", cooldown: int = 0) -> float:
@@ -139,12 +93,13 @@ def train_vae(args) -> dict:
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     ckpt = args.work / "vae.ckpt.safetensors"
     start, elapsed = 0, 0.0
-    if ckpt.exists() and not args.restart:
-        state = load_checkpoint(ckpt, {"vae": vae}, {}, opt)
+    resumed = None if args.restart else T.resume(ckpt)
+    if resumed is not None:
+        tensors, state = resumed
+        T.restore_models(tensors, state, {"vae": vae}, {}, opt)
         start, elapsed = state["step"], state["elapsed"]
-        print(f"resumed from {ckpt} at step {start}")
     t0 = time.time() - elapsed
-    bar = tqdm(range(start, args.vae_steps), initial=start, total=args.vae_steps, desc="vae", dynamic_ncols=True)
+    bar = T.progress(start, args.vae_steps, "vae")
     scores = []
     for step in bar:
         scenes = world.scene_batch(args.seed + 11, step, args.vae_batch, size=M.IMAGE_SIZE, p_one=args.p_one)
@@ -166,20 +121,17 @@ def train_vae(args) -> dict:
         if step % 20 == 0:
             bar.set_postfix(psnr=f"{np.mean(scores[-100:]):.1f}dB", kl=f"{kl.item():.0f}")
         done = step + 1 == args.vae_steps
-        if (step + 1) % args.ckpt_every == 0 or done or (args.max_minutes and time.time() - t0 > args.max_minutes * 60):
-            save_checkpoint(ckpt, {"vae": vae}, {}, opt, {"step": step + 1, "elapsed": time.time() - t0})
-            if not done and args.max_minutes and time.time() - t0 > args.max_minutes * 60:
-                print(f"stopping at step {step + 1}: --max-minutes {args.max_minutes} reached (resume to continue)")
-                raise SystemExit(0)
+        stop = not done and T.out_of_time(t0, args.max_minutes)
+        if (step + 1) % args.ckpt_every == 0 or done or stop:
+            T.save_models(ckpt, {"vae": vae}, {}, opt, {"step": step + 1, "elapsed": time.time() - t0})
+        if stop:  # the process ends here, so `all` does not go on to a UNet stage without an autoencoder
+            T.say_stopping(step + 1, args.max_minutes)
+            raise SystemExit(0)
     bar.close()
     vae.eval()
     scale, shift, held_out = measure_latents(vae)
     vae.register_to_config(scaling_factor=scale, shift_factor=shift)
-    tmp = args.work / "vae.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    vae.save_pretrained(tmp, safe_serialization=True)
-    shutil.rmtree(args.work / "vae", ignore_errors=True)
-    tmp.rename(args.work / "vae")
+    atomic_write(args.work / "vae", lambda tmp: vae.save_pretrained(tmp, safe_serialization=True))
     return {"vae_steps": args.vae_steps, "vae_minutes": round((time.time() - t0) / 60, 1),
             "vae_scaling_factor": scale, "vae_shift_factor": shift, "vae_psnr_world": held_out}
 
@@ -223,7 +175,7 @@ def train_unet(args) -> dict:
         text_encoder.requires_grad_(False)
     params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
-    ema = {f"{k}.{n}": v.detach().clone() for k, m in modules.items() for n, v in m.state_dict().items()}
+    ema = T.ema_of(modules)
 
     ckpt = args.work / "unet.ckpt.safetensors"
     start, elapsed = 0, 0.0
@@ -233,12 +185,13 @@ def train_unet(args) -> dict:
         init = M.load(args.init_from, with_clip=False)
         unet.load_state_dict(init.unet.state_dict())
         text_encoder.load_state_dict(init.text_encoder.state_dict())
-        ema = {f"{k}.{n}": v.detach().clone() for k, m in modules.items() for n, v in m.state_dict().items()}
+        ema = T.ema_of(modules)
         print(f"initialised from {args.init_from}")
-    if ckpt.exists() and not args.restart:
-        state = load_checkpoint(ckpt, modules, ema, opt)
+    resumed = None if args.restart else T.resume(ckpt)
+    if resumed is not None:
+        tensors, state = resumed
+        T.restore_models(tensors, state, modules, ema, opt)
         start, elapsed = state["step"], state["elapsed"]
-        print(f"resumed from {ckpt} at step {start}")
 
     alphas = scheduler.alphas_cumprod
     # Min-SNR-gamma (Hang et al. 2023): an epsilon loss weighted by min(SNR, gamma) / SNR, so the
@@ -246,7 +199,7 @@ def train_unet(args) -> dict:
     snr = alphas / (1 - alphas)
     weight_of_t = (snr.clamp(max=args.min_snr) / snr) if args.min_snr else torch.ones_like(snr)
     t0 = time.time() - elapsed
-    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="unet", dynamic_ncols=True)
+    bar = T.progress(start, args.steps, "unet")
     losses = []
     for step in bar:
         scenes = world.scene_batch(args.seed, step, args.batch, size=M.IMAGE_SIZE, p_one=args.p_one)
@@ -271,24 +224,16 @@ def train_unet(args) -> dict:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
 
-        decay = min(args.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for k, m in modules.items():
-                for n, v in m.state_dict().items():
-                    e = ema[f"{k}.{n}"]
-                    if v.dtype.is_floating_point:
-                        e.lerp_(v, 1 - decay)
-                    else:
-                        e.copy_(v)
+        T.ema_update(ema, modules, decay=min(args.ema, (1 + step) / (10 + step)))  # a short average while the weights move fast
         losses.append(loss.item())
         if step % 20 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-200:]):.4f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
         if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
-            save_checkpoint(ckpt, modules, ema, opt, {"step": step + 1, "elapsed": time.time() - t0})
+            T.save_models(ckpt, modules, ema, opt, {"step": step + 1, "elapsed": time.time() - t0})
             export_ema(args.work / "ema", tokenizer, text_encoder, unet, scheduler, ema, vae)
-        if args.max_minutes and time.time() - t0 > args.max_minutes * 60:
-            save_checkpoint(ckpt, modules, ema, opt, {"step": step + 1, "elapsed": time.time() - t0})
-            print(f"stopping at step {step + 1}: --max-minutes {args.max_minutes} reached (resume to continue)")
+        if T.out_of_time(t0, args.max_minutes):
+            T.save_models(ckpt, modules, ema, opt, {"step": step + 1, "elapsed": time.time() - t0})
+            T.say_stopping(step + 1, args.max_minutes)
             break
     bar.close()
     steps_done = step + 1
@@ -304,11 +249,7 @@ def export_ema(path: Path, tokenizer, text_encoder, unet, scheduler, ema: dict, 
     te.load_state_dict({k[len("text_encoder.") :]: v for k, v in ema.items() if k.startswith("text_encoder.")})
     un = M.build_unet()
     un.load_state_dict({k[len("unet.") :]: v for k, v in ema.items() if k.startswith("unet.")})
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    M.save(tmp, tokenizer, te, un, scheduler, vae=vae)
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
+    atomic_write(path, lambda tmp: M.save(tmp, tokenizer, te, un, scheduler, vae=vae))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -342,7 +283,7 @@ def train_clip(args) -> dict:
     clip = CLIPModel(M.clip_config(tokenizer))
     opt = torch.optim.AdamW(clip.parameters(), lr=args.clip_lr, weight_decay=0.05)
     t0 = time.time()
-    bar = tqdm(range(args.clip_steps), desc="clip", dynamic_ncols=True)
+    bar = T.progress(0, args.clip_steps, "clip")
     for step in bar:
         scenes = world.scene_batch(args.seed + 7, step, args.clip_batch, size=M.IMAGE_SIZE, p_one=args.p_one)
         captions = [s.caption for s in scenes]
@@ -359,11 +300,7 @@ def train_clip(args) -> dict:
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
     clip.eval()
-    tmp = args.work / "clip.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    clip.save_pretrained(tmp, safe_serialization=True)
-    shutil.rmtree(args.work / "clip", ignore_errors=True)
-    tmp.rename(args.work / "clip")
+    atomic_write(args.work / "clip", lambda tmp: clip.save_pretrained(tmp, safe_serialization=True))
     return {"clip_steps": args.clip_steps, "clip_minutes": round((time.time() - t0) / 60, 1)}
 
 
@@ -378,22 +315,20 @@ def assemble(args, record: dict):
     src = args.work / "ema"
     clip = CLIPModel.from_pretrained(args.work / "clip", use_safetensors=True) if (args.work / "clip").is_dir() else None
     out = Path(args.out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    M.save(
-        tmp,
+    models = (
         PreTrainedTokenizerFast.from_pretrained(src / "tokenizer"),
         CLIPTextModel.from_pretrained(src / "text_encoder", use_safetensors=True),
         UNet2DConditionModel.from_pretrained(src / "unet", use_safetensors=True),
         M.build_scheduler(),  # the current sampling config, not the one the run started with
         clip,
-        card={"training": record},
-        vae=AutoencoderKL.from_pretrained(src / "vae", use_safetensors=True),
     )
-    if (out / "directions").is_dir():  # learned directions live beside the weights: keep them
-        shutil.copytree(out / "directions", tmp / "directions")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+
+    def write(tmp):
+        M.save(tmp, *models, card={"training": record}, vae=AutoencoderKL.from_pretrained(src / "vae", use_safetensors=True))
+        if (out / "directions").is_dir():  # learned directions live beside the weights: keep them
+            shutil.copytree(out / "directions", tmp / "directions")
+
+    atomic_write(out, write)
     print(f"wrote {out}")
 
 

@@ -1,0 +1,155 @@
+"""The training harness the shapes trainer (sampler/shapes/train.py) and the direction learners
+(sampler/learn/) share: checkpoints, resuming, the EMA of the weights, the progress bar and the
+--max-minutes stop.
+
+A checkpoint is one safetensors file: every tensor under its key, and the rest (step, elapsed
+seconds, optimizer step counts, a learner's recipe) as JSON in the metadata key "state". Nothing
+is pickled, and it is written beside and renamed, so an interrupted write never leaves a broken
+one. A model trainer's keys (save_models / restore_models):
+
+    model.{module}.{state_dict key}        the weights
+    ema.{module}.{state_dict key}          their exponential moving average
+    opt.{module}.{parameter}.exp_avg       Adam's first and second moments
+    opt.{module}.{parameter}.exp_avg_sq
+
+with state["opt_step"] = {"{module}.{parameter}": Adam's step count}. A learner keeps its own
+tensors (a direction) under plain names, and its Adam moments the same way (optimizer_tensors).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .files import atomic_write
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def save_checkpoint(path: Path, tensors: dict, state: dict):
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"state": json.dumps(state)}))
+
+
+def load_checkpoint(path: Path) -> tuple[dict, dict]:
+    """(tensors, state) of a checkpoint; the tensors on the CPU."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["state"])
+
+
+class SettingsChanged(ValueError):
+    """A checkpoint was made with other settings than the run that would continue it."""
+
+
+def resume(path: Path, recipe: dict | None = None) -> tuple[dict, dict] | None:
+    """The checkpoint to continue from, (tensors, state), or None where there is none. With a
+    recipe (the settings that decide what is learned), a checkpoint made with another one is
+    refused (SettingsChanged): continuing it would learn a mixture of two recipes."""
+    if not path.exists():
+        return None
+    tensors, state = load_checkpoint(path)
+    if recipe is not None:
+        differ = {k: (state["recipe"].get(k), v) for k, v in recipe.items() if state["recipe"].get(k) != v}
+        if differ:
+            listing = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in differ.items())
+            raise SettingsChanged(f"{path} was made with other settings ({listing})")
+    print(f"resumed from {path} at step {state['step']}")
+    return tensors, state
+
+
+# ----------------------------------------------------------------------------------------------
+# What a checkpoint holds: optimizer moments, and a model trainer's modules and EMA
+
+
+def param_names(modules: dict) -> dict:
+    """{parameter: "module.parameter"}: the names a checkpoint keeps optimizer state under."""
+    return {p: f"{prefix}.{n}" for prefix, m in modules.items() for n, p in m.named_parameters()}
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer, names: dict) -> tuple[dict, dict]:
+    """Adam's moments as checkpoint tensors (opt.NAME.exp_avg, opt.NAME.exp_avg_sq), and its step
+    counts {NAME: step} for the JSON state. Parameters that never stepped (frozen) have none."""
+    tensors, steps = {}, {}
+    for p, s in opt.state.items():
+        for key in ("exp_avg", "exp_avg_sq"):
+            tensors[f"opt.{names[p]}.{key}"] = s[key]
+        steps[names[p]] = float(s["step"])
+    return tensors, steps
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, names: dict, tensors: dict, steps: dict):
+    for group in opt.param_groups:
+        for p in group["params"]:
+            n = names[p]
+            if f"opt.{n}.exp_avg" in tensors:
+                opt.state[p] = {
+                    "step": torch.tensor(float(steps[n])),
+                    "exp_avg": tensors[f"opt.{n}.exp_avg"].to(p.device),
+                    "exp_avg_sq": tensors[f"opt.{n}.exp_avg_sq"].to(p.device),
+                }
+
+
+def save_models(path: Path, modules: dict, ema: dict, opt: torch.optim.Optimizer, state: dict):
+    """A model trainer's checkpoint: the weights of `modules` ({name: module}), their EMA and the
+    optimizer, with `state` (step, elapsed) and the optimizer's step counts."""
+    tensors = {f"model.{prefix}.{k}": v for prefix, m in modules.items() for k, v in m.state_dict().items()}
+    tensors.update({f"ema.{k}": v for k, v in ema.items()})
+    moments, steps = optimizer_tensors(opt, param_names(modules))
+    save_checkpoint(path, {**tensors, **moments}, {**state, "opt_step": steps})
+
+
+def restore_models(tensors: dict, state: dict, modules: dict, ema: dict, opt: torch.optim.Optimizer):
+    """Put a save_models checkpoint back into `modules`, `ema` and `opt`."""
+    for prefix, m in modules.items():
+        m.load_state_dict({k[len(f"model.{prefix}.") :]: v for k, v in tensors.items() if k.startswith(f"model.{prefix}.")})
+    for k in ema:
+        ema[k].copy_(tensors[f"ema.{k}"])
+    restore_optimizer(opt, param_names(modules), tensors, state["opt_step"])
+
+
+# ----------------------------------------------------------------------------------------------
+# EMA of the weights
+
+
+def ema_of(modules: dict) -> dict:
+    """A copy of every entry of the modules' state dicts, {"module.key": tensor}: the EMA's start."""
+    return {f"{k}.{n}": v.detach().clone() for k, m in modules.items() for n, v in m.state_dict().items()}
+
+
+@torch.no_grad()
+def ema_update(ema: dict, modules: dict, decay: float):
+    for k, m in modules.items():
+        for n, v in m.state_dict().items():
+            e = ema[f"{k}.{n}"]
+            if v.dtype.is_floating_point:
+                e.lerp_(v, 1 - decay)
+            else:  # counters and the like are copied, not averaged
+                e.copy_(v)
+
+
+# ----------------------------------------------------------------------------------------------
+# Progress and the time limit
+
+
+def progress(start: int, total: int, desc: str) -> tqdm:
+    """The steps still to do, start .. total - 1, as a bar that shows a resumed run's progress too."""
+    return tqdm(range(start, total), initial=start, total=total, desc=desc, dynamic_ncols=True)
+
+
+def out_of_time(started: float, max_minutes: float) -> bool:
+    """--max-minutes: True once the run has gone on that long since `started` (0: no limit). The
+    caller checkpoints and stops; --resume (or a plain rerun) continues."""
+    return bool(max_minutes) and time.time() - started > max_minutes * 60
+
+
+def say_stopping(step: int, max_minutes: float):
+    print(f"stopping at step {step}: --max-minutes {max_minutes} reached (resume to continue)")
