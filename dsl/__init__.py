@@ -5,7 +5,7 @@
     text = dsl.format(program)                 # canonical text, parses back to an equal Program
 """
 
-from .errors import SteerCompileError, SteerError, SteerRuntimeError, SteerSyntaxError
+from energies.errors import SteerCompileError, SteerError, SteerRuntimeError, SteerSyntaxError
 
 
 def parse(text: str, file: str = "<script>"):
@@ -29,6 +29,21 @@ def format(x) -> str:
     return _format(x)
 
 
+def bind(program, prompt: str, tokenizer, direction_paths=(), backbone: str | None = None):
+    """Resolve a Program against a model: tokens against its tokenizer, directions against the
+    direction folders, defaults of its backbone family. -> [energies.terms.BoundTerm]."""
+    from .binding import bind as _bind
+
+    return _bind(program, prompt, tokenizer, direction_paths, backbone)
+
+
+def prompt_objects(prompt: str, tokenizer):
+    """The objects a prompt names: for each noun phrase, its head token and all its tokens."""
+    from .resolve import prompt_objects as _objects
+
+    return _objects(prompt, tokenizer)
+
+
 def load(path) -> "object":
     """Read, parse and compile a .edit file."""
     from pathlib import Path
@@ -37,4 +52,4 @@ def load(path) -> "object":
     return compile(parse(p.read_text(), str(path)))
 
 
-__all__ = ["parse", "compile", "format", "load", "SteerError", "SteerSyntaxError", "SteerCompileError", "SteerRuntimeError"]
+__all__ = ["parse", "compile", "format", "load", "bind", "prompt_objects", "SteerError", "SteerSyntaxError", "SteerCompileError", "SteerRuntimeError"]

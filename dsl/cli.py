@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import SteerError
+from energies.errors import SteerError
 
 EXIT_USER_ERROR = 2
 
@@ -95,18 +95,9 @@ def cmd_run(args) -> int:
     return 0
 
 
-def direction_search_path(script_dir: Path, model: str | None) -> list[Path]:
-    """The folders `direction NAME` is looked up in, for a script in `script_dir` run on `model`
-    (its shipped directions when it is a shapes model folder), without loading the model."""
-    from energies import directions
-    from sampler.shapes import model as shapes_model
-
-    return directions.search_path(script_dir, shapes_model.resolve(model or "shapes"))
-
-
 def cmd_check(args) -> int:
-    from energies.terms import bind
-    from sampler.backbones import load_tokenizer
+    from .binding import bind
+    from sampler.backbones import direction_folders, load_tokenizer
 
     status = 0
     for path in args.scripts:
@@ -118,7 +109,7 @@ def cmd_check(args) -> int:
             model = program.settings.model or "shapes"
             tokenizer = load_tokenizer(model)
             try:
-                bind(program, program.settings.prompt, tokenizer, direction_search_path(Path(path).parent, model))
+                bind(program, program.settings.prompt, tokenizer, direction_folders(Path(path).parent, model))
             except SteerError as e:
                 raise located(e, path, text)
             print(f"{path}: ok ({len(program.terms)} term{'s' * (len(program.terms) != 1)})")
@@ -172,9 +163,10 @@ def cmd_repl(args) -> int:
 
 def cmd_directions(args) -> int:
     from energies import directions
+    from sampler.backbones import direction_folders
 
     here = Path(args.script).parent if args.script else Path.cwd()
-    print("\n".join(directions.listing(direction_search_path(here, args.model))))
+    print("\n".join(directions.listing(direction_folders(here, args.model))))
     return 0
 
 

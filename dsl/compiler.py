@@ -1,7 +1,7 @@
 """Syntax tree -> Program: what each statement means, with every check that needs no model.
 
 Checks that need the model (is this word in the prompt? is there a direction by that name?)
-happen when the program is bound to a backbone (energies/resolve.py), with the same error type
+happen when the program is bound to a backbone (dsl/binding.py), with the same error type
 and the same positions.
 """
 
@@ -10,9 +10,10 @@ from __future__ import annotations
 import math
 
 from energies import program as P
+from energies.errors import SteerCompileError, did_you_mean
 
 from . import ast
-from .errors import SteerCompileError, did_you_mean
+
 
 SETTING_TYPES = {"prompt": "string", "negative": "string", "model": "string", "source": "string", "seed": "int", "steps": "int",
                  "cfg": "number", "invert": "name"}

@@ -12,9 +12,10 @@ from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from energies.program import Span
+from energies.errors import SteerSyntaxError, did_you_mean, is_invisible, source_lines
 
 from . import ast
-from .errors import SteerSyntaxError, did_you_mean, is_invisible, source_lines
+
 
 KEYWORDS = ("prompt", "negative", "seed", "steps", "cfg", "model", "source", "invert", "centroid", "size", "shape", "appearance", "keep", "direction", "clip", "style", "drag")
 

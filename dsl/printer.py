@@ -7,9 +7,10 @@ printer reads as a table of the language's surface forms.
 from __future__ import annotations
 
 from energies import program as P
+from energies.errors import source_lines
 
 from . import ast
-from .errors import source_lines
+
 
 SETTING_ORDER = ("model", "source", "invert", "prompt", "negative", "seed", "steps", "cfg")
 

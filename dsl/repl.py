@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import SteerError
+from energies.errors import SteerError
 
 HELP = """\
 Type statements of the language to add them, e.g.
@@ -169,15 +169,15 @@ class Repl:
         return True
 
     def _direction_paths(self) -> list[Path]:
-        from .cli import direction_search_path
+        from sampler.backbones import direction_folders
 
-        return direction_search_path(self.script_dir, self.program.settings.model)
+        return direction_folders(self.script_dir, self.program.settings.model)
 
     # -- the loop ------------------------------------------------------------------------------
 
     def _completer(self):
         from energies import directions
-        from energies.resolve import prompt_words
+        from .resolve import prompt_words
 
         names: list[str] = []  # direction names, read from their folders once per completion
 

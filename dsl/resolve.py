@@ -9,17 +9,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from dsl.errors import SteerCompileError, did_you_mean
+from energies.defaults import STOPWORDS
+from energies.errors import SteerCompileError, did_you_mean
+from energies.program import TokenRef
 
-from .defaults import STOPWORDS
-from .program import TokenRef
+from .printer import string
 
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?", re.UNICODE)
 
 
 def _q(word: str) -> str:
-    from dsl.printer import string
-
     return string(word)
 
 

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from dsl.errors import SteerCompileError, did_you_mean
+from .errors import SteerCompileError, did_you_mean
 
 
 def search_path(script_dir: Path | None = None, model_dir: Path | None = None) -> list[Path]:

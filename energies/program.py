@@ -234,11 +234,6 @@ class Program(Node):
     def with_settings(self, **kw) -> "Program":
         return Program(settings=self.settings.model_copy(update={k: v for k, v in kw.items() if v is not None}), terms=self.terms)
 
-    def __str__(self):
-        from dsl.printer import format as fmt
-
-        return fmt(self)
-
 
 def as_program(x) -> Program:
     if isinstance(x, Program):

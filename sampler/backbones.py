@@ -271,6 +271,16 @@ def load_backbone(model: str | None = None, device: str = "cpu", dtype: str = "f
     return cls.from_pretrained(model, device=device, dtype=DTYPES[dtype], low_memory=low_memory)
 
 
+def direction_folders(script_dir, model: str | None) -> list[Path]:
+    """The folders `direction NAME` is looked up in, for a script in `script_dir` run on `model`
+    (its shipped directions when it is a shapes model folder), without loading the model."""
+    from energies import directions
+
+    from .shapes import model as shapes_model
+
+    return directions.search_path(script_dir, shapes_model.resolve(model or "shapes"))
+
+
 def load_tokenizer(model: str | None = None):
     """Just the tokenizer of a model, for `steer check` (no weights are loaded)."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from dsl.errors import SteerCompileError
+from energies.errors import SteerCompileError
 from energies import defaults as D
 from energies import drag as G
 from energies import relocate as R

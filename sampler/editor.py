@@ -20,12 +20,13 @@ from pathlib import Path
 
 import torch
 
-from dsl.errors import SteerCompileError
+import dsl
+from energies.errors import SteerCompileError
 from energies import directions as direction_files
 from energies import program as P
 from energies import vit as V
 from energies import x0 as X
-from energies.terms import BoundTerm, ClipText, StyleReference, bind
+from energies.terms import BoundTerm, ClipText, StyleReference
 
 from .backbones import Backbone, load_backbone
 from .denoiser import denoiser
@@ -86,7 +87,7 @@ class Editor:
     def bind(self, program: P.Program, script_dir=None) -> list[BoundTerm]:
         """Resolve tokens and directions against this model (the model-dependent half of compiling)."""
         s = self.settings(program)
-        return bind(program, s.prompt, self.backbone.tokenizer, self._direction_paths(script_dir), self.backbone.kind)
+        return dsl.bind(program, s.prompt, self.backbone.tokenizer, self._direction_paths(script_dir), self.backbone.kind)
 
     def _direction_paths(self, script_dir=None) -> list[Path]:
         model_dir = getattr(getattr(self.backbone, "model", None), "path", None)

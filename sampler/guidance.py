@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from dsl.errors import SteerRuntimeError
+from energies.errors import SteerRuntimeError
 from energies.terms import ENERGIES, BoundTerm, Features
 
 from .guided import Guidance, pred_x0

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dsl.errors import SteerCompileError
+from energies.errors import SteerCompileError
 
 
 def load_image(path: Path, size: tuple[int, int], span=None, what: str = "source image") -> np.ndarray:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import torch
 
+import dsl
 from energies import defaults as D
 from energies import drag as G
 from energies import relocate as R
-from energies.resolve import prompt_objects
 from energies.terms import BoundTerm
 
 from .guided import Guidance, after_move
@@ -33,7 +33,7 @@ def plan_relocations(backbone, bound: list[BoundTerm], src, steps: int, prompt: 
     if not movers and not copies:
         return plans
     moved_tokens = {i for x in movers for i in x.token} | {i for token in copies for i in token}
-    staying = [o.head for o in prompt_objects(prompt, backbone.tokenizer) if not set(o.tokens) & moved_tokens]
+    staying = [o.head for o in dsl.prompt_objects(prompt, backbone.tokenizer) if not set(o.tokens) & moved_tokens]
     protect = sum((src.object_mask(h, hw) for h in staying), torch.zeros(hw)).clamp(max=1).to(backbone.device)
     for mask, shift in copies.values():
         plans.setdefault(drag_plan.step, []).append((mask, shift, 1.0, protect))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import dsl
-from dsl.errors import SteerCompileError
+from energies.errors import SteerCompileError
 from energies import defaults as D
 from sampler.shapes import world as W
 

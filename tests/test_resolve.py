@@ -2,8 +2,8 @@ import pytest
 
 import dsl
 from energies import program as P
-from energies.resolve import prompt_objects, token_indices
-from energies.terms import bind
+from dsl.binding import bind
+from dsl.resolve import prompt_objects, token_indices
 from sampler.shapes.model import build_tokenizer
 from tiny import write_clip_tokenizer
 
