@@ -26,22 +26,66 @@ def test_ddim_helpers_invert_each_other():
 
 
 def test_placements_act_where_they_say():
-    alphas = torch.linspace(0.9, 0.1, 10)
+    """One step from t = 5 (a_t = 0.5) to the end (a_prev = 1), eps = 0.1 everywhere, z = 1: each
+    placement pinned to the value its equation gives (docs/methods.md, section 8)."""
+    alphas = torch.full((10,), 0.5)
+    a, final = torch.tensor(0.5), torch.tensor(1.0)
     calls = []
 
     def denoise(i, t, z, eps_cond):
         calls.append(z.clone())
-        return torch.zeros_like(z)
+        return torch.full_like(z, 0.1)
 
-    z0 = torch.ones(1, 1)
-    plain = sample_ddim(denoise, z0, [5], alphas, torch.tensor(1.0), disable=True)
-    shifted = sample_ddim(denoise, z0, [5], alphas, torch.tensor(1.0), guide=lambda i, t, z: Guidance(latent=torch.full_like(z, 0.5)), disable=True)
-    assert torch.allclose(calls[-1], z0 - 0.5), "latent placement moves z_t before the UNet call"
-    assert shifted < plain
-    meaned = sample_ddim(denoise, z0, [5], alphas, torch.tensor(1.0), guide=lambda i, t, z: Guidance(mean=torch.full_like(z, 0.25)), disable=True)
-    assert torch.allclose(meaned, plain - 0.25)
-    eps_guided = sample_ddim(denoise, z0, [5], alphas, torch.tensor(1.0), guide=lambda i, t, z: Guidance(eps=torch.ones_like(z)), disable=True)
-    assert not torch.allclose(eps_guided, plain)
+    def run(**g):
+        return sample_ddim(denoise, torch.ones(1, 1), [5], alphas, final, guide=lambda i, t, z: Guidance(**g), disable=True)
+
+    def step(z, eps):  # DDIM to a_prev = 1 is just the predicted x0
+        return (z - (1 - a).sqrt() * eps) / a.sqrt()
+
+    assert torch.allclose(run(), step(torch.tensor(1.0), torch.tensor(0.1)))
+    # latent: z_t <- z_t - g before the UNet call, which then sees the moved z_t
+    assert torch.allclose(run(latent=torch.full((1, 1), 0.5)), step(torch.tensor(0.5), torch.tensor(0.1)))
+    assert torch.allclose(calls[-1], torch.tensor([[0.5]])), "the UNet saw the moved z_t"
+    # eps: eps <- eps + g (Self-Guidance), so x0 moves by -sqrt(1 - a) g / sqrt(a)
+    assert torch.allclose(run(eps=torch.full((1, 1), 0.3)), step(torch.tensor(1.0), torch.tensor(0.4)))
+    # mean: z_{t-1} <- z_{t-1} - g after the step
+    assert torch.allclose(run(mean=torch.full((1, 1), 0.25)), step(torch.tensor(1.0), torch.tensor(0.1)) - 0.25)
+    # x0: x0 <- x0 - g, with eps kept: at a_prev = 1 the result is x0 - g exactly
+    assert torch.allclose(run(x0=torch.full((1, 1), 0.2)), step(torch.tensor(1.0), torch.tensor(0.1)) - 0.2)
+    # the same at a middle step (a_prev = 0.8): x0's shift is scaled by sqrt(a_prev), eps's direction kept
+    mid = sample_ddim(denoise, torch.ones(1, 1), [5, 2], torch.tensor([1.0, 1, 0.8, 1, 1, 0.5, 1, 1, 1, 1]), final,
+                      guide=lambda i, t, z: Guidance(x0=torch.full_like(z, 0.2)) if i == 0 else Guidance(), disable=True)
+    x0 = step(torch.tensor(1.0), torch.tensor(0.1)) - 0.2
+    z1 = 0.8 ** 0.5 * x0 + 0.2 ** 0.5 * 0.1
+    assert torch.allclose(mid, (z1 - 0.2 ** 0.5 * 0.1) / 0.8 ** 0.5)
+
+
+def test_classifier_free_guidance_and_the_padded_schedule():
+    from sampler.guided import classifier_free, step_alphas
+
+    assert torch.equal(classifier_free(torch.tensor(1.0), torch.tensor(3.0), 7.5), torch.tensor(16.0))
+    assert torch.equal(classifier_free(torch.tensor(1.0), torch.tensor(3.0), 1.0), torch.tensor(3.0))
+    a = step_alphas(torch.arange(10.0) / 10, [9, 4, 0], torch.tensor(1.0))
+    assert [float(x) for x in a] == pytest.approx([0.9, 0.4, 0.0, 1.0])
+
+
+def test_epsilon_from_v_and_sample_predictions_is_exact():
+    """Backbone.eps converts a v-prediction (v = sqrt(a) eps - sqrt(1 - a) x0) and an x0
+    prediction to epsilon: pinned on a UNet stand-in whose output is chosen exactly."""
+    from types import SimpleNamespace
+
+    from sampler.backbones import Backbone
+
+    a = torch.tensor(0.36)  # sqrt 0.6, sqrt(1 - a) 0.8
+    x0, eps = torch.full((1, 1, 2, 2), 0.5), torch.full((1, 1, 2, 2), -1.0)
+    z = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    outputs = {"v_prediction": a.sqrt() * eps - (1 - a).sqrt() * x0, "sample": x0, "epsilon": eps}
+    for kind, out in outputs.items():
+        b = Backbone()
+        b.dtype = torch.float32
+        b.unet = lambda *args, out=out, **kw: SimpleNamespace(sample=out)
+        b.scheduler = SimpleNamespace(config=SimpleNamespace(prediction_type=kind), alphas_cumprod=torch.full((10,), 0.36))
+        assert torch.allclose(b.eps(z, 3, None), eps, atol=1e-6), kind
 
 
 def test_asymmetric_step_takes_x0_from_the_shifted_eps_and_the_direction_from_the_original():
@@ -87,10 +131,13 @@ def test_no_terms_reproduces_the_source_and_reuses_it(editor):
     assert np.array_equal(again.source_image, first.source_image)
 
 
-def test_v_prediction_backbone_runs(tmp_path):
+def test_v_prediction_backbone_edits_like_an_epsilon_one(tmp_path):
+    """A v-prediction pipeline: the edit changes the image, weight 0 reproduces the source."""
     ed = Editor(StableDiffusionBackbone(tiny_sd_pipeline(tmp_path, "v_prediction"), "tiny-v"))
-    r = ed.run(dsl.compile(PROMPT + 'centroid(token "square") += (0.1, 0)'), progress=False)
-    assert np.isfinite(r.image).all()
+    r = ed.run(dsl.compile(PROMPT + 'centroid(token "square") += (0.1, 0) * 50'), progress=False)
+    zero = ed.run(dsl.compile(PROMPT + 'centroid(token "square") += (0.1, 0) * 0'), progress=False)
+    assert np.isfinite(r.image).all() and not np.allclose(r.image, r.source_image, atol=1e-4)
+    assert np.allclose(zero.image, zero.source_image, atol=1e-5)
 
 
 def test_non_finite_energy_names_the_term(editor):
