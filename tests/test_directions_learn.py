@@ -17,6 +17,7 @@ from dsl.errors import SteerCompileError
 from energies import directions as D
 from sampler import hspace as H
 from sampler import learn
+from sampler.learn.noiseclr import named_moments, noiseclr_loss
 from sampler import noise_directions as N
 from sampler import prompt_directions as PD
 from sampler.backbones import StableDiffusionBackbone, load_backbone
@@ -229,8 +230,8 @@ def test_direction_context_is_the_one_token_prompt_and_leaves_the_model_alone(wh
 def test_noiseclr_loss_prefers_consistent_distinct_directions():
     g = torch.Generator().manual_seed(0)
     a, other = torch.nn.functional.normalize(torch.randn(2, 64, generator=g), dim=-1)
-    good = learn.noiseclr_loss(a.expand(4, -1), other.expand(2, 4, -1), 0.5)  # same on every image, unlike the others
-    bad = learn.noiseclr_loss(torch.nn.functional.normalize(torch.randn(4, 64, generator=g), dim=-1), a.expand(2, 4, -1), 0.5)
+    good = noiseclr_loss(a.expand(4, -1), other.expand(2, 4, -1), 0.5)  # same on every image, unlike the others
+    bad = noiseclr_loss(torch.nn.functional.normalize(torch.randn(4, 64, generator=g), dim=-1), a.expand(2, 4, -1), 0.5)
     assert good < bad
     assert good.item() == pytest.approx(-np.log(np.exp(2.0) / np.exp(float(a @ other) / 0.5)), rel=1e-5)
 
@@ -302,6 +303,22 @@ def test_learn_noiseclr_writes_k_directions_and_resumes(shapes, shapes_path, tmp
     resumed = [D.load_direction(f, shapes).tensors["embedding"] for f in files]
     for a, d in zip(resumed, full):
         assert torch.allclose(a, d.tensors["embedding"], atol=1e-6)  # the optimizer state came back too
+
+
+def test_a_noiseclr_checkpoint_with_unnamed_moments_gets_the_harness_names():
+    """Checkpoints written before sampler/training.py kept AdamW's state as opt.exp_avg with a plain
+    step number; they resume with their moments under the names the harness restores."""
+    emb, m, v = torch.randn(3, 4), torch.randn(3, 4), torch.rand(3, 4)
+    old = {"embeddings": emb, "opt.exp_avg": m, "opt.exp_avg_sq": v}
+    tensors, state = named_moments(old, {"step": 2, "opt_step": 2.0, "recipe": {}})
+    assert tensors.keys() == {"embeddings", "opt.embeddings.exp_avg", "opt.embeddings.exp_avg_sq"}
+    assert torch.equal(tensors["opt.embeddings.exp_avg"], m) and state["opt_step"] == {"embeddings": 2.0}
+    opt = torch.optim.AdamW([p := torch.nn.Parameter(emb.clone())], lr=1e-3)
+    from sampler import training as T
+
+    T.restore_optimizer(opt, {p: "embeddings"}, tensors, state["opt_step"])
+    assert torch.equal(opt.state[p]["exp_avg_sq"], v) and float(opt.state[p]["step"]) == 2.0
+    assert named_moments(tensors, state) == (tensors, state)  # the new layout passes through
 
 
 def test_learn_noiseclr_needs_two_images(tmp_path, capsys):

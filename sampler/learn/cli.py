@@ -1,0 +1,98 @@
+"""Learn directions: `steer learn hspace NAME --from A --to B`, `steer learn noiseclr --images DIR --k K`
+and `steer learn prompt NAME --from A... --to B...`: the command line. Its first line is --help's
+description; the learners are hspace.py, noiseclr.py and prompt.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dsl.errors import SteerError
+from energies.x0 import CLIP_MODEL_ID
+
+from ..hspace import EDIT_WINDOW
+from .common import UsageError
+from .hspace import learn_hspace
+from .noiseclr import learn_noiseclr
+from .prompt import learn_prompt
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="steer learn", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="method", required=True, metavar="{hspace,noiseclr,prompt}")
+
+    def model_and_out(q):
+        q.add_argument("--model", default="shapes", help="shapes (default), a shapes folder, or a Stable Diffusion id / folder")
+        q.add_argument("--out", type=Path, default=Path("directions"), help="where the direction files are written (default ./directions)")
+        q.add_argument("--device", default="cpu")
+        q.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="Stable Diffusion weights (shapes: always fp32)")
+
+    def common(q, work_default):  # the trained kinds: checkpoints and a seed too
+        model_and_out(q)
+        q.add_argument("--work", type=Path, default=None, help=f"checkpoints (default {work_default})")
+        q.add_argument("--ckpt-every", type=int, default=10, help="checkpoint every N steps")
+        q.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work")
+        q.add_argument("--seed", type=int, default=0)
+
+    h = sub.add_parser("hspace", help="Asyrp: a global delta-h from a text direction (--from -> --to)",
+                       description="Learn an Asyrp h-space direction (a global delta-h) that moves --from images towards --to.")
+    h.add_argument("name", help="the direction's name (the file NAME.safetensors)")
+    h.add_argument("--from", dest="src", required=True, help='source text, e.g. "a red circle"')
+    h.add_argument("--to", dest="dst", required=True, help='target text, e.g. "a blue circle"')
+    h.add_argument("--steps", type=int, default=20, help="DDIM steps of the source and training trajectories")
+    h.add_argument("--iters", type=int, default=5, help="passes over the images (Asyrp n_iter 5)")
+    h.add_argument("--n-images", type=int, default=8, help="source images, samples of --from")
+    h.add_argument("--cfg", type=float, default=None, help="guidance scale of the source samples (default: the model's)")
+    h.add_argument("--lr", type=float, default=None, help="SGD learning rate (default: 200 on shapes models, Asyrp's 0.5 otherwise)")
+    h.add_argument("--lr-step", type=int, default=3, help="StepLR: multiply the lr by --lr-gamma every N passes")
+    h.add_argument("--lr-gamma", type=float, default=0.1)
+    h.add_argument("--clip-loss-w", type=float, default=1.0)
+    h.add_argument("--l1-loss-w", type=float, default=3.0)
+    h.add_argument("--init-std", type=float, default=0.0, help="delta-h starts as N(0, init_std^2) (Asyrp: 0.2; 0 here, see HSPACE_LR)")
+    h.add_argument("--edit-until", type=float, default=EDIT_WINDOW[1], help="train on progress [0, x) (Asyrp t_edit 500/1000)")
+    h.add_argument("--clip", default=CLIP_MODEL_ID, help="CLIP id or folder for non-shapes models (Asyrp: ViT-B/16)")
+    h.set_defaults(func=learn_hspace)
+    common(h, "runs/learn/hspace-NAME")
+
+    c = sub.add_parser("noiseclr", help="NoiseCLR: K unsupervised directions from a folder of images",
+                       description="Learn K NoiseCLR directions (token embeddings) contrastively from a folder of images.")
+    c.add_argument("--images", required=True, help="folder of PNG / JPEG / WebP images (at least 2)")
+    c.add_argument("--k", type=int, required=True, help="number of directions to learn")
+    c.add_argument("--iters", type=int, default=200, help="optimizer steps (NoiseCLR: 1000)")
+    c.add_argument("--batch", type=int, default=4, help="images per step (NoiseCLR: 6)")
+    c.add_argument("--negatives", type=int, default=20, help="other directions compared per step (NoiseCLR tokens_per_iter 20; at most K-1)")
+    c.add_argument("--lr", type=float, default=4e-3, help="AdamW lr (NoiseCLR: 1e-3 x 4 gradient-accumulation steps)")
+    c.add_argument("--weight-decay", type=float, default=1e-2)
+    c.add_argument("--tau", type=float, default=0.5, help="temperature")
+    c.set_defaults(func=learn_noiseclr)
+    common(c, "runs/learn/noiseclr-FOLDER")
+
+    q = sub.add_parser("prompt", help="Pix2Pix-Zero: an edit direction in the prompt's embedding (--from -> --to sentences)",
+                       description="Make a Pix2Pix-Zero edit direction: the mean embedding of the target sentences minus that "
+                                   "of the source sentences. Use many sentences that differ in the edited word; on a small "
+                                   "causal text encoder (the shapes model's) put the word where your prompts have it, since "
+                                   "the direction is positional.")
+    q.add_argument("name", help="the direction's name (the file NAME.safetensors)")
+    q.add_argument("--from", dest="src", nargs="+", metavar="SENTENCE", help='source sentences, e.g. "a red circle" "a red square"')
+    q.add_argument("--to", dest="dst", nargs="+", metavar="SENTENCE", help="target sentences (as many as you like)")
+    q.add_argument("--from-file", dest="src_file", type=Path, help="more source sentences, one per line")
+    q.add_argument("--to-file", dest="dst_file", type=Path, help="more target sentences, one per line")
+    q.add_argument("--swap", nargs=2, metavar=("OLD", "NEW"), help="make the targets from the sources by replacing the word OLD with NEW")
+    model_and_out(q)
+    q.set_defaults(func=learn_prompt)
+    return p
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args, argv)
+    except UsageError as e:
+        print(f"steer learn: error: {e}", file=sys.stderr)
+        return 2
+    except SteerError as e:
+        print(e.render(), file=sys.stderr)
+        return 2
