@@ -1,7 +1,7 @@
 """The syntax tree: what was written, with where it was written.
 
 Nodes mirror the grammar (dsl/grammar.lark) one to one and keep their source spans; meaning is
-given to them by dsl/compile.py. Comments are kept on the Script so `steer fmt` never drops them.
+given to them by dsl/compiler.py. Comments are kept on the Script so `steer fmt` never drops them.
 """
 
 from __future__ import annotations

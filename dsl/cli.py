@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["learn"]:  # its own parser (sampler/learn.py) reads everything after the word
+    if argv[:1] == ["learn"]:  # its own parser (sampler/learn/cli.py) reads everything after the word
         return _guarded(lambda: cmd_learn(argparse.Namespace(rest=argv[1:])))
     args = build_parser().parse_args(argv)
     return _guarded(lambda: args.func(args))

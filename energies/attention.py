@@ -2,7 +2,7 @@
 
 A map is a token's cross-attention over the image, shape (..., H, W), non-negative, from the
 conditional half of classifier-free guidance, averaged over heads and layers (sampler/probes.py).
-Properties follow the Self-Guidance demo code (reference/methods.md, section 1):
+Properties follow the Self-Guidance demo code (docs/methods.md, section 1):
 
     centroid  = attention-weighted mean position, from the raw map
     size      = mean of the soft-thresholded map

@@ -2,7 +2,7 @@
 
 A term's `weight` in a script multiplies the default weight here, so `* 2` always means "twice
 the usual strength". Windows are fractions of sampling progress (0 = pure noise, 1 = done).
-Sources are reference/methods.md; values marked "tuned" were chosen with `steer bench` on the
+Sources are in docs/methods.md (section N per method); values marked "tuned" were chosen with `steer bench` on the
 shapes model (see the bench notes in the README).
 """
 

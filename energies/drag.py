@@ -1,5 +1,5 @@
-"""DragNoise's loss and point tracking (Liu et al. 2024, arXiv 2404.01050; reference/methods.md §7),
-as pure functions of a decoder feature map F (C, H, W).
+"""DragNoise's loss and point tracking (Liu et al. 2024, arXiv 2404.01050; docs/methods.md,
+section 7), as pure functions of a decoder feature map F (C, H, W).
 
 Points are (x, y) in feature pixels: x to the right, y down, pixel centres at integers. Image
 units (0..1, the language's) convert with `to_pixels` / `to_units`.

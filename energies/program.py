@@ -3,8 +3,8 @@
 A Program holds the settings (prompt, seed, steps, ...) and a list of Terms. A Term is a frozen
 pydantic model naming its kind, the tokens it reads (symbolically, as written: `token "circle"#2`),
 its parameters, its weight, its time window and its placement. Token references are resolved
-against a backbone's tokenizer only when the program runs (sampler.bind), so a Program is
-model-independent, comparable with ==, and printable back to text (dsl.format).
+against a backbone's tokenizer only when the program runs (dsl.bind, in dsl/binding.py), so a
+Program is model-independent, comparable with ==, and printable back to text (dsl.format).
 
 Positions in the source text (`span`) ride along for error messages but take no part in ==.
 """
@@ -15,7 +15,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-PLACEMENTS = ("eps", "latent", "mean", "x0")  # reference/methods.md, "Where the guidance term goes"
+PLACEMENTS = ("eps", "latent", "mean", "x0")  # docs/methods.md, section 8 ("Where a guidance term goes")
 
 
 class Span(BaseModel):

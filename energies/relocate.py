@@ -7,7 +7,7 @@ under the object's source mask is copied from the source trajectory's z_t to its
 the region it left is refilled with background at the same noise level. The denoiser then has an
 image whose layout already says "the object is there" and spends the remaining steps blending it;
 the term's attention energy keeps it there. This is the latent copy of DragonDiffusion and
-DiffEditor (reference/methods.md), driven by the term's own target instead of a drawn box.
+DiffEditor (docs/methods.md, section 9), driven by the term's own target instead of a drawn box.
 
 Pure tensor functions; latents are (C, H, W) here.
 """

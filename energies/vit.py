@@ -1,6 +1,6 @@
 """DiffuseIT's ViT energies: structure from the self-similarity of keys, appearance from the CLS token.
 
-DiffuseIT (reference/methods.md, section 2) reads a DINO ViT on the predicted clean image:
+DiffuseIT (docs/methods.md, section 2) reads a DINO ViT on the predicted clean image:
 
     keys  = the last layer's self-attention keys, heads concatenated (tokens x hidden), CLS included
     S(x)  = the cosine self-similarity matrix of those keys: where things are, not what they are
@@ -19,7 +19,8 @@ import inspect
 import torch
 import torch.nn.functional as F
 
-# DiffuseIT defaults (methods.md section 2); the caller multiplies each energy by its weight.
+# DiffuseIT's own weights (docs/methods.md, section 2), kept for reference: the editor multiplies
+# each energy by its term's weight (energies/defaults.py, TERMS) instead.
 LAMBDA_SSIM = 1000.0  # structure: MSE of key self-similarity
 LAMBDA_CONTRA = 200.0  # contrastive keys (PatchNCE)
 LAMBDA_DIR_CLS = 100.0  # semantic divergence from the previous step's CLS, only while t > diff_iter

@@ -1,6 +1,6 @@
 """Energies on the predicted clean image x0: DiffusionCLIP's directional CLIP loss and an L1 keep.
 
-DiffusionCLIP / Asyrp (reference/methods.md, sections 4 and 6) edit by asking the change in the
+DiffusionCLIP / Asyrp (docs/methods.md, sections 6 and 4) edit by asking the change in the
 image's CLIP embedding to point the same way as the change in the text's:
 
     dI = normalize(E_I(x0_pred)) - normalize(E_I(x0_src))
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .attention import resize
 from .vit import CLIP_MEAN, CLIP_STD, SHAPES_MEAN, SHAPES_STD, preprocess
 
-# DiffusionCLIP defaults (methods.md section 6): clip_loss_w 3, l1_loss_w 0 in main.py (1 in the
+# DiffusionCLIP defaults (docs/methods.md, section 6): clip_loss_w 3, l1_loss_w 0 in its main.py (1 in the
 # README example). Asyrp: clip 1.0, l1 3.0.
 LAMBDA_CLIP = 3.0
 LAMBDA_L1 = 1.0

@@ -1,4 +1,4 @@
-"""DragNoise in the sampler (Liu et al., CVPR 2024, arXiv 2404.01050; reference/methods.md §7).
+"""DragNoise in the sampler (Liu et al., CVPR 2024, arXiv 2404.01050; docs/methods.md, section 7).
 
 At one step t_e (the drag's window start; DragNoise: 35 of 50 inversion steps, i.e. progress 0.3)
 the UNet bottleneck s = mid_block(z_t) is optimised with Adam so that decoder features move each

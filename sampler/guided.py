@@ -1,8 +1,8 @@
 """The guided DDIM loop: one short function whose body follows the equations.
 
 DDIM (Song et al. 2021, arXiv 2010.02502) with classifier-free guidance (Ho & Salimans 2022) and
-energy guidance applied where each term asks (reference/methods.md, "Where the guidance term
-goes"):
+energy guidance applied where each term asks (docs/methods.md, section 8, "Where a guidance
+term goes"):
 
     z_t     <- z_t - g_latent                          (Pix2Pix-Zero, Attend-and-Excite)
     eps     =  eps_u + cfg (eps_c - eps_u) + g_eps     (Self-Guidance, NoiseCLR)

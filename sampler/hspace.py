@@ -1,7 +1,7 @@
 """Asyrp's h-space (Kwon, Jeong, Uh, ICLR 2023, arXiv 2210.10960): a semantic shift in the bottleneck.
 
 h is the output of the UNet's mid block. An edit adds a learned delta-h to it, and the reverse
-step is asymmetric (reference/methods.md, section 4):
+step is asymmetric (docs/methods.md, section 4):
 
     eps     = eps(z_t | h)                               the original UNet
     eps~    = eps(z_t | h + s * delta_h)                 the same UNet with h shifted

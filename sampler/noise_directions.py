@@ -3,7 +3,7 @@
 A direction d is a single learned row of the text encoder's input-embedding table. It conditions
 the UNet through the prompt made of just that token, BOS + <d> + EOS + padding (NoiseCLR tokenizes
 the string "<tk>"), and edits by adding its noise difference to the guided epsilon
-(reference/methods.md, section 5):
+(docs/methods.md, section 5):
 
     delta_d(z_t) = eps(z_t, d) - eps(z_t, "")
     eps~         = eps_cfg(z_t, c) + sum_k lambda_k delta_{d_k}(z_t)

@@ -2,7 +2,7 @@
 shift of the prompt's embedding.
 
 The direction is the difference of the mean text embeddings of two sets of sentences, one with the
-source concept and one with the target (reference/methods.md, section 3):
+source concept and one with the target (docs/methods.md, section 3):
 
     delta_c = mean_i E(target_i) - mean_i E(source_i)        E: the full (T, D) encoder output
 
