@@ -2,11 +2,13 @@
 
 import json
 
+import pytest
 from PIL import Image
 
 from sampler.bench import run_bench
 
 
+@pytest.mark.slow  # about 100 s on 1 thread: the cost classes load the model in 16 fresh processes (CPU peak memory)
 def test_quick_bench_writes_well_formed_results(tmp_path, shapes_path):
     results = run_bench(shapes_path, seeds=1, quick=True, out=tmp_path, steps=4, progress=False)
     data = json.loads((tmp_path / "results.json").read_text())
@@ -40,14 +42,25 @@ def test_bench_runs_only_the_tasks_asked_and_names_the_known_ones(tmp_path, shap
     assert main(["bench", "--model", shapes_path, "--quick", "--seeds", "1", "--out", str(tmp_path), "--task", "nope"]) == 2
     err = capsys.readouterr().err
     assert "unknown task 'nope'" in err and "move" in err and "Traceback" not in err
-    data = run_bench(shapes_path, seeds=1, quick=True, out=tmp_path, steps=2, progress=False, tasks=["shift"])
-    assert set(data["tasks"]) == {"shift"}
+    data = run_bench(shapes_path, seeds=1, quick=True, out=tmp_path, steps=2, progress=False, tasks=["shift"], cost=False)
+    assert set(data["tasks"]) == {"shift"} and data["cost"] == {} and data["inversion"] == {}
+
+
+def test_one_cost_class_is_measured_in_fresh_processes(shapes_editor, shapes_path):
+    """The cost of one class: ratios from this process, the CPU peaks from two fresh ones."""
+    from sampler.bench.cost import measure_cost
+
+    cost = measure_cost(shapes_editor, 2, [0], "cpu", shapes_path, names=["attention"])
+    assert set(cost) == {"attention", "repl_rerun"}
+    c = cost["attention"]
+    assert c["time_ratio"] > 0 and c["plain_seconds_per_image"] > 0 and c["model_mb"] > 0 and c["total_memory_ratio"] > 0
+    assert cost["repl_rerun"]["time_ratio"] > 0
 
 
 def test_free_vector_keeps_the_moved_circle_inside_and_clear_of_the_square():
     import numpy as np
 
-    from sampler.bench import free_vector
+    from sampler.bench.tasks import free_vector
     from sampler.shapes import world as W
 
     def obj(colour, x0, y0, n=6):

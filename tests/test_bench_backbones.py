@@ -1,6 +1,6 @@
 """The full-size-architecture timing script runs (smoke: SD 1.5 and SDXL layouts at tiny widths)."""
 
-from sampler.bench_backbones import SD15, SDXL, main, smoke_config
+from sampler.bench.backbones import SD15, SDXL, main, smoke_config
 
 
 def test_smoke_run_reports_ratios_for_both_layouts(capsys):

@@ -1,7 +1,7 @@
 """Time plain vs guided steps on the full-size SD 1.5 and SDXL UNet architectures (random weights).
 
-    python -m sampler.bench_backbones [--arch sd15 sdxl] [--res 512 1024] [--device cuda] [--dtype fp16]
-    python -m sampler.bench_backbones --smoke        # CI: tiny widths, tiny resolution, CPU
+    python -m sampler.bench.backbones [--arch sd15 sdxl] [--res 512 1024] [--device cuda] [--dtype fp16]
+    python -m sampler.bench.backbones --smoke        # CI: tiny widths, tiny resolution, CPU
 
 No weights are downloaded: the UNets, the VAE and the DINO ViT-B/8 are built from their
 published configs with random weights, which time exactly like the trained ones. Per step:
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 
 import torch
@@ -31,8 +30,8 @@ import torch
 from energies import attention as A
 from energies.defaults import BACKBONES
 
-from .bench import _proc_status_kb, _reset_peak
-from .probes import ProbeStore, cross_attention_layers, probing
+from ..probes import ProbeStore, cross_attention_layers, probing
+from .cost import resident_peak
 
 SD15 = dict(
     sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
@@ -76,10 +75,6 @@ def smoke_vae() -> dict:
 
 def smoke_vit() -> dict:
     return dict(DINO_VITB8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32)
-
-
-def _rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def measure(arch: str, res: int, device: str, dtype: torch.dtype, steps: int, smoke: bool, only=None) -> dict:
@@ -129,7 +124,7 @@ def measure(arch: str, res: int, device: str, dtype: torch.dtype, steps: int, sm
 
     from energies import vit as V
 
-    from .hspace import shifting
+    from ..hspace import shifting
 
     vae = AutoencoderKL(**(smoke_vae() if smoke else VAE)).to(device, dtype).eval().requires_grad_(False)
     vit_cfg = smoke_vit() if smoke else DINO_VITB8
@@ -170,10 +165,9 @@ def measure(arch: str, res: int, device: str, dtype: torch.dtype, steps: int, sm
     for name, fn in runs:
         if only and name not in only:
             continue
-        # CPU: from just before the first call, whose allocations are the run's peak; on Linux the
-        # peak (VmHWM) is first reset to the current size, so building the models does not hide it.
-        hwm = _reset_peak() and _proc_status_kb("VmRSS") is not None
-        base = _proc_status_kb("VmRSS") * 1024 if hwm else _rss()
+        # CPU: from just before the first call, whose allocations are the run's peak (resident_peak
+        # leaves out building the models where it can).
+        base, peak = resident_peak()
         fn()  # warm-up
         sync()
         if device.startswith("cuda"):
@@ -185,10 +179,9 @@ def measure(arch: str, res: int, device: str, dtype: torch.dtype, steps: int, sm
         sync()
         out[f"{name}_s_per_step"] = (time.perf_counter() - t0) / steps
         if device.startswith("cuda"):
-            peak = torch.cuda.max_memory_allocated() - base
+            out[f"{name}_peak_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
         else:
-            peak = max(0, (_proc_status_kb("VmHWM") * 1024 if hwm else _rss()) - base)
-        out[f"{name}_peak_mb"] = peak / 2**20
+            out[f"{name}_peak_mb"] = max(0, peak() - base) / 2**20
     for name, _ in runs[1:]:
         if f"{name}_s_per_step" in out and "plain_s_per_step" in out:
             out[f"{name}_time_ratio"] = out[f"{name}_s_per_step"] / out["plain_s_per_step"]
@@ -206,7 +199,7 @@ def measure_cpu(arch: str, res: int, dtype: str, steps: int) -> dict:
 
     out = measure(arch, res, "cpu", {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype], steps, False)
     for name in RUNS:
-        cmd = [sys.executable, "-m", "sampler.bench_backbones", "--arch", arch, "--res", str(res), "--device", "cpu",
+        cmd = [sys.executable, "-m", "sampler.bench.backbones", "--arch", arch, "--res", str(res), "--device", "cpu",
                "--dtype", dtype, "--steps", "1", "--only", name]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
         out[f"{name}_peak_mb"] = json.loads(proc.stdout.strip().splitlines()[-1])[f"{name}_peak_mb"]
@@ -214,7 +207,7 @@ def measure_cpu(arch: str, res: int, dtype: str, steps: int) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m sampler.bench_backbones", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m sampler.bench.backbones", description=__doc__.split("\n")[0])
     p.add_argument("--arch", nargs="+", default=["sd15", "sdxl"], choices=list(ARCHS))
     p.add_argument("--res", nargs="+", type=int, default=None, help="image side per arch (default: 512 for sd15, 1024 for sdxl)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
