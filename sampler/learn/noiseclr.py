@@ -24,7 +24,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def noiseclr_loss(pos: torch.Tensor, neg: torch.Tensor, tau: float) -> torch.Tensor:
-    """NoiseCLR's contrastive loss (core/loss.py) on L2-normalised noise differences.
+    """NoiseCLR's contrastive loss (its code's core/loss.py) on L2-normalised noise differences.
 
     pos (B, F): the chosen direction on B images; neg (L, B, F): L other directions on the same
     images. Positives are pairs of images under the same direction (i < j), negatives the chosen
