@@ -1,4 +1,4 @@
-"""`steer learn hspace NAME --from A --to B`: an Asyrp h-space direction (Kwon et al. 2023).
+"""`steer learn hspace NAME --from A --to B`: an Asyrp h-space direction (docs/methods.md, section 4).
 
 Asyrp's `--train_delta_h` variant with one global delta-h (C, h, w), which is what an edit applies.
 Source images are samples of the --from prompt; at every step of the edit window the UNet runs with

@@ -1,4 +1,4 @@
-"""`steer learn noiseclr --images DIR --k K`: NoiseCLR directions (Dalva & Yanardag 2024).
+"""`steer learn noiseclr --images DIR --k K`: NoiseCLR directions (docs/methods.md, section 5).
 
 K token embeddings, learned contrastively on a folder of images so that each one's noise difference
 eps(x_t, d_k) - eps(x_t, "") agrees with itself across images and differs from the other

@@ -1,4 +1,4 @@
-"""`steer learn prompt NAME --from A... --to B...`: a Pix2Pix-Zero edit direction (Parmar et al. 2023).
+"""`steer learn prompt NAME --from A... --to B...`: a Pix2Pix-Zero edit direction (docs/methods.md, section 3).
 
 The mean text embedding of the --to sentences minus that of the --from sentences
 (sampler/prompt_directions.py); nothing is trained, so it takes seconds.
