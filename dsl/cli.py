@@ -7,7 +7,6 @@ exits with status 2, without a traceback.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -147,12 +146,13 @@ def cmd_fmt(args) -> int:
 
 
 def _atomic_write_text(path: Path, text: str):
-    import tempfile
+    """Rewrite a script in place: through a symlink to the file it names, keeping its mode."""
+    import stat
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    from energies.files import atomic_write
+
+    target = path.resolve()
+    atomic_write(target, lambda tmp: tmp.write_text(text), mode=stat.S_IMODE(target.stat().st_mode))
 
 
 def cmd_repl(args) -> int:

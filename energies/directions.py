@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SteerCompileError, did_you_mean
+from .files import atomic_write
 
 
 def search_path(script_dir: Path | None = None, model_dir: Path | None = None) -> list[Path]:
@@ -152,8 +153,8 @@ def prompt_shape(backbone) -> tuple[int, int]:
 
 
 def save_direction(path, tensors: dict, kind: str, backbone: str, meta: dict | None = None) -> Path:
-    """Write a direction file atomically (a temporary file beside it, then os.replace), so a crash
-    never leaves half a direction where a script will look for one."""
+    """Write a direction file atomically (energies/files.py), so a crash never leaves half a
+    direction where a script will look for one; with ordinary permissions, to be shared."""
     import json
     from datetime import datetime, timezone
 
@@ -173,20 +174,9 @@ def save_direction(path, tensors: dict, kind: str, backbone: str, meta: dict | N
         "date": meta.pop("date", datetime.now(timezone.utc).isoformat(timespec="seconds")),
         **meta,
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        save_file({k: v.detach().float().cpu().contiguous() if v.is_floating_point() else v.detach().cpu().contiguous()
-                   for k, v in tensors.items()}, str(tmp), metadata={"steer": json.dumps(record)})
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; a direction is meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    tensors = {k: v.detach().float().cpu().contiguous() if v.is_floating_point() else v.detach().cpu().contiguous()
+               for k, v in tensors.items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"steer": json.dumps(record)}))
 
 
 def read_direction(path, span=None) -> Direction:

@@ -11,13 +11,12 @@ Writing: a PNG with text chunks (the program that made it), written atomically.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from energies.errors import SteerCompileError
+from energies.files import atomic_write
 
 
 def load_image(path: Path, size: tuple[int, int], span=None, what: str = "source image") -> np.ndarray:
@@ -57,22 +56,10 @@ def to_pil(image: np.ndarray):
 
 
 def write_png(image: np.ndarray, path, text: dict | None = None):
-    """Write atomically: a temporary file in the same folder, then a rename."""
+    """Write a PNG atomically, with `text` as its text chunks (the program that made it)."""
     from PIL.PngImagePlugin import PngInfo
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     info = PngInfo()
     for k, v in (text or {}).items():
         info.add_text(k, v)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent, prefix=f".{path.stem}-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            to_pil(image).save(f, format="PNG", pnginfo=info)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; an image is the user's ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: to_pil(image).save(tmp, format="PNG", pnginfo=info))

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from energies.files import atomic_write
+
 VERSION = 1  # bump when the inversion changes, so cached inversions are redone
 
 
@@ -41,9 +43,6 @@ def save(meta: dict, tensors: dict[str, torch.Tensor]):
     """Write an entry atomically (a hidden temporary file, then a rename)."""
     from safetensors.torch import save_file
 
-    path = folder() / f"{key_of(meta)}.safetensors"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("." + path.name)
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata={"steer": json.dumps({**meta, "version": VERSION})})
-    os.replace(tmp, path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write(folder() / f"{key_of(meta)}.safetensors",
+                 lambda tmp: save_file(tensors, str(tmp), metadata={"steer": json.dumps({**meta, "version": VERSION})}))

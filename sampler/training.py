@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .files import atomic_write
+from energies.files import atomic_write
 
 # ----------------------------------------------------------------------------------------------
 # Checkpoints

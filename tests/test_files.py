@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from sampler.files import atomic_write
+from energies.files import atomic_write
 
 
 def test_a_file_is_replaced_whole_with_ordinary_permissions(tmp_path):

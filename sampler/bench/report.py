@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import atomic_write
+from energies.files import atomic_write
 from .tasks import Outcome
 
 

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 import dsl
 
 from ..editor import Editor
-from ..files import atomic_write
+from energies.files import atomic_write
 from ..shapes import world as W
 from .cost import measure_cost
 from .inversion import measure_inversion

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import training as T
-from ..files import atomic_write
+from energies.files import atomic_write
 from . import model as M
 from . import world
 
