@@ -8,13 +8,12 @@ DiffuseIT (docs/methods.md, section 2) reads a DINO ViT on the predicted clean i
 
 Structure is kept by matching S to the source's (MSE) and by a PatchNCE loss that asks each key to
 resemble the source key at the same position more than the source keys elsewhere. Style follows a
-reference image through its CLS feature. The energies are pure tensor functions; `ViTKeys` is the
-only thing here that runs a model, and it leaves the model as it found it (no hooks left behind).
+reference image through its CLS feature. The energies are pure tensor functions of the keys and
+CLS tokens that sampler/feature_models.py reads out of a ViT; `preprocess` is how an image in
+[-1, 1] is fed to one.
 """
 
 from __future__ import annotations
-
-import inspect
 
 import torch
 import torch.nn.functional as F
@@ -99,107 +98,3 @@ def preprocess(x: torch.Tensor, size, mean, std) -> torch.Tensor:
     m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     return (x - m) / s
-
-
-def vision_tower(model: torch.nn.Module) -> torch.nn.Module:
-    """The image half of a CLIPModel (which has both); any other vision model is its own tower."""
-    return model.vision_model if hasattr(model, "visual_projection") else model
-
-
-def key_projection(tower: torch.nn.Module) -> torch.nn.Module:
-    """The last layer's key projection: `self_attn.k_proj` (CLIP), `attention.k_proj` (ViT, Dinov2
-    in transformers 5) or `attention.attention.key` (ViT, Dinov2 in transformers 4). Modules are
-    registered in layer order, so the last match is the last layer's."""
-    found = [m for n, m in tower.named_modules() if n.endswith(".k_proj") or n.endswith("attention.key")]
-    layers = getattr(tower.config, "num_hidden_layers", len(found))
-    if not found or len(found) != layers:
-        raise ValueError(f"found {len(found)} key projections in a {layers}-layer {type(tower).__name__}")
-    return found[-1]
-
-
-class ViTKeys:
-    """Differentiable (keys, cls) of a transformers ViT: CLIP vision (CLIPModel, CLIPVisionModel),
-    ViTModel (DINO) or Dinov2Model.
-
-    keys: (B, N, hidden) outputs of the last layer's key projection, CLS token first; the projection
-    output is already the heads concatenated, as DiffuseIT reshapes them.
-    cls:  (B, hidden) last block output at token 0 before the final layernorm (hidden_states[-1];
-    for CLIP that is last_hidden_state, since post_layernorm only touches the pooled output).
-    """
-
-    def __init__(self, model: torch.nn.Module, size=None, mean=DINO_MEAN, std=DINO_STD):
-        self.tower = vision_tower(model)
-        self.key_module = key_projection(self.tower)
-        self.size = size or self.tower.config.image_size
-        self.mean, self.std = mean, std
-        params = inspect.signature(self.tower.forward).parameters
-        self._interpolate = "interpolate_pos_encoding" in params  # Dinov2 always interpolates
-
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (B, 3, H, W) in [-1, 1] -> (keys (B, N, D), cls (B, D))."""
-        pixels = preprocess(x, self.size, self.mean, self.std)
-        p = next(self.tower.parameters())
-        pixels = pixels.to(device=p.device, dtype=p.dtype)
-        kwargs = {"interpolate_pos_encoding": True} if self._interpolate and self._resized(pixels) else {}
-        captured = []
-        handle = self.key_module.register_forward_hook(lambda mod, inp, out: captured.append(out))
-        try:
-            out = self.tower(pixel_values=pixels, output_hidden_states=True, **kwargs)
-        finally:
-            handle.remove()
-        return captured[-1], out.hidden_states[-1][:, 0]
-
-    def _resized(self, pixels) -> bool:
-        native = self.tower.config.image_size
-        return tuple(pixels.shape[-2:]) != (native, native)
-
-
-def load_vit(backbone_kind: str, model_id_or_path=None, **from_pretrained) -> ViTKeys:
-    """The ViT the structure energies read, per backbone.
-
-    "shapes": the shapes CLIP's vision tower, fed exactly as in training. `model_id_or_path` may be
-    the CLIPModel, a loaded shapes model (its `.clip`), or a shapes folder / "shapes" (loaded).
-    "sd" / "sdxl": DINO ViT-B/8 as in DiffuseIT (or any ViT / Dinov2 id or folder, or a module),
-    loaded from safetensors only when called. Extra keywords go to `from_pretrained`.
-    """
-    if backbone_kind == "shapes":
-        clip = model_id_or_path if model_id_or_path is not None else "shapes"
-        if isinstance(clip, str) or hasattr(clip, "__fspath__"):
-            from sampler.shapes import model as M
-
-            clip = M.load(clip).clip
-        clip = getattr(clip, "clip", clip)  # a ShapesModel
-        if clip is None:
-            raise ValueError("this shapes model has no clip/ folder, so there is no ViT to read")
-        return ViTKeys(clip, mean=SHAPES_MEAN, std=SHAPES_STD)
-    if backbone_kind in ("sd", "sdxl"):
-        model = model_id_or_path if model_id_or_path is not None else DINO_MODEL_ID
-        if not isinstance(model, torch.nn.Module):
-            model = _load_dino(str(model), **from_pretrained)
-        if vision_tower(model).config.model_type.startswith("clip"):  # a CLIP: its own size and stats
-            return ViTKeys(model, mean=CLIP_MEAN, std=CLIP_STD)
-        return ViTKeys(model, size=DINO_SIZE, mean=DINO_MEAN, std=DINO_STD)
-    raise ValueError(f"unknown backbone kind {backbone_kind!r}; expected shapes, sd or sdxl")
-
-
-def _load_dino(model_id: str, **kw) -> torch.nn.Module:
-    """ViTModel (no pooler: DINO checkpoints have none) or Dinov2Model, eval, frozen."""
-    from transformers import AutoConfig, AutoModel, Dinov2Model, ViTModel
-
-    kw.setdefault("use_safetensors", True)
-    try:
-        config = AutoConfig.from_pretrained(model_id, **{k: v for k, v in kw.items() if k != "use_safetensors"})
-        if config.model_type == "vit":
-            model = ViTModel.from_pretrained(model_id, add_pooling_layer=False, **kw)
-        elif config.model_type == "dinov2":
-            model = Dinov2Model.from_pretrained(model_id, **kw)
-        else:
-            model = AutoModel.from_pretrained(model_id, **kw)
-    except (OSError, ValueError) as e:
-        raise OSError(
-            f"could not load the DINO ViT {model_id!r} (safetensors weights). It is downloaded from the "
-            "Hugging Face Hub on first use; offline (HF_HUB_OFFLINE=1 or no network) it must already be "
-            "in the HF cache (HF_HOME / HF_HUB_CACHE) or be a local folder. Pass another id or folder "
-            f"as the model argument. Cause: {e}"
-        ) from e
-    return model.eval().requires_grad_(False)

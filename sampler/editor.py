@@ -24,11 +24,10 @@ import dsl
 from energies.errors import SteerCompileError
 from energies import directions as direction_files
 from energies import program as P
-from energies import vit as V
-from energies import x0 as X
 from energies.terms import BoundTerm, ClipText, StyleReference
 
 from .backbones import Backbone, load_backbone
+from . import feature_models as FM
 from .denoiser import denoiser
 from .directions import KINDS, Step
 from .drag import DragPlan
@@ -58,14 +57,14 @@ class Editor:
         the shapes CLIP's image tower on the shapes model, DINO on Stable Diffusion."""
         if self._vit is None:
             b = self.backbone
-            self._vit = V.load_vit(b.kind, b.model if b.kind == "shapes" else None)
+            self._vit = FM.load_vit(b.kind, b.model if b.kind == "shapes" else None)
         return self._vit
 
     def clip(self):
         """The CLIP of the directional CLIP term: the shapes CLIP, or OpenAI's ViT-B/16 (DiffusionCLIP's)."""
         if self._clip is None:
             b = self.backbone
-            self._clip = X.ClipScorer.for_shapes(b.model) if b.kind == "shapes" else X.ClipScorer.from_pretrained(X.CLIP_MODEL_ID, device=b.device)
+            self._clip = FM.ClipScorer.for_shapes(b.model) if b.kind == "shapes" else FM.ClipScorer.from_pretrained(device=b.device)
         return self._clip
 
     # ------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from energies import vit as V
 from energies import x0 as X
+from sampler import feature_models as FM
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +147,7 @@ def test_preprocess_matches_each_training_convention():
 # ViTKeys on the shapes CLIP and on tiny random DINO-family models
 
 
-def check_extractor(vk: V.ViTKeys, x: torch.Tensor, tokens: int, hidden: int, last_norm, key_proj):
+def check_extractor(vk: FM.ViTKeys, x: torch.Tensor, tokens: int, hidden: int, last_norm, key_proj):
     """Shapes, gradients, no leftover hook, and keys = the LAST layer's key projection."""
     x = x.clone().requires_grad_(True)
     keys, cls = vk(x)
@@ -162,33 +163,33 @@ def check_extractor(vk: V.ViTKeys, x: torch.Tensor, tokens: int, hidden: int, la
 
 
 def test_vit_keys_on_shapes_clip(shapes):
-    vk = V.load_vit("shapes", shapes)
+    vk = FM.load_vit("shapes", shapes)
     assert vk.size == 32 and vk.mean == V.SHAPES_MEAN
     layer = vk.tower.encoder.layers[-1]
     x = torch.cat([world_image(s) for s in one_object_scenes(2)])
     check_extractor(vk, x, 1 + 8 * 8, 96, layer.layer_norm1, layer.self_attn.k_proj)
     assert vk.key_module is layer.self_attn.k_proj
-    assert V.ViTKeys(shapes.clip.vision_model).key_module is layer.self_attn.k_proj  # the tower alone too
+    assert FM.ViTKeys(shapes.clip.vision_model).key_module is layer.self_attn.k_proj  # the tower alone too
 
 
 def test_vit_keys_on_tiny_vit_and_dinov2(tiny_vit, tiny_dinov2):
     x = torch.rand(2, 3, 40, 40) * 2 - 1
     vit_last = tiny_vit.layers[-1] if hasattr(tiny_vit, "layers") else tiny_vit.encoder.layer[-1]
-    vk = V.ViTKeys(tiny_vit)  # config size 32: the 40 px input is resized to 32
+    vk = FM.ViTKeys(tiny_vit)  # config size 32: the 40 px input is resized to 32
     check_extractor(vk, x, 1 + 16, 32, vit_last.layernorm_before, vk.key_module)
-    vk48 = V.ViTKeys(tiny_vit, size=48)  # 48 px: position embeddings are interpolated
+    vk48 = FM.ViTKeys(tiny_vit, size=48)  # 48 px: position embeddings are interpolated
     check_extractor(vk48, x, 1 + 36, 32, vit_last.layernorm_before, vk48.key_module)
-    dk = V.load_vit("sd", tiny_dinov2)  # DiffuseIT's 224 px with ImageNet stats
+    dk = FM.load_vit("sd", tiny_dinov2)  # DiffuseIT's 224 px with ImageNet stats
     assert dk.size == V.DINO_SIZE and dk.mean == V.DINO_MEAN
     dk.size = 40
     check_extractor(dk, x, 1 + 25, 32, tiny_dinov2.encoder.layer[-1].norm1, dk.key_module)
     for m in (tiny_vit, tiny_dinov2):  # the key module is the last layer's, not the first's
-        names = [n for n, mod in m.named_modules() if mod is V.key_projection(m)]
+        names = [n for n, mod in m.named_modules() if mod is FM.key_projection(m)]
         assert names and "1" in names[0].split(".")
 
 
 def test_hook_is_removed_when_the_forward_fails(tiny_vit):
-    vk = V.ViTKeys(tiny_vit, mean=(0.5, 0.5), std=(0.5, 0.5))
+    vk = FM.ViTKeys(tiny_vit, mean=(0.5, 0.5), std=(0.5, 0.5))
     with pytest.raises(Exception):
         vk(torch.zeros(1, 2, 32, 32))  # two channels: the patch embedding raises inside the call
     assert len(vk.key_module._forward_hooks) == 0
@@ -196,9 +197,9 @@ def test_hook_is_removed_when_the_forward_fails(tiny_vit):
 
 def test_load_vit_errors(tmp_path):
     with pytest.raises(OSError, match="facebook/dino-vitb8.*HF_HUB_OFFLINE"):
-        V.load_vit("sd", local_files_only=True, cache_dir=tmp_path)  # never reaches the network
+        FM.load_vit("sd", local_files_only=True, cache_dir=tmp_path)  # never reaches the network
     with pytest.raises(ValueError, match="backbone kind"):
-        V.load_vit("flux")
+        FM.load_vit("flux")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -208,12 +209,12 @@ def test_load_vit_errors(tmp_path):
 def test_clip_scorer_features_are_the_training_ones(shapes):
     from sampler.shapes import model as M
 
-    sc = X.ClipScorer.for_shapes(shapes)
+    sc = FM.ClipScorer.for_shapes(shapes)
     x = torch.cat([world_image(s) for s in one_object_scenes(4)])
     with torch.no_grad():  # the way sampler/shapes/evaluate.py (and training) feeds the CLIP
-        direct = X._features(shapes.clip.get_image_features(pixel_values=x))
+        direct = FM._features(shapes.clip.get_image_features(pixel_values=x))
         ids = shapes.tokenizer(["a red circle"], padding="max_length", max_length=M.MAX_LENGTH, return_tensors="pt").input_ids
-        direct_text = X._features(shapes.clip.get_text_features(input_ids=ids))
+        direct_text = FM._features(shapes.clip.get_text_features(input_ids=ids))
     assert torch.allclose(sc.image(x), F.normalize(direct, dim=-1), atol=1e-5)
     assert torch.allclose(sc.text("a red circle")[0], F.normalize(direct_text[0], dim=-1), atol=1e-5)
     x.requires_grad_(True)
@@ -222,7 +223,7 @@ def test_clip_scorer_features_are_the_training_ones(shapes):
 
 
 def test_clip_scorer_text_cache_and_templates(shapes):
-    sc = X.ClipScorer.for_shapes(shapes)
+    sc = FM.ClipScorer.for_shapes(shapes)
     a = sc.text(["a red circle", "a blue square", "a red circle"])
     assert a.shape[0] == 3 and torch.equal(a[0], a[2]) and len(sc._cache) == 2
     assert torch.allclose(a.norm(dim=-1), torch.ones(3), atol=1e-5)
@@ -233,7 +234,7 @@ def test_clip_scorer_text_cache_and_templates(shapes):
 def test_shapes_clip_prefers_the_true_colour(shapes):
     from sampler.shapes import world as W
 
-    sc = X.ClipScorer.for_shapes(shapes)
+    sc = FM.ClipScorer.for_shapes(shapes)
     scenes = one_object_scenes(16)
     with torch.no_grad():
         img = sc.image(torch.cat([world_image(s) for s in scenes]))
@@ -249,7 +250,7 @@ def test_shapes_clip_prefers_the_true_colour(shapes):
 
 def test_direction_energy_on_recoloured_world_images(shapes):
     """A red object recoloured blue (swap R and B) is the edit "red -> blue"; recoloured green is not."""
-    sc = X.ClipScorer.for_shapes(shapes)
+    sc = FM.ClipScorer.for_shapes(shapes)
     from sampler.shapes import world as W
 
     reds = [s for s in (W.make_scene(7000 + i, n_objects=1) for i in range(60)) if s.objects[0].colour == "red"][:6]

@@ -30,6 +30,7 @@ import torch
 from energies import attention as A
 from energies.defaults import BACKBONES
 
+from ..feature_models import ViTKeys
 from ..probes import ProbeStore, cross_attention_layers, probing
 from .cost import resident_peak
 
@@ -128,7 +129,7 @@ def measure(arch: str, res: int, device: str, dtype: torch.dtype, steps: int, sm
 
     vae = AutoencoderKL(**(smoke_vae() if smoke else VAE)).to(device, dtype).eval().requires_grad_(False)
     vit_cfg = smoke_vit() if smoke else DINO_VITB8
-    vit = V.ViTKeys(ViTModel(ViTConfig(**vit_cfg), add_pooling_layer=False).to(device, dtype).eval().requires_grad_(False))
+    vit = ViTKeys(ViTModel(ViTConfig(**vit_cfg), add_pooling_layer=False).to(device, dtype).eval().requires_grad_(False))
     a_t = torch.tensor(0.5, device=device, dtype=dtype)
 
     def decode(x0):
