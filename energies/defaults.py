@@ -72,7 +72,7 @@ def term_defaults(kind: str, backbone: str | None = None) -> TermDefaults:
     return BACKBONE_TERMS.get(backbone, {}).get(kind, TERMS[kind])
 
 
-# Learned directions (sampler/hspace.py, sampler/noise_directions.py, sampler/prompt_directions.py).
+# Learned directions (sampler/directions/: hspace.py, noise.py, prompt.py).
 # A script's `* s` multiplies:
 # h-space: delta-h, times Asyrp's n_train_step / n_test_step; window: Asyrp's t_edit (hspace.EDIT_WINDOW)
 # noise: NoiseCLR's lambda = s * NOISE_DIRECTION_SCALE, over NOISE_DIRECTION_WINDOW (NoiseCLR has no default)

@@ -15,11 +15,11 @@ from safetensors.torch import save_file
 
 from dsl.errors import SteerCompileError
 from energies import directions as D
-from sampler import hspace as H
+from sampler.directions import hspace as H
 from sampler import learn
 from sampler.learn.noiseclr import named_moments, noiseclr_loss
-from sampler import noise_directions as N
-from sampler import prompt_directions as PD
+from sampler.directions import noise as N
+from sampler.directions import prompt as PD
 from sampler.backbones import StableDiffusionBackbone, load_backbone
 from sampler.guided import clip_x0, ddim_step, pred_x0
 from tiny import tiny_sd_pipeline

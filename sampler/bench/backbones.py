@@ -125,7 +125,7 @@ def measure(arch: str, res: int, device: str, dtype: torch.dtype, steps: int, sm
 
     from energies import vit as V
 
-    from ..hspace import shifting
+    from ..directions.hspace import shifting
 
     vae = AutoencoderKL(**(smoke_vae() if smoke else VAE)).to(device, dtype).eval().requires_grad_(False)
     vit_cfg = smoke_vit() if smoke else DINO_VITB8

@@ -1,27 +1,144 @@
-"""Noise directions (NoiseCLR): eps + lambda (eps(z_t, d) - eps(z_t, "")).
+"""NoiseCLR directions (Dalva & Yanardag, CVPR 2024, arXiv 2312.05390): one token, one edit.
 
-The math is in sampler/noise_directions.py; this plug-in adds each active direction's noise
-difference to the step's epsilon, kept inside its region for `within` terms.
+A direction d is a single learned row of the text encoder's input-embedding table. It conditions
+the UNet through the prompt made of just that token, BOS + <d> + EOS + padding (NoiseCLR tokenizes
+the string "<tk>"), and edits by adding its noise difference to the guided epsilon
+(docs/methods.md, section 5):
+
+    delta_d(z_t) = eps(z_t, d) - eps(z_t, "")
+    eps~         = eps_cfg(z_t, c) + sum_k lambda_k delta_{d_k}(z_t)
+
+The tokenizer and the embedding table are never changed. The installed transformers'
+CLIPTextModel takes no `inputs_embeds`, so the token's row is swapped in by a forward hook on the
+input-embedding module, for one call, removed in a `finally`: the placeholder position's output is
+replaced by the embedding, which keeps the context differentiable w.r.t. it (training needs that).
+
+SDXL conditions on two text encoders (their penultimate hidden states, concatenated) and on the
+second one's pooled projection. NoiseCLR was published on SD 1.5; steer's SDXL direction is one
+token in both tables, stored as one vector [row of encoder 1; row of encoder 2], and conditions
+the UNet as a prompt of that token would: both hidden states, its pooled embedding, the model's
+size ids. Its eps(z_t, "") is the empty prompt's own embedding, as NoiseCLR's is on SD.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 from energies import defaults as D
+from energies.directions import embedding_widths
 
-from .. import noise_directions as N
+from ..hooks import forward_hook
 from ..regions import local
 from .base import DirectionKind, Step
+
+PLACEHOLDER = 1  # the token's position: right after BOS
+
+
+class Context(NamedTuple):
+    """What a prompt conditions the UNet with: hidden states (K, T, D) and, on SDXL, the added
+    conditions (text_embeds (K, P), time_ids (K, 6)); {} elsewhere."""
+
+    hidden: torch.Tensor
+    added: dict
+
+    def rows(self, n: int) -> "Context":
+        """Each of the K rows repeated n times in a row (direction-major batches)."""
+        return Context(self.hidden.repeat_interleave(n, 0), {k: v.repeat_interleave(n, 0) for k, v in self.added.items()})
+
+    def batch(self, n: int) -> "Context":
+        """A one-row context broadcast to n rows."""
+        return Context(self.hidden.expand(n, -1, -1), {k: v.expand(n, -1) for k, v in self.added.items()})
+
+    @staticmethod
+    def cat(parts: list["Context"]) -> "Context":
+        return Context(torch.cat([c.hidden for c in parts]), {k: torch.cat([c.added[k] for c in parts]) for k in parts[0].added})
+
+
+def encoders(backbone) -> list[tuple[object, object]]:
+    """(tokenizer, text encoder) pairs whose input tables a direction has a row in."""
+    pairs = [(backbone.tokenizer, backbone.text_encoder)]
+    if backbone.kind == "sdxl":
+        pairs.append((backbone.tokenizer_2, backbone.text_encoder_2))
+    return pairs
+
+
+def widths(backbone) -> list[int]:
+    """The width of each encoder's input-embedding table: a direction is their concatenation."""
+    return embedding_widths(backbone)
+
+
+def direction_ids(tokenizer) -> list[int]:
+    """The ids of the one-token prompt: the tokenizer's own "" (BOS, EOS, padding) with a
+    placeholder after BOS. The placeholder is BOS's id: its embedding is replaced anyway, and an
+    id below EOS's keeps CLIP's EOS pooling (argmax of the ids, or the first EOS) on the real EOS."""
+    empty = tokenizer("", padding="max_length", max_length=tokenizer.model_max_length, truncation=True).input_ids
+    return [empty[0], empty[0], *empty[1:-1]]
+
+
+@contextlib.contextmanager
+def swapped_token(text_encoder, embeddings: torch.Tensor, position: int = PLACEHOLDER):
+    """Inside the block, the text encoder's token embedding at `position` of row b of the batch is
+    embeddings[b] (or the one embedding for every row)."""
+
+    def hook(module, inputs, out):
+        e = embeddings.to(out.device, out.dtype)
+        e = e.expand(out.shape[0], -1) if e.dim() == 1 or e.shape[0] == 1 else e
+        return torch.cat([out[:, :position], e[:, None], out[:, position + 1 :]], dim=1)
+
+    with forward_hook(text_encoder.get_input_embeddings(), hook):
+        yield
+
+
+def direction_context(backbone, embedding: torch.Tensor) -> Context:
+    """The conditioning of the one-token prompt "<d>": hidden (1, T, D) for an embedding (W,), or
+    (K, T, D) for K embeddings (K, W) at once. Differentiable w.r.t. `embedding`; the text
+    encoders' weights may stay frozen."""
+    emb = embedding[None] if embedding.dim() == 1 else embedding
+    if backbone.kind != "sdxl":
+        ((tok, enc),) = encoders(backbone)
+        ids = torch.tensor([direction_ids(tok)], device=backbone.device).expand(emb.shape[0], -1)
+        with swapped_token(enc, emb):
+            return Context(enc(ids)[0], {})  # last hidden state, as Backbone.encode_prompt conditions on
+    hidden, pooled = [], None
+    for (tok, enc), part in zip(encoders(backbone), emb.split(widths(backbone), dim=-1)):
+        ids = torch.tensor([direction_ids(tok)], device=backbone.device).expand(emb.shape[0], -1)
+        with swapped_token(enc, part):
+            out = enc(ids, output_hidden_states=True)
+        hidden.append(out.hidden_states[-2])  # as StableDiffusionXLBackbone._embed_xl
+        pooled = out[0]  # the second encoder's pooled projection
+    ids = backbone._time_ids().expand(emb.shape[0], -1)
+    return Context(torch.cat(hidden, dim=-1), {"text_embeds": pooled, "time_ids": ids})
+
+
+def empty_context(backbone) -> Context:
+    """The conditioning of "" (NoiseCLR's unconditional prompt), one row, no graph."""
+    with torch.no_grad():
+        c = backbone.encode_prompt("")
+    return Context(c.cond, dict(c.added))
+
+
+def noise_direction_eps(backbone, z: torch.Tensor, t: int, ctx_dir: Context, ctx_empty: Context) -> torch.Tensor:
+    """eps(z_t, d) - eps(z_t, ""), from one batched forward. z (B, ...); contexts of 1 or B rows."""
+    B = z.shape[0]
+    both = Context.cat([ctx_dir.batch(B) if ctx_dir.hidden.shape[0] == 1 else ctx_dir,
+                        ctx_empty.batch(B) if ctx_empty.hidden.shape[0] == 1 else ctx_empty])
+    eps_d, eps_0 = backbone.eps(torch.cat([z, z]), t, both.hidden, both.added).chunk(2)
+    return eps_d - eps_0
+
+
+# ----------------------------------------------------------------------------------------------
+# The plug-in: how the editor uses a direction of this kind (directions/base.py)
 
 
 @dataclass
 class NoiseShift:
-    context: N.Context  # the one-token prompt of the direction
-    empty: N.Context  # the empty prompt
+    context: Context  # the one-token prompt of the direction
+    empty: Context  # the empty prompt
 
 
 class Noise(DirectionKind):
@@ -30,8 +147,8 @@ class Noise(DirectionKind):
 
     def prepare(self, term, direction, backbone, settings):
         with torch.no_grad():
-            return NoiseShift(N.direction_context(backbone, direction.tensors["embedding"].to(backbone.device)),
-                              N.empty_context(backbone))
+            return NoiseShift(direction_context(backbone, direction.tensors["embedding"].to(backbone.device)),
+                              empty_context(backbone))
 
     def guide(self, g, terms, step: Step):
         active = [x for x in terms if x.active(step.progress)]
@@ -39,7 +156,7 @@ class Noise(DirectionKind):
             return g
         with torch.no_grad():
             shift = sum(x.weight * D.NOISE_DIRECTION_SCALE
-                        * local(N.noise_direction_eps(step.backbone, step.z, step.t, x.state.context, x.state.empty),
+                        * local(noise_direction_eps(step.backbone, step.z, step.t, x.state.context, x.state.empty),
                                 step.regions[id(x)])
                         for x in active)
         return dataclasses.replace(g, eps=shift if g.eps is None else g.eps + shift)

@@ -12,7 +12,7 @@ from pathlib import Path
 from dsl.errors import SteerError
 from energies.x0 import CLIP_MODEL_ID
 
-from ..hspace import EDIT_WINDOW
+from ..directions.hspace import EDIT_WINDOW
 from .common import UsageError
 from .hspace import learn_hspace
 from .noiseclr import learn_noiseclr

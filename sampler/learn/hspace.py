@@ -21,7 +21,7 @@ from tqdm import tqdm
 from energies import directions as D
 from energies.x0 import directional_clip_energy
 
-from .. import hspace as H  # the h-space hook and Asyrp's step, shared with the editor
+from ..directions import hspace as H  # the h-space hook and Asyrp's step, shared with the editor
 from .. import training as T
 from ..feature_models import ClipScorer
 from ..guided import classifier_free, clip_x0, ddim_step, pred_x0, step_alphas

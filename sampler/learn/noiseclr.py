@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from energies import directions as D
 
-from .. import noise_directions as N
+from ..directions import noise as N
 from .. import training as T
 from .common import UsageError, command, start
 

@@ -1,7 +1,7 @@
 """`steer learn prompt NAME --from A... --to B...`: a Pix2Pix-Zero edit direction (docs/methods.md, section 3).
 
 The mean text embedding of the --to sentences minus that of the --from sentences
-(sampler/prompt_directions.py); nothing is trained, so it takes seconds.
+(sampler/directions/prompt.py); nothing is trained, so it takes seconds.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from energies import directions as D
 
-from .. import prompt_directions as PD
+from ..directions import prompt as PD
 from .common import UsageError, check_name, command
 
 
