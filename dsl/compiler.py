@@ -19,7 +19,6 @@ SETTING_TYPES = {"prompt": "string", "negative": "string", "model": "string", "s
                  "cfg": "number", "invert": "name"}
 INVERSIONS = ("ddim", "null-text")
 DRAG_PLACEMENTS = ("bottleneck", "latent")  # what a drag optimises: the mid block's output, or z_t itself
-KEEP_NAMES = ("appearance", "layout", "attention", "structure", "pixels")
 
 
 def compile_script(script: ast.Script) -> P.Program:
@@ -207,21 +206,15 @@ def _keep(st: ast.Keep) -> P.TermBase:
         raise SteerCompileError(f"only pixels can be kept {st.region.side.value} a token", st.region.side.span,
                                 hint='for example: keep pixels outside token "circle"')
     if isinstance(w, ast.Name):
-        if w.value == "appearance":
-            term = P.KeepAppearance()
-        elif w.value == "layout":
-            term = P.KeepShape()
-        elif w.value == "attention":
-            term = P.KeepAttention()
-        elif w.value == "structure":
-            term = P.KeepStructure()
-        elif w.value == "pixels":
-            r = st.region
-            term = P.KeepPixels() if r is None else P.KeepPixels(token=_token(r.token), inside=r.side.value == "inside")
-        else:
-            hint = did_you_mean(w.value, KEEP_NAMES) or ("keep takes appearance, layout, attention, structure, pixels, "
-                                                         "shape(token ...) or appearance(token ...)")
+        if w.value not in P.KEEP_WORDS:
+            hint = did_you_mean(w.value, P.KEEP_WORDS) or (f"keep takes {', '.join(P.KEEP_WORDS)}, "
+                                                            "shape(token ...) or appearance(token ...)")
             raise SteerCompileError(f"nothing called {w.value!r} can be kept", w.span, hint=hint)
+        r = st.region
+        if r is not None:  # only pixels take a region (checked above)
+            term = P.KeepPixels(token=_token(r.token), inside=r.side.value == "inside")
+        else:
+            term = P.KEEP_WORDS[w.value]()
     elif w.name.value == "shape":
         term = P.KeepShape(token=_token(w.token))
     elif w.name.value == "appearance":

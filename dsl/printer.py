@@ -65,14 +65,6 @@ def keep_shape(t: P.KeepShape) -> str:
     return "keep layout" if t.token is None else f"keep shape({token(t.token)})"
 
 
-def keep_attention(t: P.KeepAttention) -> str:
-    return "keep attention"
-
-
-def keep_structure(t: P.KeepStructure) -> str:
-    return "keep structure"
-
-
 def keep_pixels(t: P.KeepPixels) -> str:
     if t.token is None:
         return "keep pixels"
@@ -114,8 +106,13 @@ def modifiers(t: P.TermBase) -> str:
     return out
 
 
+def keep_word(t: P.TermBase) -> str:
+    """A term named by a bare word after `keep` (energies.program.KEEP_WORDS)."""
+    return "keep " + next(w for w, cls in P.KEEP_WORDS.items() if isinstance(t, cls))
+
+
 def term(t: P.TermBase) -> str:
-    return globals()[t.kind](t) + modifiers(t)
+    return globals().get(t.kind, keep_word)(t) + modifiers(t)
 
 
 def setting(name: str, value) -> str:

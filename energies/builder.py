@@ -62,7 +62,16 @@ class appearance:
         return P.AppearanceFrom(token=self.token, other=other.token)
 
 
-class keep:
+class _KeepWords(type):
+    """keep.WORD() for every bare word of energies.program.KEEP_WORDS, without a method each."""
+
+    def __getattr__(cls, word):
+        if word in P.KEEP_WORDS:
+            return lambda: P.KEEP_WORDS[word]()
+        raise AttributeError(f"keep.{word}: nothing called {word!r} can be kept (the words: {', '.join(P.KEEP_WORDS)})")
+
+
+class keep(metaclass=_KeepWords):
     @staticmethod
     def appearance(tok=None) -> P.KeepAppearance:
         return P.KeepAppearance(token=None if tok is None else _ref(tok))
@@ -74,14 +83,6 @@ class keep:
     @staticmethod
     def shape(tok) -> P.KeepShape:
         return P.KeepShape(token=_ref(tok))
-
-    @staticmethod
-    def attention() -> P.KeepAttention:
-        return P.KeepAttention()
-
-    @staticmethod
-    def structure() -> P.KeepStructure:
-        return P.KeepStructure()
 
     @staticmethod
     def pixels(inside=None, outside=None) -> P.KeepPixels:

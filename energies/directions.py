@@ -121,37 +121,6 @@ def backbone_id(backbone) -> str:
     return f"{backbone.kind}:{backbone.name}"
 
 
-def hspace_shape(unet) -> tuple[int, int, int]:
-    """(C, h, w) of the mid-block output at the UNet's own sample size: every down block but the
-    last halves the side (diffusers' layout for SD 1.x/2.x, SDXL and the shapes model)."""
-    cfg = unet.config
-    size = cfg.sample_size if isinstance(cfg.sample_size, (tuple, list)) else (cfg.sample_size, cfg.sample_size)
-    down = 2 ** (len(cfg.block_out_channels) - 1)
-    return (int(cfg.block_out_channels[-1]), int(size[0]) // down, int(size[1]) // down)
-
-
-def embedding_widths(backbone) -> list[int]:
-    """The width of each text encoder's input-embedding table that a NoiseCLR direction has a row
-    in: the text encoder's, and on SDXL the second one's too (the direction is their rows, concatenated)."""
-    encoders = [backbone.text_encoder]
-    if backbone.kind == "sdxl":
-        encoders.append(backbone.text_encoder_2)
-    return [int(e.get_input_embeddings().weight.shape[1]) for e in encoders]
-
-
-def noise_width(backbone) -> int:
-    """W of a NoiseCLR direction (see embedding_widths)."""
-    return sum(embedding_widths(backbone))
-
-
-def prompt_shape(backbone) -> tuple[int, int]:
-    """(T, D) of a prompt direction: the encoder hidden states a prompt conditions the UNet with."""
-    import torch
-
-    with torch.no_grad():
-        return tuple(backbone.encode_prompt("").cond.shape[-2:])
-
-
 def save_direction(path, tensors: dict, kind: str, backbone: str, meta: dict | None = None) -> Path:
     """Write a direction file atomically (energies/files.py), so a crash never leaves half a
     direction where a script will look for one; with ordinary permissions, to be shared."""
@@ -206,43 +175,3 @@ def read_direction(path, span=None) -> Direction:
     if TENSOR[kind] not in tensors:
         raise SteerCompileError(f"direction file {str(path)!r} has no {TENSOR[kind]!r} tensor", span)
     return Direction(name=path.stem, kind=kind, tensors=tensors, meta=meta)
-
-
-def load_direction(path, backbone, span=None) -> Direction:
-    """Read a direction file and check that it fits `backbone` (a sampler Backbone): the same
-    family ("shapes", "sd", "sdxl") and the tensor shapes this model needs. A direction learned on
-    another model raises SteerCompileError naming both models."""
-    d = read_direction(path, span)
-    return d if backbone is None else check_direction(d, backbone, span)
-
-
-def check_direction(d: Direction, backbone, span=None) -> Direction:
-    """`d` if it fits `backbone` (family and tensor shapes), else a SteerCompileError naming both."""
-    learned = str(d.meta.get("backbone", "?"))
-    here = backbone_id(backbone)
-
-    def mismatch(why: str):
-        return SteerCompileError(
-            f"direction {d.name!r} was learned on {learned}, not on this model {here}: {why}", span,
-            hint=f"learn it again on this model: steer learn {LEARN[d.kind]} ... --model {backbone.name}",
-        )
-
-    learned_kind = learned.split(":", 1)[0]
-    if learned_kind != backbone.kind:
-        raise mismatch(f"a {learned_kind!r} backbone, this is a {backbone.kind!r} one")
-    if d.kind == "hspace":
-        want = hspace_shape(backbone.unet)
-        got = tuple(d.tensors["delta_h"].shape[-3:])
-        if got != want:
-            raise mismatch(f"its delta-h is {'x'.join(map(str, got))} but this UNet's mid block gives {'x'.join(map(str, want))}")
-        if d.tensors["delta_h"].dim() == 4 and "timesteps" not in d.tensors:
-            raise SteerCompileError(f"direction {d.name!r} has one delta-h per timestep but no 'timesteps' tensor", span)
-    elif d.kind == "noise":
-        got, want = int(d.tensors["embedding"].shape[-1]), noise_width(backbone)
-        if got != want:
-            raise mismatch(f"its token embedding has {got} dimensions but this text encoder's has {want}")
-    else:
-        got, want = tuple(d.tensors["delta"].shape), prompt_shape(backbone)
-        if got != want:
-            raise mismatch(f"its edit direction is {'x'.join(map(str, got))} but this model's prompts are {'x'.join(map(str, want))}")
-    return d

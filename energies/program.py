@@ -159,6 +159,17 @@ class KeepPixels(TermBase):
     inside: bool = True  # with a token: True keeps the pixels inside its mask, False those outside
 
 
+# `keep WORD`: the term a bare word after `keep` names. The compiler, the printer and the builder
+# read this table, so a new keep term is its class here, its energy (terms.py) and its defaults.
+KEEP_WORDS: dict[str, type] = {
+    "appearance": KeepAppearance,
+    "layout": KeepShape,
+    "attention": KeepAttention,
+    "structure": KeepStructure,
+    "pixels": KeepPixels,
+}
+
+
 class Clip(TermBase):
     """clip "target" from "source": DiffusionCLIP's directional CLIP loss on the predicted x0."""
 

@@ -30,6 +30,7 @@ from .backbones import Backbone, load_backbone
 from . import feature_models as FM
 from .denoiser import denoiser
 from .directions import KINDS, Step
+from .directions import check as check_direction
 from .drag import DragPlan
 from .guidance import EnergyGuide
 from .guided import sample_ddim
@@ -150,7 +151,7 @@ class Editor:
                 scorer = self.clip()
                 x.state = ClipText(scorer.text([x.term.target])[0], scorer.text([x.term.source or settings.prompt])[0])
             elif x.kind == "direction":
-                d = direction_files.check_direction(x.direction, b, x.term.span)  # learned on this model?
+                d = check_direction(x.direction, b, x.term.span)  # learned on this model?
                 kind = KINDS[d.kind]
                 if x.term.window is None:
                     x.window = kind.window

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from dsl.errors import SteerCompileError
 from energies import directions as D
+import sampler.directions as SD
 from sampler.directions import hspace as H
 from sampler import learn
 from sampler.learn.noiseclr import named_moments, noiseclr_loss
@@ -45,11 +46,11 @@ def _meta(path):
 
 
 def test_save_load_round_trip(shapes, tmp_path):
-    delta = torch.randn(D.hspace_shape(shapes.unet))
+    delta = torch.randn(H.mid_block_shape(shapes.unet))
     path = D.save_direction(tmp_path / "bigger.safetensors", {"delta_h": delta}, "hspace", D.backbone_id(shapes),
                             {"resolution": [32, 32], "recipe": "steer learn hspace bigger ...", "train_steps": 20})
     assert path.is_file() and [p.name for p in tmp_path.iterdir()] == ["bigger.safetensors"]  # no temporary left behind
-    d = D.load_direction(path, shapes)
+    d = SD.load(path, shapes)
     assert (d.name, d.kind) == ("bigger", "hspace")
     assert torch.equal(d.tensors["delta_h"], delta)
     assert d.meta["backbone"] == f"shapes:{shapes.name}" and d.meta["resolution"] == [32, 32]
@@ -57,9 +58,9 @@ def test_save_load_round_trip(shapes, tmp_path):
     assert d.meta["date"][:2] == "20"
     assert D.known([tmp_path]) == {"bigger": path}  # found by name on a search path
 
-    emb = torch.randn(D.noise_width(shapes))
+    emb = torch.randn(N.width(shapes))
     D.save_direction(tmp_path / "n.safetensors", {"embedding": emb}, "noise", D.backbone_id(shapes), {"recipe": "x"})
-    n = D.load_direction(tmp_path / "n.safetensors", shapes)
+    n = SD.load(tmp_path / "n.safetensors", shapes)
     assert n.kind == "noise" and torch.equal(n.tensors["embedding"], emb) and n.meta["resolution"] is None
 
 
@@ -72,32 +73,32 @@ def test_direction_from_another_backbone_is_refused(shapes, tiny_sd, tmp_path):
     # another family: named both ways in the message
     D.save_direction(tmp_path / "sdish.safetensors", {"delta_h": torch.zeros(1280, 8, 8)}, "hspace", "sd:stable-diffusion-v1-5")
     with pytest.raises(SteerCompileError) as e:
-        D.load_direction(tmp_path / "sdish.safetensors", shapes)
+        SD.load(tmp_path / "sdish.safetensors", shapes)
     assert "sd:stable-diffusion-v1-5" in e.value.message and f"shapes:{shapes.name}" in e.value.message
     # the same family but another architecture: the shapes are compared
-    D.save_direction(tmp_path / "shapes_dir.safetensors", {"delta_h": torch.zeros(D.hspace_shape(shapes.unet))}, "hspace", D.backbone_id(shapes))
+    D.save_direction(tmp_path / "shapes_dir.safetensors", {"delta_h": torch.zeros(H.mid_block_shape(shapes.unet))}, "hspace", D.backbone_id(shapes))
     other = D.save_direction(tmp_path / "wide.safetensors", {"delta_h": torch.zeros(128, 8, 8)}, "hspace", "sd:tiny-sd")
     with pytest.raises(SteerCompileError) as e:
-        D.load_direction(other, tiny_sd)
-    assert "128x8x8" in e.value.message and "x".join(map(str, D.hspace_shape(tiny_sd.unet))) in e.value.message
+        SD.load(other, tiny_sd)
+    assert "128x8x8" in e.value.message and "x".join(map(str, H.mid_block_shape(tiny_sd.unet))) in e.value.message
     assert "tiny-sd" in e.value.message
     with pytest.raises(SteerCompileError, match="shapes:"):
-        D.load_direction(tmp_path / "shapes_dir.safetensors", tiny_sd)
+        SD.load(tmp_path / "shapes_dir.safetensors", tiny_sd)
     # a noise direction of the wrong width
     D.save_direction(tmp_path / "n.safetensors", {"embedding": torch.zeros(768)}, "noise", D.backbone_id(shapes))
     with pytest.raises(SteerCompileError, match="768 dimensions"):
-        D.load_direction(tmp_path / "n.safetensors", shapes)
+        SD.load(tmp_path / "n.safetensors", shapes)
 
 
 def test_foreign_files_are_errors_and_never_unpickled(shapes, tmp_path):
     save_file({"delta_h": torch.zeros(3)}, str(tmp_path / "plain.safetensors"))  # no steer metadata
     with pytest.raises(SteerCompileError, match="not a steer direction"):
-        D.load_direction(tmp_path / "plain.safetensors", shapes)
+        SD.load(tmp_path / "plain.safetensors", shapes)
     (tmp_path / "evil.safetensors").write_bytes(pickle.dumps({"delta_h": [1, 2, 3]}))
     with pytest.raises(SteerCompileError, match="cannot read"):
-        D.load_direction(tmp_path / "evil.safetensors", shapes)
+        SD.load(tmp_path / "evil.safetensors", shapes)
     with pytest.raises(SteerCompileError, match="does not exist"):
-        D.load_direction(tmp_path / "missing.safetensors", shapes)
+        SD.load(tmp_path / "missing.safetensors", shapes)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -197,7 +198,7 @@ def test_direction_context_is_the_one_token_prompt_and_leaves_the_model_alone(wh
     tables = [enc.get_input_embeddings().weight for _, enc in N.encoders(b)]
     before, vocab = [t.detach().clone() for t in tables], dict(b.tokenizer.get_vocab())
     row = _word_rows(b, word)
-    assert row.shape == (D.noise_width(b),)
+    assert row.shape == (N.width(b),)
     # the embedding of a real word gives exactly the conditioning of the prompt of that word
     ctx = N.direction_context(b, row)
     prompt = b.encode_prompt(word.replace("</w>", ""))
@@ -249,20 +250,20 @@ def test_learn_hspace_writes_a_loadable_direction_and_resumes(shapes, shapes_pat
     assert _hspace(tmp_path, tmp_path / "w_full", 2, "--model", shapes_path) == 0
     out = tmp_path / "out" / "tiny.safetensors"
     assert f"to {out}" in capsys.readouterr().out.strip().splitlines()[-1]
-    full = D.load_direction(out, shapes)
+    full = SD.load(out, shapes)
     meta = full.meta
-    assert full.kind == "hspace" and full.tensors["delta_h"].shape == D.hspace_shape(shapes.unet)
+    assert full.kind == "hspace" and full.tensors["delta_h"].shape == H.mid_block_shape(shapes.unet)
     assert full.tensors["delta_h"].abs().sum() > 0  # it learned something from a zero start
     assert meta["recipe"].startswith("steer learn hspace tiny --from 'a red circle'") and meta["train_steps"] == 4
     assert meta["from"] == "a red circle" and meta["to"] == "a red square" and meta["resolution"] == [32, 32]
 
     # stopped after the first pass, then resumed: the same direction as the uninterrupted run
     assert _hspace(tmp_path, tmp_path / "w_part", 1, "--model", shapes_path) == 0
-    half = D.load_direction(out, shapes).tensors["delta_h"]
+    half = SD.load(out, shapes).tensors["delta_h"]
     assert not torch.allclose(half, full.tensors["delta_h"])
     assert _hspace(tmp_path, tmp_path / "w_part", 2, "--model", shapes_path, "--resume") == 0
     assert "resumed from" in capsys.readouterr().out
-    assert torch.allclose(D.load_direction(out, shapes).tensors["delta_h"], full.tensors["delta_h"], atol=1e-6)
+    assert torch.allclose(SD.load(out, shapes).tensors["delta_h"], full.tensors["delta_h"], atol=1e-6)
 
     # a checkpoint is never continued with another recipe
     assert learn.main(["hspace", "tiny", "--from", "a red circle", "--to", "a blue circle", "--steps", "4", "--n-images", "2",
@@ -293,14 +294,14 @@ def test_learn_noiseclr_writes_k_directions_and_resumes(shapes, shapes_path, tmp
     assert "noiseclr_00 ... noiseclr_02" in capsys.readouterr().out.strip().splitlines()[-1]
     files = sorted((tmp_path / "dirs").glob("*.safetensors"))
     assert [f.stem for f in files] == ["noiseclr_00", "noiseclr_01", "noiseclr_02"]
-    full = [D.load_direction(f, shapes) for f in files]
-    assert all(d.kind == "noise" and d.tensors["embedding"].shape == (D.noise_width(shapes),) for d in full)
+    full = [SD.load(f, shapes) for f in files]
+    assert all(d.kind == "noise" and d.tensors["embedding"].shape == (N.width(shapes),) for d in full)
     assert full[1].meta["index"] == 1 and full[1].meta["k"] == 3 and full[1].meta["recipe"].startswith("steer learn noiseclr")
     N.direction_context(shapes, full[0].tensors["embedding"]).hidden  # usable as it is
 
     assert _noiseclr(tmp_path, images, tmp_path / "w_part", 1, "--model", shapes_path) == 0
     assert _noiseclr(tmp_path, images, tmp_path / "w_part", 2, "--model", shapes_path, "--resume") == 0
-    resumed = [D.load_direction(f, shapes).tensors["embedding"] for f in files]
+    resumed = [SD.load(f, shapes).tensors["embedding"] for f in files]
     for a, d in zip(resumed, full):
         assert torch.allclose(a, d.tensors["embedding"], atol=1e-6)  # the optimizer state came back too
 
@@ -336,7 +337,7 @@ def test_edit_direction_is_the_difference_of_mean_embeddings(which, request):
     b = request.getfixturevalue(which)
     E = lambda text: b.encode_prompt(text).cond[0]  # noqa: E731
     one = PD.edit_direction(b, ["a red circle"], ["a green circle"], progress=False)
-    assert set(one) == {"delta"} and tuple(one["delta"].shape) == D.prompt_shape(b)
+    assert set(one) == {"delta"} and tuple(one["delta"].shape) == PD.prompt_shape(b)
     assert torch.allclose(one["delta"], E("a green circle") - E("a red circle"), atol=1e-6)
     many = PD.edit_direction(b, ["a red circle", "a red square"], ["a green circle"], progress=False)
     want = E("a green circle") - (E("a red circle") + E("a red square")) / 2  # sets of any sizes: means
@@ -348,8 +349,8 @@ def test_edit_direction_is_the_difference_of_mean_embeddings(which, request):
 
 def test_shifted_moves_only_the_conditional_half(shapes):
     cond = shapes.encode_prompt("a red circle and a blue square")
-    d1 = {"delta": torch.randn(D.prompt_shape(shapes), generator=torch.Generator().manual_seed(0))}
-    d2 = {"delta": torch.randn(D.prompt_shape(shapes), generator=torch.Generator().manual_seed(1))}
+    d1 = {"delta": torch.randn(PD.prompt_shape(shapes), generator=torch.Generator().manual_seed(0))}
+    d2 = {"delta": torch.randn(PD.prompt_shape(shapes), generator=torch.Generator().manual_seed(1))}
     out = PD.shifted(cond, [(1.5, d1), (-0.5, d2)])
     assert torch.allclose(out.cond, cond.cond + 1.5 * d1["delta"] - 0.5 * d2["delta"])
     assert torch.equal(out.uncond, cond.uncond) and out is not cond
@@ -363,7 +364,7 @@ def test_shifted_adds_the_pooled_delta_on_sdxl(tmp_path):
 
     b = StableDiffusionXLBackbone(tiny_sdxl_pipeline(tmp_path), "tiny-xl")
     d = PD.edit_direction(b, ["a red circle"], ["a green circle"], progress=False)
-    assert set(d) == {"delta", "pooled"} and tuple(d["delta"].shape) == D.prompt_shape(b)
+    assert set(d) == {"delta", "pooled"} and tuple(d["delta"].shape) == PD.prompt_shape(b)
     cond = b.encode_prompt("a red circle")
     out = PD.shifted(cond, [(1.0, d)])
     green = b.encode_prompt("a green circle")
@@ -373,12 +374,12 @@ def test_shifted_adds_the_pooled_delta_on_sdxl(tmp_path):
 
 
 def test_a_prompt_direction_of_another_shape_is_refused(shapes, tiny_sd, tmp_path):
-    path = D.save_direction(tmp_path / "p.safetensors", {"delta": torch.zeros(D.prompt_shape(tiny_sd))}, "prompt", D.backbone_id(tiny_sd))
-    assert D.load_direction(path, tiny_sd).kind == "prompt"
+    path = D.save_direction(tmp_path / "p.safetensors", {"delta": torch.zeros(PD.prompt_shape(tiny_sd))}, "prompt", D.backbone_id(tiny_sd))
+    assert SD.load(path, tiny_sd).kind == "prompt"
     wrong = D.save_direction(tmp_path / "q.safetensors", {"delta": torch.zeros(7, 32)}, "prompt", D.backbone_id(shapes))
     with pytest.raises(SteerCompileError) as e:
-        D.load_direction(wrong, shapes)
-    assert "7x32" in e.value.message and "x".join(map(str, D.prompt_shape(shapes))) in e.value.message
+        SD.load(wrong, shapes)
+    assert "7x32" in e.value.message and "x".join(map(str, PD.prompt_shape(shapes))) in e.value.message
     assert "steer learn prompt" in e.value.hint
     with pytest.raises(ValueError, match="delta"):
         D.save_direction(tmp_path / "r.safetensors", {"embedding": torch.zeros(4)}, "prompt", "shapes:shapes")
@@ -391,7 +392,7 @@ def test_learn_prompt_writes_the_direction_and_its_sentences(shapes, shapes_path
     assert learn.main(argv) == 0
     out = tmp_path / "out" / "red_to_green.safetensors"
     assert f"to {out}" in capsys.readouterr().out
-    d = D.load_direction(out, shapes)
+    d = SD.load(out, shapes)
     assert d.kind == "prompt" and d.meta["method"] == "pix2pix-zero"
     assert d.meta["from"] == ["a red circle", "a red square", "a red triangle and a blue circle"]
     assert d.meta["to"] == ["a green circle", "a green square", "a green triangle and a blue circle"]
@@ -451,7 +452,7 @@ def test_noiseclr_learns_and_edits_on_sdxl(tmp_path, capsys):
     images = _world_images(tmp_path / "images")
     assert _noiseclr(tmp_path, images, tmp_path / "work", 2, "--model", str(tmp_path / "xl")) == 0
     b = load_backbone(str(tmp_path / "xl"))
-    d = D.load_direction(tmp_path / "dirs" / "noiseclr_01.safetensors", b)
+    d = SD.load(tmp_path / "dirs" / "noiseclr_01.safetensors", b)
     assert b.kind == "sdxl" and d.tensors["embedding"].shape == (sum(N.widths(b)),) and len(N.widths(b)) == 2
     assert D.backbone_id(b) == d.meta["backbone"]
 

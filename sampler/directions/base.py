@@ -1,8 +1,8 @@
 """The interface of a direction kind: what it prepares, how it acts on a step, its window.
 
-A kind is one module in this package with one class implementing DirectionKind. Adding a kind
-is that module, its entry in KINDS (directions/__init__.py), and its tensor name in
-energies/directions.py (the file format).
+A kind is one module in this package: its math, and one class implementing DirectionKind. Adding
+a kind is that module, its entry in KINDS (directions/__init__.py), and its name, tensor and
+learner in the file format's tables (energies/directions.py).
 """
 
 from __future__ import annotations
@@ -31,6 +31,10 @@ class Step:
 class DirectionKind:
     name: str
     window: tuple[float, float]  # the default window, when the script gives none
+
+    def mismatch(self, direction, backbone) -> str | None:
+        """Why a direction file of this kind does not fit `backbone` (its tensor shapes), or None."""
+        raise NotImplementedError
 
     def prepare(self, term, direction, backbone, settings):
         """The typed state this kind reads at every step (stored on the BoundTerm)."""

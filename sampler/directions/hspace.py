@@ -26,7 +26,6 @@ from dataclasses import dataclass
 import torch
 
 from energies import defaults as D
-from energies.directions import hspace_shape
 
 from ..guided import classifier_free
 from ..hooks import forward_hook
@@ -45,8 +44,12 @@ BOOST_ETA = 1.0
 
 
 def mid_block_shape(unet) -> tuple[int, int, int]:
-    """(C, h, w) of h at the UNet's own sample size."""
-    return hspace_shape(unet)
+    """(C, h, w) of h, the mid-block output, at the UNet's own sample size: every down block but
+    the last halves the side (diffusers' layout for SD 1.x/2.x, SDXL and the shapes model)."""
+    cfg = unet.config
+    size = cfg.sample_size if isinstance(cfg.sample_size, (tuple, list)) else (cfg.sample_size, cfg.sample_size)
+    down = 2 ** (len(cfg.block_out_channels) - 1)
+    return (int(cfg.block_out_channels[-1]), int(size[0]) // down, int(size[1]) // down)
 
 
 def in_edit_window(progress: float, window: tuple[float, float] = EDIT_WINDOW) -> bool:
@@ -159,6 +162,12 @@ class HSpaceShift:
 class HSpace(DirectionKind):
     name = "hspace"
     window = EDIT_WINDOW  # Asyrp's t_edit
+
+    def mismatch(self, direction, backbone):
+        want, got = mid_block_shape(backbone.unet), tuple(direction.tensors["delta_h"].shape[-3:])
+        if got != want:
+            return f"its delta-h is {'x'.join(map(str, got))} but this UNet's mid block gives {'x'.join(map(str, want))}"
+        return None
 
     def prepare(self, term, direction, backbone, settings):
         train_steps = int(direction.meta.get("train_steps") or settings.steps)

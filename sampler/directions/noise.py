@@ -30,7 +30,6 @@ from typing import NamedTuple
 import torch
 
 from energies import defaults as D
-from energies.directions import embedding_widths
 
 from ..hooks import forward_hook
 from ..regions import local
@@ -69,7 +68,12 @@ def encoders(backbone) -> list[tuple[object, object]]:
 
 def widths(backbone) -> list[int]:
     """The width of each encoder's input-embedding table: a direction is their concatenation."""
-    return embedding_widths(backbone)
+    return [int(enc.get_input_embeddings().weight.shape[1]) for _, enc in encoders(backbone)]
+
+
+def width(backbone) -> int:
+    """W of a direction of this model: its rows in every table, concatenated."""
+    return sum(widths(backbone))
 
 
 def direction_ids(tokenizer) -> list[int]:
@@ -144,6 +148,12 @@ class NoiseShift:
 class Noise(DirectionKind):
     name = "noise"
     window = D.NOISE_DIRECTION_WINDOW
+
+    def mismatch(self, direction, backbone):
+        got, want = int(direction.tensors["embedding"].shape[-1]), width(backbone)
+        if got != want:
+            return f"its token embedding has {got} dimensions but this text encoder's has {want}"
+        return None
 
     def prepare(self, term, direction, backbone, settings):
         with torch.no_grad():

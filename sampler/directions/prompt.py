@@ -55,6 +55,12 @@ def edit_direction(backbone, sources: list[str], targets: list[str], progress: b
     return out
 
 
+def prompt_shape(backbone) -> tuple[int, int]:
+    """(T, D) of a prompt direction: the encoder hidden states a prompt conditions the UNet with."""
+    with torch.no_grad():
+        return tuple(backbone.encode_prompt("").cond.shape[-2:])
+
+
 def shifted(cond, shifts: list[tuple[float, dict[str, torch.Tensor]]]):
     """The Conditioning with its conditional half moved by sum_k s_k * delta_k; the unconditional
     half (and the negative prompt) stays, as in Pix2Pix-Zero."""
@@ -79,6 +85,12 @@ class PromptShift:
 class Prompt(DirectionKind):
     name = "prompt"
     window = D.PROMPT_DIRECTION_WINDOW
+
+    def mismatch(self, direction, backbone):
+        got, want = tuple(direction.tensors["delta"].shape), prompt_shape(backbone)
+        if got != want:
+            return f"its edit direction is {'x'.join(map(str, got))} but this model's prompts are {'x'.join(map(str, want))}"
+        return None
 
     def prepare(self, term, direction, backbone, settings):
         return PromptShift(direction.tensors)  # bind() refused `within` for it: it shifts the whole prompt

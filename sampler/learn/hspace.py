@@ -123,7 +123,7 @@ def learn_hspace(args, argv) -> int:
                                             "clip_loss_w", "l1_loss_w", "init_std", "edit_until", "seed")}
     work = args.work or Path("runs/learn") / f"hspace-{args.name}"
     ckpt = work / "hspace.ckpt.safetensors"
-    shape = D.hspace_shape(b.unet)
+    shape = H.mid_block_shape(b.unet)
     init = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed)) * args.init_std
     delta = torch.nn.Parameter(init.to(b.device))
     opt = torch.optim.SGD([delta], lr=args.lr)  # Asyrp: SGD, lr_training, StepLR per outer iteration
