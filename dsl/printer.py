@@ -10,6 +10,7 @@ from energies import program as P
 from energies.errors import source_lines
 
 from . import ast
+from .compiler import compile_script
 
 
 SETTING_ORDER = ("model", "source", "invert", "prompt", "negative", "seed", "steps", "cfg")
@@ -144,8 +145,6 @@ def format_script(script: ast.Script) -> str:
     line stays at the end of that line; the others keep their place between the statements.
     Blank lines between groups are kept (runs of them collapse to one). Linear in the script's size.
     """
-    from .compiler import compile_script
-
     prog = compile_script(script)
     last_on_line = {st.span.line: i for i, st in enumerate(script.statements)}
     trailing: dict[int, str] = {}  # statement index -> its comment

@@ -9,8 +9,10 @@ Only safetensors are read; nothing is unpickled.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import SteerCompileError, did_you_mean
@@ -124,9 +126,6 @@ def backbone_id(backbone) -> str:
 def save_direction(path, tensors: dict, kind: str, backbone: str, meta: dict | None = None) -> Path:
     """Write a direction file atomically (energies/files.py), so a crash never leaves half a
     direction where a script will look for one; with ordinary permissions, to be shared."""
-    import json
-    from datetime import datetime, timezone
-
     from safetensors.torch import save_file
 
     if kind not in KINDS:

@@ -10,6 +10,7 @@ inverted noise lands back on the image.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .guided import classifier_free, ddim_step, pred_x0, step_alphas
@@ -44,7 +45,6 @@ def null_text(backbone, cond, trajectory, z0, timesteps, cfg, alphas, final_alph
 
     `trajectory[i]` is the inverted latent at timesteps[i] (sampling order); z0 is the image latent.
     Early stop at the paper's threshold 1e-5 + 2e-5 i; the learning rate decays over the steps."""
-    import torch.nn.functional as F
 
     targets = list(trajectory[1:]) + [z0]
     uncond = cond.uncond.detach().clone()

@@ -19,6 +19,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from energies.terms import Features
+
 from .hooks import forward_hook
 
 
@@ -131,7 +133,6 @@ class Readout:
 
     def features(self, store: ProbeStore, detach: bool = False):
         """The store's contents as the terms' Features (the batch's first conditional row)."""
-        from energies.terms import Features
 
         maps = store.token_maps(self.map_res)[0]
         feats = store.features.get(self.feature_module)

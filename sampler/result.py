@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+import dsl
 from energies import program as P
 
 from .drag import DragOutcome
@@ -32,6 +33,5 @@ class EditResult:
 
     def record(self) -> dict:
         """The PNG text chunks: program, model and seed, enough to make the image again."""
-        import dsl
 
         return {"steer:program": dsl.format(self.program), "steer:model": self.model, "steer:seed": str(self.program.settings.seed)}

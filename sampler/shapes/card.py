@@ -1,0 +1,89 @@
+"""The shapes model's card (docs/shapes-model.md): how it was made and what it measures, written
+from the training record in the model folder and the report of `python -m sampler.shapes.evaluate`."""
+
+from __future__ import annotations
+
+from . import world as W
+
+
+def describe(b) -> str:
+    """The model's architecture, read from its own configs (b: a ShapesBackbone)."""
+    u, te = b.unet.config, b.text_encoder.config
+    attn = [i for i, k in enumerate(u.down_block_types) if "CrossAttn" in k]
+    latent = u.sample_size
+    res = ", ".join(f"{latent // 2 ** i}x{latent // 2 ** i}" for i in attn)
+    n_params = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
+    size = b.image_size()[0]
+    L = [f"steer's shipped text-to-image model for the shapes world (circle, square, triangle in red, green, blue, yellow on",
+         f"black, {size}x{size} pixels). Built from Stable Diffusion's classes: a transformers `CLIPTextModel` ({te.num_hidden_layers} layers,",
+         f"{te.hidden_size} wide, {n_params(b.text_encoder):.1f}M parameters) with a word-level `tokenizers` tokenizer,"]
+    if b.vae is not None:
+        v = b.vae.config
+        L += [f"a diffusers `AutoencoderKL` ({n_params(b.vae):.1f}M parameters) between the {size}x{size}x3 image and a "
+              f"{latent}x{latent}x{v.latent_channels} latent (scaling factor {v.scaling_factor:.3f}, shift {v.shift_factor:.3f}),",
+              f"a diffusers `UNet2DConditionModel` on that latent ({n_params(b.unet):.1f}M parameters, channels "
+              f"{'/'.join(map(str, u.block_out_channels))}, cross-attention at {res} and in the mid block, epsilon prediction),"]
+    else:
+        L += [f"a diffusers `UNet2DConditionModel` in pixel space ({n_params(b.unet):.1f}M parameters, channels "
+              f"{'/'.join(map(str, u.block_out_channels))}, cross-attention at {res} and in the mid block),"]
+    L += ["diffusers' DDIM scheduler, and a shapes CLIP (`CLIPModel`, ViT image tower) for the ViT and CLIP energies.",
+          "Weights are safetensors in `sampler/shapes/weights/`; `Editor(\"shapes\")` loads them offline."]
+    return "\n".join(L)
+
+
+def _pct(v: dict) -> str:
+    return f"{v['right']:.0%} (n={v['n']})"
+
+
+def model_card(r: dict, b, command: str) -> str:
+    """The model card: how the shipped model was made and what it measures."""
+    training = b.model.card.get("training", {})
+    L = ["# The shapes model", "", describe(b), "", "## Training", ""]
+    if training:
+        L += ["- commands, in order (a resumed run continues the same seeded schedule): "
+              + "; ".join(f"`{c}`" for c in training.get("commands", [training.get("command", "?")])),
+              f"- seed {training.get('seed')}, batch {training.get('batch')}; machine: {training.get('machine')}, "
+              f"torch {training.get('torch')}; date {training.get('date')}"]
+        for stage, what in (("vae", "autoencoder"), ("unet", "UNet + text encoder"), ("clip", "shapes CLIP")):
+            if f"{stage}_steps" in training:
+                L.append(f"- {what}: {training[f'{stage}_steps']} steps in {training.get(f'{stage}_minutes')} min")
+        for note in training.get("notes", []):
+            L.append(f"- {note}")
+        L += [""]
+    L += ["## Measured", "", f"Reproduce with `{command}` ({r['seconds']} s). Samples use {r['steps']} DDIM steps; sampling seeds",
+          f"of the `{r['split']}` split (settings are chosen on the `tune` split; training draws neither).", "",
+          "### Caption fidelity (the world's detector on samples)", "",
+          "Every one-object caption (12, 8 seeds each) and every two-object caption (108: all colour pairs, all shape",
+          "pairs, both orders). *Right* means exactly the named objects, each of its colour and shape, nothing extra.", "",
+          "| cfg | one object right | two objects right | two objects: colours right |", "| --- | --- | --- | --- |"]
+    for cfg, f in r["fidelity"].items():
+        L.append(f"| {cfg} | {f['one_object']['all_right']:.1%} (n={f['one_object']['n']}) | {f['two_objects']['all_right']:.1%} "
+                 f"(n={f['two_objects']['n']}) | {f['two_objects']['colours_right']:.1%} |")
+    L += ["", "Per object of the two-object scenes (found with its colour and shape), by shape and by colour:", "",
+          "| cfg | " + " | ".join((*W.SHAPES, *W.COLOURS)) + " |", "| --- |" + " --- |" * (len(W.SHAPES) + len(W.COLOURS))]
+    for cfg, f in r["fidelity"].items():
+        per = f["two_objects"]["per_object"]
+        L.append(f"| {cfg} | " + " | ".join(_pct(per[k]) for k in (*W.SHAPES, *W.COLOURS)) + " |")
+    if "localisation" in r:
+        L += ["", "### Cross-attention localisation", "",
+              "World images with two objects, noised to t; for a word, the top-k cells of its attention map (k = its object's",
+              "area; maps averaged over the layers the energies read) against its own object's mask / the other object's.", "",
+              "| word | " + " | ".join(f"t = {t}" for t in next(iter(r["localisation"].values()))) + " |",
+              "| --- |" + " --- |" * len(next(iter(r["localisation"].values())))]
+        for key, by_t in r["localisation"].items():
+            L.append(f"| {key} | " + " | ".join(f"{v['own_object']:.2f} / {v['other_object']:.2f}" for v in by_t.values()) + " |")
+    if "inversion" in r:
+        inv = r["inversion"]
+        L += ["", "### Inversion and regeneration through `source \"image.png\"`", "",
+              "Each image saved as a PNG and given to the editor as its `source`: encoded, DDIM-inverted at cfg 1 with the",
+              "editor's fixed-point refinement, sampled back and decoded; PSNR against the PNG.", "",
+              "| images | steps | mean PSNR | min PSNR | share >= 30 dB | share < 25 dB |", "| --- | --- | --- | --- | --- | --- |"]
+        for k, name in (("generated", "generated samples"), ("generated_50", "generated samples"), ("world", "world images")):
+            v = inv[k]
+            L.append(f"| {name} (n={v['n']}) | {v['steps']} | {v['mean_psnr']:.1f} dB | {v['min_psnr']:.1f} dB | "
+                     f"{v['share_at_least_30db']:.0%} | {v['share_under_25db']:.0%} |")
+    c = r.get("clip") or {}
+    if c:
+        L += ["", "### Shapes CLIP", "", f"Zero-shot caption retrieval on {c['n']} held-out scenes among all {c['candidates']} captions of the",
+              f"world: top-1 {c['top1']:.0%} (one object {c['top1_one_object']:.0%}, two objects {c['top1_two_objects']:.0%})."]
+    return "\n".join(L) + "\n"
