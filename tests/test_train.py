@@ -143,3 +143,22 @@ def test_a_checkpoint_in_the_running_format_loads_and_continues(tmp_path):
     again, again_state = T.load_checkpoint(tmp_path / "again.safetensors")
     assert again.keys() == tensors.keys() and list(again_state) == ["step", "elapsed", "opt_step"]
     assert again_state["opt_step"].keys() == state["opt_step"].keys()
+
+
+def test_all_stages_make_a_loadable_latent_model(tmp_path):
+    """One command makes the whole model: autoencoder, UNet + text encoder, CLIP, assembled."""
+    train.main(["all", "--work", str(tmp_path), "--vae-steps", "2", "--vae-batch", "2", "--steps", "2", "--batch", "2",
+                "--warmup", "1", "--cooldown", "1", "--clip-steps", "2", "--clip-batch", "4", "--no-evaluate"])
+    from sampler.shapes import model as M
+
+    m = M.load(tmp_path / "model")
+    assert m.vae is not None and m.clip is not None
+    assert m.card["training"]["unet_steps"] == 2 and m.card["training"]["vae_steps"] == 2
+    assert m.clip.config.vision_config.image_size == M.IMAGE_SIZE
+
+
+def test_a_stopped_unet_stage_resumes_instead_of_assembling(tmp_path, capsys):
+    vae_stage(tmp_path)
+    train.main(["all", "--work", str(tmp_path), "--steps", "3", "--batch", "2", "--warmup", "1", "--max-minutes", "1e-9",
+                "--no-evaluate"])
+    assert "step 1 of 3" in capsys.readouterr().out and not (tmp_path / "model").exists()

@@ -90,6 +90,7 @@ def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
 def train_vae(args) -> dict:
     torch.manual_seed(args.seed + 2)
     vae = M.build_vae()
+    dev = torch.device(args.device)
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     ckpt = args.work / "vae.ckpt.safetensors"
     start, elapsed = 0, 0.0
@@ -98,18 +99,23 @@ def train_vae(args) -> dict:
         tensors, state = resumed
         T.restore_models(tensors, state, {"vae": vae}, {}, opt)
         start, elapsed = state["step"], state["elapsed"]
+    vae.to(dev)
+    for s in opt.state.values():
+        for k, v in s.items():
+            if torch.is_tensor(v) and k != "step":
+                s[k] = v.to(dev)
     t0 = time.time() - elapsed
     bar = T.progress(start, args.vae_steps, "vae")
     scores = []
     for step in bar:
         scenes = world.scene_batch(args.seed + 11, step, args.vae_batch, size=M.IMAGE_SIZE, p_one=args.p_one)
         g = torch.Generator().manual_seed(args.seed * 7_000_003 + step)
-        x = vae_augment(images_to_tensor(scenes), g)
+        x = vae_augment(images_to_tensor(scenes), g).to(dev)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.vae_steps, args.vae_lr, 100)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16):
             d = vae.encode(x).latent_dist
-            z = d.mean + d.std * torch.randn(d.mean.shape, generator=g)
+            z = d.mean + d.std * torch.randn(d.mean.shape, generator=g).to(dev)
             rec = vae.decode(z).sample.float()
         kl = d.kl().mean()  # summed over the latent's elements, as Stable Diffusion's autoencoder does
         loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + args.vae_kl * kl
@@ -128,7 +134,7 @@ def train_vae(args) -> dict:
             T.say_stopping(step + 1, args.max_minutes)
             raise SystemExit(0)
     bar.close()
-    vae.eval()
+    vae.eval().to("cpu")
     scale, shift, held_out = measure_latents(vae)
     vae.register_to_config(scaling_factor=scale, shift_factor=shift)
     atomic_write(args.work / "vae", lambda tmp: vae.save_pretrained(tmp, safe_serialization=True))
@@ -170,6 +176,7 @@ def train_unet(args) -> dict:
     unet = M.build_unet()
     scheduler = M.build_scheduler()
     vae = load_vae(args.work)
+    dev = torch.device(args.device)
     modules = {"unet": unet, "text_encoder": text_encoder}
     if args.freeze_text:  # keep the text encoder (and so the attention maps' keys) as they are: train the UNet alone
         text_encoder.requires_grad_(False)
@@ -192,8 +199,14 @@ def train_unet(args) -> dict:
         tensors, state = resumed
         T.restore_models(tensors, state, modules, ema, opt)
         start, elapsed = state["step"], state["elapsed"]
+    for m in (unet, text_encoder, vae):
+        m.to(dev)  # after restoring: the optimizer's moments follow their parameters (AdamW keeps them per tensor)
+    for s in opt.state.values():
+        for k, v in s.items():
+            if torch.is_tensor(v) and k != "step":
+                s[k] = v.to(dev)
 
-    alphas = scheduler.alphas_cumprod
+    alphas = scheduler.alphas_cumprod.to(dev)
     # Min-SNR-gamma (Hang et al. 2023): an epsilon loss weighted by min(SNR, gamma) / SNR, so the
     # nearly clean timesteps (huge SNR, little to learn) stop dominating the gradient.
     snr = alphas / (1 - alphas)
@@ -206,16 +219,16 @@ def train_unet(args) -> dict:
         drop = np.random.default_rng((args.seed, step, 1 << 20)).random(args.batch) < args.p_uncond
         captions = ["" if d else s.caption for s, d in zip(scenes, drop)]
         g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        with torch.no_grad():
-            x0 = M.vae_encode(vae, images_to_tensor(scenes), g)
-        noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch,), generator=g)
+        with torch.no_grad():  # noise is drawn on the CPU, so a run is the same on any device
+            x0 = M.vae_encode(vae, images_to_tensor(scenes).to(dev), g)
+        noise = torch.randn(x0.shape, generator=g).to(dev)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch,), generator=g).to(dev)
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
 
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, args.warmup, args.schedule, args.cooldown)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16):
             cond = encode(tokenizer, text_encoder, captions)
             pred = unet(xt, t, cond).sample
         loss = (weight_of_t[t] * (pred.float() - noise).pow(2).mean((1, 2, 3))).mean()
@@ -365,6 +378,10 @@ def main(argv=None):
     p.add_argument("--clip-batch", type=int, default=128)
     p.add_argument("--clip-lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where the autoencoder and the UNet train (default: cuda when there is one); the same seed gives the same batches")
+    p.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True,
+                   help="`all`: measure the finished model and write its card into WORK (python -m sampler.shapes.evaluate)")
     args = p.parse_args(argv)
     args.out = args.out or args.work / "model"
     if args.threads:
@@ -385,18 +402,29 @@ def main(argv=None):
     if args.stage in ("vae", "all"):
         if not (args.work / "vae").is_dir():
             record.update(train_vae(args))
-            record_path.write_text(json.dumps(record, indent=2))
+            write_record(record_path, record)
         if args.stage == "vae":
             return
     if args.stage in ("unet", "all"):
         record.update(train_unet(args))
-        record_path.write_text(json.dumps(record, indent=2))
-    if args.stage in ("clip", "all"):
+        write_record(record_path, record)
+        if record["unet_steps"] < args.steps:  # stopped by --max-minutes: the same command resumes
+            print(f"the UNet is at step {record['unet_steps']} of {args.steps}; {args.work / 'ema'} holds its EMA so far")
+            return
+    if args.stage == "clip" or (args.stage == "all" and (args.restart or not (args.work / "clip").is_dir())):
         record.update(train_clip(args))
-        record_path.write_text(json.dumps(record, indent=2))
+        write_record(record_path, record)
     record["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    record_path.write_text(json.dumps(record, indent=2))
+    write_record(record_path, record)
     assemble(args, record)
+    if args.stage == "all" and args.evaluate:
+        from . import evaluate
+
+        evaluate.main(["--model", str(args.out), "--out", str(args.work / "card.json")])
+
+
+def write_record(path: Path, record: dict):
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
 
 
 if __name__ == "__main__":
