@@ -5,7 +5,7 @@
     text = dsl.format(program)                 # canonical text, parses back to an equal Program
 """
 
-from energies.errors import SteerCompileError, SteerError, SteerRuntimeError, SteerSyntaxError
+from energies.errors import SteerCompileError, SteerError, SteerRuntimeError, SteerSyntaxError, SteerUsageError
 
 
 def parse(text: str, file: str = "<script>"):
@@ -44,12 +44,31 @@ def prompt_objects(prompt: str, tokenizer):
     return _objects(prompt, tokenizer)
 
 
-def load(path) -> "object":
-    """Read, parse and compile a .edit file."""
+def read_script(path) -> str:
+    """A script's text: UTF-8, a file. A missing file, a folder or other bytes are a
+    SteerUsageError (`steer: error: ...`), not a traceback."""
     from pathlib import Path
 
+    from energies.errors import SteerUsageError
+
     p = Path(path)
-    return compile(parse(p.read_text(), str(path)))
+    if p.is_dir():
+        raise SteerUsageError(f"cannot read {path}: it is a folder", hint="give an .edit script")
+    if not p.is_file():
+        raise SteerUsageError(f"cannot read {path}: no such file")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise SteerUsageError(f"cannot read {path}: it is not UTF-8 text (byte {e.start} is {e.object[e.start:e.start + 1]!r})",
+                              hint="save the script as UTF-8") from None
+    except OSError as e:
+        raise SteerUsageError(f"cannot read {path}: {e.strerror or e}") from None
 
 
-__all__ = ["parse", "compile", "format", "load", "bind", "prompt_objects", "SteerError", "SteerSyntaxError", "SteerCompileError", "SteerRuntimeError"]
+def load(path) -> "object":
+    """Read, parse and compile a .edit file."""
+    return compile(parse(read_script(path), str(path)))
+
+
+__all__ = ["parse", "compile", "format", "load", "read_script", "bind", "prompt_objects", "SteerError", "SteerSyntaxError",
+           "SteerCompileError", "SteerRuntimeError", "SteerUsageError"]

@@ -18,6 +18,7 @@ from . import ast
 SETTING_TYPES = {"prompt": "string", "negative": "string", "model": "string", "source": "string", "seed": "int", "steps": "int",
                  "cfg": "number", "invert": "name"}
 INVERSIONS = ("ddim", "null-text")
+SETTING_HINTS = {"cfg": "cfg 1 means no classifier-free guidance"}
 DRAG_PLACEMENTS = ("bottleneck", "latent")  # what a drag optimises: the mid block's output, or z_t itself
 
 
@@ -83,15 +84,12 @@ def _setting_value(st: ast.Setting):
         if not v.is_int:
             raise SteerCompileError(f"{name} takes a whole number, got {_short(v.text)}", v.span)
         # more digits than any seed has is out of range before int() is asked (it refuses > 4300 digits)
-        value = int(v.text) if len(v.text.lstrip("+-0")) <= 20 else None
-        if name == "seed" and not (value is not None and 0 <= value < 2**63):
-            raise SteerCompileError(f"seed must be between 0 and 2^63 - 1, got {_short(v.text)}", v.span)
-        if name == "steps" and not (value is not None and 1 <= value <= 1000):
-            raise SteerCompileError(f"steps must be between 1 and 1000, got {_short(v.text)}", v.span)
-        return value
-    value = _finite(v)
-    if value < 0:
-        raise SteerCompileError(f"cfg must be >= 0, got {_short(v.text)}", v.span, hint="cfg 1 means no classifier-free guidance")
+        value = int(v.text) if len(v.text.lstrip("+-0")) <= 20 else math.inf
+    else:
+        value = _finite(v)
+    problem = P.setting_problem(name, value)  # the ranges the command line checks too
+    if problem:
+        raise SteerCompileError(f"{problem}, got {_short(v.text)}", v.span, hint=SETTING_HINTS.get(name))
     return value
 
 
@@ -230,16 +228,9 @@ def _modified(term: P.TermBase, st) -> P.TermBase:
     m = st.mods
     update: dict = {"span": st.span}
     if m.weight is not None:
-        update["weight"] = _finite(m.weight)
+        update["weight"] = weight_value(m.weight)
     if m.window is not None:
-        a, b = (_finite(n) for n in m.window)
-        if not 0 <= a < b <= 1:
-            raise SteerCompileError(
-                f"window {_short(m.window[0].text)}..{_short(m.window[1].text)} is not inside 0..1 with start < end",
-                _span_between(m.window[0], m.window[1]),
-                hint="windows are fractions of sampling: @ 0..0.6 is the first 60% of the steps",
-            )
-        update["window"] = P.Window(start=a, end=b)
+        update["window"] = window_value(*m.window)
     if m.via is not None:
         if m.via.value not in P.PLACEMENTS and not isinstance(term, P.Drag):  # drags checked theirs in _drag
             raise SteerCompileError(
@@ -251,3 +242,20 @@ def _modified(term: P.TermBase, st) -> P.TermBase:
 
 def _span_between(a: ast.Node, b: ast.Node) -> P.Span:
     return P.Span(line=a.span.line, col=a.span.col, end_line=b.span.end_line, end_col=b.span.end_col, file=a.span.file)
+def weight_value(n: ast.Number) -> float:
+    """A term's weight (`* w`): any finite number. The REPL's :weight asks this too."""
+    return _finite(n)
+
+
+def window_value(start: ast.Number, end: ast.Number) -> P.Window:
+    """A term's window (`@ a..b`): 0 <= a < b <= 1. The REPL's :window asks this too."""
+    a, b = _finite(start), _finite(end)
+    if not 0 <= a < b <= 1:
+        raise SteerCompileError(
+            f"window {_short(start.text)}..{_short(end.text)} is not inside 0..1 with start < end",
+            _span_between(start, end),
+            hint="windows are fractions of sampling: @ 0..0.6 is the first 60% of the steps",
+        )
+    return P.Window(start=a, end=b)
+
+

@@ -6,6 +6,7 @@ from energies.errors import (  # noqa: F401
     SteerError,
     SteerRuntimeError,
     SteerSyntaxError,
+    SteerUsageError,
     did_you_mean,
     is_invisible,
     source_lines,

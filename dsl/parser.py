@@ -111,6 +111,15 @@ def parse(text: str, file: str = "<script>") -> ast.Script:
     return ast.Script(statements=statements, comments=kept, file=file, source=text)
 
 
+def number(text: str, span: Span) -> ast.Number:
+    """One number as the language writes it (its NUMBER token), for tools that take numbers
+    outside a script (the REPL's `:weight 1 2`); anything else is a SteerSyntaxError at `span`."""
+    pattern = _lark().get_terminal("NUMBER").pattern.to_regexp()
+    if not re.fullmatch(pattern, text):
+        raise SteerSyntaxError(f"expected a number, got {text!r}", span=span, hint="for example 1.5, -2 or 1e-3")
+    return ast.Number(value=float(text), text=text, span=span)
+
+
 def _comment_text(tok: Token) -> str:
     return str(tok).rstrip(" \t\r")
 

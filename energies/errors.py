@@ -112,3 +112,19 @@ def did_you_mean(word: str, choices) -> str | None:
 
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f"did you mean {close[0]!r}?" if close else None
+class SteerUsageError(SteerError):
+    """A mistake that is not on a script line: a command-line option, a model, a file to read or
+    write, the device. Rendered as one line, `steer: error: ...`, and a hint; exit status 2."""
+
+    def render(self) -> str:
+        return f"steer: error: {self.message}" + (f"\nhint: {self.hint}" if self.hint else "")
+
+
+def warn(message: str) -> None:
+    """Tell the user something went wrong that the run works around (a cache it cannot write):
+    one line on stderr, `steer: warning: ...`, never a Python warning with a source location."""
+    import sys
+
+    print(f"steer: warning: {message}", file=sys.stderr)
+
+

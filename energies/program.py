@@ -251,6 +251,28 @@ def as_program(x) -> Program:
         return x
     if isinstance(x, TermBase):
         return Program(terms=(x,))
+# The ranges of the numeric settings, stated once: the compiler checks a script's `seed 5`, the
+# command line its `--seed 5` and the Editor a Python-built Program, all with setting_problem, so
+# a PNG never records a program that does not compile.
+SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
+STEPS_MAX = 1000  # the schedulers' training timesteps: DDIM cannot take more steps than that
+
+
+def setting_problem(name: str, value) -> str | None:
+    """Why `value` cannot be the setting `name`, or None. Only the numbers have ranges."""
+    import math
+
+    if value is None:
+        return None
+    if name == "seed" and not (isinstance(value, int) and 0 <= value <= SEED_MAX):
+        return "seed must be between 0 and 2^63 - 1"
+    if name == "steps" and not (isinstance(value, int) and 1 <= value <= STEPS_MAX):
+        return f"steps must be between 1 and {STEPS_MAX}"
+    if name == "cfg" and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        return "cfg must be a finite number >= 0"
+    return None
+
+
     if isinstance(x, Settings):
         return Program(settings=x)
     raise TypeError(f"cannot add {type(x).__name__} to a Program")
