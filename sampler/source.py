@@ -119,7 +119,7 @@ class SourcePasses:
         span = settings.spans.get("source")
         meta = {"model": b.name, "image": image_key, "prompt": settings.prompt, "negative": settings.negative or "",
                 "steps": settings.steps, "cfg": settings.cfg, "invert": mode, "size": list(b.image_size())}
-        cached = inversion_cache.load(meta, b.device)
+        cached = inversion_cache.load(meta, b.device, self._cache_layout(mode, cond, len(timesteps)))
         if cached is not None:
             steps = [cached[f"uncond.{i}"] for i in range(len(timesteps))] if mode == "null-text" else None
             return cached["noise"], dataclasses.replace(cond, uncond_steps=steps)
@@ -136,3 +136,11 @@ class SourcePasses:
             tensors.update({f"uncond.{i}": u for i, u in enumerate(steps)})
         inversion_cache.save(meta, tensors)
         return trajectory[0], dataclasses.replace(cond, uncond_steps=steps)
+
+    def _cache_layout(self, mode: str, cond, steps: int) -> dict[str, tuple]:
+        """What a cached inversion holds: z_T, and for null-text one unconditional embedding per
+        step; name -> shape, which inversion_cache checks an entry against."""
+        layout = {"noise": (1, *self.backbone.latent_shape())}
+        if mode == "null-text":
+            layout.update({f"uncond.{i}": tuple(cond.uncond.shape) for i in range(steps)})
+        return layout
