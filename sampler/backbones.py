@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from energies.defaults import BACKBONES, BackboneDefaults
+from energies.errors import SteerUsageError
 
 
 def quiet_loading():
@@ -33,6 +34,7 @@ class Conditioning:
     added: dict = field(default_factory=dict)  # SDXL's added_cond_kwargs (cond half)
     added_uncond: dict = field(default_factory=dict)
     uncond_steps: list | None = None  # null-text inversion: one unconditional embedding per step
+    by: tuple = ()  # the terms that shifted it (prompt directions): named if what it conditions is not finite
 
     def uncond_at(self, i: int | None) -> torch.Tensor:
         return self.uncond if self.uncond_steps is None or i is None else self.uncond_steps[i]
@@ -181,7 +183,8 @@ class StableDiffusionBackbone(Backbone):
         """Load by Hugging Face model id or local folder (needs the hub or a local copy)."""
         from diffusers import StableDiffusionPipeline
 
-        pipe = StableDiffusionPipeline.from_pretrained(model_id_or_path, dtype=dtype, safety_checker=None, requires_safety_checker=False)
+        pipe = StableDiffusionPipeline.from_pretrained(model_id_or_path, dtype=dtype, safety_checker=None, requires_safety_checker=False,
+                                                       use_safetensors=True)
         return cls(pipe.to(device), name=str(model_id_or_path), low_memory=low_memory)
 
     def decode(self, z):
@@ -216,7 +219,7 @@ class StableDiffusionXLBackbone(StableDiffusionBackbone):
     def from_pretrained(cls, model_id_or_path: str, device="cpu", dtype=torch.float32, low_memory=False):
         from diffusers import StableDiffusionXLPipeline
 
-        pipe = StableDiffusionXLPipeline.from_pretrained(model_id_or_path, dtype=dtype)
+        pipe = StableDiffusionXLPipeline.from_pretrained(model_id_or_path, dtype=dtype, use_safetensors=True)
         return cls(pipe.to(device), name=str(model_id_or_path), low_memory=low_memory)
 
     @torch.no_grad()
@@ -256,19 +259,93 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 def load_backbone(model: str | None = None, device: str = "cpu", dtype: str = "fp32", low_memory: bool = False) -> Backbone:
     """"shapes" (default), a shapes model folder, or a Stable Diffusion model id / folder.
-    `dtype` and `low_memory` apply to Stable Diffusion; the shapes model always runs in fp32."""
+    `dtype` and `low_memory` apply to Stable Diffusion; the shapes model always runs in fp32.
+    A model that cannot be found or read, or a device that is not there, is a SteerUsageError."""
     from .shapes import model as shapes_model
 
+    check_device(device)
     quiet_loading()
     model = model or "shapes"
     path = shapes_model.resolve(model)
     if model == "shapes" or shapes_model.is_shapes_folder(Path(path)):
         return ShapesBackbone(model, device=device)
+    cls = StableDiffusionXLBackbone if "XL" in pipeline_class(model) else StableDiffusionBackbone
+    refuse_pickle_only(model)
+    try:
+        return cls.from_pretrained(model, device=device, dtype=DTYPES[dtype], low_memory=low_memory)
+    except OSError as e:  # a hub id whose safetensors are missing, a folder with a part missing
+        raise SteerUsageError(f"cannot load the model {model!r}: {_first_line(e)}", hint=MODEL_HINT) from None
+
+
+MODEL_HINT = ('--model takes "shapes", a shapes model folder, a Stable Diffusion folder (with model_index.json) '
+              "or a Hugging Face id already in the local cache")
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def pipeline_class(model: str) -> str:
+    """The pipeline class a Stable Diffusion folder or hub id names (its model_index.json)."""
     from diffusers import DiffusionPipeline
 
-    pipeline_class = DiffusionPipeline.load_config(model).get("_class_name", "")  # model_index.json, local or hub
-    cls = StableDiffusionXLBackbone if "XL" in pipeline_class else StableDiffusionBackbone
-    return cls.from_pretrained(model, device=device, dtype=DTYPES[dtype], low_memory=low_memory)
+    if _looks_like_a_path(model) and not Path(model).is_dir():
+        raise SteerUsageError(f"model folder {model!r} does not exist", hint=MODEL_HINT)
+    try:
+        return DiffusionPipeline.load_config(model).get("_class_name", "")  # model_index.json, local or hub
+    except (OSError, ValueError):
+        raise SteerUsageError(f"cannot find the model {model!r}: it is not a shapes model, a Stable Diffusion folder "
+                              "or a Hugging Face id in the local cache", hint=MODEL_HINT) from None
+
+
+def _looks_like_a_path(model: str) -> bool:
+    """A hub id is "owner/name"; anything else with a slash, or that starts like a path, is a folder."""
+    return model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model or Path(model).exists()
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def pickle_only_parts(folder: Path) -> list[str]:
+    """The parts (unet, vae, text_encoder, ...) of a pipeline folder whose weights are only in
+    pickle files: loading those would run whatever code the file holds."""
+    parts = []
+    for sub in sorted(p for p in Path(folder).iterdir() if p.is_dir()):
+        files = [f.name for f in sub.iterdir() if f.is_file()]
+        if any(f.endswith(PICKLE_SUFFIXES) for f in files) and not any(f.endswith(".safetensors") for f in files):
+            parts.append(sub.name)
+    return parts
+
+
+def refuse_pickle_only(model: str):
+    """steer reads weights from safetensors only: a local folder with pickle-only parts is refused,
+    with how to convert it, before diffusers is asked (it would fall back to torch.load)."""
+    if not Path(model).is_dir():
+        return  # a hub id: from_pretrained(use_safetensors=True) refuses pickles itself
+    parts = pickle_only_parts(Path(model))
+    if parts:
+        raise SteerUsageError(
+            f"model folder {model!r} has weights only as pickle files (.bin) in {', '.join(parts)}; steer loads safetensors only",
+            hint="convert it once, if you trust the files (this unpickles them): python -c \"from diffusers import DiffusionPipeline; "
+                 f"DiffusionPipeline.from_pretrained('{model}').save_pretrained('{model}-safetensors', safe_serialization=True)\"")
+
+
+def check_device(device: str):
+    """A device name torch knows and this machine has: cpu, cuda, cuda:N, mps."""
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise SteerUsageError(f"--device {device!r} is not a device name", hint="cpu, cuda, cuda:1, mps ...") from None
+    if d.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise SteerUsageError(f"--device {device}: this machine (or this torch build) has no CUDA device", hint="use --device cpu")
+        if d.index is not None and d.index >= count:
+            raise SteerUsageError(f"--device {device}: there are only {count} CUDA device(s)", hint=f"use cuda:0 to cuda:{count - 1}")
+    elif d.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise SteerUsageError(f"--device {device}: MPS is not available here", hint="use --device cpu")
+    elif d.type not in ("cpu", "cuda", "mps"):
+        raise SteerUsageError(f"--device {device}: steer runs on cpu, cuda or mps", hint="use --device cpu")
 
 
 def direction_folders(script_dir, model: str | None) -> list[Path]:
@@ -291,4 +368,8 @@ def load_tokenizer(model: str | None = None):
     path = shapes_model.resolve(model)
     if model == "shapes" or shapes_model.is_shapes_folder(Path(path)):
         return PreTrainedTokenizerFast.from_pretrained(Path(path) / "tokenizer")
-    return AutoTokenizer.from_pretrained(model, subfolder="tokenizer")
+    pipeline_class(model)  # a clean error for a model that is not there
+    try:
+        return AutoTokenizer.from_pretrained(model, subfolder="tokenizer")
+    except (OSError, ValueError) as e:
+        raise SteerUsageError(f"cannot load the tokenizer of {model!r}: {_first_line(e)}", hint=MODEL_HINT) from None

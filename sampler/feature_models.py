@@ -104,7 +104,7 @@ def _load_dino(model_id: str, **kw) -> torch.nn.Module:
     """ViTModel (no pooler: DINO checkpoints have none) or Dinov2Model, eval, frozen."""
     from transformers import AutoConfig, AutoModel, Dinov2Model, ViTModel
 
-    kw.setdefault("use_safetensors", True)
+    kw["use_safetensors"] = True  # never torch.load: a caller cannot turn this off
     try:
         config = AutoConfig.from_pretrained(model_id, **{k: v for k, v in kw.items() if k != "use_safetensors"})
         if config.model_type == "vit":
@@ -158,8 +158,8 @@ class ClipScorer:
         from transformers import CLIPModel, CLIPTokenizer
 
         try:
-            clip = CLIPModel.from_pretrained(model_id, use_safetensors=True, **kw).to(device).eval().requires_grad_(False)
-            tokenizer = CLIPTokenizer.from_pretrained(model_id, **kw)
+            clip = CLIPModel.from_pretrained(model_id, **{**kw, "use_safetensors": True}).to(device).eval().requires_grad_(False)
+            tokenizer = CLIPTokenizer.from_pretrained(model_id, **{k: v for k, v in kw.items() if k != "use_safetensors"})
         except OSError as e:
             raise OSError(f"cannot load the CLIP model {model_id!r} for `clip` terms ({e}); download it once with the hub "
                           "reachable, or set HF_HUB_OFFLINE=0") from None
