@@ -3,8 +3,8 @@
 At step i, one conditional forward at z_t runs with only the probes the active terms read; the
 terms' energies are summed per placement and differentiated with torch.autograd.grad (w.r.t.
 z_t, or w.r.t. the predicted x0 for the x0 placement, which needs no backward through the UNet).
-Model weights stay frozen. A non-finite energy or gradient stops the run at the statement and
-step where it appeared.
+Model weights stay frozen. A non-finite prediction, energy or gradient stops the run at the
+statement and step where it appeared.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from energies.errors import SteerRuntimeError
 from energies.terms import ENERGIES, BoundTerm, Features
 
-from .guided import Guidance, pred_x0
+from .guided import Guidance, pred_x0, require_finite
 from .probes import ProbeStore, probing
 
 LOSS_SCALE = 1000.0  # Self-Guidance's fp16 energy scale (sg_loss_rescale)
@@ -60,6 +60,9 @@ class EnergyGuide:
             attn = self.readout.attn_layers if needs & {"attn", "layers", "features"} else []
             with probing(b.unet, store, attn, feature_modules):
                 eps_c = b.eps(z_, t, cond.cond, cond.added)
+            # a prompt direction's shift can make the prediction itself non-finite: name it, not the
+            # energy terms that read the prediction
+            require_finite(eps_c.detach(), "prediction", i, t, cond.by)
             now = self.readout.features(store) if attn else Features()
             x0 = None
             if "image" in needs:  # the predicted x0 of the conditional forward, decoded (through the VAE)
@@ -69,6 +72,7 @@ class EnergyGuide:
                 self.image_features(b.decode(x0) * 2 - 1, needs, now)
             ref = self.source_features(src, i, needs)
             total: dict[str, torch.Tensor] = {}
+            by: dict[str, list[BoundTerm]] = {}
             for x in active:
                 e = x.weight * ENERGIES[x.kind](x, now, ref)
                 if not torch.isfinite(e):
@@ -79,16 +83,15 @@ class EnergyGuide:
                     raise SteerRuntimeError(f"`{x.label}` cannot act via x0: it does not read the predicted image", x.term.span,
                                             hint="use via eps, latent or mean")
                 total[x.placement] = total.get(x.placement, 0) + e
+                by.setdefault(x.placement, []).append(x)
             grads = {}
             scale = LOSS_SCALE if b.dtype == torch.float16 else 1.0  # fp16 gradients underflow unscaled
             for k, p in enumerate(total):  # one backward per placement group; x0's stops before the UNet
                 wrt = x0 if p == "x0" else z_
                 grads[p] = torch.autograd.grad(total[p] * scale, wrt, retain_graph=k + 1 < len(total))[0].float() / scale
         for p, g in grads.items():
-            if not torch.isfinite(g).all():
-                raise SteerRuntimeError(f"the gradient of the {p}-placed terms is not finite at step {i} (t = {t})",
-                                        active[0].term.span, hint="lower the weights of the terms active at this step")
+            require_finite(g, f"the gradient of the {p}-placed terms", i, t, by[p])
         if now.maps is not None:
             last_maps["maps"] = now.maps.detach()
         return Guidance(eps=grads.get("eps"), latent=grads.get("latent"), mean=grads.get("mean"), x0=grads.get("x0"),
-                        eps_cond=eps_c.detach())
+                        eps_cond=eps_c.detach(), by={p: tuple(terms) for p, terms in by.items()})

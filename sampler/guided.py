@@ -14,15 +14,21 @@ term goes"):
 
 Like k-diffusion's samplers, it knows nothing about prompts: `denoise(i, t, z, eps_cond)` gives
 the classifier-free-guided epsilon and `guide(i, t, z)` gives the Guidance for the step.
+
+Every tensor the step adds or shifts, and the latent it ends on, is checked for NaN and infinity
+(require_finite): cast to 8 bits a non-finite image is all black, so a run must stop at the step
+where one appeared, naming the statements that made it (Guidance.by).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
+
+from energies.errors import SteerRuntimeError
 
 
 @dataclass
@@ -34,6 +40,49 @@ class Guidance:
     x0_eps: torch.Tensor | None = None  # Asyrp: the eps of an h-shifted forward, used for x0 only
     x0: torch.Tensor | None = None  # subtracted from the predicted x0 before the step
     eta: float | None = None  # this step's DDIM eta, if not the loop's (Asyrp's quality boosting: 1)
+    # Who made what, for errors: a field's name (or "prediction", the model's eps under the
+    # step's conditioning) -> the bound terms (`label`, `term.span`) that contributed to it.
+    by: dict = field(default_factory=dict)
+
+    def blame(self, name: str, terms) -> "Guidance":
+        """This Guidance with `terms` added to those that made `name`."""
+        if not terms:
+            return self
+        return dataclasses.replace(self, by={**self.by, name: (*self.by.get(name, ()), *terms)})
+
+    def culprits(self) -> tuple:
+        """Every term that contributed to this step, once each, in order."""
+        return tuple({id(x): x for terms in self.by.values() for x in terms}.values())
+
+
+SHIFTS = ("latent", "eps", "x0_eps", "x0", "mean")  # the Guidance fields that move the step
+WHAT = {  # each checked quantity as an error names it
+    "latent": "the shift of z_t",
+    "prediction": "the model's prediction",
+    "eps": "the shift of epsilon",
+    "x0_eps": "the h-shifted prediction",
+    "x0": "the shift of the predicted image",
+    "mean": "the shift of z_t-1",
+    "z": "the latent z_t-1",
+    "conditioning": "the prompt's conditioning",
+}
+
+
+def require_finite(value: torch.Tensor, what: str, i: int, t: int, by=()) -> torch.Tensor:
+    """`value`, if every entry is a finite number; else a SteerRuntimeError at the statement that
+    made it. Of several terms summed into one tensor, the one with the largest weight is named
+    (a weight of 1e30 is the likely cause), the others listed. No term: the model itself."""
+    if bool(torch.isfinite(value).all()):
+        return value
+    what = WHAT.get(what, what)
+    if not by:
+        raise SteerRuntimeError(f"{what} is not finite at step {i} (t = {t}), with no term acting", None,
+                                hint="the model overflowed: run in fp32 (--dtype fp32)")
+    first = max(by, key=lambda x: abs(x.term.weight))
+    others = [f"`{x.label}`" for x in by if x is not first]
+    also = f" (with {', '.join(others)})" if others else ""
+    raise SteerRuntimeError(f"`{first.label}`{also} made {what} not finite at step {i} (t = {t})", first.term.span,
+                            hint="lower its weight, or narrow its window with @ a..b")
 
 
 def after_move(g: Guidance, z: torch.Tensor, moved: torch.Tensor) -> Guidance:
@@ -41,6 +90,15 @@ def after_move(g: Guidance, z: torch.Tensor, moved: torch.Tensor) -> Guidance:
     z_t <- z_t - latent, with latent = (z - moved) + g's own latent step. g's eps_cond was taken at
     `moved`, not z, so it is dropped."""
     return dataclasses.replace(g, latent=(z - moved) + (g.latent if g.latent is not None else 0), eps_cond=None)
+
+
+def checked(g: Guidance, i: int, t: int) -> Guidance:
+    """`g`, once every shift in it is finite (require_finite, naming the terms that made it)."""
+    for name in SHIFTS:
+        value = getattr(g, name)
+        if value is not None:
+            require_finite(value, name, i, t, g.by.get(name, ()))
+    return g
 
 
 def classifier_free(eps_u: torch.Tensor, eps_c: torch.Tensor, cfg: float) -> torch.Tensor:
@@ -85,10 +143,10 @@ def sample_ddim(denoise, z, timesteps, alphas, final_alpha, guide=None, callback
     a = step_alphas(alphas, timesteps, final_alpha)
     for i in tqdm(range(len(timesteps)), disable=disable, desc=desc, leave=False, dynamic_ncols=True):
         t, a_t, a_prev = timesteps[i], a[i], a[i + 1]
-        g = guide(i, t, z) if guide is not None else Guidance()
+        g = checked(guide(i, t, z), i, t) if guide is not None else Guidance()
         if g.latent is not None:
             z = z - g.latent  # update z_t before the UNet call
-        eps = denoise(i, t, z, g.eps_cond if g.latent is None else None)
+        eps = require_finite(denoise(i, t, z, g.eps_cond if g.latent is None else None), "prediction", i, t, g.by.get("prediction", ()))
         if g.eps is not None:
             eps = eps + g.eps  # Self-Guidance: eps + grad of the energy
         if g.x0_eps is not None:  # Asyrp's asymmetric step: x0 from the shifted eps, direction from eps
@@ -110,6 +168,7 @@ def sample_ddim(denoise, z, timesteps, alphas, final_alpha, guide=None, callback
         z_prev = ddim_step(x0, eps, a_prev, sigma, noise)
         if g.mean is not None:
             z_prev = z_prev - g.mean  # guidance on the posterior mean
+        require_finite(z_prev, "z", i, t, g.culprits())  # finite shifts can still overflow together
         if callback is not None:
             callback({"i": i, "t": t, "z": z, "x0": x0, "eps": eps, "guidance": g})
         z = z_prev
