@@ -67,7 +67,7 @@ def describe(d: "Direction") -> str:
     elif d.kind == "prompt":
         what = f"prompt (Pix2Pix-Zero): {sentences('from')} -> {sentences('to')}; use with keep attention"
     else:
-        what = "noise (NoiseCLR)" + (f": direction {m['index']} of {m['k']} found in {m.get('images', '?')}" if "index" in m else "")
+        what = "noise (NoiseCLR)" + (f": direction {m['index']} of {m.get('k', '?')} found in {m.get('images', '?')}" if "index" in m else "")
     return f"{what}; learned on {m.get('backbone', '?')}"
 
 
@@ -116,6 +116,7 @@ class Direction:
     kind: str  # "hspace" | "noise" | "prompt"
     tensors: dict  # name -> torch.Tensor (CPU, as saved)
     meta: dict  # the "steer" metadata object
+    path: Path | None = None  # the file it was read from, for errors
 
 
 def backbone_id(backbone) -> str:
@@ -173,4 +174,28 @@ def read_direction(path, span=None) -> Direction:
     kind = meta["kind"]
     if TENSOR[kind] not in tensors:
         raise SteerCompileError(f"direction file {str(path)!r} has no {TENSOR[kind]!r} tensor", span)
-    return Direction(name=path.stem, kind=kind, tensors=tensors, meta=meta)
+    problem = meta_problem(meta)
+    if problem:
+        raise SteerCompileError(f"direction file {str(path)!r} has malformed metadata: {problem}", span,
+                                hint="learn it again with `steer learn`, or fix its 'steer' metadata")
+    return Direction(name=path.stem, kind=kind, tensors=tensors, meta=meta, path=path)
+
+
+# The metadata fields that steer reads, and the type each must have: a file that a person or
+# another tool edited is refused when it is read, not when a field is used deep in a run.
+META_TYPES = {"backbone": str, "train_steps": int, "index": int, "k": int, "images": str}
+
+
+def meta_problem(meta: dict) -> str | None:
+    """What is wrong with a direction's metadata, or None."""
+    for key, want in META_TYPES.items():
+        v = meta.get(key)
+        if v is not None and (not isinstance(v, want) or isinstance(v, bool)):
+            return f"{key!r} should be {'a whole number' if want is int else 'a string'}, not {v!r}"[:200]
+    if isinstance(meta.get("train_steps"), int) and meta["train_steps"] < 1:
+        return f"'train_steps' should be at least 1, not {meta['train_steps']}"
+    for key in ("from", "to"):
+        v = meta.get(key)
+        if v is not None and not (isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))):
+            return f"{key!r} should be a sentence or a list of sentences"
+    return None

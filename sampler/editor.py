@@ -16,6 +16,7 @@ The Editor only composes these parts.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -30,11 +31,11 @@ from .backbones import Backbone, load_backbone
 from . import feature_models as FM
 from .denoiser import denoiser
 from .directions import KINDS, Step
-from .directions import check as check_direction
 from .drag import DragPlan
 from .guidance import EnergyGuide
-from .guided import sample_ddim
+from .guided import SHIFTS, Guidance, require_finite, sample_ddim
 from .images import load_image, write_png  # noqa: F401  (re-exported until every caller imports it from .images)
+from .preflight import check_program
 from .probes import Readout
 from .regions import plan_relocations, relocating, within_regions
 from .result import EditResult  # noqa: F401  (part of the editor's API)
@@ -77,12 +78,17 @@ class Editor:
             raise SteerCompileError("the script has no prompt", None, hint='add a line like: prompt "a red circle and a blue square"')
         d = self.backbone.sampling_defaults
         default_cfg = 1.0 if s.source and (s.invert or "ddim") == "ddim" else d.get("cfg", 7.5)  # DDIM inversion is exact at cfg 1
-        return s.model_copy(update=dict(
+        filled = s.model_copy(update=dict(
             seed=DEFAULT_SEED if s.seed is None else s.seed,
-            steps=s.steps or d.get("steps", 50),
+            steps=d.get("steps", 50) if s.steps is None else s.steps,  # not `or`: steps 0 is a mistake, not "the default"
             cfg=default_cfg if s.cfg is None else s.cfg,
             model=s.model or self.backbone.name,
         ))
+        for name in ("seed", "steps", "cfg"):  # a Program built in Python skipped the compiler's checks
+            problem = P.setting_problem(name, getattr(filled, name))
+            if problem:
+                raise SteerCompileError(f"{problem}, got {getattr(filled, name)}", s.spans.get(name))
+        return filled
 
     def bind(self, program: P.Program, script_dir=None) -> list[BoundTerm]:
         """Resolve tokens and directions against this model (the model-dependent half of compiling)."""
@@ -106,17 +112,21 @@ class Editor:
                            *b.schedule(), disable=not progress, clip=b.clip_x0)
 
     def run(self, program: P.Program, progress: bool = True, script_dir=None) -> EditResult:
+        # Everything that can be checked without sampling is checked first (the settings, the
+        # names, the direction files, the images: check_program), so that a mistake is never
+        # found after minutes of source pass.
         settings = self.settings(program)
         bound = self.bind(program, script_dir)
+        check_program(bound, settings, script_dir, self.backbone)
+        self._prepare(bound, settings, script_dir)
         src = self.source(settings, progress, script_dir)
         b = self.backbone
         timesteps = b.timesteps(settings.steps)
         steps = len(timesteps)
         curves: dict[str, list[tuple[int, float]]] = {x.label: [] for x in bound}
         last_maps: dict = {}
-        self._prepare(bound, settings, script_dir)
         others = [x for x in bound if x.kind != "drag"]
-        cond_at = self._conditioning(others, src.cond, steps)
+        cond_at = self._conditioning(others, src.cond, timesteps)
         guide = self._guide(others, src, cond_at, steps, curves, last_maps, settings.cfg) if others else None
         denoise = denoiser(b, cond_at, settings.cfg)
         drags = [x for x in bound if x.kind == "drag" and x.weight != 0]
@@ -137,8 +147,8 @@ class Editor:
             clip=src.clip,
             generator=torch.Generator().manual_seed(settings.seed + 1),  # for steps that ask for eta > 0
         )
-        with torch.no_grad():
-            image = b.decode(final)[0].permute(1, 2, 0).cpu().numpy()
+        with torch.no_grad():  # a finite latent can still decode to NaN (an fp16 VAE overflows)
+            image = require_finite(b.decode(final), "the decoded image", steps, 0)[0].permute(1, 2, 0).cpu().numpy()
         ran = P.Program(settings=settings, terms=program.terms)
         return EditResult(image, src.image, final, ran, b.name, curves, last_maps.get("maps", {}), plan.outcome if plan else None)
 
@@ -150,8 +160,8 @@ class Editor:
             if x.kind == "clip":
                 scorer = self.clip()
                 x.state = ClipText(scorer.text([x.term.target])[0], scorer.text([x.term.source or settings.prompt])[0])
-            elif x.kind == "direction":
-                d = check_direction(x.direction, b, x.term.span)  # learned on this model?
+            elif x.kind == "direction":  # check_program found it fits this model
+                d = x.direction
                 kind = KINDS[d.kind]
                 if x.term.window is None:
                     x.window = kind.window
@@ -171,10 +181,12 @@ class Editor:
                 out[x.direction.kind].append(x)
         return out
 
-    def _conditioning(self, bound: list[BoundTerm], cond, steps: int):
+    def _conditioning(self, bound: list[BoundTerm], cond, timesteps: list[int]):
         """i -> the Conditioning of step i: the source's, as the direction kinds active at that step
-        make it (Pix2Pix-Zero's c + delta_c). Made once per set of active terms."""
+        make it (Pix2Pix-Zero's c + delta_c). Made once per set of active terms; the terms that
+        shifted it ride along (Conditioning.by), to be named if what it conditions is not finite."""
         by_kind = self._by_kind(bound)
+        steps = len(timesteps)
         made: dict[tuple, object] = {}
 
         def at(i):
@@ -184,11 +196,21 @@ class Editor:
                 c = cond
                 for name, terms in active.items():
                     if terms:
-                        c = KINDS[name].condition(c, terms)
+                        c = self._shifted(KINDS[name], c, terms, i, timesteps[i])
                 made[key] = c
             return made[key]
 
         return at
+
+    @staticmethod
+    def _shifted(kind, cond, terms: list[BoundTerm], i: int, t: int):
+        """kind.condition(cond, terms), checked finite and marked with the terms that shifted it."""
+        c = kind.condition(cond, terms)
+        if c is cond:
+            return c
+        for value in (c.cond, *c.added.values()):
+            require_finite(value, "conditioning", i, t, terms)
+        return dataclasses.replace(c, by=(*cond.by, *terms))
 
     def _guide(self, bound: list[BoundTerm], src: SourcePass, cond_at, steps: int, curves, last_maps, cfg: float):
         """The edit pass's guide(i, t, z): the energies' gradients, then each direction kind's action."""
@@ -196,13 +218,24 @@ class Editor:
         regions = within_regions(self.backbone, [x for x in bound if x.kind == "direction"], src)
 
         def guide(i, t, z):
+            cond = cond_at(i)
             energies = [x for x in bound if x.kind != "direction" and x.active(i / steps)]
-            g = self.energies.step(energies, z, i, t, src, cond_at(i), curves, last_maps)
-            step = Step(self.backbone, z, i, t, i / steps, cond_at(i), cfg, regions)
+            g = self.energies.step(energies, z, i, t, src, cond, curves, last_maps).blame("prediction", cond.by)
+            step = Step(self.backbone, z, i, t, i / steps, cond, cfg, regions)
             for name, terms in by_kind.items():
                 if terms:
-                    g = KINDS[name].guide(g, terms, step)
+                    g = self._kind_guide(KINDS[name], g, terms, step)
             return g
 
         return guide
+
+    @staticmethod
+    def _kind_guide(kind, g: Guidance, terms: list[BoundTerm], step: Step) -> Guidance:
+        """kind.guide(g, terms, step), with the kind's active terms named on every shift it made."""
+        new = kind.guide(g, terms, step)
+        active = [x for x in terms if x.active(step.progress)] or terms
+        for name in SHIFTS:
+            if getattr(new, name) is not getattr(g, name):
+                new = new.blame(name, active)
+        return new
 

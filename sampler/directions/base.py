@@ -28,12 +28,26 @@ class Step:
     regions: dict  # id(term) -> (H, W) mask of a `within` term, or None
 
 
+@dataclass(frozen=True)
+class ModelShapes:
+    """What a direction file must fit: the model's family and name, and the shape of what each
+    kind shifts. From a loaded backbone (directions.shapes_of) or from the model's config files
+    alone (directions.model_shapes), so `steer check` refuses what `steer run` refuses without
+    loading the weights."""
+
+    kind: str  # "shapes" | "sd" | "sdxl"
+    name: str
+    mid_block: tuple[int, int, int]  # (C, h, w) of h, the UNet's mid-block output: an hspace delta-h
+    token_width: int  # W of a row of the text encoders' input tables, concatenated: a noise embedding
+    prompt: tuple[int, int]  # (T, D) of the encoder hidden states a prompt conditions on: a prompt delta
+
+
 class DirectionKind:
     name: str
     window: tuple[float, float]  # the default window, when the script gives none
 
-    def mismatch(self, direction, backbone) -> str | None:
-        """Why a direction file of this kind does not fit `backbone` (its tensor shapes), or None."""
+    def mismatch(self, direction, shapes: ModelShapes) -> str | None:
+        """Why a direction file of this kind does not fit the model of `shapes`, or None."""
         raise NotImplementedError
 
     def prepare(self, term, direction, backbone, settings):

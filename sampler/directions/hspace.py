@@ -45,11 +45,13 @@ BOOST_ETA = 1.0
 
 def mid_block_shape(unet) -> tuple[int, int, int]:
     """(C, h, w) of h, the mid-block output, at the UNet's own sample size: every down block but
-    the last halves the side (diffusers' layout for SD 1.x/2.x, SDXL and the shapes model)."""
-    cfg = unet.config
-    size = cfg.sample_size if isinstance(cfg.sample_size, (tuple, list)) else (cfg.sample_size, cfg.sample_size)
-    down = 2 ** (len(cfg.block_out_channels) - 1)
-    return (int(cfg.block_out_channels[-1]), int(size[0]) // down, int(size[1]) // down)
+    the last halves the side (diffusers' layout for SD 1.x/2.x, SDXL and the shapes model).
+    `unet` is the module or its config (a dict, as read from config.json): no weights are needed."""
+    cfg = getattr(unet, "config", unet)
+    sample, channels = cfg["sample_size"], cfg["block_out_channels"]
+    size = sample if isinstance(sample, (tuple, list)) else (sample, sample)
+    down = 2 ** (len(channels) - 1)
+    return (int(channels[-1]), int(size[0]) // down, int(size[1]) // down)
 
 
 def in_edit_window(progress: float, window: tuple[float, float] = EDIT_WINDOW) -> bool:
@@ -163,8 +165,8 @@ class HSpace(DirectionKind):
     name = "hspace"
     window = EDIT_WINDOW  # Asyrp's t_edit
 
-    def mismatch(self, direction, backbone):
-        want, got = mid_block_shape(backbone.unet), tuple(direction.tensors["delta_h"].shape[-3:])
+    def mismatch(self, direction, shapes):
+        want, got = shapes.mid_block, tuple(direction.tensors["delta_h"].shape[-3:])
         if got != want:
             return f"its delta-h is {'x'.join(map(str, got))} but this UNet's mid block gives {'x'.join(map(str, want))}"
         return None

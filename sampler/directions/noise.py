@@ -149,8 +149,8 @@ class Noise(DirectionKind):
     name = "noise"
     window = D.NOISE_DIRECTION_WINDOW
 
-    def mismatch(self, direction, backbone):
-        got, want = int(direction.tensors["embedding"].shape[-1]), width(backbone)
+    def mismatch(self, direction, shapes):
+        got, want = int(direction.tensors["embedding"].shape[-1]), shapes.token_width
         if got != want:
             return f"its token embedding has {got} dimensions but this text encoder's has {want}"
         return None

@@ -86,8 +86,8 @@ class Prompt(DirectionKind):
     name = "prompt"
     window = D.PROMPT_DIRECTION_WINDOW
 
-    def mismatch(self, direction, backbone):
-        got, want = tuple(direction.tensors["delta"].shape), prompt_shape(backbone)
+    def mismatch(self, direction, shapes):
+        got, want = tuple(direction.tensors["delta"].shape), shapes.prompt
         if got != want:
             return f"its edit direction is {'x'.join(map(str, got))} but this model's prompts are {'x'.join(map(str, want))}"
         return None
