@@ -26,12 +26,13 @@ def measure_inversion(editor: Editor, seeds: list[int], steps: int, progress: bo
     from PIL import Image
 
     rows = {"generated": [], "world": []}
+    size = editor.backbone.image_size()[0]  # world images at the model's own size
     old = os.environ.get("STEER_CACHE")
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["STEER_CACHE"] = tmp  # a bench must not read (or fill) the user's inversion cache
         try:
             for s in tqdm(seeds, desc="inversion", disable=not progress, leave=False):
-                scene = W.make_scene(10**7 + s)
+                scene = W.make_scene(10**7 + s, size)
                 plain = editor.source(editor.settings(dsl.compile(f'prompt "{PROMPT}"\nseed {s}\nsteps {steps}')), progress=False)
                 for kind, image, caption in (("generated", plain.image, PROMPT), ("world", scene.image, scene.caption)):
                     path = Path(tmp) / f"{kind}-{s}.png"
