@@ -1,39 +1,401 @@
-"""`steer bench --quick` as CI's smoke test: the files are written and well-formed (not the figures)."""
+"""The bench: its splits and cases cover the world, its targets are free, its criteria judge
+hand-made detections right, a statement the language lacks is reported as not run, the report
+(results.json, results.md, the docs' Status lines) is well-formed. `steer bench --quick` with
+every task and the cost classes is marked slow."""
 
 import json
+import math
+from collections import Counter
 
+import numpy as np
 import pytest
 from PIL import Image
 
-from sampler.bench import run_bench
+from sampler.bench import checks as K
+from sampler.bench import targets as T
+from sampler.bench.scene import CYCLE, SPLITS, Item, Obj, item, seed_range
+from sampler.bench.tasks import BY_NAME, TASKS, Case, Outcome, Posed, Task, cases_of, judge, plan, select
+from sampler.shapes import world as W
+from sampler.shapes.evaluate import one_object_captions, two_object_captions
+
+# ----------------------------------------------------------------------------------------------
+# Splits and cases
 
 
-@pytest.mark.slow  # about 100 s on 1 thread: the cost classes load the model in 16 fresh processes (CPU peak memory)
-def test_quick_bench_writes_well_formed_results(tmp_path, shapes_path):
-    results = run_bench(shapes_path, seeds=1, quick=True, out=tmp_path, steps=4, progress=False)
-    data = json.loads((tmp_path / "results.json").read_text())
-    assert data["meta"]["quick"] is True and data["meta"]["seeds"] == 1
-    tasks = set(data["tasks"])
-    assert {"move", "shift", "resize x2", "keep", "shape swap", "appearance swap", "combined", "drag", "drag via latent",
-            "drag within a box"} <= tasks
-    drags = [r for r in data["runs"] if r["task"] == "drag"]
-    assert drags and all(r["script"].startswith("drag (") and 'within token "circle"' in r["script"] for r in drags)
-    free = [r for r in data["runs"] if r["task"] in ("shift to free space", "drag to free space")]
-    assert len(free) == 2 and all(r["script"] is None or "+= (" in r["script"] or "drag (" in r["script"] for r in free)
-    boxed = [r for r in data["runs"] if r["task"] == "drag within a box"]
-    assert boxed and all(r["script"].startswith("drag (") and "within (" in r["script"] for r in boxed)
-    assert all(r["task"] in tasks and "seconds" in r for r in data["runs"])
-    for name in ("attention", "attention + appearance", "drag (copy, then bottleneck)", "drag (bottleneck optimisation)"):
-        c = data["cost"][name]
-        assert c["time_ratio"] > 0 and c["plain_seconds_per_image"] > 0 and c["model_mb"] > 0
-    assert data["cost"]["repl_rerun"]["time_ratio"] > 0
-    for kind in ("generated", "world"):
-        assert data["inversion"][kind]["n"] == 1 and data["inversion"][kind]["mean_psnr"] > 10
+def test_the_cycle_walks_every_two_object_caption_with_either_object_edited():
+    items = [item(q) for q in range(CYCLE)]
+    assert len(set(items)) == CYCLE == 216
+    assert Counter(i.caption for i in items) == {c: 2 for c in two_object_captions()}
+    assert {(i.caption, i.index) for i in items} == {(c, k) for c in two_object_captions() for k in (0, 1)}
+    assert {item(q, objects=1).caption for q in range(12)} == set(one_object_captions())
+
+
+def test_the_report_split_covers_every_colour_and_shape_in_both_orders_and_is_balanced():
+    cases = cases_of(BY_NAME["move"], "report", 48)
+    subjects = Counter((c.item.subject.colour, c.item.position) for c in cases)
+    assert subjects == {(col, pos): 6 for col in W.COLOURS for pos in ("first", "second")}
+    assert Counter((c.item.subject.shape, c.item.position) for c in cases) == {(s, p): 8 for s in W.SHAPES for p in ("first", "second")}
+    # Every colour and shape stands first in some prompt and second in another; the other object turns too.
+    for k in (0, 1):
+        assert {c.item.objects[k].colour for c in cases} == set(W.COLOURS)
+        assert {c.item.objects[k].shape for c in cases} == set(W.SHAPES)
+    assert Counter(c.item.other.colour for c in cases) == {col: 12 for col in W.COLOURS}
+    assert len({c.item.caption for c in cases}) >= 40
+
+
+def test_the_splits_draw_disjoint_seeds():
+    (t0, t1), (r0, r1) = seed_range("tune"), seed_range("report")
+    assert t1 < r0 or r1 < t0
+    for task in TASKS:
+        tune = {c.seed for c in cases_of(task, "tune", 48)}
+        report = {c.seed for c in cases_of(task, "report", 48)}
+        assert len(tune) == len(report) == 48 and not tune & report
+        assert all(t0 <= s <= t1 for s in tune) and all(r0 <= s <= r1 for s in report)
+    with pytest.raises(ValueError, match="unknown split"):
+        cases_of(TASKS[0], "test", 1)
+
+
+def test_tasks_take_only_the_items_that_fit_them_and_share_sources():
+    swap = cases_of(BY_NAME["shape swap"], "report", 48)
+    assert all(c.item.subject.shape != c.item.other.shape for c in swap)
+    c2s = cases_of(BY_NAME["direction circle_to_square within the object"], "report", 48)
+    assert all(c.item.subject.shape == "circle" for c in c2s) and {c.item.subject.colour for c in c2s} == set(W.COLOURS)
+    assert {c.item.position for c in c2s} == {"first", "second"}
+    green = cases_of(BY_NAME["direction green within the object"], "report", 48)
+    assert all(c.item.subject.colour != "green" for c in green)
+    # The same position q is the same prompt and seed for every task: one source pass serves them all.
+    cases = plan([BY_NAME["move"], BY_NAME["resize x2"]], "report", 4)
+    assert [(c.q, c.task.name) for c in cases[:2]] == [(0, "move"), (0, "resize x2")]
+    assert cases[0].seed == cases[1].seed and cases[0].item == cases[1].item
+
+
+def test_a_token_names_the_second_of_two_like_shapes():
+    it = Item((Obj("red", "circle"), Obj("blue", "circle")), 1)
+    assert it.token() == 'token "circle"#2' and it.other_token() == 'token "circle"'
+    it = Item((Obj("red", "circle"), Obj("blue", "square")), 1)
+    assert it.token() == 'token "square"' and it.recaption("green") == "a red circle and a green square"
+
+
+def test_the_flags_know_the_splits():
+    from sampler.bench.flags import SPLIT_NAMES, parser
+
+    assert set(SPLIT_NAMES) == set(SPLITS)
+    args = parser().parse_args(["--split", "tune", "--per-task", "5", "--quick"])
+    assert args.split == "tune" and args.per_task == 5 and args.quick
+    assert parser().parse_args([]).split == "report"
+
+
+def test_unknown_tasks_are_named():
+    with pytest.raises(ValueError, match="unknown task 'nope'.*move"):
+        select(["nope"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Targets
+
+
+def _placed(subject, v, other, size):
+    px, py = round(v[0] * size), round(v[1] * size)
+    ys, xs = np.nonzero(subject.mask)
+    mx, my = xs + px, ys + py
+    inside = mx.min() >= 0 and my.min() >= 0 and mx.max() < size and my.max() < size
+    clear = inside and not W._dilate(other.mask, T.gap(size))[my, mx].any()
+    return inside, clear
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_targets_are_inside_and_clear_of_the_other_object(size):
+    posed = 0
+    for k in range(40):
+        scene = W.make_scene(k, size, n_objects=2)
+        s, o = scene.objects[k % 2], scene.objects[1 - k % 2]
+        rng = np.random.default_rng(k)
+        v = T.pick_shift(scene.objects, s, rng)
+        if v is not None:
+            posed += 1
+            assert _placed(s, v, o, size) == (True, True)
+            assert math.hypot(*v) >= 0.12
+        t = T.pick_target(scene.objects, s, rng)
+        if t is not None:
+            assert _placed(s, (t[0] - s.centroid[0], t[1] - s.centroid[1]), o, size) == (True, True)
+        dx = T.pick_beside(scene.objects, s, o, rng)
+        if dx is not None:
+            v = (o.centroid[0] + dx - s.centroid[0], o.centroid[1] - s.centroid[1])
+            assert _placed(s, v, o, size) == (True, True)
+    assert posed >= 35  # a free place almost always exists
+
+
+def _obj(shape, colour, x0, y0, n=8, size=32):
+    m = W.rasterize(shape, x0 + n / 2, y0 + n / 2, n, n, size)
+    return W.make_object(shape, colour, m)
+
+
+def test_no_target_where_the_object_cannot_move():
+    big = _obj("square", "red", 2, 2, 28)
+    assert T.pick_shift([big], big, np.random.default_rng(0)) is None
+    # Grown 1.5x, a target must also leave room for the bigger object.
+    s, o = _obj("square", "red", 2, 12, 8), _obj("square", "blue", 13, 2, 17)
+    for k in range(10):
+        t = T.pick_target([s, o], s, np.random.default_rng(k), grow=1.5)
+        if t is not None:
+            assert abs(t[0] - s.centroid[0]) + abs(t[1] - s.centroid[1]) > 0.1
+
+
+# ----------------------------------------------------------------------------------------------
+# Criteria, on hand-made detections
+
+RC = Item((Obj("red", "circle"), Obj("blue", "square")), 0)  # "a red circle and a blue square", the circle edited
+
+
+def _scene(circle_at=(4, 12), square_at=(20, 12), circle=("circle", "red"), n=8):
+    return [_obj(circle[0], circle[1], *circle_at, n), _obj("square", "blue", *square_at)]
+
+
+def _judge(name, src, out, it=RC, **asked):
+    task = BY_NAME[name]
+    figures = task.check(src, out, it, **asked)
+    return judge(task, figures), figures
+
+
+def test_a_moved_object_passes_and_an_unmoved_one_fails():
+    src = _scene()
+    target = (0.5, 0.8)
+    moved = _scene(circle_at=(12, 21))  # centre (16, 25) px = (0.5, 0.78)
+    ok, f = _judge("move", src, moved, target=target)
+    assert ok and f["within_0_1"] and f["other_kept"] and f["kept_shape"] and f["moved_toward"] > 0.9
+    ok, f = _judge("move", src, src, target=target)
+    assert not ok and not f["within_0_1"] and f["unguided_error"] > 0.1
+    # Moved, but the square pushed aside, or the circle drawn as a square: failures.
+    assert not _judge("move", src, _scene(circle_at=(12, 21), square_at=(22, 2)), target=target)[0]
+    assert not _judge("move", src, _scene(circle_at=(12, 21), circle=("square", "red")), target=target)[0]
+    # A shift is measured from the source's detected centroid.
+    ok, _ = _judge("shift", src, moved, delta=(moved[0].centroid[0] - src[0].centroid[0], moved[0].centroid[1] - src[0].centroid[1]))
+    assert ok
+
+
+def test_relative_moves_and_sizes_read_the_other_object():
+    src = _scene(circle_at=(4, 22))
+    beside = _scene(circle_at=(6, 12))  # level with the square, left of it
+    dx = beside[0].centroid[0] - src[1].centroid[0]
+    assert _judge("move beside the other", src, beside, dx=dx)[0]
+    assert not _judge("move beside the other", src, src, dx=dx)[0]
+    big = [_obj("circle", "red", 2, 12, 9), src[1]]  # 69 px, the square 64
+    assert _judge("resize to the other's size", src, big)[0]
+    small = [_obj("circle", "red", 4, 22, 6), src[1]]
+    ok, f = _judge("resize to the other's size", small, small)
+    assert not ok and not f["unguided_ok"]
+
+
+def test_resize_counts_the_area_ratio_within_20_percent():
+    src = [_obj("circle", "red", 4, 4, 10), _obj("square", "blue", 20, 20)]
+    bigger = [_obj("circle", "red", 4, 4, 14), src[1]]  # area about 1.96x
+    ok, f = _judge("resize x2", src, bigger, k=2.0)
+    assert ok and 1.6 <= f["ratio"] <= 2.4
+    assert not _judge("resize x2", src, src, k=2.0)[0]
+    assert not _judge("resize x0.5", src, bigger, k=0.5)[0]
+    area = bigger[0].area
+    assert _judge("resize to an area", src, bigger, area=round(area, 3))[0]
+
+
+def test_a_swapped_colour_counts_and_an_unchanged_one_does_not():
+    src = _scene()
+    swapped = [_obj("circle", "blue", 4, 12), src[1]]  # the circle took the square's colour, in place
+    ok, f = _judge("appearance swap", src, swapped)
+    assert ok and f["took_colour"] and f["stayed_0_05"]
+    assert not _judge("appearance swap", src, src)[0]
+    # Blue, but far from where the circle was: not in place.
+    assert not _judge("appearance swap", src, [_obj("circle", "blue", 4, 22), src[1]])[0]
+
+
+def test_recolour_to_a_word_needs_the_colour_the_place_and_the_other_kept():
+    src = _scene()
+    green = [_obj("circle", "green", 4, 12), src[1]]
+    assert _judge("recolour to a word", src, green, colour="green")[0]
+    assert not _judge("recolour to a word", src, green, colour="yellow")[0]
+    assert not _judge("recolour to a word", src, [green[0], _obj("square", "blue", 20, 2)], colour="green")[0]
+    # The CLIP recolour has two bars: colour taken and position kept, each its own criterion.
+    ok, f = _judge("clip recolour", src, green, colour="green")
+    assert ok and set(BY_NAME["clip recolour"].bars) == {"took_colour", "stayed_0_05"}
+
+
+def test_shape_swap_takes_the_other_shape_in_place():
+    src = _scene()
+    assert _judge("shape swap", src, [_obj("square", "red", 4, 12), src[1]])[0]
+    assert not _judge("shape swap", src, src)[0]
+
+
+def test_keep_beside_a_move_judges_the_untouched_object():
+    src = _scene()
+    kept_it = Item(RC.objects, 0)  # the circle is kept; the square moves
+    moved_square = [src[0], _obj("square", "blue", 20, 22)]
+    ok, f = _judge("keep layout beside a move", src, moved_square, kept_it, target=moved_square[1].centroid)
+    assert ok and f["kept_iou"] == 1.0 and f["kept_colour"] and f["moved_within_0_1"]
+    # The square drawn over the circle's place: the circle lost its place and its colour.
+    over = [_obj("square", "blue", 4, 12), _obj("circle", "red", 4, 2, 4)]
+    ok, f = _judge("keep layout beside a move", src, over, kept_it, target=(0.25, 0.5))
+    assert not ok and not f["kept_colour"] and not f["kept_iou_0_9"]
+
+
+def test_remove_needs_the_object_gone_and_nothing_new():
+    src = _scene()
+    ok, f = _judge("remove", src, [src[1]])
+    assert ok and f["gone"] and f["nothing_new"] and f["other_kept"]
+    assert not _judge("remove", src, src)[0]
+    ok, f = _judge("remove", src, [src[1], _obj("triangle", "yellow", 4, 12)])
+    assert not ok and f["gone"] and not f["nothing_new"]
+    one = Item((Obj("red", "circle"),), 0)
+    assert _judge("remove (one object)", [src[0]], [], one)[0]
+
+
+def test_directions_and_the_combined_edit():
+    src = _scene()
+    assert _judge("direction green within the object", src, [_obj("circle", "green", 4, 12), src[1]])[0]
+    assert not _judge("direction green within the object", src, [_obj("circle", "green", 4, 24), src[1]])[0]
+    assert _judge("direction circle_to_square within the object", src, [_obj("square", "red", 4, 12), src[1]])[0]
+    grown = [_obj("circle", "yellow", 4, 20, 10), src[1]]  # moved down, 1.5x the area, yellow
+    target = grown[0].centroid
+    ok, f = _judge("move + resize + recolour", src, grown, target=target, k=1.5, colour="yellow")
+    assert ok, f
+    assert not _judge("move + resize + recolour", src, grown, target=target, k=1.5, colour="green")[0]
+
+
+def test_a_source_is_right_when_it_drew_the_named_object():
+    src = _scene()
+    assert K.source_right(src, RC)
+    assert not K.source_right(_scene(circle=("triangle", "red")), RC)
+    assert not K.source_right([src[1]], RC)
+    # A source without the object: the case fails, it is not skipped.
+    ok, f = _judge("move", [src[1]], src, target=(0.5, 0.5))
+    assert not ok and f["found"] is False
+
+
+# ----------------------------------------------------------------------------------------------
+# The report
+
+
+def _outcome(task, k, it, success, right, figures=None, image=None):
+    case = Case(task, "report", k, k, it, SPLITS["report"] + k)
+    return Outcome(case, "script", {"posed": True, **(figures or {})}, success, right, 1.0, image, image)
+
+
+def _synthetic_results():
+    from sampler.bench.report import summarise, summarise_curves
+
+    move, remove = BY_NAME["move"], BY_NAME["remove"]
+    outs = []
+    for k in range(10):
+        it = item(k)
+        ok = k < 8
+        outs.append(_outcome(move, k, it, ok, right=k != 9, figures={"within_0_1": ok, "other_kept": True, "kept_shape": True,
+                                                                          "error": 0.05}))
+    curve = [Outcome(Case(move, "report", 0, 0, item(0), 1), "s", {"moved_toward": w / 2, "posed": True}, w > 0, True, 1.0, weight=w)
+             for w in (0.0, 1.0, 2.0)]
+    rows = summarise([move, remove], outs, {"remove": "unknown statement 'remove'"})
+    meta = {"model": "shapes", "steps": 25, "cfg": 3.0, "image_size": 32, "split": "report", "per_task": 10, "quick": False,
+            "seeds": {"range": [1_000_000, 1_999_999], "first": 1_000_000, "last": 1_000_009, "sources": 10},
+            "curve_cases": 1, "weights": [0, 1, 2], "seconds": 12.0, "command": "steer bench", "machine": "test"}
+    curves = {"move": {"task": "move", "figure": "moved_toward", "label": "moved", "weights": [0, 1, 2],
+                       **summarise_curves(curve, (0.0, 1.0, 2.0), "moved_toward")},
+              "recolour": {"task": "recolour to a word", "figure": "took_colour", "label": "colour", "weights": [0, 1],
+                           "not_run": "appearance takes another object's appearance", "rows": [], "runs": []}}
+    return {"meta": meta, "tasks": rows, "curves": curves, "cost": {}, "inversion": {}, "runs": [o.record() for o in outs]}
+
+
+def test_a_row_counts_all_sources_and_right_sources_per_shape_and_colour_against_its_bar():
+    rows = _synthetic_results()["tasks"]
+    m = rows["move"]
+    assert m["n"] == 10 and m["n_right"] == 9 and m["sources_wrong"] == 1
+    assert m["success"]["all"] == pytest.approx(0.8) and m["success"]["right"] == pytest.approx(8 / 9)
+    assert m["met"] is False and m["bar"][0]["miss"] == pytest.approx(0.1)
+    assert sum(g["n"] for g in m["by_shape"].values()) == 10 and set(m["by_colour"]) == set(W.COLOURS)
+    assert m["by_position"]["first"]["n"] + m["by_position"]["second"]["n"] == 10
+    assert rows["remove"]["status"] == "not run: unknown statement 'remove'" and rows["remove"]["n"] == 0
+
+
+def test_results_md_opens_with_the_summary_then_shapes_colours_curves():
+    from sampler.bench.report import markdown
+
+    md = markdown(_synthetic_results())
+    order = [md.index(h) for h in ("## Summary", "## Per shape", "## Per colour", "## Weight curves")]
+    assert order == sorted(order)
+    assert "| move | `centroid(token \"S\") -> (x, y); keep appearance` | 10 | 80% (8) | 89% (8/9) | 1 | 90% | no: 10 points short |" in md
+    assert "not run: unknown statement 'remove'" in md and "Split `report`" in md and "command `steer bench`" in md
+    assert "recolour (`recolour to a word`): not run" in md
+
+
+def test_the_weight_curve_png_is_skipped_without_matplotlib(tmp_path, monkeypatch):
+    import sys
+
+    from sampler.bench.report import curve_plot
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert curve_plot(_synthetic_results()["curves"], tmp_path / "c.png") is False
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_the_contact_sheet_takes_the_images_own_size(tmp_path):
+    from sampler.bench.report import contact_sheet
+
+    im = np.zeros((64, 64, 3), np.float32)
+    outs = [_outcome(BY_NAME["move"], k, item(k), k % 2 == 0, True, image=im) for k in range(3)]
+    contact_sheet(outs, tmp_path / "s.png", 4, order=["move"])
+    with Image.open(tmp_path / "s.png") as sheet:
+        assert sheet.height >= 128 and sheet.width >= 3 * 2 * 128
+
+
+# ----------------------------------------------------------------------------------------------
+# Runs on the model (few steps, one case per task)
+
+
+def _never_compiles(it, src, rng):
+    return Posed(f"frobnicate {it.token()}")
+
+
+def _never_binds(it, src, rng):
+    return Posed('centroid(token "dog") -> (0.5, 0.5)')
+
+
+def test_a_row_that_does_not_compile_or_bind_is_reported_as_not_run(tmp_path, shapes_editor, shapes_path):
+    from sampler.bench.run import run_bench
+
+    broken = Task("broken", "none", "frobnicate", _never_compiles, K.move, ("within_0_1",), {"success": 0.9})
+    unbound = Task("unbound", "none", "dog", _never_binds, K.move, ("within_0_1",), {"success": 0.9})
+    data = run_bench(shapes_path, per_task=1, out=tmp_path, steps=2, progress=False, task_list=[broken, unbound], cost=False,
+                     curves=False, editor=shapes_editor)
+    b, u = data["tasks"]["broken"], data["tasks"]["unbound"]
+    assert b["status"].startswith("not run: ") and "frobnicate" in b["status"] and b["n"] == 0
+    assert u["status"].startswith("not run: ") and "dog" in u["status"]
+    assert [r["task"] for r in data["runs"]] == ["unbound"] and data["runs"][0]["not_run"]
     md = (tmp_path / "results.md").read_text()
-    assert md.startswith("# steer bench") and "| move |" in md and "REPL re-run" in md and "| world | 1 |" in md
+    assert "| broken |" in md and "not run" in md
+
+
+def test_a_quick_run_writes_well_formed_results(tmp_path, shapes_editor, shapes_path):
+    from sampler.bench.run import run_bench
+
+    names = ["move", "resize x1.5", "recolour to a word"]
+    results = run_bench(shapes_path, quick=True, out=tmp_path, steps=2, per_task=2, progress=False, tasks=names, cost=False,
+                        editor=shapes_editor)
+    data = json.loads((tmp_path / "results.json").read_text())
+    meta = data["meta"]
+    assert meta["split"] == "report" and meta["quick"] is True and meta["per_task"] == 2 and meta["image_size"] == 32
+    assert meta["seeds"]["first"] >= SPLITS["report"] and meta["weights"] == [0.0, 1.0]
+    assert list(data["tasks"]) == names
+    for name in ("move", "resize x1.5"):
+        row = data["tasks"][name]
+        assert row["n"] == 2 and row["status"] == "run" and row["n_right"] + row["sources_wrong"] == 2
+        assert set(row["by_shape"]) == set(W.SHAPES) and set(row["by_colour"]) == set(W.COLOURS)
+        assert 0 <= row["success"]["all"] <= 1 and row["bar"][0]["bar"] == BY_NAME[name].bars["success"]
+    runs = [r for r in data["runs"] if r["task"] == "move"]
+    assert len(runs) == 2 and len({r["caption"] for r in runs}) == 2
+    assert all(r["script"].startswith("centroid(token") and r["edited"]["colour"] in r["caption"] for r in runs)
+    assert data["curves"]["move"]["weights"] == [0.0, 1.0] and len(data["curves"]["move"]["rows"]) == 2
+    assert set(data["curves"]) == {"move", "resize", "recolour"}
+    md = (tmp_path / "results.md").read_text()
+    assert md.startswith("# steer bench: report split") and "## Summary" in md and "## Weight curves" in md
     with Image.open(tmp_path / "contact_sheet.png") as im:
         assert im.width > 256 and im.height > 128
-    assert results["tasks"] == data["tasks"]
+    assert results["tasks"] == json.loads(json.dumps(results["tasks"], default=float))
 
 
 def test_bench_runs_only_the_tasks_asked_and_names_the_known_ones(tmp_path, shapes_path, capsys):
@@ -42,8 +404,23 @@ def test_bench_runs_only_the_tasks_asked_and_names_the_known_ones(tmp_path, shap
     assert main(["bench", "--model", shapes_path, "--quick", "--seeds", "1", "--out", str(tmp_path), "--task", "nope"]) == 2
     err = capsys.readouterr().err
     assert "unknown task 'nope'" in err and "move" in err and "Traceback" not in err
-    data = run_bench(shapes_path, seeds=1, quick=True, out=tmp_path, steps=2, progress=False, tasks=["shift"], cost=False)
-    assert set(data["tasks"]) == {"shift"} and data["cost"] == {} and data["inversion"] == {}
+
+
+@pytest.mark.slow  # every task, the curves and the cost classes (16 model loads in fresh processes)
+def test_quick_bench_writes_well_formed_results(tmp_path, shapes_path):
+    from sampler.bench import run_bench
+
+    results = run_bench(shapes_path, quick=True, out=tmp_path, steps=4, progress=False)
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert set(data["tasks"]) == {t.name for t in TASKS}
+    for name in ("attention", "attention + appearance", "drag (copy, then bottleneck)", "drag (bottleneck optimisation)"):
+        c = data["cost"][name]
+        assert c["time_ratio"] > 0 and c["plain_seconds_per_image"] > 0 and c["model_mb"] > 0
+    for kind in ("generated", "world"):
+        assert data["inversion"][kind]["n"] == 2 and data["inversion"][kind]["mean_psnr"] > 10
+    md = (tmp_path / "results.md").read_text()
+    assert "REPL re-run" in md and "| world | 2 |" in md
+    assert results["meta"] == data["meta"]
 
 
 def test_one_cost_class_is_measured_in_fresh_processes(shapes_editor, shapes_path):
@@ -55,24 +432,3 @@ def test_one_cost_class_is_measured_in_fresh_processes(shapes_editor, shapes_pat
     c = cost["attention"]
     assert c["time_ratio"] > 0 and c["plain_seconds_per_image"] > 0 and c["model_mb"] > 0 and c["total_memory_ratio"] > 0
     assert cost["repl_rerun"]["time_ratio"] > 0
-
-
-def test_free_vector_keeps_the_moved_circle_inside_and_clear_of_the_square():
-    import numpy as np
-
-    from sampler.bench.tasks import free_vector
-    from sampler.shapes import world as W
-
-    def obj(colour, x0, y0, n=6):
-        m = np.zeros((32, 32), bool)
-        m[y0:y0 + n, x0:x0 + n] = True
-        return W.make_object("circle" if colour == "red" else "square", colour, m)
-
-    # The square sits right of the circle: +x is blocked, so seed 0 (which tries +x first) gets -x.
-    src = [obj("red", 12, 13), obj("blue", 21, 13)]
-    assert free_vector(src, 0) == (-0.25, 0.0)
-    assert free_vector(src, 2) == (0.0, 0.25)  # seed 2 tries +y first, and it is free
-    # Too big to move 0.15 of the image any way and stay inside: no place.
-    big = [obj("red", 4, 4, 24), obj("blue", 29, 29, 3)]
-    assert free_vector(big, 0) is None
-    assert free_vector([obj("blue", 0, 0)], 0) is None  # no circle

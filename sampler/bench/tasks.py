@@ -1,174 +1,388 @@
-"""The bench's tasks: the suite of cases, each an edit script on the scene (scene.py) and the
-check that measures its outcome (checks.py). Some scripts are written from the source image's
-detections (a drag's handle is where the circle is; a shift goes to free space), so a case's script
-may be a function of them.
+"""The bench's tasks: each statement's script, written from the source image's detections (a
+move's target is free space, a drag's handle is where the object is), the check that measures its
+outcome (checks.py), its one success criterion and its bar; and the plan of cases of a split.
+
+A task's cases are the items of the split's cycle (scene.py) that fit it, in order: case k of a
+task is the k-th fitting item, with the seed of that item's position q. Every case is one edit of
+one object (the item's subject: the first or the second object of the prompt).
+
+`script` in a Task is what the report shows; `pose` writes the real script of a case, with S the
+subject's token, S1/S2 the subject's and the other's, O the other's, C a colour word.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
-from ..shapes import world as W
-from .checks import (
-    clip_score,
-    measure_appearance_swap,
-    measure_combined,
-    measure_direction,
-    measure_move,
-    measure_recolour,
-    measure_resize,
-    measure_shape_swap,
-    measure_shift,
-)
-from .scene import CIRCLE, GREEN_PROMPT, PROMPT, SQUARE, STYLE_IMAGE
-
-# The shipped directions and what each should do to the red circle (see README, "Directions"):
-# (script, what the detector should see). red_to_green and circle_to_square_p2p are Pix2Pix-Zero
-# prompt directions, shown with the cross-attention guidance that keeps the layout, as
-# Pix2Pix-Zero uses them (and red_to_green alone: it redraws the scene as a new prompt would).
-DIRECTIONS = [
-    ("direction circle_to_square", {"shape": "square"}),
-    ("direction green", {"colour": "green"}),
-    ("direction smaller", {"shrink": True}),
-    ("direction red_to_green", {"colour": "green"}),
-    ("direction red_to_green\nkeep attention", {"colour": "green"}),
-    ("direction circle_to_square_p2p\nkeep attention", {"shape": "square"}),
-]
+from . import checks as K
+from . import targets as T
+from .scene import CYCLE, Item, item, other_colour, seed, style_image_name
 
 
-@dataclass
+@dataclass(frozen=True)
+class Posed:
+    """A case's script (terms only; the first line is the statement a weight curve scales) and
+    what it asked for (the keyword arguments of the task's check)."""
+
+    script: str
+    asked: dict = field(default_factory=dict)
+    files: tuple = ()  # style images the script reads: ((colour, shape), ...)
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    statement: str  # which statement it measures (the report's grouping)
+    script: str  # the script's form, as the report shows it
+    pose: Callable  # (item, source detections, rng) -> Posed, or a str saying why no script could be written
+    check: Callable  # (source detections, edited detections, item, **asked) -> figures
+    criteria: tuple  # the figures (booleans) that must all hold for a success
+    bars: dict  # criterion (or "success") -> the share of cases it must reach; {} for no bar
+    fits: Callable = lambda it: True  # does this item make sense for the task
+    objects: int = 2  # prompts of one or two objects
+    cost: str = "attention"  # the cost class (cost.py) it belongs to
+    score: Callable | None = None  # (item, asked) -> (editor, source image, image) -> more figures
+
+
+@dataclass(frozen=True)
 class Case:
-    """One task on one seed."""
+    """One task on one item of a split."""
 
-    task: str
+    task: Task
+    split: str
+    k: int  # the task's k-th case
+    q: int  # the item's position in the split's cycle
+    item: Item
     seed: int
-    script: object  # the edit (terms only), or a function (source's detections, seed) giving it; the prompt and seed are added
-    measure: object  # (source objects, edited objects) -> dict of figures
-    cost: str = "attention"  # which cost class the task belongs to
-    score: object = None  # (editor, source image, edited image) -> more figures, from the images themselves
+
+    def rng(self) -> np.random.Generator:
+        """Draws for this case's script (a target among the free ones, a colour), the same every run."""
+        return np.random.default_rng([self.seed, zlib.crc32(self.task.name.encode())])
+
+
+def _f(x: float) -> str:
+    return f"{x:.3f}".rstrip("0").rstrip(".") if x != 0 else "0"
+
+
+# ----------------------------------------------------------------------------------------------
+# The scripts, from the source's detections
+
+
+def _subject(src, it: Item):
+    return K.subject_of(src, it)
+
+
+def pose_move(keep: str = "keep appearance", grow: float = 1.0):
+    def pose(it: Item, src, rng):
+        s = _subject(src, it)
+        if s is None:
+            return "the source has no object of the subject's colour"
+        t = T.pick_target(src, s, rng, grow)
+        if t is None:
+            return "no free place for the object"
+        return Posed(f"centroid({it.token()}) -> ({_f(t[0])}, {_f(t[1])})\n{keep}", {"target": t})
+
+    return pose
+
+
+def pose_shift(it: Item, src, rng):
+    s = _subject(src, it)
+    if s is None:
+        return "the source has no object of the subject's colour"
+    v = T.pick_shift(src, s, rng)
+    if v is None:
+        return "no free place for the object"
+    d = (round(v[0], 3), round(v[1], 3))
+    return Posed(f"centroid({it.token()}) += ({_f(d[0])}, {_f(d[1])})\nkeep appearance", {"delta": d})
+
+
+def pose_beside(it: Item, src, rng):
+    s, o = _subject(src, it), K.other_of(src, it)
+    if s is None or o is None:
+        return "the source lacks one of the objects"
+    dx = T.pick_beside(src, s, o, rng)
+    if dx is None:
+        return "no free place beside the other object"
+    return Posed(f"centroid({it.token()}) -> centroid({it.other_token()}) + ({_f(dx)}, 0)\nkeep appearance", {"dx": dx})
+
+
+def pose_drag(via: str = ""):
+    def pose(it: Item, src, rng):
+        s = _subject(src, it)
+        if s is None:
+            return "the source has no object of the subject's colour"
+        v = T.pick_shift(src, s, rng)
+        if v is None:
+            return "no free place for the object"
+        hx, hy = round(s.centroid[0], 3), round(s.centroid[1], 3)
+        tx, ty = round(hx + v[0], 3), round(hy + v[1], 3)
+        return Posed(f"drag ({_f(hx)}, {_f(hy)}) -> ({_f(tx)}, {_f(ty)}) within {it.token()}{via}", {"target": (tx, ty)})
+
+    return pose
+
+
+def pose_resize(k: float):
+    def pose(it: Item, src, rng):
+        return Posed(f"size({it.token()}) *= {k:g}\nkeep appearance", {"k": k})
+
+    return pose
+
+
+def pose_resize_to(it: Item, src, rng):
+    s = _subject(src, it)
+    if s is None:
+        return "the source has no object of the subject's colour"
+    a = T.pick_area(s, rng)
+    if a is None:  # pragma: no cover (AREAS spans every world object's area)
+        return "no area 30% away from the object's"
+    return Posed(f"size({it.token()}) -> {a:g}\nkeep appearance", {"area": a})
+
+
+def pose_resize_like(it: Item, src, rng):
+    return Posed(f"size({it.token()}) -> size({it.other_token()})\nkeep appearance")
+
+
+def pose_shape_swap(it: Item, src, rng):
+    return Posed(f"shape({it.token()}) -> shape({it.other_token()})\nkeep appearance")
+
+
+def pose_appearance_swap(it: Item, src, rng):
+    return Posed(f"appearance({it.token()}) -> appearance({it.other_token()})\nkeep layout")
+
+
+def _new_colour(it: Item, rng) -> str:
+    return other_colour(it, int(rng.integers(4)))
+
+
+def pose_recolour(it: Item, src, rng):
+    c = _new_colour(it, rng)
+    return Posed(f'appearance({it.token()}) -> "{c}"', {"colour": c})
+
+
+def pose_clip(keep: str = ""):
+    def pose(it: Item, src, rng):
+        c = _new_colour(it, rng)
+        return Posed(f'clip "{it.recaption(c)}" from "{it.caption}"' + (f"\n{keep}" if keep else ""), {"colour": c})
+
+    return pose
+
+
+def pose_style(it: Item, src, rng):
+    c = _new_colour(it, rng)
+    return Posed(f'style image "{style_image_name(c, it.subject.shape)}"\nkeep structure', {"colour": c},
+                 files=((c, it.subject.shape),))
+
+
+def pose_keep(keep: str):
+    """The other object moves to free space (clear of the subject); the subject is to be kept."""
+
+    def pose(it: Item, src, rng):
+        s, o = _subject(src, it), K.other_of(src, it)
+        if s is None or o is None:
+            return "the source lacks one of the objects"
+        t = T.pick_target(src, o, rng)
+        if t is None:
+            return "no free place for the other object"
+        return Posed(f"centroid({it.other_token()}) -> ({_f(t[0])}, {_f(t[1])})\n{keep}", {"target": t})
+
+    return pose
+
+
+def pose_direction(text: str):
+    def pose(it: Item, src, rng):
+        return Posed(text.format(S=it.token()))
+
+    return pose
+
+
+def pose_combined(it: Item, src, rng):
+    s = _subject(src, it)
+    if s is None:
+        return "the source has no object of the subject's colour"
+    t = T.pick_target(src, s, rng, grow=1.5)
+    if t is None:
+        return "no free place for the grown object"
+    c = _new_colour(it, rng)
+    tok = it.token()
+    return Posed(f'centroid({tok}) -> ({_f(t[0])}, {_f(t[1])})\nsize({tok}) *= 1.5\nappearance({tok}) -> "{c}"\nkeep appearance',
+                 {"target": t, "k": 1.5, "colour": c})
+
+
+def pose_remove(it: Item, src, rng):
+    return Posed(f"remove {it.token()}")
+
+
+def _clip_score(it: Item, asked: dict):
+    return K.clip_score(it.recaption(asked["colour"]), it.caption)
+
+
+# ----------------------------------------------------------------------------------------------
+# The suite
+
+MOVE = ("within_0_1", "other_kept", "kept_shape")
+MOVE_ONE = ("within_0_1", "kept_shape")
+
+
+def _different_shapes(it: Item) -> bool:
+    return it.subject.shape != it.other.shape
+
+
+def _suite() -> list[Task]:
+    move_script = 'centroid(token "S") -> (x, y); keep appearance'
+    tasks = [
+        Task("move", "move", move_script, pose_move(), K.move, MOVE, {"success": 0.9}),
+        Task("shift", "shift", 'centroid(token "S") += (dx, dy); keep appearance', pose_shift, K.shift, MOVE, {"success": 0.9}),
+        Task("move beside the other", "move to another object (relative)",
+             'centroid(token "S1") -> centroid(token "S2") + (dx, 0); keep appearance', pose_beside, K.beside, ("within_0_1",),
+             {"success": 0.9}),
+        *[Task(f"resize x{k:g}", "resize", f'size(token "S") *= {k:g}; keep appearance', pose_resize(k),
+               K.resize, ("ratio_ok",), {"success": 0.85}) for k in (0.5, 1.5, 2.0)],
+        Task("resize to an area", "resize", 'size(token "S") -> A; keep appearance', pose_resize_to, K.resize_to, ("ratio_ok",),
+             {"success": 0.85}),
+        Task("resize to the other's size", "resize (relative)", 'size(token "S1") -> size(token "S2"); keep appearance',
+             pose_resize_like, K.resize_like, ("ratio_ok",), {"success": 0.85}),
+        Task("shape swap", "shape swap", 'shape(token "S1") -> shape(token "S2"); keep appearance', pose_shape_swap, K.shape_swap,
+             ("took_shape", "stayed_0_05"), {"success": 0.8}, fits=_different_shapes),
+        Task("appearance swap", "appearance swap", 'appearance(token "S1") -> appearance(token "S2"); keep layout',
+             pose_appearance_swap, K.appearance_swap, ("took_colour", "stayed_0_05"), {"success": 0.85}),
+        Task("recolour to a word", "recolour to a word", 'appearance(token "S") -> "C"', pose_recolour, K.recolour,
+             ("took_colour", "stayed_0_05", "other_kept"), {"success": 0.9}),
+        Task("clip recolour", "clip recolour", 'clip "<prompt, S recoloured C>" from "<prompt>"', pose_clip(), K.recolour,
+             ("took_colour", "stayed_0_05"), {"took_colour": 0.7, "stayed_0_05": 0.7}, cost="x0", score=_clip_score),
+        Task("keep layout beside a move", "keep beside another edit", 'centroid(token "O") -> (x, y); keep layout',
+             pose_keep("keep layout"), K.kept, ("kept_iou_0_9", "kept_colour"), {"kept_iou_0_9": 0.9, "kept_colour": 1.0}),
+        Task("keep appearance beside a move", "keep beside another edit", 'centroid(token "O") -> (x, y); keep appearance',
+             pose_keep("keep appearance"), K.kept, ("kept_iou_0_9", "kept_colour"), {"kept_iou_0_9": 0.9, "kept_colour": 1.0}),
+        Task("direction green within the object", "direction within a token", 'direction green within token "S"',
+             pose_direction("direction green within {S}"), lambda src, out, it: K.direction(src, out, it, colour="green"),
+             ("took_colour", "stayed_0_05"), {"success": 0.8}, fits=lambda it: it.subject.colour != "green", cost="direction"),
+        Task("direction circle_to_square within the object", "direction within a token",
+             'direction circle_to_square within token "S"', pose_direction("direction circle_to_square within {S}"),
+             lambda src, out, it: K.direction(src, out, it, shape="square"), ("took_shape", "stayed_0_05"), {"success": 0.8},
+             fits=lambda it: it.subject.shape == "circle", cost="direction"),
+        Task("drag within the object", "drag within a token", 'drag (hx, hy) -> (tx, ty) within token "S"', pose_drag(),
+             K.move, MOVE, {"success": 0.9}, cost="drag"),
+        Task("move + resize + recolour", "move + resize + recolour",
+             'centroid(token "S") -> (x, y); size(token "S") *= 1.5; appearance(token "S") -> "C"; keep appearance',
+             pose_combined, K.combined, ("within_0_1", "ratio_ok", "took_colour"), {"success": 0.75}),
+        Task("remove", "remove", 'remove token "S"', pose_remove, K.remove, ("gone", "nothing_new", "other_kept"), {"success": 0.85}),
+        # One-object prompts: the same statements where there is no other object to keep.
+        Task("move (one object)", "move", move_script, pose_move(), K.move, MOVE_ONE, {"success": 0.9}, objects=1),
+        Task("resize x1.5 (one object)", "resize", 'size(token "S") *= 1.5; keep appearance', pose_resize(1.5),
+             K.resize, ("ratio_ok",), {"success": 0.85}, objects=1),
+        Task("recolour to a word (one object)", "recolour to a word", 'appearance(token "S") -> "C"', pose_recolour, K.recolour,
+             ("took_colour", "stayed_0_05"), {"success": 0.9}, objects=1),
+        Task("remove (one object)", "remove", 'remove token "S"', pose_remove, K.remove, ("gone", "nothing_new"), {"success": 0.85},
+             objects=1),
+        # No bar: the earlier bench's variants, kept for comparison.
+        Task("drag via latent", "drag within a token", 'drag (hx, hy) -> (tx, ty) within token "S" via latent',
+             pose_drag(" via latent"), K.move, MOVE, {}, cost="drag"),
+        Task("clip recolour + keep structure", "clip recolour", 'clip "<prompt, S recoloured C>" from "<prompt>"; keep structure',
+             pose_clip("keep structure"), K.recolour, ("took_colour", "stayed_0_05"), {}, cost="x0", score=_clip_score),
+        Task("style image", "style image", 'style image "<a C S>"; keep structure', pose_style, K.recolour,
+             ("took_colour", "stayed_0_05"), {}, cost="x0", score=_clip_score),
+        Task("direction red_to_green + keep attention", "prompt direction", "direction red_to_green; keep attention",
+             pose_direction("direction red_to_green\nkeep attention"), lambda src, out, it: K.direction(src, out, it, colour="green"),
+             ("took_colour", "stayed_0_05"), {}, fits=lambda it: it.index == 0 and it.subject.colour == "red", cost="direction"),
+        Task("direction circle_to_square_p2p + keep attention", "prompt direction", "direction circle_to_square_p2p; keep attention",
+             pose_direction("direction circle_to_square_p2p\nkeep attention"),
+             lambda src, out, it: K.direction(src, out, it, shape="square"), ("took_shape", "stayed_0_05"), {},
+             fits=lambda it: it.index == 0 and it.subject.shape == "circle", cost="direction"),
+    ]
+    names = [t.name for t in tasks]
+    assert len(set(names)) == len(names), names
+    return tasks
+
+
+TASKS: list[Task] = _suite()
+BY_NAME = {t.name: t for t in TASKS}
+
+# The weight curves: the task whose statement's weight is swept, and the figure that shows its effect.
+CURVES = {
+    "move": ("move", "moved_toward", "distance moved toward the target (share of the way)"),
+    "resize": ("resize x1.5", "ratio", "area ratio (asked: 1.5)"),
+    "recolour": ("recolour to a word", "took_colour", "colour taken"),
+}
+WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
+QUICK_WEIGHTS = (0.0, 1.0)
+
+
+def judge(task: Task, figures: dict) -> bool:
+    """A case's success: every one of the task's criteria holds."""
+    return all(bool(figures.get(c, False)) for c in task.criteria)
+
+
+def select(names: list[str] | None) -> list[Task]:
+    """The tasks named (all by default); an unknown name is a ValueError listing the known ones."""
+    if not names:
+        return list(TASKS)
+    unknown = [n for n in names if n not in BY_NAME]
+    if unknown:
+        raise ValueError(f"unknown task {unknown[0]!r}; the suite has: {', '.join(BY_NAME)}")
+    return [BY_NAME[n] for n in names]
+
+
+def cases_of(task: Task, split: str, n: int, start: int = 0) -> list[Case]:
+    """The task's first n cases of the split: the items of the cycle that fit it, in order."""
+    out, q = [], 0
+    limit = 64 * CYCLE + n * 24
+    while len(out) < start + n:
+        it = item(q, task.objects)
+        if task.fits(it):
+            out.append(Case(task, split, len(out), q, it, seed(split, q, task.objects)))
+        q += 1
+        if q > limit:  # pragma: no cover
+            raise ValueError(f"task {task.name!r} fits no item of the world")
+    return out[start:]
+
+
+def plan(tasks: list[Task], split: str, per_task: int) -> list[Case]:
+    """Every task's cases, ordered so that the cases of one source image run together (the source
+    pass is run once for them)."""
+    cases = [c for t in tasks for c in cases_of(t, split, per_task)]
+    order = {t.name: i for i, t in enumerate(tasks)}
+    return sorted(cases, key=lambda c: (c.task.objects, c.q, order[c.task.name]))
+
+
+def synthetic_source(it: Item, size: int = 32) -> list:
+    """Detections of a made-up source for an item (the objects drawn right, apart): for writing a
+    task's script before any sampling, to compile it."""
+    from ..shapes import world as W
+
+    places = [(0.27, 0.3), (0.73, 0.7)]
+    objs = []
+    for (cx, cy), o in zip(places, it.objects):
+        mask = W.rasterize(o.shape, cx * size, cy * size, 0.28 * size, 0.28 * size, size)
+        objs.append(W.make_object(o.shape, o.colour, mask))
+    return objs
+
 
 
 @dataclass
 class Outcome:
-    """What came of a case: its figures, its time, and the two images for the contact sheet."""
+    """What came of a case: its script, figures and success (None when it was not run), whether
+    its source drew the subject right, its time, and the two images for the contact sheet."""
 
     case: Case
+    script: str | None
     figures: dict
+    success: bool | None
+    right: bool
     seconds: float
-    source: np.ndarray
-    image: np.ndarray
+    source: np.ndarray | None = None
+    image: np.ndarray | None = None
+    not_run: str | None = None  # the SteerError's message, where the script did not compile or bind
+    weight: float | None = None  # the statement's weight, in a weight curve
 
-
-def drag_script(delta, via: str = "", region: str = "token"):
-    """A drag of the circle's centre (as the detector finds it in the source) by delta: the
-    point-dragging counterpart of `centroid(token "circle") += delta`. region "token": within
-    token "circle" (the circle is copied along the drag, then refined); "box": within the box
-    around the circle and where it goes, 2 px of margin (DragNoise alone)."""
-
-    def script(src, seed=None):
-        s = W.find(src, CIRCLE)
-        if s is None:
-            return None
-        x, y = s.centroid
-        tx, ty = (min(max(v, 0.0), 1.0) for v in (x + delta[0], y + delta[1]))
-        within = ' within token "circle"'
-        if region == "box":
-            h, w = s.mask.shape
-            ys, xs = np.nonzero(s.mask)
-            x0, x1 = (xs.min() - 2) / w + min(0.0, delta[0]), (xs.max() + 3) / w + max(0.0, delta[0])
-            y0, y1 = (ys.min() - 2) / h + min(0.0, delta[1]), (ys.max() + 3) / h + max(0.0, delta[1])
-            within = " within ({:.3f}, {:.3f}, {:.3f}, {:.3f})".format(*(min(max(v, 0.0), 1.0) for v in (x0, y0, x1, y1)))
-        return f"drag ({x:.3f}, {y:.3f}) -> ({tx:.3f}, {ty:.3f}){within}{via}"
-
-    return script
-
-
-def free_vector(src, seed: int, lengths=(0.25, 0.2, 0.15)):
-    """A drag/shift vector for the circle whose target is free: the circle moved by it stays inside
-    the image and at least 2 px from the square. Candidates (+-length along x and along y, in an
-    order that turns with the seed; the longest length first) are tried; None if none fits. The
-    fixed +-x shifts of `shift` and `drag` often ask for a place behind the square or past the
-    border, where no method can keep the circle's shape."""
-    s, q = W.find(src, CIRCLE), W.find(src, SQUARE)
-    if s is None:
-        return None
-    h, w = s.mask.shape
-    ys, xs = np.nonzero(s.mask)
-    blocked = np.zeros((h, w), bool) if q is None else W._dilate(q.mask, 2)
-    for length in lengths:
-        order = [(length, 0.0), (-length, 0.0), (0.0, length), (0.0, -length)]
-        for dx, dy in order[seed % 4:] + order[: seed % 4]:
-            mx, my = xs + round(dx * w), ys + round(dy * h)
-            inside = mx.min() >= 0 and my.min() >= 0 and mx.max() < w and my.max() < h
-            if inside and not blocked[my, mx].any():
-                return (dx, dy)
-    return None
-
-
-def free_shift_script(via: str | None = None):
-    """`centroid(token "circle") += v` (via None) or a drag by v (via "" or " via latent") with
-    v = free_vector(source)."""
-
-    def script(src, seed):
-        v = free_vector(src, seed)
-        if v is None:
-            return None
-        if via is None:
-            return f'centroid(token "circle") += ({v[0]:g}, {v[1]:g})\nkeep appearance'
-        return drag_script(v, via)(src)
-
-    return script
-
-
-def measure_free_shift(seed: int):
-    def m(src, out):
-        v = free_vector(src, seed)
-        return {"found": False} if v is None else measure_shift(v)(src, out)
-
-    return m
-
-
-def far_target(seed: int) -> tuple[float, float]:
-    """The move target for a seed: one of four, in turn."""
-    return [(0.75, 0.5), (0.25, 0.5), (0.5, 0.25), (0.5, 0.75)][seed % 4]
-
-
-def suite(seeds: list[int], quick: bool) -> list[Case]:
-    ks = [2.0] if quick else [0.5, 1.5, 2.0]
-    cases = []
-    for s in seeds:
-        t = far_target(s)
-        d = (0.25, 0.0) if s % 2 == 0 else (-0.25, 0.0)
-        cases += [
-            # The edit language issue's own figure: one fixed target, every seed.
-            Case("move to (0.75, 0.5)", s, 'centroid(token "circle") -> (0.75, 0.5)\nkeep appearance', measure_move((0.75, 0.5))),
-            Case("move", s, f'centroid(token "circle") -> ({t[0]}, {t[1]})\nkeep appearance', measure_move(t)),
-            Case("shift", s, f'centroid(token "circle") += ({d[0]}, {d[1]})\nkeep appearance', measure_shift(d)),
-            # The same shifts as point drags: within the token, the circle is copied along the drag and
-            # then refined (DragNoise; DragDiffusion's latent optimisation via latent); within a box,
-            # DragNoise alone.
-            Case("drag", s, drag_script(d), measure_shift(d), "drag"),
-            Case("drag via latent", s, drag_script(d, " via latent"), measure_shift(d), "drag"),
-            Case("drag within a box", s, drag_script(d, region="box"), measure_shift(d), "drag"),
-            # The same 0.25 moves, to a free place (inside the image, clear of the square).
-            Case("shift to free space", s, free_shift_script(), measure_free_shift(s)),
-            Case("drag to free space", s, free_shift_script(""), measure_free_shift(s), "drag"),
-            *[Case(f"resize x{k:g}", s, f'size(token "square") *= {k:g}\nkeep appearance', measure_resize(k)) for k in ks],
-            Case("keep", s, f'centroid(token "circle") -> ({t[0]}, {t[1]})\nkeep appearance\nkeep layout', measure_move(t)),
-            Case("shape swap", s, 'shape(token "square") -> shape(token "circle")\nkeep appearance', measure_shape_swap),
-            Case("appearance swap", s, 'appearance(token "circle") -> appearance(token "square")\nkeep layout', measure_appearance_swap),
-            Case("combined", s, f'centroid(token "circle") -> ({t[0]}, {t[1]})\nsize(token "circle") *= 1.5\nkeep appearance',
-                 measure_combined(t, 1.5)),
-            # The predicted-x0 family: CLIP direction, alone and with keep structure; a style image.
-            Case("clip recolour", s, f'clip "{GREEN_PROMPT}" from "{PROMPT}"', measure_recolour("green"), "x0",
-                 clip_score(GREEN_PROMPT, PROMPT)),
-            Case("clip recolour + keep structure", s, f'clip "{GREEN_PROMPT}" from "{PROMPT}"\nkeep structure',
-                 measure_recolour("green"), "x0", clip_score(GREEN_PROMPT, PROMPT)),
-            Case("style image", s, f'style image "{STYLE_IMAGE}"\nkeep structure', measure_recolour("green"), "x0",
-                 clip_score(GREEN_PROMPT, PROMPT)),
-            # Learned directions shipped with the shapes model (sampler/shapes/weights/directions).
-            *[Case(script.replace("\n", " + "), s, script, measure_direction(**want), "direction") for script, want in DIRECTIONS],
-        ]
-    return cases
+    def record(self) -> dict:
+        """The case as results.json lists it."""
+        it = self.case.item
+        return {"task": self.case.task.name, "split": self.case.split, "k": self.case.k, "q": self.case.q, "seed": self.case.seed,
+                "caption": it.caption, "edited": {"index": it.index, "colour": it.subject.colour, "shape": it.subject.shape},
+                "other": None if it.other is None else {"colour": it.other.colour, "shape": it.other.shape},
+                "script": self.script, "source_right": self.right, "success": self.success, "not_run": self.not_run,
+                **({"weight": self.weight} if self.weight is not None else {}), "seconds": self.seconds, **self.figures}
