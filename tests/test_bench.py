@@ -323,6 +323,27 @@ def test_results_md_opens_with_the_summary_then_shapes_colours_curves():
     assert "recolour (`recolour to a word`): not run" in md
 
 
+def test_status_lines_and_the_results_page_render_from_results_json_of_the_report_split_only():
+    from sampler.bench.docs import STATUS_END, STATUS_START, bench_results_page, replace_status, status_lines
+
+    results = json.loads(json.dumps(_synthetic_results(), default=float))  # as read back from results.json
+    lines = status_lines(results)
+    text = "\n".join(lines)
+    assert "- move (`centroid(token \"S\") -> (x, y); keep appearance`): 8 of 10 (80%); 89% of the 9" in text
+    assert "bar 90% missed by 10 points" in text and "not run: unknown statement 'remove'" in text
+    assert "Bars met: 0 of the 1 rows run (1 not run)" in text and "Weight curve, move" in text
+    page = bench_results_page(results)
+    assert page.startswith("# steer bench results (report split)") and "## Summary" in page
+    readme = f"# x\n\n## Status\n\n{STATUS_START}\nold\n{STATUS_END}\n\nBuilt: ...\n"
+    new = replace_status(readme, lines)
+    assert "old" not in new and lines[0] in new and new.endswith(f"{STATUS_END}\n\nBuilt: ...\n")
+    with pytest.raises(ValueError, match="no .* block"):
+        replace_status("# x\n", lines)
+    for bad in ({"split": "tune"}, {"quick": True}):
+        with pytest.raises(ValueError):
+            status_lines({**results, "meta": {**results["meta"], **bad}})
+
+
 def test_the_weight_curve_png_is_skipped_without_matplotlib(tmp_path, monkeypatch):
     import sys
 
