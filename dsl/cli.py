@@ -10,23 +10,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from energies.errors import SteerError
+from energies.errors import SteerError, SteerUsageError
 
 EXIT_USER_ERROR = 2
 
 
-class UsageError(Exception):
-    """A mistake in the command line itself (a missing file, a bad path)."""
-
-
 def _read_script(path: str) -> str:
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"cannot read {path}: no such file")
-    try:
-        return p.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read {path}: {e}") from None
+    import dsl
+
+    return dsl.read_script(path)
 
 
 def _compile_file(path: str):
@@ -40,82 +32,119 @@ NO_PROMPT_HINT = 'add a line like: prompt "a red circle and a blue square"'
 
 
 def located(e: SteerError, path: str, text: str) -> SteerError:
-    """Give an error without a position (a missing prompt) the script's first line."""
+    """Give an error without a position (a missing prompt) the script's first line. A usage error
+    is about the command line or a file, not a line of the script: it keeps its own form."""
     from energies.program import Span
 
+    if isinstance(e, SteerUsageError):
+        return e
     if e.span is None:
         e.span = Span(line=1, col=1, end_line=1, end_col=2, file=path)
     return e.with_source(text)
 
 
 def _with_overrides(program, args):
+    """The script's program with --seed, --steps and --model in place of its own, each checked
+    by the rule the language checks `seed 5` with (energies/program.py, setting_problem)."""
+    from energies.program import setting_problem
+
+    for name in ("seed", "steps"):
+        value = getattr(args, name, None)
+        problem = setting_problem(name, value)
+        if problem:
+            raise SteerUsageError(f"--{name} {value}: {problem}")
     return program.with_settings(seed=args.seed, steps=args.steps, model=args.model)
 
 
-def _is_steer_output(path: Path) -> bool:
-    try:
-        from PIL import Image
+def default_output(script: Path, inputs=None) -> Path:
+    """<script>.png next to the script; if that name is taken by a file steer did not write, or
+    by an input of the run, <script>-2.png, -3, ... so a user's own image is never overwritten."""
+    from sampler.preflight import written_by_steer
 
-        with Image.open(path) as im:
-            return "steer:program" in getattr(im, "text", {})
-    except Exception:
-        return False
-
-
-def default_output(script: Path) -> Path:
-    """<script>.png next to the script; if that name is taken by a file steer did not write,
-    <script>-2.png, -3, ... so a user's own image is never overwritten."""
     out = script.with_suffix(".png")
     n = 2
-    while out.exists() and not _is_steer_output(out):
+    while (out.exists() and not written_by_steer(out)) or (inputs is not None and inputs.which(out)):
         out = script.with_name(f"{script.stem}-{n}.png")
         n += 1
     return out
 
 
 def cmd_run(args) -> int:
-    from sampler.editor import Editor
+    from sampler.preflight import check_outputs, run_inputs
 
     program, text = _compile_file(args.script)
     program = _with_overrides(program, args)
     script = Path(args.script)
-    out = Path(args.output) if args.output else default_output(script)
-    inputs = {script.resolve()}
-    for p in (out, Path(args.source_out) if args.source_out else None):
-        if p is not None and p.resolve() in inputs:
-            raise UsageError(f"refusing to write {p}: it is an input of this run")
-    editor = Editor(program.settings.model, device=args.device, dtype=args.dtype, low_memory=args.low_memory)
+    inputs = run_inputs(program, script, program.settings.model)
+    out = Path(args.output) if args.output else default_output(script, inputs)
+    outputs = {"-o": out, **({"--source-out": Path(args.source_out)} if args.source_out else {})}
+    check_outputs(outputs, inputs, args.overwrite)  # before the model loads: nothing is spent on a run that cannot be written
+    editor = _editor(program, args, text)
     try:
         result = editor.run(program, progress=not args.quiet, script_dir=script.parent)
     except SteerError as e:
         raise located(e, args.script, text)
-    result.save(out, args.source_out)
+    _save(result, out, args.source_out)
     print(f"wrote {out}" + (f" and {args.source_out}" if args.source_out else ""))
     return 0
 
 
-def cmd_check(args) -> int:
-    from .binding import bind
-    from sampler.backbones import direction_folders, load_tokenizer
+def _editor(program, args, text: str):
+    """The Editor of the run's model."""
+    from sampler.editor import Editor
 
+    try:
+        return Editor(program.settings.model, device=args.device, dtype=args.dtype, low_memory=args.low_memory)
+    except SteerUsageError as e:
+        raise _at_model_line(e, program, args.model, text) from None
+
+
+def _at_model_line(e: SteerUsageError, program, model_flag, text: str) -> SteerError:
+    """A model that cannot be found or loaded: named by the script's `model` line, an error at
+    that line; named by --model, a command-line error as it is."""
+    from energies.errors import SteerCompileError
+
+    span = program.settings.spans.get("model")
+    if model_flag is None and span is not None and "model" in e.message:
+        return SteerCompileError(e.message, span, hint=e.hint, source=text)
+    return e
+
+
+def _save(result, out: Path, source_out):
+    """Write the images; a disk that fills up or a folder removed meanwhile is a usage error."""
+    try:
+        result.save(out, source_out)
+    except OSError as e:
+        raise SteerUsageError(f"cannot write {e.filename or out}: {e.strerror or e}", hint="check the folder and the free space") from None
+
+
+def cmd_check(args) -> int:
     status = 0
     for path in args.scripts:
         try:
-            program, text = _compile_file(path)
-            program = program.with_settings(model=args.model)
-            if not program.settings.prompt:
-                raise located(SteerError("the script has no prompt", hint=NO_PROMPT_HINT), path, text)
-            model = program.settings.model or "shapes"
-            tokenizer = load_tokenizer(model)
-            try:
-                bind(program, program.settings.prompt, tokenizer, direction_folders(Path(path).parent, model))
-            except SteerError as e:
-                raise located(e, path, text)
+            program = _check_one(path, args.model)
             print(f"{path}: ok ({len(program.terms)} term{'s' * (len(program.terms) != 1)})")
         except SteerError as e:
             print(e.render(), file=sys.stderr)
             status = EXIT_USER_ERROR
     return status
+
+
+def _check_one(path: str, model_override):
+    """What `steer run` would refuse before sampling, without loading the model's weights."""
+    from sampler.preflight import check_without_weights
+
+    program, text = _compile_file(path)
+    program = program.with_settings(model=model_override)
+    if not program.settings.prompt:
+        raise located(SteerError("the script has no prompt", hint=NO_PROMPT_HINT), path, text)
+    try:
+        check_without_weights(program, Path(path).parent, program.settings.model)
+    except SteerUsageError as e:
+        raise _at_model_line(e, program, model_override, text) from None
+    except SteerError as e:
+        raise located(e, path, text)
+    return program
 
 
 def cmd_fmt(args) -> int:
@@ -156,8 +185,11 @@ def _atomic_write_text(path: Path, text: str):
 
 
 def cmd_repl(args) -> int:
+    from sampler.backbones import check_device
+
     from .repl import Repl
 
+    check_device(args.device)  # before the prompt, not at the first :run
     return Repl(args.script, model=args.model, device=args.device, dtype=args.dtype, low_memory=args.low_memory).loop()
 
 
@@ -166,7 +198,8 @@ def cmd_directions(args) -> int:
     from sampler.backbones import direction_folders
 
     here = Path(args.script).parent if args.script else Path.cwd()
-    print("\n".join(directions.listing(direction_folders(here, args.model))))
+    for line in directions.listing(direction_folders(here, args.model)):
+        print(line, flush=True)  # line by line: `steer directions | head` reads the first ones and goes
     return 0
 
 
@@ -200,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--source-out", help="also write the unedited source image of the same seed")
     r.add_argument("--seed", type=int)
     r.add_argument("--steps", type=int)
+    r.add_argument("--overwrite", action="store_true", help="replace an existing output that steer did not write (never an input of the run)")
     _model_flags(r)
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_run)
@@ -250,18 +284,36 @@ def main(argv=None) -> int:
     return _guarded(lambda: args.func(args))
 
 
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a tool whose reader went away
+
+
 def _guarded(run) -> int:
     try:
         return run()
     except SteerError as e:
         print(e.render(), file=sys.stderr)
         return EXIT_USER_ERROR
-    except (UsageError, FileNotFoundError) as e:
+    except FileNotFoundError as e:
         print(f"steer: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:
+        return _reader_gone()
     except KeyboardInterrupt:
         print("steer: interrupted", file=sys.stderr)
         return 130
+
+
+def _reader_gone() -> int:
+    """The reader of stdout closed it (`steer directions | head`): that is not a mistake, so no
+    message; stdout is pointed at /dev/null so that Python's flush at exit does not fail again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is no real file (a test's capture): nothing to flush
+        pass
+    return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

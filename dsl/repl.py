@@ -4,10 +4,17 @@ The model is loaded once and the source pass (the unedited trajectory) is cached
 so a re-run after a weight change costs only the edit pass. Lines in the language are added to
 the program (settings replace the previous value); lines starting with ':' are commands.
 History and tab completion of keywords and prompt words use the standard readline module.
+
+Every line typed is a line of one virtual file, "<repl>": an error names its line and shows it
+with a caret, whether it is found as the line is added (the language, and once there is a
+prompt, its names against the model's tokenizer and its directions against the model's shapes)
+or at a later :run. A line that would make the program wrong is not added, so :save always
+writes a script that runs. Ctrl-C clears the line being typed, or stops a run; Ctrl-D leaves.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 import sys
 import time
@@ -34,6 +41,7 @@ Commands:
     :help              this text
     :quit              leave (also Ctrl-D)"""
 
+REPL_FILE = "<repl>"  # the file name of the lines typed, in errors
 COMMANDS = (":run", ":list", ":rm", ":weight", ":window", ":clear", ":auto", ":out", ":save", ":directions", ":help", ":quit")
 KEYWORDS = ("prompt", "negative", "seed", "steps", "cfg", "centroid", "size", "shape", "appearance", "keep", "direction", "token",
             "layout", "attention", "via", "clip", "from", "style", "image", "structure", "pixels", "inside", "outside",
@@ -52,22 +60,49 @@ class Repl:
         self.out = Path(out)
         self.auto = True
         self.editor = None
+        self.script = Path(script) if script else None
         self.script_dir = Path(script).parent if script else Path.cwd()
+        self.lines: list[str] = []  # every line typed: the virtual file "<repl>" errors point into
         if script:
             import dsl
 
-            self.program = dsl.compile(dsl.parse(Path(script).read_text(), script))
+            self.program = dsl.compile(dsl.parse(dsl.read_script(script), script))
         if model:
             self.program = self.program.with_settings(model=model)
 
     # -- the program ---------------------------------------------------------------------------
 
     def add(self, text: str):
+        """Add a line of the language to the program, if the program stays right with it."""
         import dsl
         from energies.program import Program
 
-        new = dsl.compile(dsl.parse(text, "<repl>"))
-        self.program = self.program + Program(settings=new.settings, terms=new.terms)
+        new = dsl.compile(dsl.parse(self._as_typed(text), REPL_FILE))
+        candidate = self.program + Program(settings=new.settings, terms=new.terms)
+        self._check(candidate)
+        self.program = candidate
+
+    def _as_typed(self, text: str) -> str:
+        """`text`, on the line of "<repl>" it was typed on (blank lines before it), so that its
+        spans give that line number."""
+        return "\n" * (len(self.lines) - 1) + text
+
+    def _check(self, program):
+        """What a run would refuse, asked without running: once the program has a prompt, its
+        names against the model's tokenizer, its directions against the model's shapes."""
+        from sampler.preflight import check_without_weights
+
+        if program.settings.prompt:
+            try:
+                check_without_weights(program, self.script_dir, program.settings.model)
+            except SteerError as e:
+                raise self._located(e)
+
+    def _located(self, e: SteerError) -> SteerError:
+        """An error at a line typed here, with the lines typed so far as its source."""
+        if e.span is not None and e.span.file == REPL_FILE:
+            e.with_source("\n".join(self.lines))
+        return e
 
     def listing(self) -> str:
         from .printer import SETTING_ORDER, setting, term
@@ -90,15 +125,29 @@ class Repl:
 
     # -- running -------------------------------------------------------------------------------
 
+    def _outputs(self, out: Path) -> dict[str, Path]:
+        return {":out": out, ":out (its source image)": out.with_name(out.stem + "-source.png")}
+
+    def _check_outputs(self, out: Path):
+        """The images may go to `out`: not over an input of the run (this script, its photo, its
+        directions), nor over a file steer did not write."""
+        from sampler.preflight import check_outputs, run_inputs
+
+        check_outputs(self._outputs(out), run_inputs(self.program, self.script, self.program.settings.model))
+
     def run(self):
         from sampler.editor import Editor
 
+        self._check_outputs(self.out)  # the program may have gained an input since :out was set
         if self.editor is None:
             print("loading the model ...")
             self.editor = Editor(self.program.settings.model, device=self.device, dtype=self.dtype, low_memory=self.low_memory)
         t0 = time.perf_counter()
-        result = self.editor.run(self.program, script_dir=self.script_dir)
-        source_out = self.out.with_name(self.out.stem + "-source.png")
+        try:
+            result = self.editor.run(self.program, script_dir=self.script_dir)
+        except SteerError as e:
+            raise self._located(e)
+        source_out = self._outputs(self.out)[":out (its source image)"]
         result.save(self.out, source_out)
         summary = ", ".join(f"{k}: {v[-1][1]:.3g}" for k, v in result.energies.items() if v)
         print(f"wrote {self.out} and {source_out} in {time.perf_counter() - t0:.1f}s" + (f"  (final energies: {summary})" if summary else ""))
@@ -107,8 +156,7 @@ class Repl:
 
     def command(self, line: str) -> bool:
         """Run one ':' command; False means quit."""
-        from energies.program import Window
-
+        from .compiler import weight_value, window_value
         from .printer import format as fmt
 
         words = shlex.split(line)
@@ -127,10 +175,12 @@ class Repl:
             self.program = self.program.model_copy(update={"terms": self.program.terms[:i] + self.program.terms[i + 1 :]})
             changed = True
         elif cmd == ":weight" and len(rest) == 2:
-            self._replace(self._term_index(rest[0]), weight=float(rest[1]))
+            i = self._term_index(rest[0])
+            self._replace(i, weight=weight_value(self._number(line, 2)))
             changed = True
         elif cmd == ":window" and len(rest) == 3:
-            self._replace(self._term_index(rest[0]), window=Window(start=float(rest[1]), end=float(rest[2])))
+            i = self._term_index(rest[0])
+            self._replace(i, window=window_value(self._number(line, 2), self._number(line, 3)))
             changed = True
         elif cmd == ":clear":
             self.program = self.program.model_copy(update={"terms": ()})
@@ -138,6 +188,7 @@ class Repl:
         elif cmd == ":auto" and rest in (["on"], ["off"]):
             self.auto = rest[0] == "on"
         elif cmd == ":out" and len(rest) == 1:
+            self._check_outputs(Path(rest[0]))
             self.out = Path(rest[0])
         elif cmd == ":save" and len(rest) == 1:
             path = Path(rest[0])
@@ -157,8 +208,24 @@ class Repl:
                 self.run()
         return True
 
+    def _number(self, line: str, k: int):
+        """The k-th word (from 0) of a command line as a number of the language, with its
+        position on the line, so the language's own checks can point at it."""
+        from energies.program import Span
+
+        from .parser import number
+
+        word = list(re.finditer(r"\S+", line))[k]
+        n = len(self.lines)
+        span = Span(line=n, col=word.start() + 1, end_line=n, end_col=word.end() + 1, file=REPL_FILE)
+        try:
+            return number(word.group(), span)
+        except SteerError as e:
+            raise self._located(e)
+
     def handle(self, line: str) -> bool:
         line = line.strip()
+        self.lines.append(line)
         if not line or line.startswith("#"):
             return True
         if line.startswith(":"):
@@ -219,11 +286,16 @@ class Repl:
                     line = input("steer> " if interactive else "")
                 except EOFError:
                     break
+                except KeyboardInterrupt:
+                    if not interactive:
+                        raise
+                    print()  # Ctrl-C at the prompt clears the line, as a shell does; the program stays
+                    continue
                 try:
                     if not self.handle(line):
                         break
                 except SteerError as e:
-                    print(e.render(), file=sys.stderr)
+                    print(self._located(e).render(), file=sys.stderr)
                 except (ValueError, OSError) as e:
                     print(f"error: {e}", file=sys.stderr)
                 except KeyboardInterrupt:

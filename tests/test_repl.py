@@ -33,7 +33,8 @@ def test_repl_loop_reports_mistakes_and_goes_on(tmp_path, shapes_path, monkeypat
     monkeypatch.setattr("sys.stdin", lines)
     assert Repl(model=shapes_path, out=str(tmp_path / "r.png")).loop() == 0
     out, err = capsys.readouterr()
-    assert "<repl>:1:10: error" in err
+    assert "<repl>:2:10: error" in err  # the second line typed, shown with its caret
+    assert '  centroid("circle") -> (1, 1)\n           ^~~~~~~~' in err
     assert "[1] keep layout" in out
 
 
