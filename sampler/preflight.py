@@ -109,8 +109,9 @@ def check_output(path: Path, inputs: RunInputs, overwrite: bool = False, option:
     if not _can_write_in(folder):
         raise SteerUsageError(f"{option} {path}: cannot write in the folder {folder}", hint="choose a folder you can write in")
     if path.exists() and not overwrite and not written_by_steer(path):
-        raise SteerUsageError(f"{option} {path}: the file exists and steer did not write it",
-                              hint="pass --overwrite to replace it, or choose another name")
+        # the REPL's `:out` has no --overwrite: there, another name is the way out
+        way_out = "pass --overwrite to replace it, or choose another name" if option.startswith("-") else "choose another name with :out PATH"
+        raise SteerUsageError(f"{option} {path}: the file exists and steer did not write it", hint=way_out)
 
 
 def _can_write_in(folder: Path) -> bool:

@@ -211,10 +211,12 @@ def test_the_default_output_skips_an_input(tmp_path, capsys):
 def test_the_repl_never_writes_over_its_script(tmp_path, capsys, monkeypatch):
     script = write(tmp_path, "r.edit", SCENE)
     before = digest([script])
-    monkeypatch.setattr("sys.stdin", io.StringIO(f":out {script}\n:out {tmp_path / 'r.png'}\n"))
+    Image.new("RGB", (4, 4)).save(tmp_path / "mine.png")
+    monkeypatch.setattr("sys.stdin", io.StringIO(f":out {script}\n:out {tmp_path / 'mine.png'}\n:out {tmp_path / 'r.png'}\n"))
     assert main(["repl", str(script)]) == 0
     err = capsys.readouterr().err
     assert f"steer: error: :out {script}: it is the script, an input of this run" in err and "Traceback" not in err
+    assert "the file exists and steer did not write it\nhint: choose another name with :out PATH" in err
     assert digest([script]) == before
 
 
