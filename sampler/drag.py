@@ -227,6 +227,10 @@ class DragPlan:
             here = z if moved is None else moved
             with self.carrying(i):
                 g = guide(i, t, here) if guide is not None else Guidance()
-            return g if moved is None else after_move(g, z, moved)  # first the drag, then the other terms' own step
+            if moved is not None:
+                g = after_move(g, z, moved).blame("latent", self.terms)  # first the drag, then the other terms' own step
+            if self.s is not None and i >= self.step and self.what != "latent":
+                g = g.blame("prediction", self.terms)  # the substituted bottleneck makes this step's prediction
+            return g
 
         return denoise_, guide_

@@ -141,6 +141,23 @@ def test_a_nan_direction_file_is_refused_when_loaded_naming_the_file(tmp_path, c
                 at=f"{script}:4:1")
 
 
+def test_a_drag_whose_bottleneck_goes_wrong_is_named(shapes_editor, monkeypatch):
+    import dsl
+    from sampler import drag as DR
+
+    optimise = DR.optimise_drag
+
+    def poisoned(*args, **kw):
+        s, outcome = optimise(*args, **kw)
+        return s * float("nan"), outcome
+
+    monkeypatch.setattr(DR, "optimise_drag", poisoned)
+    text = SCENE.replace("steps 3", "steps 6") + "drag (0.487, 0.746) -> (0.237, 0.746) within (0.1, 0.5, 0.9, 0.99)\n"
+    with pytest.raises(SteerRuntimeError, match="`drag .*` made the model's prediction not finite") as e:
+        shapes_editor.run(dsl.compile(dsl.parse(text, "d.edit")), progress=False)
+    assert (e.value.file, e.value.line) == ("d.edit", 4)
+
+
 def test_no_image_with_a_nan_is_ever_written(tmp_path):
     from sampler.images import write_png
 
