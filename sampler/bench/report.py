@@ -222,7 +222,8 @@ def _cost_lines(cost: dict) -> list[str]:
 
 def describe(meta: dict) -> str:
     s = meta["seeds"]
-    seeds = f"seeds {s['first']}..{s['last']} ({s['sources']} source images)" if s.get("first") is not None else "no seeds"
+    n = s.get("sources", 0)
+    seeds = f"seeds {s['first']}..{s['last']} ({n} source image{'' if n == 1 else 's'})" if s.get("first") is not None else "no seeds"
     return (f"Split `{meta['split']}` ({seeds}, of the split's range {s['range'][0]}..{s['range'][1]}); "
             f"{meta['per_task']} edits per task; model `{meta['model']}` ({meta['image_size']} px, {meta['steps']} steps, "
             f"cfg {meta.get('cfg')}); command `{meta['command']}`; {meta['seconds']:.0f}s on {meta['machine']}.")

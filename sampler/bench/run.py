@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -197,10 +198,11 @@ def _plain(x):
 
 def main(args) -> int:
     """`steer bench` (dsl/cli.py parses the flags; flags.py has the full set)."""
+    argv = [shlex.quote(a) for a in sys.argv[1:]]  # as a shell would take it back
+    command = " ".join(["steer", *argv] if argv[:1] == ["bench"] else ["python -m sampler.bench", *argv])
     try:
         run_bench(getattr(args, "model", None) or "shapes", getattr(args, "seeds", None), args.quick, args.out,
-                  steps=getattr(args, "steps", None), device=getattr(args, "device", None) or "cpu",
-                  command="steer " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else " ".join(["python -m sampler.bench", *sys.argv[1:]]),
+                  steps=getattr(args, "steps", None), device=getattr(args, "device", None) or "cpu", command=command,
                   tasks=args.task, cost=not args.no_cost, split=getattr(args, "split", None) or "report",
                   per_task=getattr(args, "per_task", None), curves=not getattr(args, "no_curves", False))
     except ValueError as e:
