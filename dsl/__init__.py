@@ -29,12 +29,13 @@ def format(x) -> str:
     return _format(x)
 
 
-def bind(program, prompt: str, tokenizer, direction_paths=(), backbone: str | None = None):
+def bind(program, prompt: str, tokenizer, direction_paths=(), backbone: str | None = None, warnings: list | None = None):
     """Resolve a Program against a model: tokens against its tokenizer, directions against the
-    direction folders, defaults of its backbone family. -> [energies.terms.BoundTerm]."""
+    direction folders, defaults of its backbone family. -> [energies.terms.BoundTerm]; statements
+    with nothing to do or in conflict are SteerWarnings appended to `warnings`."""
     from .binding import bind as _bind
 
-    return _bind(program, prompt, tokenizer, direction_paths, backbone)
+    return _bind(program, prompt, tokenizer, direction_paths, backbone, warnings)
 
 
 def prompt_objects(prompt: str, tokenizer):

@@ -50,7 +50,12 @@ class Prop(Node):
     token: TokenRef
 
 
-Value = Union[Number, String, Point, Prop]
+class Relative(Node):
+    base: Prop  # centroid(token "square") + (0.3, 0)
+    offset: Point
+
+
+Value = Union[Number, String, Point, Prop, Relative]
 
 
 class Modifiers(Node):
@@ -114,7 +119,12 @@ class DirectionStmt(Node):
     mods: Modifiers
 
 
-Statement = Union[Setting, Edit, Keep, DirectionStmt, ClipStmt, StyleStmt, DragStmt]
+class RemoveStmt(Node):
+    token: TokenRef  # remove token "circle"
+    mods: Modifiers
+
+
+Statement = Union[Setting, Edit, Keep, DirectionStmt, ClipStmt, StyleStmt, DragStmt, RemoveStmt]
 
 
 class Comment(BaseModel):

@@ -11,17 +11,20 @@ from __future__ import annotations
 from energies import defaults as D
 from energies import directions
 from energies import program as P
-from energies.errors import SteerCompileError
+from energies.errors import SteerCompileError, SteerWarning
 from energies.terms import LAYOUT_KINDS, BoundTerm
 
 from .printer import term as term_text
-from .resolve import prompt_objects, token_indices
+from .resolve import prompt_objects, recoloured, token_indices, without
 
 
-def bind(program: P.Program, prompt: str, tokenizer, direction_paths=(), backbone: str | None = None) -> list[BoundTerm]:
+def bind(program: P.Program, prompt: str, tokenizer, direction_paths=(), backbone: str | None = None,
+         warnings: list | None = None) -> list[BoundTerm]:
     """Resolve every term's tokens against the prompt and its directions against the direction
     folders; apply the defaults of the backbone family `backbone`. Raises SteerCompileError at the
-    offending term."""
+    offending term. Statements left with nothing to do, or that pull against another, are
+    SteerWarnings appended to `warnings` (the vacuous ones are dropped from the result)."""
+    warnings = [] if warnings is None else warnings
     objects = prompt_objects(prompt, tokenizer)
     resolved = {}
 
@@ -36,7 +39,9 @@ def bind(program: P.Program, prompt: str, tokenizer, direction_paths=(), backbon
 
     # Which objects other terms change, so "every object" keep terms leave them free.
     moved = set().union(*[phrase_of(where(t.token)) for t in program.terms if t.kind in LAYOUT_KINDS and t.token is not None] or [set()])
-    restyled = set().union(*[phrase_of(where(t.token)) for t in program.terms if t.kind == "appearance_from"] or [set()])
+    restyled = set().union(*[phrase_of(where(t.token)) for t in program.terms if t.kind in ("appearance_from", "recolour")] or [set()])
+    removed = set().union(*[phrase_of(where(t.token)) for t in program.terms if t.kind == "remove"] or [set()])
+    holds = any(t.kind == "keep_attention" for t in program.terms)
 
     out = []
     for t in program.terms:
@@ -48,22 +53,73 @@ def bind(program: P.Program, prompt: str, tokenizer, direction_paths=(), backbon
             window=(t.window.start, t.window.end) if t.window else d.window,
             placement=t.placement or d.placement,
         )
+        if t.kind in LAYOUT_KINDS:
+            b.reach = min(1.0, max(0.0, t.weight))  # the dial: 0.5 goes half way; above 1 holds harder
         if getattr(t, "token", None) is not None:
             b.token = where(t.token)
         if getattr(t, "other", None) is not None:
             b.other = where(t.other)
         if t.kind in ("keep_appearance", "keep_shape") and t.token is None:
-            skip = restyled if t.kind == "keep_appearance" else moved
+            skip = restyled | removed if t.kind == "keep_appearance" else moved
             b.objects = [list(o.head) for o in objects if not set(o.tokens) & skip]
             if not b.objects:
-                raise SteerCompileError(f"`{b.label}` has no object left to keep: the other terms change them all", t.span)
+                warnings.append(SteerWarning(f"`{b.label}` has nothing to do: the other statements change every object",
+                                             t.span, hint="drop it, or keep one object: keep shape(token ...)"))
+                continue
         elif t.kind in ("keep_appearance", "keep_shape"):
             b.objects = [b.token]
+        elif t.kind == "keep_attention" and moved:
+            b.objects = [_held(tokenizer, moved)]
         if t.kind == "direction":  # an unknown name is an error listing the known ones; a bad file, its own error
             found = b.direction = directions.read_direction(directions.find(t, direction_paths), t.span)
             if found.kind == "prompt" and (t.token is not None or t.box is not None):
                 raise SteerCompileError(f"`{b.label}` cannot act within a region: {found.name!r} is a prompt direction, "
                                         "a shift of the whole prompt's embedding", t.span,
                                         hint="drop the `within ...`; `keep attention` keeps the other objects where they were")
+        if t.kind == "recolour":
+            b.edit_prompt = recoloured(prompt, tokenizer, b.token, t.to)
+        elif t.kind == "remove":
+            b.edit_prompt = without(prompt, tokenizer, b.token)
         out.append(b)
+        if t.kind == "recolour" and not holds:  # Pix2Pix-Zero's pairing: the maps held where they were
+            out.append(_hold_for(b, backbone))
+            holds = True
+    for x in out:
+        if x.kind == "keep_attention" and moved and not x.objects:  # the hold a recolour brought along
+            x.objects = [_held(tokenizer, moved)]
+    warnings.extend(conflicts(out))
     return out
+
+
+def _held(tokenizer, moved: set[int]) -> list[int]:
+    """The token positions keep attention holds when other statements move objects: all but theirs
+    (Pix2Pix-Zero holds every map; one that held the moved object's would hold it in place)."""
+    return [i for i in range(tokenizer.model_max_length) if i not in moved]
+
+
+# What each one-object keep holds, and the statements that change it.
+CHANGES = {"keep_shape": LAYOUT_KINDS, "keep_appearance": {"appearance_from", "recolour", "remove"}}
+
+
+def conflicts(bound: list[BoundTerm]) -> list[SteerWarning]:
+    """A keep of one object (keep shape(token ...), keep appearance(token ...)) that holds what
+    another statement changes: both run and pull against each other; the warning points at both.
+    (The every-object keeps leave changed objects alone, so they never conflict.)"""
+    out = []
+    for keep in (x for x in bound if x.kind in CHANGES and x.term.token is not None):
+        for other in (x for x in bound if x.kind in CHANGES[keep.kind] and x.token):
+            overlap = keep.window[0] < other.window[1] and other.window[0] < keep.window[1]
+            if set(keep.token) & set(other.token) and overlap and other.weight != 0 and keep.weight != 0:
+                out.append(SteerWarning(
+                    f"`{keep.label}` holds what `{other.label}` changes: the two pull against each other", keep.term.span,
+                    hint="narrow the keep (a window that ends before the change, or one object), or drop it",
+                    notes=[(other.term.span, f"`{other.label}` is here")]))
+    return out
+
+
+def _hold_for(recolour: BoundTerm, backbone: str | None) -> BoundTerm:
+    """The keep-attention term a recolour brings along, at its own statement's position."""
+    hold = P.KeepAttention(span=recolour.term.span)
+    d = D.term_defaults("keep_attention", backbone)
+    return BoundTerm(term=hold, label=f"keep attention (for {recolour.label})", weight=d.weight, window=d.window,
+                     placement=d.placement)

@@ -84,9 +84,16 @@ def cmd_run(args) -> int:
         result = editor.run(program, progress=not args.quiet, script_dir=script.parent)
     except SteerError as e:
         raise located(e, args.script, text)
+    _print_warnings(result.warnings, text)
     _save(result, out, args.source_out)
     print(f"wrote {out}" + (f" and {args.source_out}" if args.source_out else ""))
     return 0
+
+
+def _print_warnings(warnings: list, text: str):
+    """Statements with nothing to do, or in conflict: shown like errors, `warning:`, on stderr."""
+    for w in warnings:
+        print(w.with_source(text).render(), file=sys.stderr)
 
 
 def _editor(program, args, text: str):
@@ -131,15 +138,18 @@ def cmd_check(args) -> int:
 
 
 def _check_one(path: str, model_override):
-    """What `steer run` would refuse before sampling, without loading the model's weights."""
+    """What `steer run` would refuse before sampling, without loading the model's weights; and
+    what it would warn about."""
     from sampler.preflight import check_without_weights
 
     program, text = _compile_file(path)
     program = program.with_settings(model=model_override)
     if not program.settings.prompt:
         raise located(SteerError("the script has no prompt", hint=NO_PROMPT_HINT), path, text)
+    warnings: list = []
     try:
-        check_without_weights(program, Path(path).parent, program.settings.model)
+        check_without_weights(program, Path(path).parent, program.settings.model, warnings)
+        _print_warnings(warnings, text)
     except SteerUsageError as e:
         raise _at_model_line(e, program, model_override, text) from None
     except SteerError as e:
@@ -265,13 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", help='"shapes" (default) or a shapes model folder: its shipped directions')
     d.set_defaults(func=cmd_directions)
 
-    b = sub.add_parser("bench", help="measure edit quality and cost on the shapes world")
-    b.add_argument("--quick", action="store_true", help="a smoke run: few seeds and steps")
-    b.add_argument("--seeds", type=int)
-    b.add_argument("--out", default="bench-out")
-    b.add_argument("--task", action="append", help="run only this task (repeatable), e.g. --task move")
-    b.add_argument("--model", default="shapes")
-    b.add_argument("--no-cost", action="store_true", help="only the tasks: skip the cost classes and the inversion")
+    from sampler.bench.flags import add_arguments as bench_arguments  # a light import: argparse only
+
+    b = sub.add_parser("bench", help="measure edit quality and cost across the shapes world (report split by default)")
+    bench_arguments(b)
     b.set_defaults(func=cmd_bench)
     return p
 

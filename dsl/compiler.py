@@ -58,6 +58,8 @@ def _compile(script: ast.Script) -> P.Program:
             terms.append(_modified(P.Style(path=st.path.value), st))
         elif isinstance(st, ast.DragStmt):
             terms.append(_drag(st))
+        elif isinstance(st, ast.RemoveStmt):
+            terms.append(_modified(P.Remove(token=_token(st.token)), st))
     return P.Program(settings=P.Settings(**settings, spans=spans), terms=tuple(terms))
 
 
@@ -136,7 +138,18 @@ def _edit(st: ast.Edit) -> P.TermBase:
     prop, op, v = st.target.name.value, st.op.value, st.value
     tok = _token(st.target.token)
     src = f'{prop}(token "{tok.word}")'
-    if prop == "centroid" and op == "->":
+    if prop == "centroid" and op == "->" and isinstance(v, (ast.Prop, ast.Relative)):
+        term = _beside(tok, v, src)
+    elif prop == "size" and op == "->" and isinstance(v, ast.Prop):
+        if v.name.value != "size":
+            raise SteerCompileError(f"a size takes another object's size, not its {v.name.value}", v.name.span,
+                                    hint=f'for example: {src} -> size(token "other")')
+        term = P.SizeLike(token=tok, other=_token(v.token))
+    elif prop == "appearance" and op == "->" and isinstance(v, ast.String):
+        if not v.value.strip():
+            raise SteerCompileError("an appearance needs the words to give the object", v.span, hint=f'for example: {src} -> "green"')
+        term = P.Recolour(token=tok, to=" ".join(v.value.split()))
+    elif prop == "centroid" and op == "->":
         term = P.Move(token=tok, to=_point(v, "moving a centroid", 0, 1, f"{src} -> (0.75, 0.5)"))
     elif prop == "centroid" and op == "+=":
         term = P.Shift(token=tok, by=_point(v, "shifting a centroid", -1, 1, f"{src} += (0.25, 0)"))
@@ -158,9 +171,24 @@ def _edit(st: ast.Edit) -> P.TermBase:
         cls = P.ShapeFrom if prop == "shape" else P.AppearanceFrom
         term = cls(token=tok, other=_token(v.token))
     else:
-        allowed = {"centroid": "-> (x, y) or += (dx, dy)", "size": "*= k or -> area", "shape": "-> shape(token ...)", "appearance": "-> appearance(token ...)"}
+        allowed = {"centroid": "-> (x, y), -> centroid(token ...) + (dx, dy) or += (dx, dy)",
+                   "size": "*= k, -> area or -> size(token ...)", "shape": "-> shape(token ...)",
+                   "appearance": '-> appearance(token ...) or -> "words" (a colour, a material)'}
         raise SteerCompileError(f"{prop} cannot be changed with {op}", st.op.span, hint=f"{prop} takes {allowed[prop]}")
     return _modified(term, st)
+
+
+def _beside(tok: P.TokenRef, v, src: str) -> P.TermBase:
+    """centroid(token "a") -> centroid(token "b") [+ (dx, dy)]: a place relative to another object."""
+    base, offset = (v.base, v.offset) if isinstance(v, ast.Relative) else (v, None)
+    if base.name.value != "centroid":
+        raise SteerCompileError(f"a centroid moves to another object's centroid, not its {base.name.value}", base.name.span,
+                                hint=f'for example: {src} -> centroid(token "other") + (0.3, 0)')
+    other = _token(base.token)
+    if (other.word, other.occurrence) == (tok.word, tok.occurrence):
+        raise SteerCompileError("an object cannot be moved relative to itself", base.span, hint="use += (dx, dy) to shift it")
+    by = (0.0, 0.0) if offset is None else _point(offset, "an offset from another object", -1, 1, f"{src} -> centroid(token \"other\") + (0.3, 0)")
+    return P.MoveTo(token=tok, other=other, offset=by)
 
 
 def _clip(st: ast.ClipStmt) -> P.TermBase:
@@ -224,6 +252,23 @@ def _keep(st: ast.Keep) -> P.TermBase:
     return _modified(term, st)
 
 
+def weight_value(n: ast.Number) -> float:
+    """A term's weight (`* w`): any finite number. The REPL's :weight asks this too."""
+    return _finite(n)
+
+
+def window_value(start: ast.Number, end: ast.Number) -> P.Window:
+    """A term's window (`@ a..b`): 0 <= a < b <= 1. The REPL's :window asks this too."""
+    a, b = _finite(start), _finite(end)
+    if not 0 <= a < b <= 1:
+        raise SteerCompileError(
+            f"window {_short(start.text)}..{_short(end.text)} is not inside 0..1 with start < end",
+            _span_between(start, end),
+            hint="windows are fractions of sampling: @ 0..0.6 is the first 60% of the steps",
+        )
+    return P.Window(start=a, end=b)
+
+
 def _modified(term: P.TermBase, st) -> P.TermBase:
     m = st.mods
     update: dict = {"span": st.span}
@@ -242,20 +287,3 @@ def _modified(term: P.TermBase, st) -> P.TermBase:
 
 def _span_between(a: ast.Node, b: ast.Node) -> P.Span:
     return P.Span(line=a.span.line, col=a.span.col, end_line=b.span.end_line, end_col=b.span.end_col, file=a.span.file)
-def weight_value(n: ast.Number) -> float:
-    """A term's weight (`* w`): any finite number. The REPL's :weight asks this too."""
-    return _finite(n)
-
-
-def window_value(start: ast.Number, end: ast.Number) -> P.Window:
-    """A term's window (`@ a..b`): 0 <= a < b <= 1. The REPL's :window asks this too."""
-    a, b = _finite(start), _finite(end)
-    if not 0 <= a < b <= 1:
-        raise SteerCompileError(
-            f"window {_short(start.text)}..{_short(end.text)} is not inside 0..1 with start < end",
-            _span_between(start, end),
-            hint="windows are fractions of sampling: @ 0..0.6 is the first 60% of the steps",
-        )
-    return P.Window(start=a, end=b)
-
-

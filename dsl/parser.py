@@ -17,7 +17,7 @@ from energies.errors import SteerSyntaxError, did_you_mean, is_invisible, source
 from . import ast
 
 
-KEYWORDS = ("prompt", "negative", "seed", "steps", "cfg", "model", "source", "invert", "centroid", "size", "shape", "appearance", "keep", "direction", "clip", "style", "drag")
+KEYWORDS = ("prompt", "negative", "seed", "steps", "cfg", "model", "source", "invert", "centroid", "size", "shape", "appearance", "keep", "direction", "clip", "style", "drag", "remove")
 
 BOM = "\ufeff"  # some Windows editors start a UTF-8 file with one; it is not part of the script
 MAX_OCCURRENCE_DIGITS = 9  # no prompt has a billion words; longer would also overflow int()
@@ -238,6 +238,14 @@ class _ToAst(Transformer):
     def box(self, meta, children):
         x0, y0, x1, y1 = children
         return ast.Box(x0=x0, y0=y0, x1=x1, y1=y1, span=self._s(meta))
+
+    def relative(self, meta, children):
+        base, offset = children
+        return ast.Relative(base=base, offset=offset, span=self._s(meta))
+
+    def remove(self, meta, children):
+        tokref, mods = children
+        return ast.RemoveStmt(token=tokref, mods=mods, span=self._s(meta))
 
     def direction(self, meta, children):
         name, *within, mods = children

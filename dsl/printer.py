@@ -42,12 +42,29 @@ def shift(t: P.Shift) -> str:
     return f"centroid({token(t.token)}) += {point(t.by)}"
 
 
+def move_to(t: P.MoveTo) -> str:
+    base = f"centroid({token(t.token)}) -> centroid({token(t.other)})"
+    return base if tuple(t.offset) == (0.0, 0.0) else f"{base} + {point(t.offset)}"
+
+
 def resize(t: P.Resize) -> str:
     return f"size({token(t.token)}) *= {num(t.factor)}"
 
 
 def size_to(t: P.SizeTo) -> str:
     return f"size({token(t.token)}) -> {num(t.area)}"
+
+
+def size_like(t: P.SizeLike) -> str:
+    return f"size({token(t.token)}) -> size({token(t.other)})"
+
+
+def recolour(t: P.Recolour) -> str:
+    return f"appearance({token(t.token)}) -> {string(t.to)}"
+
+
+def remove(t: P.Remove) -> str:
+    return f"remove {token(t.token)}"
 
 
 def shape_from(t: P.ShapeFrom) -> str:

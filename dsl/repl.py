@@ -149,6 +149,8 @@ class Repl:
             raise self._located(e)
         source_out = self._outputs(self.out)[":out (its source image)"]
         result.save(self.out, source_out)
+        for w in result.warnings:
+            print(self._located(w).render(), file=sys.stderr)
         summary = ", ".join(f"{k}: {v[-1][1]:.3g}" for k, v in result.energies.items() if v)
         print(f"wrote {self.out} and {source_out} in {time.perf_counter() - t0:.1f}s" + (f"  (final energies: {summary})" if summary else ""))
 

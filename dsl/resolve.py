@@ -78,9 +78,8 @@ class PromptObject:
     tokens: tuple[int, ...]  # token positions of the whole phrase
 
 
-def prompt_objects(prompt: str, tokenizer) -> list[PromptObject]:
-    """Runs of words between stop words and punctuation; the last word of each is its head."""
-    offsets = _char_to_tokens(prompt, tokenizer)
+def _phrases(prompt: str) -> list[list[tuple[str, int, int]]]:
+    """Runs of words between stop words and punctuation, as (word, start, end)."""
     phrases: list[list[tuple[str, int, int]]] = [[]]
     prev_end = 0
     for w, s, e in prompt_words(prompt):
@@ -89,12 +88,58 @@ def prompt_objects(prompt: str, tokenizer) -> list[PromptObject]:
         if w not in STOPWORDS:
             phrases[-1].append((w, s, e))
         prev_end = e
+    return [ph for ph in phrases if ph]
+
+
+def prompt_objects(prompt: str, tokenizer) -> list[PromptObject]:
+    """Runs of words between stop words and punctuation; the last word of each is its head."""
+    offsets = _char_to_tokens(prompt, tokenizer)
     out = []
-    for ph in phrases:
-        if not ph:
-            continue
+    for ph in _phrases(prompt):
         head = _tokens_in(offsets, ph[-1][1], ph[-1][2])
         toks = _tokens_in(offsets, ph[0][1], ph[-1][2])
         if head:
             out.append(PromptObject(" ".join(w for w, _, _ in ph), tuple(head), tuple(toks)))
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The prompt as an edit rewrites it: recolour and remove compile to a shift of the prompt's
+# embedding towards the rewritten prompt (Pix2Pix-Zero's edit direction, made from this prompt).
+
+
+def _phrase_of(prompt: str, tokenizer, token: list[int]) -> list[tuple[str, int, int]]:
+    offsets = _char_to_tokens(prompt, tokenizer)
+    for ph in _phrases(prompt):
+        if set(_tokens_in(offsets, ph[0][1], ph[-1][2])) & set(token):
+            return ph
+    raise ValueError(f"no phrase of {prompt!r} holds token positions {token}")  # bind resolved the token: cannot happen
+
+
+def recoloured(prompt: str, tokenizer, token: list[int], words: str) -> str:
+    """The prompt with the object's describing words (its phrase but the head) replaced by `words`:
+    "a red circle and a blue square", circle, "green" -> "a green circle and a blue square". A
+    phrase of one word gets `words` in front of it."""
+    ph = _phrase_of(prompt, tokenizer, token)
+    start, end = (ph[0][1], ph[-2][2]) if len(ph) > 1 else (ph[-1][1], ph[-1][1])
+    return prompt[:start] + words + ("" if len(ph) > 1 else " ") + prompt[end:]
+
+
+JOINERS = ("and", "with")
+
+
+def without(prompt: str, tokenizer, token: list[int]) -> str:
+    """The prompt without the object's phrase, its article and the word that joins it to the rest:
+    "a red circle and a blue square", circle -> "a blue square"."""
+    ph = _phrase_of(prompt, tokenizer, token)
+    words = prompt_words(prompt)
+    first = next(i for i, w in enumerate(words) if w[1] == ph[0][1])
+    last = next(i for i, w in enumerate(words) if w[1] == ph[-1][1])
+    while first > 0 and words[first - 1][0] in STOPWORDS and words[first - 1][0] not in JOINERS:
+        first -= 1  # its article: "a", "the"
+    if last + 1 < len(words) and words[last + 1][0] in JOINERS:
+        last += 1  # "a red circle and ..." loses "and" after it
+    elif first > 0 and words[first - 1][0] in JOINERS:
+        first -= 1  # "... and a red circle" loses "and" before it
+    text = prompt[: words[first][1]] + prompt[words[last][2]:]
+    return re.sub(r"\s+", " ", text).strip(" ,;")

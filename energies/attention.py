@@ -142,10 +142,13 @@ def appearance_energy(feats, a, target_feats, target_a) -> torch.Tensor:
     return (mine - theirs).abs().mean()
 
 
-def attention_keep_energy(layer_maps, src_layer_maps) -> torch.Tensor:
+def attention_keep_energy(layer_maps, src_layer_maps, positions=None) -> torch.Tensor:
     """Pix2Pix-Zero cross-attention guidance: squared distance to the source maps, summed over
-    pixels and tokens, summed over layers (maps here are already averaged over heads)."""
+    pixels and tokens, summed over layers (maps here are already averaged over heads). With
+    `positions`, only those tokens' maps are held."""
     total = 0.0
     for cur, ref in zip(layer_maps, src_layer_maps):
+        if positions is not None:
+            cur, ref = cur[positions], ref[positions]
         total = total + ((cur - ref.detach()) ** 2).sum()
     return total

@@ -28,7 +28,10 @@ class centroid:
     def __init__(self, tok):
         self.token = _ref(tok)
 
-    def to(self, x: float, y: float) -> P.Move:
+    def to(self, x, y: float | None = None, offset=(0.0, 0.0)):
+        """centroid(tok).to(0.7, 0.5), or .to(centroid("square"), offset=(0.3, 0)) beside another object."""
+        if isinstance(x, centroid):
+            return P.MoveTo(token=self.token, other=x.token, offset=(float(offset[0]), float(offset[1])))
         return P.Move(token=self.token, to=(float(x), float(y)))
 
     def by(self, dx: float, dy: float) -> P.Shift:
@@ -39,7 +42,10 @@ class size:
     def __init__(self, tok):
         self.token = _ref(tok)
 
-    def to(self, area: float) -> P.SizeTo:
+    def to(self, area) -> P.SizeTo | P.SizeLike:
+        """size(tok).to(0.12) (a fraction of the image), or .to(size("square")) (another object's)."""
+        if isinstance(area, size):
+            return P.SizeLike(token=self.token, other=area.token)
         return P.SizeTo(token=self.token, area=float(area))
 
     def times(self, factor: float) -> P.Resize:
@@ -58,7 +64,10 @@ class appearance:
     def __init__(self, tok):
         self.token = _ref(tok)
 
-    def to(self, other: "appearance") -> P.AppearanceFrom:
+    def to(self, other) -> P.AppearanceFrom | P.Recolour:
+        """appearance(tok).to(appearance("square")) (another object's), or .to("green") (words)."""
+        if isinstance(other, str):
+            return P.Recolour(token=self.token, to=" ".join(other.split()))
         return P.AppearanceFrom(token=self.token, other=other.token)
 
 
@@ -117,6 +126,11 @@ def drag(handle, target, within=None, box=None) -> P.Drag:
         raise ValueError("drag takes within= (a token) or box=, not both")
     return P.Drag(handle=(float(handle[0]), float(handle[1])), target=(float(target[0]), float(target[1])),
                   token=None if within is None else _ref(within), box=None if box is None else tuple(float(v) for v in box))
+
+
+def remove(tok) -> P.Remove:
+    """remove("circle"): the object gone, its place background."""
+    return P.Remove(token=_ref(tok))
 
 
 def settings(**kw) -> P.Program:

@@ -31,7 +31,9 @@ class TermDefaults:
 TERMS = {
     "move": TermDefaults(weight=0.4, window=(0.0, 0.7), placement="eps"),
     "shift": TermDefaults(weight=0.4, window=(0.0, 0.7), placement="eps"),
+    "move_to": TermDefaults(weight=0.4, window=(0.0, 0.7), placement="eps"),  # a move whose target the source gives
     "resize": TermDefaults(weight=0.4, window=(0.0, 0.7), placement="eps"),
+    "size_like": TermDefaults(weight=0.4, window=(0.0, 0.7), placement="eps"),  # a resize whose factor the source gives
     "size_to": TermDefaults(weight=40.0, window=(0.0, 0.7), placement="eps"),
     "shape_from": TermDefaults(weight=40.0, window=(0.0, 0.7), placement="eps"),
     "appearance_from": TermDefaults(weight=20.0, window=(0.0, 0.9), placement="eps"),
@@ -50,6 +52,12 @@ TERMS = {
     "clip": TermDefaults(weight=20.0, window=(0.0, 0.5), placement="x0"),
     "keep_pixels": TermDefaults(weight=100.0, window=(0.0, 1.0), placement="x0"),
     "direction": TermDefaults(weight=1.0, window=(0.0, 1.0), placement="eps"),
+    # Recolour to words: the prompt's embedding shifted by s * (E(prompt with the words swapped) -
+    # E(prompt)), s = the weight, at every step (Pix2Pix-Zero's c + delta_c), with keep attention's
+    # hold added when the script has none. Remove: from the relocation step on, the prompt without
+    # the object's phrase (weight 1: exactly that prompt's embedding), its region refilled before.
+    "recolour": TermDefaults(weight=1.0, window=(0.0, 1.0), placement="eps"),
+    "remove": TermDefaults(weight=1.0, window=(0.3, 1.0), placement="eps"),
     # DragNoise: the bottleneck is optimised at the window's start (inversion_strength 0.7: step 35
     # of 50 counted from t = 0, i.e. progress 0.3) and substituted until the end (end_step 0).
     # The weight multiplies the drag's share of the loss (several drags in one script).
@@ -85,7 +93,7 @@ PROMPT_DIRECTION_WINDOW = (0.0, 1.0)
 
 # Layout terms also relocate their object's source region once, at this fraction of sampling
 # (energies/relocate.py), with a mask from the source's maps over the steps after MASK_FROM.
-RELOCATE = frozenset({"move", "shift", "resize"})
+RELOCATE = frozenset({"move", "shift", "move_to", "resize", "size_like", "remove"})
 RELOCATE_AT = 0.3
 RELOCATE_MASK_FROM = 0.8
 RELOCATE_MASK_THRESHOLD = 0.5

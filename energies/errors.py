@@ -73,26 +73,48 @@ class SteerError(Exception):
             head = f"{self.file}: {self.kind}: {self.message}"
             return head + (f"\nhint: {self.hint}" if self.hint else "")
         out = [f"{self.span.file}:{self.span.line}:{self.span.col}: {self.kind}: {self.message}"]
-        text = self.source
-        if text is None and Path(self.span.file).is_file():
-            try:
-                text = Path(self.span.file).read_text()
-            except (OSError, UnicodeDecodeError):
-                text = None
-        if text is not None:
-            lines = source_lines(text)
-            if 1 <= self.span.line <= len(lines):
-                src = _shown(lines[self.span.line - 1])
-                width = self.span.end_col - self.span.col if self.span.end_line == self.span.line else len(src) - self.span.col + 1
-                width = max(1, width)
-                out.append("  " + src)
-                out.append("  " + " " * (self.span.col - 1) + "^" + "~" * (width - 1))
+        out += _excerpt(self.span, self.source)
+        for span, what in self.notes:
+            out.append(f"{span.file}:{span.line}:{span.col}: note: {what}")
+            out += _excerpt(span, self.source)
         if self.hint:
             out.append(f"hint: {self.hint}")
         return "\n".join(out)
 
+    notes: tuple = ()  # (span, what): other places the message is about, shown after it
+
     def __str__(self):
         return self.render()
+
+
+def _excerpt(span, source: str | None) -> list[str]:
+    """The span's line and a caret under it, if the text can be had."""
+    text = source
+    if text is None and Path(span.file).is_file():
+        try:
+            text = Path(span.file).read_text()
+        except (OSError, UnicodeDecodeError):
+            text = None
+    if text is None:
+        return []
+    lines = source_lines(text)
+    if not 1 <= span.line <= len(lines):
+        return []
+    src = _shown(lines[span.line - 1])
+    width = span.end_col - span.col if span.end_line == span.line else len(src) - span.col + 1
+    return ["  " + src, "  " + " " * (span.col - 1) + "^" + "~" * (max(1, width) - 1)]
+
+
+class SteerWarning(SteerError):
+    """Not a mistake that stops the run: a statement with nothing left to do, or two statements
+    that pull against each other. Rendered like an error, with `warning:`, and a note at the other
+    statement. Collected, never raised."""
+
+    kind = "warning"
+
+    def __init__(self, message: str, span=None, hint: str | None = None, notes=(), source: str | None = None):
+        super().__init__(message, span, hint, source)
+        self.notes = tuple(notes)
 
 
 class SteerSyntaxError(SteerError):
@@ -107,11 +129,6 @@ class SteerRuntimeError(SteerError):
     """Something went wrong while sampling that the script can fix (a non-finite energy)."""
 
 
-def did_you_mean(word: str, choices) -> str | None:
-    import difflib
-
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"did you mean {close[0]!r}?" if close else None
 class SteerUsageError(SteerError):
     """A mistake that is not on a script line: a command-line option, a model, a file to read or
     write, the device. Rendered as one line, `steer: error: ...`, and a hint; exit status 2."""
@@ -128,3 +145,8 @@ def warn(message: str) -> None:
     print(f"steer: warning: {message}", file=sys.stderr)
 
 
+def did_you_mean(word: str, choices) -> str | None:
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else None

@@ -108,6 +108,24 @@ class SizeTo(TermBase):
     area: float
 
 
+class MoveTo(TermBase):
+    """centroid(token) -> centroid(token other) + (dx, dy): a place relative to another object, taken
+    from where that object is in the source."""
+
+    kind: Literal["move_to"] = "move_to"
+    token: TokenRef
+    other: TokenRef
+    offset: tuple[float, float] = (0.0, 0.0)
+
+
+class SizeLike(TermBase):
+    """size(token) -> size(token other): the other object's area in the source."""
+
+    kind: Literal["size_like"] = "size_like"
+    token: TokenRef
+    other: TokenRef
+
+
 class ShapeFrom(TermBase):
     """shape(token) -> shape(other)"""
 
@@ -122,6 +140,24 @@ class AppearanceFrom(TermBase):
     kind: Literal["appearance_from"] = "appearance_from"
     token: TokenRef
     other: TokenRef
+
+
+class Recolour(TermBase):
+    """appearance(token) -> "green": the object's words in the prompt swapped for the given ones, as
+    a shift of the prompt's embedding (Pix2Pix-Zero's edit direction made from this very prompt),
+    with the cross-attention hold that keeps the layout (keep attention)."""
+
+    kind: Literal["recolour"] = "recolour"
+    token: TokenRef
+    to: str
+
+
+class Remove(TermBase):
+    """remove token: the object's region refilled with background once the layout is set, and the
+    prompt without the object's phrase from then on."""
+
+    kind: Literal["remove"] = "remove"
+    token: TokenRef
 
 
 class KeepAppearance(TermBase):
@@ -209,10 +245,32 @@ class Direction(TermBase):
 
 
 Term = Annotated[
-    Union[Move, Shift, Resize, SizeTo, ShapeFrom, AppearanceFrom, KeepAppearance, KeepShape, KeepAttention, KeepStructure,
-          KeepPixels, Clip, Style, Direction, Drag],
+    Union[Move, Shift, MoveTo, Resize, SizeTo, SizeLike, ShapeFrom, AppearanceFrom, Recolour, Remove, KeepAppearance, KeepShape,
+          KeepAttention, KeepStructure, KeepPixels, Clip, Style, Direction, Drag],
     Field(discriminator="kind"),
 ]
+
+
+# The ranges of the numeric settings, stated once: the compiler checks a script's `seed 5`, the
+# command line its `--seed 5` and the Editor a Python-built Program, all with setting_problem, so
+# a PNG never records a program that does not compile.
+SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
+STEPS_MAX = 1000  # the schedulers' training timesteps: DDIM cannot take more steps than that
+
+
+def setting_problem(name: str, value) -> str | None:
+    """Why `value` cannot be the setting `name`, or None. Only the numbers have ranges."""
+    import math
+
+    if value is None:
+        return None
+    if name == "seed" and not (isinstance(value, int) and 0 <= value <= SEED_MAX):
+        return "seed must be between 0 and 2^63 - 1"
+    if name == "steps" and not (isinstance(value, int) and 1 <= value <= STEPS_MAX):
+        return f"steps must be between 1 and {STEPS_MAX}"
+    if name == "cfg" and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        return "cfg must be a finite number >= 0"
+    return None
 
 
 class Settings(Node):
@@ -251,28 +309,6 @@ def as_program(x) -> Program:
         return x
     if isinstance(x, TermBase):
         return Program(terms=(x,))
-# The ranges of the numeric settings, stated once: the compiler checks a script's `seed 5`, the
-# command line its `--seed 5` and the Editor a Python-built Program, all with setting_problem, so
-# a PNG never records a program that does not compile.
-SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
-STEPS_MAX = 1000  # the schedulers' training timesteps: DDIM cannot take more steps than that
-
-
-def setting_problem(name: str, value) -> str | None:
-    """Why `value` cannot be the setting `name`, or None. Only the numbers have ranges."""
-    import math
-
-    if value is None:
-        return None
-    if name == "seed" and not (isinstance(value, int) and 0 <= value <= SEED_MAX):
-        return "seed must be between 0 and 2^63 - 1"
-    if name == "steps" and not (isinstance(value, int) and 1 <= value <= STEPS_MAX):
-        return f"steps must be between 1 and {STEPS_MAX}"
-    if name == "cfg" and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-        return "cfg must be a finite number >= 0"
-    return None
-
-
     if isinstance(x, Settings):
         return Program(settings=x)
     raise TypeError(f"cannot add {type(x).__name__} to a Program")

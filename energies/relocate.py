@@ -20,6 +20,9 @@ import torch.nn.functional as F
 from .attention import centroid, minmax, resize
 
 
+GONE = 4.0  # a shift (image units) that carries a region out of the image: what `remove` relocates by
+
+
 def object_mask(maps: list[torch.Tensor], hw, threshold: float = 0.5) -> torch.Tensor:
     """A token's object mask from the source pass: its maps over the last steps averaged (where
     they localise best), normalised, thresholded, resized to the latent (H, W). Float 0/1."""
@@ -71,15 +74,3 @@ def relocate(z: torch.Tensor, z_src: torch.Tensor, x0_src: torch.Tensor, a_t, ma
     free = torch.ones_like(mask) if protect is None else (protect < 0.5).to(mask.dtype)
     out = torch.where((mask * free)[None] > 0.5, hole, z)
     return torch.where((moved_mask * free)[None] > 0.5, moved, out)
-
-
-def moved_by(kind: str, term, mask: torch.Tensor) -> tuple[tuple[float, float], float]:
-    """(shift, scale) a layout term asks of its object, given the object's source mask."""
-    c = centroid(mask)
-    if kind == "move":
-        return (float(term.to[0] - c[0]), float(term.to[1] - c[1])), 1.0
-    if kind == "shift":
-        return (float(term.by[0]), float(term.by[1])), 1.0
-    if kind == "resize":
-        return (0.0, 0.0), float(term.factor) ** 0.5
-    raise ValueError(f"{kind} terms do not relocate")

@@ -18,7 +18,7 @@ from . import program as P
 from . import vit as V
 from . import x0 as X
 
-LAYOUT_KINDS = {"move", "shift", "resize", "size_to", "shape_from", "drag"}  # a drag within a token moves it
+LAYOUT_KINDS = {"move", "shift", "move_to", "resize", "size_to", "size_like", "shape_from", "drag", "remove"}  # a drag within a token moves it
 
 
 @dataclass
@@ -32,6 +32,10 @@ class BoundTerm:
     other: list[int] = field(default_factory=list)  # positions of the other token (shape/appearance from)
     objects: list[list[int]] = field(default_factory=list)  # heads of the objects a keep term covers
     direction: object = None  # a direction term's file (energies.directions.Direction), read when binding
+    edit_prompt: str | None = None  # recolour, remove: the prompt as the edit makes it (binding writes it)
+    target: tuple[float, float] | None = None  # move_to: the absolute target, from the source (the editor resolves it)
+    factor: float | None = None  # size_like: the area factor, from the source (the editor resolves it)
+    reach: float = 1.0  # layout terms: how far the relocation carries the object, the script's weight in [0, 1]
     state: object = None  # what the editor prepares before sampling: ClipText, StyleReference, a direction kind's state
 
     @property
@@ -48,6 +52,10 @@ class BoundTerm:
 
 
 NEEDS = {
+    "move_to": {"attn"},
+    "size_like": {"attn"},
+    "recolour": set(),  # not an energy: a shift of the prompt's embedding (its hold is a keep_attention term)
+    "remove": set(),  # not an energy: a relocation that erases, then the prompt without the object
     "move": {"attn"},
     "shift": {"attn"},
     "resize": {"attn"},
@@ -109,6 +117,14 @@ def shift(b: BoundTerm, now: Features, src: Features) -> torch.Tensor:
     return A.move_energy(now.token(b.token), src.token(b.token), target, D.SILHOUETTE, D.SHARP_CENTROID)
 
 
+def move_to(b: BoundTerm, now: Features, src: Features) -> torch.Tensor:
+    return A.move_energy(now.token(b.token), src.token(b.token), b.target, D.SILHOUETTE, D.SHARP_CENTROID)
+
+
+def size_like(b: BoundTerm, now: Features, src: Features) -> torch.Tensor:
+    return A.resize_energy(now.token(b.token), src.token(b.token), b.factor, D.SILHOUETTE)
+
+
 def resize(b: BoundTerm, now: Features, src: Features) -> torch.Tensor:
     return A.resize_energy(now.token(b.token), src.token(b.token), b.term.factor, D.SILHOUETTE)
 
@@ -136,7 +152,7 @@ def keep_shape(b: BoundTerm, now: Features, src: Features) -> torch.Tensor:
 
 
 def keep_attention(b: BoundTerm, now: Features, src: Features) -> torch.Tensor:
-    return A.attention_keep_energy(now.layers, src.layers)
+    return A.attention_keep_energy(now.layers, src.layers, b.objects[0] if b.objects else None)
 
 
 def keep_structure(b: BoundTerm, now: Features, src: Features) -> torch.Tensor:
@@ -160,7 +176,9 @@ def keep_pixels(b: BoundTerm, now: Features, src: Features) -> torch.Tensor:
 ENERGIES = {
     "move": move,
     "shift": shift,
+    "move_to": move_to,
     "resize": resize,
+    "size_like": size_like,
     "size_to": size_to,
     "shape_from": shape_from,
     "appearance_from": appearance_from,

@@ -25,19 +25,21 @@ import dsl
 from energies.errors import SteerCompileError
 from energies import directions as direction_files
 from energies import program as P
-from energies.terms import BoundTerm, ClipText, StyleReference
+from energies.terms import ENERGIES, BoundTerm, ClipText, StyleReference
 
 from .backbones import Backbone, load_backbone
 from . import feature_models as FM
 from .denoiser import denoiser
 from .directions import KINDS, Step
+from .directions import prompt as PD
+from .directions.prompt import PromptShift
 from .drag import DragPlan
 from .guidance import EnergyGuide
 from .guided import SHIFTS, Guidance, require_finite, sample_ddim
 from .images import load_image, write_png  # noqa: F401  (re-exported until every caller imports it from .images)
 from .preflight import check_program
 from .probes import Readout
-from .regions import plan_relocations, relocating, within_regions
+from .regions import plan_relocations, relocating, resolve_relative, within_regions
 from .result import EditResult  # noqa: F401  (part of the editor's API)
 from .source import SourcePass, SourcePasses
 
@@ -90,10 +92,11 @@ class Editor:
                 raise SteerCompileError(f"{problem}, got {getattr(filled, name)}", s.spans.get(name))
         return filled
 
-    def bind(self, program: P.Program, script_dir=None) -> list[BoundTerm]:
-        """Resolve tokens and directions against this model (the model-dependent half of compiling)."""
+    def bind(self, program: P.Program, script_dir=None, warnings: list | None = None) -> list[BoundTerm]:
+        """Resolve tokens and directions against this model (the model-dependent half of compiling);
+        statements with nothing to do, or in conflict, go to `warnings`."""
         s = self.settings(program)
-        return dsl.bind(program, s.prompt, self.backbone.tokenizer, self._direction_paths(script_dir), self.backbone.kind)
+        return dsl.bind(program, s.prompt, self.backbone.tokenizer, self._direction_paths(script_dir), self.backbone.kind, warnings)
 
     def _direction_paths(self, script_dir=None) -> list[Path]:
         model_dir = getattr(getattr(self.backbone, "model", None), "path", None)
@@ -116,10 +119,12 @@ class Editor:
         # names, the direction files, the images: check_program), so that a mistake is never
         # found after minutes of source pass.
         settings = self.settings(program)
-        bound = self.bind(program, script_dir)
+        warnings: list = []
+        bound = self.bind(program, script_dir, warnings)
         check_program(bound, settings, script_dir, self.backbone)
         self._prepare(bound, settings, script_dir)
         src = self.source(settings, progress, script_dir)
+        resolve_relative(self.backbone, bound, src)
         b = self.backbone
         timesteps = b.timesteps(settings.steps)
         steps = len(timesteps)
@@ -150,7 +155,8 @@ class Editor:
         with torch.no_grad():  # a finite latent can still decode to NaN (an fp16 VAE overflows)
             image = require_finite(b.decode(final), "the decoded image", steps, 0)[0].permute(1, 2, 0).cpu().numpy()
         ran = P.Program(settings=settings, terms=program.terms)
-        return EditResult(image, src.image, final, ran, b.name, curves, last_maps.get("maps", {}), plan.outcome if plan else None)
+        return EditResult(image, src.image, final, ran, b.name, curves, last_maps.get("maps", {}), plan.outcome if plan else None,
+                          warnings)
 
     def _prepare(self, bound: list[BoundTerm], settings: P.Settings, script_dir=None):
         """What terms need from outside the sampling loop: CLIP text features, a style image's CLS,
@@ -166,6 +172,8 @@ class Editor:
                 if x.term.window is None:
                     x.window = kind.window
                 x.state = kind.prepare(x, d, b, settings)
+            elif x.kind in ("recolour", "remove"):  # the prompt as the edit rewrites it, as a shift of its embedding
+                x.state = PromptShift(PD.edit_direction(b, [settings.prompt], [x.edit_prompt], progress=False))
             elif x.kind == "style":
                 image = load_image(Path(script_dir or ".") / x.term.path, b.image_size(), x.term.span, what="style image")
                 ref = torch.from_numpy(image).permute(2, 0, 1)[None].to(b.device) * 2 - 1
@@ -186,6 +194,7 @@ class Editor:
         make it (Pix2Pix-Zero's c + delta_c). Made once per set of active terms; the terms that
         shifted it ride along (Conditioning.by), to be named if what it conditions is not finite."""
         by_kind = self._by_kind(bound)
+        by_kind["prompt"] = by_kind["prompt"] + [x for x in bound if x.kind in ("recolour", "remove") and x.weight != 0]
         steps = len(timesteps)
         made: dict[tuple, object] = {}
 
@@ -219,7 +228,7 @@ class Editor:
 
         def guide(i, t, z):
             cond = cond_at(i)
-            energies = [x for x in bound if x.kind != "direction" and x.active(i / steps)]
+            energies = [x for x in bound if x.kind in ENERGIES and x.active(i / steps)]
             g = self.energies.step(energies, z, i, t, src, cond, curves, last_maps).blame("prediction", cond.by)
             step = Step(self.backbone, z, i, t, i / steps, cond, cfg, regions)
             for name, terms in by_kind.items():

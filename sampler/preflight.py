@@ -151,17 +151,18 @@ def check_program(bound: list, settings: P.Settings, script_dir, model) -> None:
         open_image(here / settings.source, settings.spans.get("source")).close()
 
 
-def check_without_weights(program: P.Program, script_dir, model: str | None) -> list:
+def check_without_weights(program: P.Program, script_dir, model: str | None, warnings: list | None = None) -> list:
     """What `steer run` would refuse in `program` before sampling, asked without loading the
     model's weights: its names against the tokenizer, its directions against the shapes in the
     config files (directions.model_shapes), its images. `steer check` and the REPL (as each line
-    is added) ask it. Returns the bound terms; raises the SteerError run would."""
+    is added) ask it. Returns the bound terms; raises the SteerError run would; statements with
+    nothing to do, or in conflict, go to `warnings`."""
     import dsl
 
     model = model or "shapes"
     tokenizer, shapes = _tokenizer_and_shapes(model)
     here = Path(script_dir or ".")
-    bound = dsl.bind(program, program.settings.prompt, tokenizer, direction_folders(here, model), shapes.kind)
+    bound = dsl.bind(program, program.settings.prompt, tokenizer, direction_folders(here, model), shapes.kind, warnings)
     check_program(bound, program.settings, here, shapes)
     return bound
 

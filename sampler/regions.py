@@ -47,10 +47,41 @@ def plan_relocations(backbone, bound: list[BoundTerm], src, steps: int, prompt: 
         core = src.object_mask(token, hw, D.RELOCATE_CENTRE_THRESHOLD)
         shift, scale = (0.0, 0.0), 1.0
         for x in terms:  # where the object is: the centre of the map's core, not of the generous copy mask
-            (dx, dy), k = R.moved_by(x.kind, x.term, core if core.sum() > 0 else mask)
+            (dx, dy), k = moved_by(x, core if core.sum() > 0 else mask)
             shift, scale = (shift[0] + dx, shift[1] + dy), scale * k
         plans.setdefault(at, []).append((mask.to(backbone.device), shift, scale, protect))
     return plans
+
+
+def moved_by(x: BoundTerm, mask: torch.Tensor) -> tuple[tuple[float, float], float]:
+    """(shift, scale) a layout term asks of its object, given the object's source mask."""
+    c, k = R.centroid(mask), x.reach  # a weight below 1 goes part of the way
+    if x.kind in ("move", "move_to"):
+        to = x.term.to if x.kind == "move" else x.target
+        return (k * float(to[0] - c[0]), k * float(to[1] - c[1])), 1.0
+    if x.kind == "shift":
+        return (k * float(x.term.by[0]), k * float(x.term.by[1])), 1.0
+    if x.kind in ("resize", "size_like"):
+        return (0.0, 0.0), float(x.term.factor if x.kind == "resize" else x.factor) ** (0.5 * k)
+    if x.kind == "remove":
+        return (R.GONE, R.GONE), 1.0  # carried out of the image: only the refilled hole stays
+    raise ValueError(f"{x.kind} terms do not relocate")
+
+
+def resolve_relative(backbone, bound: list[BoundTerm], src):
+    """Targets given relative to another object, made absolute from where the source has both:
+    move_to's target (the other's centre + the offset), size_like's factor (area over area)."""
+    hw = backbone.latent_shape()[1:]
+    for x in bound:
+        if x.kind == "move_to":
+            other = src.object_mask(x.other, hw, D.RELOCATE_CENTRE_THRESHOLD)
+            if other.sum() == 0:
+                other = src.object_mask(x.other, hw)
+            c = R.centroid(other) if other.sum() > 0 else torch.tensor([0.5, 0.5])
+            x.target = (min(1.0, max(0.0, float(c[0]) + x.term.offset[0])), min(1.0, max(0.0, float(c[1]) + x.term.offset[1])))
+        elif x.kind == "size_like":
+            own, other = src.object_mask(x.token, hw), src.object_mask(x.other, hw)
+            x.factor = float(other.sum() / own.sum()) if own.sum() > 0 and other.sum() > 0 else 1.0
 
 
 def relocating(guide, relocations: dict[int, list], src, alphas):

@@ -24,6 +24,7 @@ class EditResult:
     energies: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # term -> (step, energy)
     maps: dict[str, np.ndarray] = field(default_factory=dict)  # word -> last edit-step attention map
     drag: DragOutcome | None = None  # what the drag's optimisation did, if the program has drags
+    warnings: list = field(default_factory=list)  # SteerWarnings: statements with nothing to do, or in conflict
 
     def save(self, path, source_path=None):
         """Write the edited image (and the source) as PNG, atomically, with the program in it."""

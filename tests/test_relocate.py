@@ -54,8 +54,33 @@ def test_object_mask_thresholds_the_late_maps():
 
 
 def test_each_layout_term_asks_its_own_motion():
+    from energies.program import MoveTo, Remove, SizeLike
+    from energies.terms import BoundTerm
+    from sampler.regions import moved_by
+
     mask = square_mask(2, 2, 6, 6)  # centroid (0.25, 0.25)
-    tok = TokenRef(word="circle")
-    assert R.moved_by("move", Move(token=tok, to=(0.75, 0.5)), mask) == (pytest.approx((0.5, 0.25)), 1.0)
-    assert R.moved_by("shift", Shift(token=tok, by=(0.1, -0.2)), mask) == ((0.1, -0.2), 1.0)
-    assert R.moved_by("resize", Resize(token=tok, factor=4.0), mask) == ((0.0, 0.0), 2.0)
+    tok, other = TokenRef(word="circle"), TokenRef(word="square")
+
+    def bound(term, **kw):
+        return BoundTerm(term=term, label="", weight=1.0, window=(0, 1), placement="eps", **kw)
+
+    assert moved_by(bound(Move(token=tok, to=(0.75, 0.5))), mask) == (pytest.approx((0.5, 0.25)), 1.0)
+    assert moved_by(bound(Shift(token=tok, by=(0.1, -0.2))), mask) == ((0.1, -0.2), 1.0)
+    assert moved_by(bound(Resize(token=tok, factor=4.0)), mask) == ((0.0, 0.0), 2.0)
+    assert moved_by(bound(MoveTo(token=tok, other=other), target=(0.5, 0.75)), mask) == (pytest.approx((0.25, 0.5)), 1.0)
+    assert moved_by(bound(SizeLike(token=tok, other=other), factor=0.25), mask) == ((0.0, 0.0), 0.5)
+    (dx, dy), k = moved_by(bound(Remove(token=tok)), mask)
+    assert k == 1.0 and dx > 1 and dy > 1, "a removed object is carried out of the image"
+
+
+def test_a_removed_object_leaves_only_background():
+    z_src = torch.randn(4, 16, 16)
+    x0 = torch.zeros(4, 16, 16)
+    x0[:, 4:8, 4:8] = 3.0  # the object, on a background of 0
+    mask = square_mask(4, 4, 8, 8)
+    a = torch.tensor(0.5)
+    out = R.relocate(z_src.clone(), z_src, x0, a, mask, shift=(R.GONE, R.GONE))
+    eps = (z_src - a.sqrt() * x0) / (1 - a).sqrt()
+    hole = (1 - a).sqrt() * eps  # the background (0) at the source's noise
+    assert torch.allclose(out[:, 4:8, 4:8], hole[:, 4:8, 4:8], atol=1e-6)
+    assert torch.equal(out[:, 9:, 9:], z_src[:, 9:, 9:]), "nothing else changed"

@@ -1,0 +1,203 @@
+"""Recolour to words, targets relative to another object, remove: language and effect."""
+
+import pytest
+
+import dsl
+from dsl.resolve import recoloured, token_indices, without
+from energies import builder as B
+from energies.program import TokenRef
+
+PROMPT = 'prompt "a red circle and a blue square"\n'
+STATEMENTS = [
+    'appearance(token "circle") -> "green"',
+    'centroid(token "circle") -> centroid(token "square") + (0.3, -0.1)',
+    'centroid(token "circle") -> centroid(token "square")',
+    'size(token "circle") -> size(token "square")',
+    'remove token "circle"',
+    'remove token "square" * 0.5 @ 0.4..1',
+]
+
+
+@pytest.mark.parametrize("statement", STATEMENTS)
+def test_new_statements_print_back_to_themselves(statement):
+    program = dsl.compile(PROMPT + statement)
+    text = dsl.format(program)
+    assert text.splitlines()[-1] == statement
+    assert dsl.compile(text) == program
+
+
+def test_the_builder_makes_the_same_programs():
+    c, s = B.centroid("circle"), B.size("circle")
+    built = [B.appearance("circle").to("green"), c.to(B.centroid("square"), offset=(0.3, -0.1)), c.to(B.centroid("square")),
+             s.to(B.size("square")), B.remove("circle")]
+    for term, statement in zip(built, STATEMENTS):
+        assert dsl.compile(PROMPT + statement).terms[0] == term
+
+
+@pytest.mark.parametrize("statement, message", [
+    ('centroid(token "circle") -> size(token "square") + (0.1, 0)', "not its size"),
+    ('centroid(token "circle") -> centroid(token "circle") + (0.1, 0)', "relative to itself"),
+    ('centroid(token "circle") -> centroid(token "square") + (2, 0)', "outside [-1, 1]"),
+    ('size(token "circle") -> shape(token "square")', "not its shape"),
+    ('appearance(token "circle") -> "  "', "needs the words"),
+    ('shape(token "circle") -> "square"', "shape takes another object's shape"),
+    ('remove token "dog"', 'token "dog" is not in the prompt'),
+])
+def test_mistakes_are_located_errors(statement, message, shapes_path):
+    from dsl.binding import bind
+    from sampler.backbones import load_tokenizer
+
+    with pytest.raises(dsl.SteerError) as e:
+        program = dsl.compile(dsl.parse(PROMPT + statement, "edit.edit"))
+        bind(program, program.settings.prompt, load_tokenizer(shapes_path))
+    assert message in e.value.message and e.value.line == 2
+    assert "^" in e.value.with_source(PROMPT + statement).render()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(shapes_path):
+    from sampler.backbones import load_tokenizer
+
+    return load_tokenizer(shapes_path)
+
+
+def test_the_prompt_as_an_edit_rewrites_it(tokenizer):
+    p = "a red circle and a blue square"
+
+    def at(word):
+        return token_indices(TokenRef(word=word), p, tokenizer)
+
+    assert recoloured(p, tokenizer, at("circle"), "green") == "a green circle and a blue square"
+    assert recoloured(p, tokenizer, at("square"), "yellow") == "a red circle and a yellow square"
+    assert without(p, tokenizer, at("circle")) == "a blue square"
+    assert without(p, tokenizer, at("square")) == "a red circle"
+    assert recoloured("a circle", tokenizer, token_indices(TokenRef(word="circle"), "a circle", tokenizer), "green") == "a green circle"
+
+
+def test_a_recolour_brings_the_attention_hold_once(tokenizer):
+    from dsl.binding import bind
+
+    one = bind(dsl.compile(PROMPT + 'appearance(token "circle") -> "green"'), "a red circle and a blue square", tokenizer)
+    assert [x.kind for x in one] == ["recolour", "keep_attention"] and one[0].edit_prompt == "a green circle and a blue square"
+    own = bind(dsl.compile(PROMPT + 'appearance(token "circle") -> "green"\nkeep attention * 2'), "a red circle and a blue square", tokenizer)
+    assert [x.kind for x in own] == ["recolour", "keep_attention"], "the script's own hold is the only one"
+
+
+# ----------------------------------------------------------------------------------------------
+# The direction of each effect on the shipped model, measured by the world's detector (few steps)
+
+
+def _run(shapes_editor, statement, seed=1):
+    from sampler.shapes import world as W
+
+    r = shapes_editor.run(dsl.compile(PROMPT + f"steps 10\nseed {seed}\n" + statement), progress=False)
+    return W.detect(r.source_image), W.detect(r.image)
+
+
+def test_recolour_to_a_word_changes_the_colour_in_place(shapes_editor):
+    from sampler.shapes import world as W
+
+    src, out = _run(shapes_editor, 'appearance(token "circle") -> "green"')
+    before, after = W.find(src, "red", "circle"), W.find(out, "green", "circle")
+    assert before is not None and after is not None and W.find(out, "red") is None
+    assert abs(after.centroid[0] - before.centroid[0]) < 0.08 and abs(after.centroid[1] - before.centroid[1]) < 0.08
+    assert W.find(out, "blue", "square") is not None
+
+
+def test_remove_takes_the_object_away_and_keeps_the_other(shapes_editor):
+    from sampler.shapes import world as W
+
+    src, out = _run(shapes_editor, 'remove token "circle"')
+    assert W.find(src, "red") is not None and W.find(out, "red") is None
+    square_before, square_after = W.find(src, "blue", "square"), W.find(out, "blue", "square")
+    assert square_after is not None and W.mask_iou(square_before.mask, square_after.mask) > 0.8
+
+
+def test_a_move_beside_another_object_goes_there(shapes_editor):
+    from sampler.shapes import world as W
+
+    src, out = _run(shapes_editor, 'centroid(token "circle") -> centroid(token "square") + (0, 0.35)\nkeep appearance')
+    square, before = W.find(src, "blue", "square"), W.find(src, "red", "circle")
+    target = (square.centroid[0], square.centroid[1] + 0.35)
+    after = W.find(out, "red", "circle")
+    dist = lambda c: ((c[0] - target[0]) ** 2 + (c[1] - target[1]) ** 2) ** 0.5  # noqa: E731
+    assert after is not None and dist(after.centroid) < dist(before.centroid) - 0.1
+
+
+# ----------------------------------------------------------------------------------------------
+# Statements with nothing to do, and statements that pull against each other: warnings, not errors
+
+
+def _bind(text, tokenizer):
+    from dsl.binding import bind
+
+    program = dsl.compile(dsl.parse(text, "w.edit"))
+    warnings = []
+    return bind(program, program.settings.prompt, tokenizer, warnings=warnings), [w.with_source(text) for w in warnings]
+
+
+def test_keep_attention_leaves_a_moved_object_free(tokenizer):
+    """examples/windows.edit moves the circle and keeps attention: the hold skips the circle's words."""
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "examples" / "windows.edit").read_text()
+    bound, warnings = _bind(text, tokenizer)
+    hold = next(x for x in bound if x.kind == "keep_attention")
+    moved = token_indices(TokenRef(word="circle"), "a red circle and a blue square", tokenizer)
+    assert warnings == [] and hold.objects and not set(hold.objects[0]) & set(moved)
+    assert set(token_indices(TokenRef(word="square"), "a red circle and a blue square", tokenizer)) <= set(hold.objects[0])
+
+
+def test_a_keep_with_nothing_left_is_a_warning_and_is_dropped(tokenizer):
+    text = PROMPT + 'centroid(token "circle") += (0.2, 0)\ncentroid(token "square") += (0, 0.2)\nkeep layout\n'
+    bound, warnings = _bind(text, tokenizer)
+    assert [x.kind for x in bound] == ["shift", "shift"]
+    (w,) = warnings
+    assert w.kind == "warning" and w.line == 4 and "nothing to do" in w.message and "w.edit:4:1: warning:" in w.render()
+
+
+def test_a_keep_of_what_another_statement_changes_warns_at_both(tokenizer):
+    text = PROMPT + 'centroid(token "circle") += (0.2, 0)\nkeep shape(token "circle")\nkeep shape(token "square")\n'
+    bound, warnings = _bind(text, tokenizer)
+    (w,) = warnings
+    rendered = w.render()
+    assert w.line == 3 and "w.edit:3:1: warning:" in rendered and "w.edit:2:1: note:" in rendered
+    assert rendered.count("^") == 2 and len(bound) == 3, "both statements still run"
+    _, none = _bind(PROMPT + 'centroid(token "circle") += (0.2, 0) @ 0.5..1\nkeep shape(token "circle") @ 0..0.5\n', tokenizer)
+    assert none == [], "windows that do not overlap do not conflict"
+
+
+def test_a_weight_below_one_moves_part_of_the_way():
+    from energies.program import Move, Resize, Shift
+    from energies.terms import BoundTerm
+    from sampler.regions import moved_by
+    import torch
+
+    mask = torch.zeros(16, 16)
+    mask[2:6, 2:6] = 1  # centroid (0.25, 0.25)
+    tok = TokenRef(word="circle")
+
+    def at(term, reach):
+        return moved_by(BoundTerm(term=term, label="", weight=1.0, window=(0, 1), placement="eps", reach=reach), mask)
+
+    assert at(Move(token=tok, to=(0.75, 0.25)), 0.5) == (pytest.approx((0.25, 0.0)), 1.0)
+    assert at(Shift(token=tok, by=(0.2, 0.0)), 0.25) == (pytest.approx((0.05, 0.0)), 1.0)
+    assert at(Resize(token=tok, factor=4.0), 0.5)[1] == pytest.approx(2 ** 0.5)
+    assert at(Move(token=tok, to=(0.75, 0.25)), 0.0) == ((0.0, 0.0), 1.0)
+
+
+def test_the_dial_reaches_the_bound_terms(tokenizer):
+    bound, _ = _bind(PROMPT + 'centroid(token "circle") -> (0.7, 0.5) * 0.3\nsize(token "square") *= 2 * 4\n', tokenizer)
+    assert [x.reach for x in bound] == [pytest.approx(0.3), 1.0]
+
+
+def test_steer_check_and_run_print_warnings_and_still_succeed(tmp_path, shapes_path, capsys):
+    from dsl.cli import main
+
+    script = tmp_path / "w.edit"
+    script.write_text(PROMPT + 'steps 3\ncentroid(token "circle") += (0.2, 0)\nkeep shape(token "circle")\n')
+    assert main(["check", str(script), "--model", shapes_path]) == 0
+    err = capsys.readouterr().err
+    assert f"{script}:4:1: warning:" in err and f"{script}:3:1: note:" in err
+    assert main(["run", str(script), "--model", shapes_path, "-q"]) == 0
+    assert f"{script}:4:1: warning:" in capsys.readouterr().err
