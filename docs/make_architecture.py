@@ -29,7 +29,7 @@ BOXES = {
     "regions": ("relocation", "regions.py", 320, 540),
     "guidance": ("energy guidance", "guidance.py, probes.py", 600, 540),
     "directions": ("direction kinds", "directions/*.py", 880, 540),
-    "backbone": ("Backbone", "backbones.py (shapes, SD, SDXL)", 1140, 540),
+    "backbone": ("Backbone", "backbones/ (shapes, SD, SDXL)", 1140, 540),
     "drag": ("drag", "drag.py", 320, 620),
     "features": ("ViT / CLIP", "feature_models.py", 600, 620),
 }

@@ -1,0 +1,29 @@
+"""Backbones: one interface over the shapes model and diffusers Stable Diffusion pipelines.
+
+    base.py              the Backbone interface and the Conditioning it encodes prompts into
+    shapes.py            the shipped shapes model
+    stable_diffusion.py  Stable Diffusion 1.x/2.x and SDXL pipelines
+    load.py              a backbone by name, id or folder (safetensors only)
+
+A new model family is one more module here with a Backbone subclass, its case in
+load.load_backbone, and its BackboneDefaults in energies/defaults.py.
+"""
+
+from .base import Backbone, Conditioning
+from .load import (
+    DTYPES,
+    check_device,
+    direction_folders,
+    load_backbone,
+    load_tokenizer,
+    pipeline_class,
+    quiet_loading,
+    refuse_pickle_only,
+)
+from .shapes import ShapesBackbone
+from .stable_diffusion import StableDiffusionBackbone, StableDiffusionXLBackbone
+
+__all__ = [
+    "Backbone", "Conditioning", "ShapesBackbone", "StableDiffusionBackbone", "StableDiffusionXLBackbone", "DTYPES",
+    "check_device", "direction_folders", "load_backbone", "load_tokenizer", "pipeline_class", "quiet_loading", "refuse_pickle_only",
+]
