@@ -5,6 +5,8 @@
     text = dsl.format(program)                 # canonical text, parses back to an equal Program
 """
 
+import re
+
 from energies.errors import SteerCompileError, SteerError, SteerRuntimeError, SteerSyntaxError, SteerUsageError
 
 
@@ -45,6 +47,33 @@ def prompt_objects(prompt: str, tokenizer):
     return _objects(prompt, tokenizer)
 
 
+def token_indices(word: str, prompt: str, tokenizer) -> list[int]:
+    """Positions in the encoded prompt of `word` as the language resolves `token "word"`: a word or
+    a phrase, "red#2" for its second occurrence; a word split into sub-word tokens gives all of
+    them. A word not in the prompt is a SteerCompileError (without a position) listing its words."""
+    from energies.program import TokenRef
+
+    from .resolve import token_indices as _indices
+
+    text, _, n = word.rpartition("#") if re.fullmatch(r".+#\d+", word) else (word, "", "1")
+    if int(n) < 1:
+        raise SteerCompileError(f"{word}: occurrences count from #1", None)
+    return _indices(TokenRef(word=text, occurrence=int(n)), prompt, tokenizer)
+
+
+def prompt_words(prompt: str) -> list[str]:
+    """Every word of the prompt, lower-cased, as token_indices takes it: a word's second
+    occurrence is "red#2"."""
+    from .resolve import prompt_words as _words
+
+    seen: dict[str, int] = {}
+    out = []
+    for w, _, _ in _words(prompt):
+        seen[w] = seen.get(w, 0) + 1
+        out.append(w if seen[w] == 1 else f"{w}#{seen[w]}")
+    return out
+
+
 def read_script(path) -> str:
     """A script's text: UTF-8, a file. A missing file, a folder or other bytes are a
     SteerUsageError (`steer: error: ...`), not a traceback."""
@@ -71,5 +100,5 @@ def load(path) -> "object":
     return compile(parse(read_script(path), str(path)))
 
 
-__all__ = ["parse", "compile", "format", "load", "read_script", "bind", "prompt_objects", "SteerError", "SteerSyntaxError",
-           "SteerCompileError", "SteerRuntimeError", "SteerUsageError"]
+__all__ = ["parse", "compile", "format", "load", "read_script", "bind", "prompt_objects", "token_indices", "prompt_words",
+           "SteerError", "SteerSyntaxError", "SteerCompileError", "SteerRuntimeError", "SteerUsageError"]

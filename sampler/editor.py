@@ -38,7 +38,7 @@ from .guidance import EnergyGuide
 from .guided import SHIFTS, Guidance, require_finite, sample_ddim
 from .images import load_image, write_png  # noqa: F401  (re-exported until every caller imports it from .images)
 from .preflight import check_program
-from .probes import Readout
+from .probes import Readout, TrajectoryMaps
 from .regions import plan_relocations, relocating, resolve_relative, within_regions
 from .result import EditResult  # noqa: F401  (part of the editor's API)
 from .source import SourcePass, SourcePasses
@@ -141,6 +141,7 @@ class Editor:
         relocations = plan_relocations(b, others, src, steps, settings.prompt, plan)
         if relocations:  # first the copies, then the drag's optimisation, then the energies
             guide = relocating(guide, relocations, src, b.schedule()[0])
+        edit_latents: list[torch.Tensor] = []  # each step's z_t, whose maps the pictures ask for (TrajectoryMaps)
         final = sample_ddim(
             denoise,
             src.noise,
@@ -151,12 +152,14 @@ class Editor:
             desc="edit",
             clip=src.clip,
             generator=torch.Generator().manual_seed(settings.seed + 1),  # for steps that ask for eta > 0
+            callback=lambda d: edit_latents.append(d["z"].detach()),
         )
         with torch.no_grad():  # a finite latent can still decode to NaN (an fp16 VAE overflows)
             image = require_finite(b.decode(final), "the decoded image", steps, 0)[0].permute(1, 2, 0).cpu().numpy()
         ran = P.Program(settings=settings, terms=program.terms)
-        return EditResult(image, src.image, final, ran, b.name, curves, last_maps.get("maps", {}), plan.outcome if plan else None,
-                          warnings)
+        return EditResult(image, src.image, final, ran, b.name, curves, last_maps.get("maps"), plan.outcome if plan else None,
+                          warnings, source_maps=[f.maps for f in src.features],
+                          edit_maps=TrajectoryMaps(b, self.readout, edit_latents, timesteps, cond_at), tokenizer=b.tokenizer)
 
     def _prepare(self, bound: list[BoundTerm], settings: P.Settings, script_dir=None):
         """What terms need from outside the sampling loop: CLIP text features, a style image's CLS,

@@ -143,3 +143,25 @@ class Readout:
         else:
             feats = feats[0] if feats is not None else None
         return Features(maps=maps.float(), layers=layers, features=feats)
+
+
+class TrajectoryMaps:
+    """The token maps of a sampled trajectory at any step, made on demand: one probed conditional
+    forward at the recorded z_t of that step, with that step's conditioning. The edit pass keeps
+    its latents (cheap) instead of probing every step, so a run that never asks pays nothing."""
+
+    def __init__(self, backbone, readout: Readout, latents: list[torch.Tensor], timesteps: list[int], cond_at):
+        self.backbone, self.readout = backbone, readout
+        self.latents, self.timesteps, self.cond_at = latents, timesteps, cond_at
+        self._made: dict[int, torch.Tensor] = {}
+
+    def __call__(self, i: int) -> torch.Tensor:
+        """(T, r, r) at step i, on the CPU."""
+        if i not in self._made:
+            b = self.backbone
+            c = self.cond_at(i)
+            store = ProbeStore(b.latent_shape()[1:], detach=True)
+            with torch.no_grad(), probing(b.unet, store, self.readout.attn_layers):
+                b.eps(self.latents[i], self.timesteps[i], c.cond, c.added)
+            self._made[i] = store.token_maps(self.readout.map_res)[0].float().cpu()
+        return self._made[i]
