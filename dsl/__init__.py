@@ -44,7 +44,7 @@ def prompt_objects(prompt: str, tokenizer):
     """The objects a prompt names: for each noun phrase, its head token and all its tokens."""
     from .resolve import prompt_objects as _objects
 
-    return _objects(prompt, tokenizer)
+    return _objects(plain_prompt(prompt), tokenizer)
 
 
 def token_indices(word: str, prompt: str, tokenizer) -> list[int]:
@@ -58,7 +58,15 @@ def token_indices(word: str, prompt: str, tokenizer) -> list[int]:
     text, _, n = word.rpartition("#") if re.fullmatch(r".+#\d+", word) else (word, "", "1")
     if int(n) < 1:
         raise SteerCompileError(f"{word}: occurrences count from #1", None)
-    return _indices(TokenRef(word=text, occurrence=int(n)), prompt, tokenizer)
+    return _indices(TokenRef(word=text, occurrence=int(n)), plain_prompt(prompt), tokenizer)
+
+
+def token_weights(prompt: str, tokenizer) -> tuple[str, list[float]]:
+    """A prompt with weights ((word:1.3), word++, (words)0.8) -> (the plain prompt, one weight for
+    each of the tokenizer's max-length positions), for the backbone's encoder to apply."""
+    from .weights import token_weights as _weights
+
+    return _weights(prompt, tokenizer)
 
 
 def prompt_words(prompt: str) -> list[str]:
@@ -68,10 +76,17 @@ def prompt_words(prompt: str) -> list[str]:
 
     seen: dict[str, int] = {}
     out = []
-    for w, _, _ in _words(prompt):
+    for w, _, _ in _words(plain_prompt(prompt)):
         seen[w] = seen.get(w, 0) + 1
         out.append(w if seen[w] == 1 else f"{w}#{seen[w]}")
     return out
+
+
+def plain_prompt(prompt: str) -> str:
+    """The prompt without its weight syntax: the words the tokenizer encodes."""
+    from .weights import plain
+
+    return plain(prompt)
 
 
 def read_script(path) -> str:
@@ -100,5 +115,5 @@ def load(path) -> "object":
     return compile(parse(read_script(path), str(path)))
 
 
-__all__ = ["parse", "compile", "format", "load", "read_script", "bind", "prompt_objects", "token_indices", "prompt_words",
+__all__ = ["parse", "compile", "format", "load", "read_script", "bind", "prompt_objects", "token_indices", "prompt_words", "token_weights", "plain_prompt",
            "SteerError", "SteerSyntaxError", "SteerCompileError", "SteerRuntimeError", "SteerUsageError"]

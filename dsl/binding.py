@@ -16,6 +16,7 @@ from energies.terms import LAYOUT_KINDS, BoundTerm
 
 from .printer import term as term_text
 from .resolve import prompt_objects, recoloured, token_indices, without
+from . import weights
 
 
 def bind(program: P.Program, prompt: str, tokenizer, direction_paths=(), backbone: str | None = None,
@@ -25,6 +26,8 @@ def bind(program: P.Program, prompt: str, tokenizer, direction_paths=(), backbon
     offending term. Statements left with nothing to do, or that pull against another, are
     SteerWarnings appended to `warnings` (the vacuous ones are dropped from the result)."""
     warnings = [] if warnings is None else warnings
+    weights.check(prompt, program.settings.spans.get("prompt"))  # a Program built in Python skipped the compiler
+    prompt = weights.plain(prompt)  # the words as the tokenizer sees them: weight syntax is the encoder's business
     objects = prompt_objects(prompt, tokenizer)
     resolved = {}
 

@@ -12,7 +12,7 @@ import math
 from energies import program as P
 from energies.errors import SteerCompileError, did_you_mean
 
-from . import ast
+from . import ast, weights
 
 
 SETTING_TYPES = {"prompt": "string", "negative": "string", "model": "string", "source": "string", "seed": "int", "steps": "int",
@@ -43,6 +43,8 @@ def _compile(script: ast.Script) -> P.Program:
             seen[name] = st
             settings[name] = _setting_value(st)
             spans[name] = st.value.span
+            if name in ("prompt", "negative"):  # weight syntax is checked here, where its column is known
+                weights.check(settings[name], st.value.span)
         elif isinstance(st, ast.Edit):
             terms.append(_edit(st))
         elif isinstance(st, ast.Keep):

@@ -49,7 +49,10 @@ DEFAULT_SEED = 0
 class Editor:
     keep_sources = 8  # source passes kept in memory (a REPL session needs one; the bench a few)
 
-    def __init__(self, backbone: Backbone | str | None = None, device: str = "cpu", dtype: str = "fp32", low_memory: bool = False):
+    def __init__(self, backbone=None, device: str = "auto", dtype: str = "fp32", low_memory: bool = False):
+        """`backbone`: a Backbone, a model name, folder or .safetensors checkpoint (load.py), or a
+        diffusers StableDiffusionPipeline / StableDiffusionXLPipeline already loaded. "auto" picks
+        cuda, then mps, then cpu; a pipeline object stays where it is unless a device is named."""
         self.backbone = backbone if isinstance(backbone, Backbone) else load_backbone(backbone, device, dtype, low_memory)
         self.readout = Readout(self.backbone)
         self.sources = SourcePasses(self.backbone, self.readout, self.keep_sources)
@@ -176,7 +179,7 @@ class Editor:
                     x.window = kind.window
                 x.state = kind.prepare(x, d, b, settings)
             elif x.kind in ("recolour", "remove"):  # the prompt as the edit rewrites it, as a shift of its embedding
-                x.state = PromptShift(PD.edit_direction(b, [settings.prompt], [x.edit_prompt], progress=False))
+                x.state = PromptShift(PD.edit_direction(b, [dsl.plain_prompt(settings.prompt)], [x.edit_prompt], progress=False))  # both unweighted: the shift is the edit alone
             elif x.kind == "style":
                 image = load_image(Path(script_dir or ".") / x.term.path, b.image_size(), x.term.span, what="style image")
                 ref = torch.from_numpy(image).permute(2, 0, 1)[None].to(b.device) * 2 - 1

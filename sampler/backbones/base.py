@@ -11,7 +11,16 @@ from dataclasses import dataclass, field
 
 import torch
 
+import dsl
 from energies.defaults import BACKBONES, BackboneDefaults
+
+
+def weighted(hidden: torch.Tensor, empty: torch.Tensor, weights: list[float]) -> torch.Tensor:
+    """compel's per-token weighting: each position moved from the empty prompt's state by its
+    weight, empty + w (hidden - empty), so weight 1 leaves a row exactly as it was and the
+    sequence length (the positions attention maps index) does not change."""
+    w = torch.tensor(weights, dtype=hidden.dtype, device=hidden.device)[None, :, None]
+    return empty + (hidden - empty) * w
 
 
 @dataclass
@@ -47,8 +56,15 @@ class Backbone:
 
     @torch.no_grad()
     def _embed(self, text: str) -> torch.Tensor:
+        """The prompt's last hidden state (what Stable Diffusion conditions on), its weights
+        ((word:1.3), word++) applied per token; positions are the plain prompt's."""
+        plain, weights = dsl.token_weights(text, self.tokenizer)
+        hidden = self._hidden(plain)
+        return hidden if all(w == 1.0 for w in weights) else weighted(hidden, self._hidden(""), weights)
+
+    def _hidden(self, text: str) -> torch.Tensor:
         ids = torch.tensor([self.token_ids(text)], device=self.device)
-        return self.text_encoder(ids)[0]  # last hidden state, as Stable Diffusion conditions on
+        return self.text_encoder(ids)[0]
 
     def encode_prompt(self, prompt: str, negative: str | None = None) -> Conditioning:
         return Conditioning(cond=self._embed(prompt), uncond=self._embed(negative or ""))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from .base import Backbone, Conditioning
+import dsl
+
+from .base import Backbone, Conditioning, weighted
 
 
 class StableDiffusionBackbone(Backbone):
@@ -75,6 +77,13 @@ class StableDiffusionXLBackbone(StableDiffusionBackbone):
 
     @torch.no_grad()
     def _embed_xl(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both encoders' states with the prompt's weights applied per token (the two tokenizers
+        share CLIP's vocabulary, so positions agree); the pooled embedding is the plain prompt's."""
+        plain, weights = dsl.token_weights(text, self.tokenizer)
+        hidden, pooled = self._hidden_xl(plain)
+        return (hidden if all(w == 1.0 for w in weights) else weighted(hidden, self._hidden_xl("")[0], weights)), pooled
+
+    def _hidden_xl(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         hidden, pooled = [], None
         for tok, enc in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
             ids = tok(text, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
