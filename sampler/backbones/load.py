@@ -28,15 +28,23 @@ def quiet_loading():
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def load_backbone(model: str | None = None, device: str = "cpu", dtype: str = "fp32", low_memory: bool = False) -> Backbone:
-    """"shapes" (default), a shapes model folder, or a Stable Diffusion model id / folder.
+def load_backbone(model=None, device: str = "auto", dtype: str = "fp32", low_memory: bool = False,
+                  config: str | None = None) -> Backbone:
+    """"shapes" (default), a shapes model folder, a Stable Diffusion model id / folder, a
+    single-file .safetensors checkpoint, or a diffusers pipeline object already loaded.
     `dtype` and `low_memory` apply to Stable Diffusion; the shapes model always runs in fp32.
+    `config` is a local diffusers folder of a single-file checkpoint's architecture (offline use).
     A model that cannot be found or read, or a device that is not there, is a SteerUsageError."""
     from ..shapes import model as shapes_model
 
+    if not isinstance(model, (str, Path, type(None))):
+        return backbone_for_pipeline(model, device, low_memory)
+    device = resolve_device(device)
     check_device(device)
     quiet_loading()
-    model = model or "shapes"
+    model = str(model or "shapes")
+    if is_single_file(model):
+        return load_single_file(model, device, DTYPES[dtype], low_memory, config)
     path = shapes_model.resolve(model)
     if model == "shapes" or shapes_model.is_shapes_folder(Path(path)):
         return ShapesBackbone(model, device=device)
@@ -101,12 +109,25 @@ def refuse_pickle_only(model: str):
                  f"DiffusionPipeline.from_pretrained('{model}').save_pretrained('{model}-safetensors', safe_serialization=True)\"")
 
 
+def resolve_device(device: str | None) -> str:
+    """"auto" (the default) is the fastest device here: cuda, then mps, then cpu. Any other name
+    is kept as given, for check_device to refuse if it is not there."""
+    if device not in (None, "auto"):
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
 def check_device(device: str):
-    """A device name torch knows and this machine has: cpu, cuda, cuda:N, mps."""
+    """A device name torch knows and this machine has: auto, cpu, cuda, cuda:N, mps."""
+    device = resolve_device(device)
     try:
         d = torch.device(device)
     except (RuntimeError, TypeError):
-        raise SteerUsageError(f"--device {device!r} is not a device name", hint="cpu, cuda, cuda:1, mps ...") from None
+        raise SteerUsageError(f"--device {device!r} is not a device name", hint="auto, cpu, cuda, cuda:1, mps ...") from None
     if d.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
@@ -139,8 +160,86 @@ def load_tokenizer(model: str | None = None):
     path = shapes_model.resolve(model)
     if model == "shapes" or shapes_model.is_shapes_folder(Path(path)):
         return PreTrainedTokenizerFast.from_pretrained(Path(path) / "tokenizer")
+    if is_single_file(model):  # the tokenizer is inside the checkpoint's pipeline: load it whole
+        return load_single_file(model, "cpu", torch.float32).tokenizer
     pipeline_class(model)  # a clean error for a model that is not there
     try:
         return AutoTokenizer.from_pretrained(model, subfolder="tokenizer")
     except (OSError, ValueError) as e:
         raise SteerUsageError(f"cannot load the tokenizer of {model!r}: {_first_line(e)}", hint=MODEL_HINT) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# A pipeline the user already loaded: Editor(pipe).
+
+def backbone_for_pipeline(pipe, device: str | None = "auto", low_memory: bool = False) -> Backbone:
+    """The Backbone that wraps a diffusers pipeline object (subclasses included). The pipeline
+    stays on the device it is on unless a device is named. Any other object is a usage error
+    naming its class, not a TypeError from deep inside."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    cls = type(pipe).__name__
+    if isinstance(pipe, StableDiffusionXLPipeline):  # first: neither class derives from the other, but be explicit
+        backbone = StableDiffusionXLBackbone
+    elif isinstance(pipe, StableDiffusionPipeline):
+        backbone = StableDiffusionBackbone
+    else:
+        raise SteerUsageError(f"steer cannot edit with a {cls}: it supports StableDiffusionPipeline and StableDiffusionXLPipeline "
+                              "(and their subclasses)", hint=MODEL_HINT)
+    if device not in (None, "auto"):
+        check_device(device)
+        pipe = pipe.to(device)
+    name = pipe.config.get("_name_or_path") or cls
+    return backbone(pipe, name=str(name), low_memory=low_memory)
+
+
+# ---------------------------------------------------------------------------------------------
+# A single-file checkpoint (a fine-tuned model in one file, as A1111 and civitai share them).
+
+SINGLE_FILE_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
+
+
+def is_single_file(model: str) -> bool:
+    return Path(model).suffix.lower() in SINGLE_FILE_SUFFIXES and not Path(model).is_dir()
+
+
+def load_single_file(path: str, device: str, dtype: torch.dtype, low_memory: bool = False, config: str | None = None) -> Backbone:
+    """A .safetensors checkpoint through diffusers' from_single_file. Pickled checkpoints (.ckpt,
+    .bin, ...) are refused: reading them runs whatever code they hold. `config` is a local
+    diffusers folder of the same architecture; without it diffusers fetches the configs for the
+    inferred model type from the hub (or its cache)."""
+    p = Path(path)
+    if p.suffix.lower() != ".safetensors":
+        raise SteerUsageError(f"{path!r} is a pickled checkpoint ({p.suffix}); steer loads safetensors only",
+                              hint="convert it once, if you trust the file (this unpickles it), to .safetensors, "
+                                   "or use the model's safetensors release")
+    if not p.is_file():
+        raise SteerUsageError(f"checkpoint {path!r} does not exist", hint=MODEL_HINT)
+    cls = StableDiffusionXLBackbone if is_sdxl_checkpoint(p) else StableDiffusionBackbone
+    pipeline = single_file_pipeline_class(cls)
+    kwargs = {"config": config} if config else {}
+    try:
+        pipe = pipeline.from_single_file(str(p), torch_dtype=dtype, **kwargs)
+    except (OSError, ValueError) as e:  # no config offline, keys of an unknown architecture
+        raise SteerUsageError(f"cannot load the checkpoint {path!r}: {_first_line(e)}",
+                              hint="diffusers needs the configs of the checkpoint's architecture: online once (they are "
+                                   "cached), or offline load_backbone(path, config=<a local diffusers folder of the same "
+                                   "architecture>) and Editor(that backbone)") from None
+    return cls(pipe.to(device), name=str(path), low_memory=low_memory)
+
+
+def is_sdxl_checkpoint(path: Path) -> bool:
+    """SDXL's original checkpoints hold its two text encoders under conditioner.embedders; SD 1.x/2.x's do not."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return any(k.startswith("conditioner.embedders.") for k in f.keys())
+    except (SafetensorError, OSError) as e:
+        raise SteerUsageError(f"cannot read the checkpoint {str(path)!r}: {_first_line(e)}", hint="is it a complete .safetensors file?") from None
+
+
+def single_file_pipeline_class(backbone: type):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    return StableDiffusionXLPipeline if backbone is StableDiffusionXLBackbone else StableDiffusionPipeline

@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     def model_and_out(q):
         q.add_argument("--model", default="shapes", help="shapes (default), a shapes folder, or a Stable Diffusion id / folder")
         q.add_argument("--out", type=Path, default=Path("directions"), help="where the direction files are written (default ./directions)")
-        q.add_argument("--device", default="cpu")
+        q.add_argument("--device", default="auto")
         q.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="Stable Diffusion weights (shapes: always fp32)")
 
     def common(q, work_default):  # the trained kinds: checkpoints and a seed too
