@@ -162,3 +162,15 @@ def test_a_stopped_unet_stage_resumes_instead_of_assembling(tmp_path, capsys):
     train.main(["all", "--work", str(tmp_path), "--steps", "3", "--batch", "2", "--warmup", "1", "--max-minutes", "1e-9",
                 "--no-evaluate"])
     assert "step 1 of 3" in capsys.readouterr().out and not (tmp_path / "model").exists()
+
+
+def test_a_later_session_continues_from_a_committed_snapshot(tmp_path):
+    """Without the work folder's checkpoints, --init-from a model folder brings its autoencoder
+    and its weights: how a run continues when only a snapshot was kept."""
+    first = tmp_path / "first"
+    train.main(["all", "--work", str(first), "--vae-steps", "2", "--vae-batch", "2", "--steps", "2", "--batch", "2",
+                "--warmup", "1", "--cooldown", "1", "--clip-steps", "1", "--clip-batch", "4", "--no-evaluate"])
+    later = tmp_path / "later"
+    train.main(["unet", "--work", str(later), "--init-from", str(first / "model"), "--steps", "1", "--batch", "2",
+                "--warmup", "1", "--cooldown", "1"])
+    assert (later / "vae").is_dir() and (later / "model" / "steer_shapes.json").is_file()

@@ -155,9 +155,14 @@ def measure_latents(vae, n: int = 256) -> tuple[float, float, float]:
     return 1.0 / std, shift, float(np.mean([psnr_db(r[None], xx[None]) for r, xx in zip(rec, x)]))
 
 
-def load_vae(work: Path):
+def load_vae(work: Path, init_from=None):
+    """The finished autoencoder of the work folder; taken from --init-from's model folder when the
+    work folder has none (a later session continuing from a committed snapshot)."""
     from diffusers import AutoencoderKL
 
+    if not (work / "vae").is_dir() and init_from and (M.resolve(init_from) / "vae").is_dir():
+        shutil.copytree(M.resolve(init_from) / "vae", work / "vae")
+        print(f"autoencoder taken from {M.resolve(init_from) / 'vae'}")
     if not (work / "vae").is_dir():
         raise SystemExit(f"no autoencoder in {work / 'vae'}: run the vae stage first (python -m sampler.shapes.train vae)")
     return AutoencoderKL.from_pretrained(work / "vae", use_safetensors=True).eval().requires_grad_(False)
@@ -175,7 +180,7 @@ def train_unet(args) -> dict:
     text_encoder = CLIPTextModel(M.text_config(tokenizer))
     unet = M.build_unet()
     scheduler = M.build_scheduler()
-    vae = load_vae(args.work)
+    vae = load_vae(args.work, args.init_from)
     dev = torch.device(args.device)
     modules = {"unet": unet, "text_encoder": text_encoder}
     if args.freeze_text:  # keep the text encoder (and so the attention maps' keys) as they are: train the UNet alone
