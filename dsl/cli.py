@@ -1,4 +1,4 @@
-"""The `steer` command line (also `python -m dsl`): run, check, fmt, repl, directions, learn, bench.
+"""The `steer` command line (also `python -m dsl`): run, maps, check, fmt, repl, directions, learn, bench.
 
 A user's mistake prints `file:line:col: error: message`, the line with a caret and a hint, and
 exits with status 2, without a traceback.
@@ -56,38 +56,99 @@ def _with_overrides(program, args):
     return program.with_settings(seed=args.seed, steps=args.steps, model=args.model)
 
 
-def default_output(script: Path, inputs=None) -> Path:
-    """<script>.png next to the script; if that name is taken by a file steer did not write, or
-    by an input of the run, <script>-2.png, -3, ... so a user's own image is never overwritten."""
+def default_output(script: Path, inputs=None, suffix: str = "") -> Path:
+    """<script><suffix>.png next to the script; if that name is taken by a file steer did not
+    write, or by an input of the run, <script><suffix>-2.png, -3, ... so a user's own image is
+    never overwritten."""
     from sampler.preflight import written_by_steer
 
-    out = script.with_suffix(".png")
+    out = script.with_name(f"{script.stem}{suffix}.png")
     n = 2
     while (out.exists() and not written_by_steer(out)) or (inputs is not None and inputs.which(out)):
-        out = script.with_name(f"{script.stem}-{n}.png")
+        out = script.with_name(f"{script.stem}{suffix}-{n}.png")
         n += 1
     return out
 
 
 def cmd_run(args) -> int:
-    from sampler.preflight import check_outputs, run_inputs
+    from sampler.preflight import check_outputs
+
+    program, text, inputs = _prepared(args)
+    out = Path(args.output) if args.output else default_output(Path(args.script), inputs)
+    sheet = _sheet_path(args.sheet, out)
+    outputs = {"-o": out, **({"--source-out": Path(args.source_out)} if args.source_out else {}),
+               **({"--sheet": sheet} if sheet else {})}
+    check_outputs(outputs, inputs, args.overwrite)  # before the model loads: nothing is spent on a run that cannot be written
+    result = _run(program, text, args)
+    _save(result, out, args.source_out)
+    if sheet:
+        _write(lambda: result.sheet(sheet), sheet)
+    print(f"wrote {out}" + (f" and {args.source_out}" if args.source_out else "") + (f" and the sheet {sheet}" if sheet else ""))
+    return 0
+
+
+def _prepared(args):
+    """(the script's program with the command line's settings, the script's text, the run's inputs)."""
+    from sampler.preflight import run_inputs
 
     program, text = _compile_file(args.script)
     program = _with_overrides(program, args)
-    script = Path(args.script)
-    inputs = run_inputs(program, script, program.settings.model)
-    out = Path(args.output) if args.output else default_output(script, inputs)
-    outputs = {"-o": out, **({"--source-out": Path(args.source_out)} if args.source_out else {})}
-    check_outputs(outputs, inputs, args.overwrite)  # before the model loads: nothing is spent on a run that cannot be written
+    return program, text, run_inputs(program, Path(args.script), program.settings.model)
+
+
+def _run(program, text: str, args):
+    """Run the program on its model; its mistakes at their lines, its warnings printed."""
     editor = _editor(program, args, text)
     try:
-        result = editor.run(program, progress=not args.quiet, script_dir=script.parent)
+        result = editor.run(program, progress=not args.quiet, script_dir=Path(args.script).parent)
     except SteerError as e:
         raise located(e, args.script, text)
     _print_warnings(result.warnings, text)
-    _save(result, out, args.source_out)
-    print(f"wrote {out}" + (f" and {args.source_out}" if args.source_out else ""))
+    return result
+
+
+def _sheet_path(flag, out: Path) -> Path | None:
+    """--sheet alone: <output>-sheet.png next to the edited image; --sheet PATH: there."""
+    if flag is None:
+        return None
+    return Path(flag) if flag else out.with_name(f"{out.stem}-sheet.png")
+
+
+def cmd_maps(args) -> int:
+    """DAAM-style heat maps of the prompt's words over the source and the edit, as one PNG grid."""
+    from sampler.preflight import check_outputs
+
+    program, text, inputs = _prepared(args)
+    out = Path(args.output) if args.output else default_output(Path(args.script), inputs, "-maps")
+    check_outputs({"-o": out}, inputs, args.overwrite)
+    _check_fractions(args.at)
+    if args.words:  # a word that is not in the prompt is found before minutes of sampling
+        _check_words(args.words, program)
+    result = _run(program, text, args)
+    _write(lambda: result.save_maps(out, args.words, args.at), out)
+    print(f"wrote {out}")
     return 0
+
+
+def _check_fractions(at):
+    for f in at or ():
+        if not 0 <= f <= 1:
+            raise SteerUsageError(f"--at {f:g}: a sampling fraction is from 0 (the first step) to 1 (the last)")
+
+
+def _check_words(words: list[str], program):
+    """Each word against the prompt, as the language resolves `token "word"`."""
+    import dsl
+    from sampler.backbones import load_tokenizer
+
+    if not program.settings.prompt:
+        raise SteerUsageError("the script has no prompt", hint=NO_PROMPT_HINT)
+    tokenizer = load_tokenizer(program.settings.model or "shapes")
+    for w in words:
+        try:
+            dsl.token_indices(w, program.settings.prompt, tokenizer)
+        except SteerError as e:
+            raise SteerUsageError(f"--words {w}: {e.message}", hint=e.hint) from None
 
 
 def _print_warnings(warnings: list, text: str):
@@ -119,8 +180,13 @@ def _at_model_line(e: SteerUsageError, program, model_flag, text: str) -> SteerE
 
 def _save(result, out: Path, source_out):
     """Write the images; a disk that fills up or a folder removed meanwhile is a usage error."""
+    _write(lambda: result.save(out, source_out), out)
+
+
+def _write(write, out: Path):
+    """write(), with a disk that fills up or a folder removed meanwhile as a usage error."""
     try:
-        result.save(out, source_out)
+        write()
     except OSError as e:
         raise SteerUsageError(f"cannot write {e.filename or out}: {e.strerror or e}", hint="check the folder and the free space") from None
 
@@ -227,10 +293,19 @@ def cmd_learn(args) -> int:
 
 def _model_flags(p: argparse.ArgumentParser):
     """Which model, where and how: shared by the commands that load one."""
-    p.add_argument("--model", help='"shapes" (default), a shapes model folder, a Stable Diffusion model id / folder, or a .safetensors checkpoint')
-    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps ...")
+    p.add_argument("--model", help='"shapes" (default), a shapes model folder, or a Stable Diffusion model id / folder')
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="Stable Diffusion weights (the shapes model is fp32)")
     p.add_argument("--low-memory", action="store_true", help="gradient checkpointing and attention slicing (Stable Diffusion)")
+
+
+def _run_flags(p: argparse.ArgumentParser):
+    """What every command that runs a script takes: its settings, the output rule, the model."""
+    p.add_argument("--seed", type=int)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output that steer did not write (never an input of the run)")
+    _model_flags(p)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -241,12 +316,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("script")
     r.add_argument("-o", "--output", help="edited image (default: SCRIPT.png next to the script)")
     r.add_argument("--source-out", help="also write the unedited source image of the same seed")
-    r.add_argument("--seed", type=int)
-    r.add_argument("--steps", type=int)
-    r.add_argument("--overwrite", action="store_true", help="replace an existing output that steer did not write (never an input of the run)")
-    _model_flags(r)
-    r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--sheet", nargs="?", const="", metavar="SHEET.png",
+                   help="also write one picture of the run: source and edit, the named tokens' maps, every statement's "
+                        "energy curve (default: OUTPUT-sheet.png; put the flag after the script)")
+    _run_flags(r)
     r.set_defaults(func=cmd_run)
+
+    m = sub.add_parser("maps", help="run a script and draw DAAM-style heat maps of its prompt's words over the source and the edit")
+    m.add_argument("script")
+    m.add_argument("--words", nargs="+", metavar="WORD", help='words of the prompt (default: all but "a", "and" ...); "red#2" for the second')
+    m.add_argument("--at", nargs="+", type=float, metavar="F",
+                   help="sampling fractions, one column each (0: first step, 1: last; default: averaged over all steps, as DAAM)")
+    m.add_argument("-o", "--output", help="the grid (default: SCRIPT-maps.png next to the script)")
+    _run_flags(m)
+    m.set_defaults(func=cmd_maps)
 
     c = sub.add_parser("check", help="compile scripts against the model's tokenizer; exit 2 on the first mistake in each")
     c.add_argument("scripts", nargs="+")

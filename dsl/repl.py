@@ -37,19 +37,22 @@ Commands:
     :auto on|off       re-run after every change (default on)
     :out PATH          where images go (default repl.png and repl-source.png)
     :save PATH         write the program as an .edit script (never over an existing file)
+    :maps [WORDS]      DAAM-style heat maps of the prompt's words (or WORDS) in the last run (OUT-maps.png)
+    :curves            the last run's sheet: source and edit, the named tokens' maps, every energy curve (OUT-sheet.png)
     :directions        the learned directions `direction NAME` can use, and what each is
     :help              this text
     :quit              leave (also Ctrl-D)"""
 
 REPL_FILE = "<repl>"  # the file name of the lines typed, in errors
-COMMANDS = (":run", ":list", ":rm", ":weight", ":window", ":clear", ":auto", ":out", ":save", ":directions", ":help", ":quit")
+COMMANDS = (":run", ":list", ":rm", ":weight", ":window", ":clear", ":auto", ":out", ":save", ":maps", ":curves", ":directions", ":help",
+            ":quit")
 KEYWORDS = ("prompt", "negative", "seed", "steps", "cfg", "centroid", "size", "shape", "appearance", "keep", "direction", "token",
             "layout", "attention", "via", "clip", "from", "style", "image", "structure", "pixels", "inside", "outside",
             "drag", "within")
 
 
 class Repl:
-    def __init__(self, script: str | None = None, model: str | None = None, device: str = "auto", out: str = "repl.png",
+    def __init__(self, script: str | None = None, model: str | None = None, device: str = "cpu", out: str = "repl.png",
                  dtype: str = "fp32", low_memory: bool = False):
         from energies.program import Program
 
@@ -60,6 +63,7 @@ class Repl:
         self.out = Path(out)
         self.auto = True
         self.editor = None
+        self.result = None  # the last run's EditResult, which :maps and :curves draw
         self.script = Path(script) if script else None
         self.script_dir = Path(script).parent if script else Path.cwd()
         self.lines: list[str] = []  # every line typed: the virtual file "<repl>" errors point into
@@ -149,6 +153,7 @@ class Repl:
             raise self._located(e)
         source_out = self._outputs(self.out)[":out (its source image)"]
         result.save(self.out, source_out)
+        self.result = result
         for w in result.warnings:
             print(self._located(w).render(), file=sys.stderr)
         summary = ", ".join(f"{k}: {v[-1][1]:.3g}" for k, v in result.energies.items() if v)
@@ -198,6 +203,11 @@ class Repl:
                 raise ValueError(f"{path} exists; choose another name")
             path.write_text(fmt(self.program))
             print(f"wrote {path}")
+        elif cmd == ":maps":
+            self._check_words(rest)
+            self.picture("maps", lambda path: self.result.save_maps(path, rest or None))
+        elif cmd == ":curves" and not rest:
+            self.picture("sheet", self.result.sheet if self.result else None)
         elif cmd == ":directions":
             from energies import directions
 
@@ -209,6 +219,29 @@ class Repl:
             if self.auto and self.program.settings.prompt:
                 self.run()
         return True
+
+    def _check_words(self, words: list[str]):
+        """Each word against the last run's prompt, as `token "word"` resolves: a typo is one line."""
+        import dsl
+
+        for w in words if self.result is not None else ():
+            try:
+                dsl.token_indices(w, self.result.program.settings.prompt, self.result.tokenizer)
+            except SteerError as e:
+                raise ValueError(f":maps {w}: {e.message}" + (f" ({e.hint})" if e.hint else "")) from None
+
+    def picture(self, name: str, write):
+        """Write a picture of the last run to OUT-<name>.png (next to :out), by the output rules
+        of its images, and say where."""
+        from sampler.preflight import check_outputs, run_inputs
+
+        if self.result is None:
+            raise ValueError("nothing has run yet; :run first")
+        path = self.out.with_name(f"{self.out.stem}-{name}.png")
+        check_outputs({f":{'curves' if name == 'sheet' else name} (writes {path.name})": path},
+                      run_inputs(self.program, self.script, self.program.settings.model))
+        write(path)
+        print(f"wrote {path}")
 
     def _number(self, line: str, k: int):
         """The k-th word (from 0) of a command line as a number of the language, with its

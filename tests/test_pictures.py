@@ -131,3 +131,76 @@ def test_the_maps_grid_and_the_sheet_are_written(moved, tmp_path):
     assert written_by_steer(tmp_path / "maps.png") and written_by_steer(tmp_path / "sheet.png")
     with Image.open(tmp_path / "sheet.png") as im:
         assert im.width > 300 and im.height > 300
+
+
+# ------------------------------------------------------------------------------------------------
+# The command line and the REPL
+
+SCRIPT = f'prompt "{PROMPT}"\nseed 2\nsteps 6\ncentroid(token "circle") -> (0.75, 0.5)\n'
+
+
+def test_steer_maps_writes_the_grid_of_the_words_and_fractions_asked(tmp_path, shapes_path, capsys):
+    from PIL import Image
+
+    from dsl.cli import main
+    from sampler.pictures import grid_size
+
+    script = tmp_path / "move.edit"
+    script.write_text(SCRIPT)
+    out = tmp_path / "grid.png"
+    assert main(["maps", str(script), "--words", "red", "circle", "square", "--at", "0.3", "0.7", "1.0", "-o", str(out),
+                 "--model", shapes_path, "-q"]) == 0
+    with Image.open(out) as im:
+        assert (im.height, im.width) == grid_size((32, 32), words=3, fractions=3)
+    assert f"wrote {out}" in capsys.readouterr().out
+    assert main(["maps", str(script), "--model", shapes_path, "-q"]) == 0  # every word but "a", "and"; all steps
+    with Image.open(tmp_path / "move-maps.png") as im:
+        assert (im.height, im.width) == grid_size((32, 32), words=4, fractions=1)
+
+
+def test_steer_maps_refuses_before_sampling(tmp_path, shapes_path, capsys):
+    from dsl.cli import main
+
+    script = tmp_path / "move.edit"
+    script.write_text(SCRIPT)
+    mine = tmp_path / "mine.png"
+    mine.write_bytes(b"a user's file")
+    assert main(["maps", str(script), "--words", "triangle", "--model", shapes_path, "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "--words triangle: token \"triangle\" is not in the prompt" in err and "Traceback" not in err
+    assert main(["maps", str(script), "-o", str(mine), "--model", shapes_path, "-q"]) == 2
+    assert "steer did not write it" in capsys.readouterr().err and mine.read_bytes() == b"a user's file"
+    assert main(["maps", str(script), "-o", str(script), "--model", shapes_path, "-q"]) == 2  # never over an input
+    assert main(["maps", str(script), "--at", "1.5", "--model", shapes_path, "-q"]) == 2
+    assert not (tmp_path / "move-maps.png").exists()
+
+
+def test_steer_run_sheet(tmp_path, shapes_path, capsys):
+    from PIL import Image
+
+    from dsl.cli import main
+
+    script = tmp_path / "move.edit"
+    script.write_text(SCRIPT)
+    assert main(["run", str(script), "-o", str(tmp_path / "e.png"), "--sheet", "--model", shapes_path, "-q"]) == 0
+    with Image.open(tmp_path / "e-sheet.png") as im:
+        assert im.width > 300 and im.text.get("steer:image") == "sheet"
+    assert main(["run", str(script), "--sheet", str(tmp_path / "s.png"), "--model", shapes_path, "-q"]) == 0
+    assert (tmp_path / "s.png").exists() and "the sheet" in capsys.readouterr().out
+
+
+def test_repl_maps_and_curves_write_their_pictures(tmp_path, shapes_path, capsys):
+    from dsl.repl import Repl
+
+    repl = Repl(model=shapes_path, out=str(tmp_path / "r.png"))
+    with pytest.raises(ValueError, match="nothing has run"):
+        repl.handle(":maps")
+    repl.handle(f'prompt "{PROMPT}"; seed 2; steps 5')
+    repl.handle('centroid(token "circle") -> (0.75, 0.5)')
+    repl.handle(":maps circle red")
+    repl.handle(":curves")
+    assert (tmp_path / "r-maps.png").exists() and (tmp_path / "r-sheet.png").exists()
+    out = capsys.readouterr().out
+    assert f"wrote {tmp_path / 'r-maps.png'}" in out and f"wrote {tmp_path / 'r-sheet.png'}" in out
+    with pytest.raises(ValueError, match="dog.*not in the prompt.*a, red, circle"):
+        repl.handle(":maps dog")
