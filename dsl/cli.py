@@ -293,8 +293,8 @@ def cmd_learn(args) -> int:
 
 def _model_flags(p: argparse.ArgumentParser):
     """Which model, where and how: shared by the commands that load one."""
-    p.add_argument("--model", help='"shapes" (default), a shapes model folder, or a Stable Diffusion model id / folder')
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
+    p.add_argument("--model", help='"shapes" (default), a shapes model folder, a Stable Diffusion model id / folder, or a .safetensors checkpoint')
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps ...")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="Stable Diffusion weights (the shapes model is fp32)")
     p.add_argument("--low-memory", action="store_true", help="gradient checkpointing and attention slicing (Stable Diffusion)")
 

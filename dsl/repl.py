@@ -52,7 +52,7 @@ KEYWORDS = ("prompt", "negative", "seed", "steps", "cfg", "centroid", "size", "s
 
 
 class Repl:
-    def __init__(self, script: str | None = None, model: str | None = None, device: str = "cpu", out: str = "repl.png",
+    def __init__(self, script: str | None = None, model: str | None = None, device: str = "auto", out: str = "repl.png",
                  dtype: str = "fp32", low_memory: bool = False):
         from energies.program import Program
 
