@@ -24,7 +24,8 @@ UNSUPPORTED = {
     "[": "A1111's [word] de-emphasis and [from:to:when] prompt editing are not supported; write (word:0.9)",
     "]": "A1111's [word] de-emphasis and [from:to:when] prompt editing are not supported; write (word:0.9)",
     "<": "LoRA and embedding tags (<lora:...>) are not supported in a prompt",
-    "\\": "escaped parentheses are not supported; a prompt's parentheses are weights",
+    "\\(": "escaped parentheses are not supported; a prompt's parentheses are weights",
+    "\\)": "escaped parentheses are not supported; a prompt's parentheses are weights",
     ".and(": "compel's .and() conjunctions are not supported",
     ".blend(": "compel's .blend() is not supported",
     ".swap(": "compel's .swap() is not supported",
@@ -159,5 +160,12 @@ def check(prompt: str, span) -> None:
     try:
         weighted_words(prompt)
     except WeightError as e:
-        at = span.model_copy(update=dict(col=span.col + 1 + e.offset, end_line=span.line, end_col=span.col + 2 + e.offset)) if span else None
+        col = span.col + 1 + _raw_offset(prompt, e.offset) if span else 0
+        at = span.model_copy(update=dict(col=col, end_line=span.line, end_col=col + 1)) if span else None
         raise SteerCompileError(f"prompt weights: {e}", at, hint=e.hint) from None
+
+
+def _raw_offset(prompt: str, offset: int) -> int:
+    """Where the prompt's character `offset` is in the script: a `"` or `\\` was written escaped,
+    with one more character."""
+    return offset + sum(c in '"\\' for c in prompt[:offset])

@@ -76,8 +76,11 @@ def text(r: random.Random, n: int = 10) -> str:
     return "".join(r.choices(ODD_TEXT, k=r.randint(0, n)))
 
 
-def string(r: random.Random) -> str:
-    body = text(r).replace("\\", "\\\\").replace('"', '\\"')
+def string(r: random.Random, weights_free: bool = False) -> str:
+    body = text(r)
+    if weights_free:  # a prompt's parentheses, brackets and tags are weight syntax (dsl/weights.py), fuzzed there
+        body = "".join(c for c in body if c not in "()[]<")
+    body = body.replace("\\", "\\\\").replace('"', '\\"')
     if r.random() < 0.1:
         body += "\\q"  # an escaped ordinary character means that character
     return '"' + body + '"'
@@ -112,7 +115,7 @@ def modifiers(r: random.Random, placements=PLACEMENTS) -> str:
 
 def setting(r: random.Random, key: str) -> str:
     if key in ("prompt", "negative", "model", "source"):
-        value = string(r)
+        value = string(r, weights_free=key in ("prompt", "negative"))
     elif key == "seed":
         value = whole(r, 0, 2**63 - 1)
     elif key == "steps":

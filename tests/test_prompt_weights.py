@@ -110,3 +110,20 @@ def test_the_package_reads_a_weighted_prompt_as_its_plain_words(shapes):
     assert dsl.token_indices("circle", WEIGHTED, shapes.tokenizer) == dsl.token_indices("circle", PLAIN, shapes.tokenizer)
     assert dsl.prompt_words(WEIGHTED) == dsl.prompt_words(PLAIN)
     assert [o.tokens for o in dsl.prompt_objects(WEIGHTED, shapes.tokenizer)] == [o.tokens for o in dsl.prompt_objects(PLAIN, shapes.tokenizer)]
+
+
+def test_any_prompt_is_read_or_refused_with_a_position():
+    """Random prompts over the weight syntax's characters: a plain prompt and one weight per word,
+    or a WeightError inside the prompt; nothing else escapes (compel's parser included)."""
+    import random
+
+    r = random.Random(0)
+    for _ in range(400):
+        prompt = "".join(r.choices("ab  c(:)1.5+-[]<\\\",", k=r.randint(0, 14)))
+        try:
+            words = W.weighted_words(prompt)
+        except W.WeightError as e:
+            assert 0 <= e.offset <= len(prompt), prompt
+            continue
+        text = W.plain(prompt)
+        assert "(" not in text and ")" not in text and all(0 < w for _, _, w in words), prompt
