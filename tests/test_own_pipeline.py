@@ -1,6 +1,8 @@
 """Editor(pipe) for a diffusers pipeline the user already loaded, single-file .safetensors
 checkpoints, and --device auto. The pipelines are tests/tiny.py's, random weights from configs."""
 
+import re
+
 import pytest
 import torch
 
@@ -131,3 +133,105 @@ def test_auto_is_the_command_line_default_and_a_missing_device_is_still_refused(
     if not torch.cuda.is_available():
         with pytest.raises(SteerUsageError, match="no CUDA device"):
             L.check_device("cuda")
+
+
+# --- a real single-file round trip, offline -------------------------------------------------
+# diffusers can read an original (LDM) checkpoint but not write one, so the test writes it: the
+# inverse of diffusers' convert_ldm_*_checkpoint for tests/tiny.py's layout (any blocks and
+# layers per block). Loading it back through from_single_file with the tiny pipeline's folder as
+# `config` must give the same weights.
+
+RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "norm2": "out_layers.0",
+          "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def _unet_key(k: str, layers: int, attended_up: set) -> str:
+    """A diffusers UNet2DConditionModel key -> its name in an LDM checkpoint's model.diffusion_model
+    (`attended_up`: the up blocks with attention, whose upsampler comes third in its LDM block)."""
+    top = {"conv_in.": "input_blocks.0.0.", "time_embedding.linear_1.": "time_embed.0.", "time_embedding.linear_2.": "time_embed.2.",
+           "conv_norm_out.": "out.0.", "conv_out.": "out.2."}
+    for a, b in top.items():
+        if k.startswith(a):
+            return b + k[len(a):]
+
+    def resnet(rest):
+        for a, b in RESNET.items():
+            if rest.startswith(a + "."):
+                return b + rest[len(a):]
+        raise KeyError(k)
+
+    if m := re.match(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", k):
+        i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+        n = (layers + 1) * i + j + 1
+        return f"input_blocks.{n}.0.{resnet(rest)}" if kind == "resnets" else f"input_blocks.{n}.1.{rest}"
+    if m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", k):
+        return f"input_blocks.{(layers + 1) * (int(m[1]) + 1)}.0.op.{m[2]}"
+    if m := re.match(r"mid_block\.resnets\.(\d+)\.(.*)", k):
+        return f"middle_block.{2 * int(m[1])}.{resnet(m[2])}"
+    if m := re.match(r"mid_block\.attentions\.0\.(.*)", k):
+        return f"middle_block.1.{m[1]}"
+    if m := re.match(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", k):
+        i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+        n = (layers + 1) * i + j
+        return f"output_blocks.{n}.0.{resnet(rest)}" if kind == "resnets" else f"output_blocks.{n}.1.{rest}"
+    if m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.(.*)", k):
+        i = int(m[1])
+        return f"output_blocks.{(layers + 1) * i + layers}.{2 if i in attended_up else 1}.{m[2]}"
+    raise KeyError(k)
+
+
+def _vae_key(k: str, blocks: int) -> tuple[str, bool]:
+    """A diffusers AutoencoderKL key -> (its LDM name, whether it is an attention projection that
+    LDM keeps as a 1x1 convolution)."""
+    for part in ("encoder", "decoder"):
+        if not k.startswith(part + "."):
+            continue
+        rest = k[len(part) + 1:]
+        if m := re.match(r"(down|up)_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", rest):
+            i = int(m[2]) if m[1] == "down" else blocks - 1 - int(m[2])  # LDM numbers the decoder's blocks bottom up
+            return f"{part}.{m[1]}.{i}.block.{m[3]}.{m[4].replace('conv_shortcut', 'nin_shortcut')}", False
+        if m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", rest):
+            return f"{part}.down.{m[1]}.downsample.conv.{m[2]}", False
+        if m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", rest):
+            return f"{part}.up.{blocks - 1 - int(m[1])}.upsample.conv.{m[2]}", False
+        if m := re.match(r"mid_block\.resnets\.(\d+)\.(.*)", rest):
+            return f"{part}.mid.block_{int(m[1]) + 1}.{m[2]}", False
+        if m := re.match(r"mid_block\.attentions\.0\.(.*)\.(weight|bias)", rest):
+            return f"{part}.mid.attn_1.{VAE_ATTN[m[1]]}.{m[2]}", m[1] != "group_norm"
+        return f"{part}.{rest}", False  # conv_in, conv_norm_out -> norm_out below, conv_out
+    return k, False
+
+
+def write_ldm_checkpoint(pipe, path):
+    """The tiny pipeline as one original-format .safetensors file (UNet, VAE, CLIP text encoder)."""
+    from safetensors.torch import save_file
+
+    out = {}
+    layers = pipe.unet.config.layers_per_block
+    attended_up = {i for i, kind in enumerate(pipe.unet.config.up_block_types) if "CrossAttn" in kind}
+    for k, v in pipe.unet.state_dict().items():
+        out["model.diffusion_model." + _unet_key(k, layers, attended_up)] = v
+    vae_blocks = len(pipe.vae.config.block_out_channels)
+    for k, v in pipe.vae.state_dict().items():
+        name, conv = _vae_key(k, vae_blocks)
+        name = name.replace("conv_norm_out", "norm_out")
+        out["first_stage_model." + name] = v[..., None, None] if conv and v.dim() == 2 else v
+    for k, v in pipe.text_encoder.state_dict().items():
+        text_model = "" if k.startswith("text_model.") else "text_model."  # transformers >= 5.6 flattened CLIPTextModel
+        out["cond_stage_model.transformer." + text_model + k] = v
+    save_file({k: v.contiguous() for k, v in out.items()}, str(path))
+    return str(path)
+
+
+def test_a_single_file_checkpoint_loads_offline_with_a_local_config(tmp_path, sd_pipe):
+    sd_pipe.save_pretrained(tmp_path / "config", safe_serialization=True)
+    f = write_ldm_checkpoint(sd_pipe, tmp_path / "fine-tune.safetensors")
+    b = L.load_backbone(f, device="cpu", config=str(tmp_path / "config"))
+    assert type(b) is StableDiffusionBackbone and b.name == f
+    for mine, theirs in ((b.unet, sd_pipe.unet), (b.vae, sd_pipe.vae), (b.text_encoder, sd_pipe.text_encoder)):
+        got, want = mine.state_dict(), theirs.state_dict()
+        assert got.keys() == want.keys()
+        assert all(torch.equal(got[k], want[k]) for k in want), [k for k in want if not torch.equal(got[k], want[k])][:5]
+    result = Editor(b).run(dsl.compile(dsl.parse('prompt "a red circle"\nsteps 2\n')), progress=False)
+    assert result.image.shape[:2] == b.image_size()

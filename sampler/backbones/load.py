@@ -208,6 +208,8 @@ def load_single_file(path: str, device: str, dtype: torch.dtype, low_memory: boo
     .bin, ...) are refused: reading them runs whatever code they hold. `config` is a local
     diffusers folder of the same architecture; without it diffusers fetches the configs for the
     inferred model type from the hub (or its cache)."""
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
+
     p = Path(path)
     if p.suffix.lower() != ".safetensors":
         raise SteerUsageError(f"{path!r} is a pickled checkpoint ({p.suffix}); steer loads safetensors only",
@@ -220,7 +222,7 @@ def load_single_file(path: str, device: str, dtype: torch.dtype, low_memory: boo
     kwargs = {"config": config} if config else {}
     try:
         pipe = pipeline.from_single_file(str(p), torch_dtype=dtype, **kwargs)
-    except (OSError, ValueError) as e:  # no config offline, keys of an unknown architecture
+    except (OSError, ValueError, SingleFileComponentError) as e:  # no config offline; keys of another architecture or a part missing
         raise SteerUsageError(f"cannot load the checkpoint {path!r}: {_first_line(e)}",
                               hint="diffusers needs the configs of the checkpoint's architecture: online once (they are "
                                    "cached), or offline load_backbone(path, config=<a local diffusers folder of the same "
