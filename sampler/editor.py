@@ -171,7 +171,7 @@ class Editor:
         for x in bound:
             if x.kind == "clip":
                 scorer = self.clip()
-                x.state = ClipText(scorer.text([x.term.target])[0], scorer.text([x.term.source or settings.prompt])[0])
+                x.state = ClipText(scorer.text([x.term.target])[0], scorer.text([x.term.source or dsl.plain_prompt(settings.prompt)])[0])
             elif x.kind == "direction":  # check_program found it fits this model
                 d = x.direction
                 kind = KINDS[d.kind]
