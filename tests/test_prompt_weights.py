@@ -127,3 +127,27 @@ def test_any_prompt_is_read_or_refused_with_a_position():
             continue
         text = W.plain(prompt)
         assert "(" not in text and ")" not in text and all(0 < w for _, _, w in words), prompt
+
+
+def test_sdxl_weights_both_encoders_and_keeps_the_pooled_embedding(tmp_path):
+    from tiny import tiny_sdxl_pipeline
+
+    from sampler.backbones import StableDiffusionXLBackbone
+
+    b = StableDiffusionXLBackbone(tiny_sdxl_pipeline(tmp_path), "tiny-xl")
+    w, p = b.encode_prompt("a (red:1.5) square"), b.encode_prompt("a red square")
+    assert w.cond.shape == p.cond.shape == (1, b.tokenizer.model_max_length, 64)
+    moved = (w.cond - p.cond)[0].norm(dim=-1)
+    red = dsl.token_weights("a (red:1.5) square", b.tokenizer)[1].index(1.5)
+    assert moved[red] > 0 and moved.argmax() == red
+    assert torch.equal(w.added["text_embeds"], p.added["text_embeds"])
+
+
+def test_steer_check_points_at_a_malformed_weight(tmp_path, capsys, shapes_path):
+    from dsl.cli import main
+
+    script = tmp_path / "w.edit"
+    script.write_text('prompt "a (red:abc) circle"\ncentroid(token "circle") -> (0.7, 0.5)\n')
+    assert main(["check", str(script), "--model", shapes_path]) == 2
+    err = capsys.readouterr().err
+    assert f"{script}:1:16: error: prompt weights: the weight 'abc' is not a number" in err and "^" in err
