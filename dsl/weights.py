@@ -19,6 +19,7 @@ from energies.errors import SteerCompileError
 
 _NUMBER = re.compile(r"\d+(\.\d+)?|\.\d+")
 _WORD = re.compile(r"\w+")
+_WORD_BEFORE = re.compile(r"\w*$")
 # Prompt syntax of other tools that steer does not read: an error, never plain text.
 UNSUPPORTED = {
     "[": "A1111's [word] de-emphasis and [from:to:when] prompt editing are not supported; write (word:0.9)",
@@ -45,36 +46,44 @@ class WeightError(ValueError):
 class Scanned:
     plain: str  # the prompt without weight syntax
     compel: str  # the prompt in compel's syntax, for its parser
+    at: list[int]  # where each character of `plain` is in the prompt
+    marked: list[tuple[int, int]]  # spans of `plain` that weight syntax applies to
 
 
 def scan(prompt: str) -> Scanned:
     """Check the weight syntax and rewrite it two ways (plain, compel's). Raises WeightError."""
-    plain, compel, opened, i = [], [], [], 0  # opened: (offset of "(", index in compel of its ")" placeholder)
+    plain, at, compel, marked, i = [], [], [], [], 0
+    opened: list[tuple[int, int]] = []  # each open "(": its offset in the prompt, the plain text's length there
     while i < len(prompt):
         _refuse_unsupported(prompt, i)
         c = prompt[i]
         if c == "(":
-            opened.append(i)
+            opened.append((i, len(plain)))
             compel.append("(")
             i += 1
         elif c == ":" and opened:
             i = _a1111_weight(prompt, i, compel)
-            opened.pop()
+            marked.append((opened.pop()[1], len(plain)))
         elif c == ")":
             if not opened:
                 raise WeightError("a `)` closes no `(`", i, hint="weights are written (word:1.3) or (words)1.3")
-            start = opened.pop()
+            start, from_plain = opened.pop()
             i = _compel_weight(prompt, i, start, compel)
+            marked.append((from_plain, len(plain)))
         elif c in PLUS_MINUS and i > 0 and (prompt[i - 1].isalnum() or prompt[i - 1] in PLUS_MINUS) and _ends_word(prompt, i):
+            if prompt[i - 1].isalnum():
+                word = len(plain) - len(_WORD_BEFORE.search("".join(plain))[0])
+                marked.append((word, len(plain)))
             compel.append(c)
             i += 1
         else:
             plain.append(c)
+            at.append(i)
             compel.append(c)
             i += 1
     if opened:
-        raise WeightError("this `(` is never closed", opened[-1], hint="weights are written (word:1.3) or (words)1.3")
-    return Scanned(plain="".join(plain), compel="".join(compel))
+        raise WeightError("this `(` is never closed", opened[-1][0], hint="weights are written (word:1.3) or (words)1.3")
+    return Scanned(plain="".join(plain), compel="".join(compel), at=at, marked=marked)
 
 
 def _refuse_unsupported(prompt: str, i: int):
@@ -133,6 +142,10 @@ def weighted_words(prompt: str) -> list[tuple[int, int, float]]:
     words = list(_WORD.finditer(s.plain))
     if len(weights) != len(words):  # compel split the words differently: never guess which word got what
         raise WeightError("cannot line up compel's reading of the weights with the prompt's words", 0)
+    for m, w in zip(words, weights):  # compel reads a weight where this reading sees plain text ("well--known")
+        if w != 1.0 and not any(a < m.end() and m.start() < b for a, b in s.marked):
+            raise WeightError(f"compel reads a weight on {m.group()!r} here: the prompt is ambiguous", s.at[m.start()],
+                              hint="write the weight explicitly, (word:0.9), or avoid + and - inside words")
     return [(m.start(), m.end(), w) for m, w in zip(words, weights)]
 
 

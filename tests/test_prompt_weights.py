@@ -37,6 +37,7 @@ def test_weights_are_read_through_compel(prompt, plain, wanted):
     ("a [red] circle", 11, "not supported"),
     ("a red circle.and()", 21, "not supported"),
     ("a red <lora:x:1> circle", 15, "not supported"),
+    ("a well--known circle", 11, "ambiguous"),  # compel would weigh "well" 0.81; read as text it would not
 ])
 def test_bad_weight_syntax_is_an_error_at_its_column(prompt, col, what):
     with pytest.raises(SteerCompileError) as e:
