@@ -3,8 +3,8 @@
 The language keeps a prompt as written. Two things are read from it here:
   - the plain prompt, with the weight syntax taken out: what binding resolves tokens against, and
     what the tokenizer encodes, so token positions are those of the plain prompt;
-  - one weight per token position of the plain prompt, which the backbone multiplies into the
-    text encoder's output (sampler/backbones/base.py, `weighted`).
+  - one weight per token position of the plain prompt, which the backbone applies to the text
+    encoder's output as compel does (sampler/backbones/base.py, `weighted`).
 The weights come from compel's parser (A1111's `(x:w)` is rewritten to compel's `(x)w` first).
 compel reads anything it does not understand as plain text, silently, so the syntax is checked
 here first and every construct that is not supported is an error at its column.
