@@ -130,11 +130,26 @@ def _compel_weight(prompt: str, i: int, start: int, compel: list) -> int:
     return j
 
 
+def _compel_parser():
+    """compel's prompt parser. Importing compel imports transformers' image processors, which
+    print a line each about torchvision; a language check must not say that, so they are quiet."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        from compel.prompt_parser import FlattenedPrompt, PromptParser
+    finally:
+        logging.set_verbosity(level)
+    return FlattenedPrompt, PromptParser
+
+
 def weighted_words(prompt: str) -> list[tuple[int, int, float]]:
     """(start, end, weight) in the plain prompt of every word, the weights from compel's parser."""
-    from compel.prompt_parser import FlattenedPrompt, PromptParser
-
     s = scan(prompt)
+    if s.compel == s.plain and not re.search(r"[()+\-]", s.plain):  # no weight syntax: compel is not needed
+        return [(m.start(), m.end(), 1.0) for m in _WORD.finditer(s.plain)]
+    FlattenedPrompt, PromptParser = _compel_parser()
     parsed = PromptParser().parse_conjunction(s.compel).prompts
     if len(parsed) != 1 or not isinstance(parsed[0], FlattenedPrompt):
         raise WeightError("compel read this prompt as more than one prompt", 0)
