@@ -174,3 +174,24 @@ def test_a_later_session_continues_from_a_committed_snapshot(tmp_path):
     train.main(["unet", "--work", str(later), "--init-from", str(first / "model"), "--steps", "1", "--batch", "2",
                 "--warmup", "1", "--cooldown", "1"])
     assert (later / "vae").is_dir() and (later / "model" / "steer_shapes.json").is_file()
+
+
+def test_a_latent_pool_is_built_once_resumes_and_feeds_the_unet(tmp_path):
+    from sampler.shapes import latent_pool
+    from sampler.shapes import model as M
+
+    vae_stage(tmp_path)
+    vae = train.load_vae(tmp_path)
+    path = tmp_path / "pool.safetensors"
+    whole = latent_pool.build(path, vae, 0, 6, M.IMAGE_SIZE, 0.3, chunk=2, progress=False)
+    assert len(whole) == 6 and whole.mean.shape[1:] == (4, M.LATENT_SIZE, M.LATENT_SIZE)
+    again = latent_pool.build(path, vae, 0, 6, M.IMAGE_SIZE, 0.3, progress=False)  # loaded, not rebuilt
+    assert torch.equal(again.mean, whole.mean) and again.captions == whole.captions
+    a = whole.draw(vae, 0, 3, 4, torch.Generator().manual_seed(1))
+    b = whole.draw(vae, 0, 3, 4, torch.Generator().manual_seed(1))
+    assert torch.equal(a[0], b[0]) and a[1] == b[1] and all(" " in c for c in a[1])
+    with pytest.raises(SystemExit, match="another recipe"):
+        latent_pool.build(path, vae, 1, 6, M.IMAGE_SIZE, 0.3, progress=False)
+    train.main(["unet", "--work", str(tmp_path), "--steps", "2", "--batch", "2", "--warmup", "1", "--cooldown", "1",
+                "--latent-pool", "4"])
+    assert (tmp_path / "latent-pool-0-4.safetensors").is_file() and (tmp_path / "model" / "steer_shapes.json").is_file()

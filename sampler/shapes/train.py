@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from .. import training as T
 from energies.files import atomic_write
+from . import latent_pool
 from . import model as M
 from . import world
 
@@ -219,13 +220,23 @@ def train_unet(args) -> dict:
     t0 = time.time() - elapsed
     bar = T.progress(start, args.steps, "unet")
     losses = []
+    pool = None
+    if args.latent_pool:  # scenes encoded once, drawn many times (latent_pool.py)
+        pool = latent_pool.build(args.work / f"latent-pool-{args.seed}-{args.latent_pool}.safetensors", vae.to("cpu"),
+                                 args.seed, args.latent_pool, M.IMAGE_SIZE, args.p_one)
+        vae.to(dev)
     for step in bar:
-        scenes = world.scene_batch(args.seed, step, args.batch, size=M.IMAGE_SIZE, p_one=args.p_one)
         drop = np.random.default_rng((args.seed, step, 1 << 20)).random(args.batch) < args.p_uncond
-        captions = ["" if d else s.caption for s, d in zip(scenes, drop)]
         g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        with torch.no_grad():  # noise is drawn on the CPU, so a run is the same on any device
-            x0 = M.vae_encode(vae, images_to_tensor(scenes).to(dev), g)
+        if pool is not None:
+            x0, named = pool.draw(vae, args.seed, step, args.batch, g)
+            x0 = x0.to(dev)
+        else:
+            scenes = world.scene_batch(args.seed, step, args.batch, size=M.IMAGE_SIZE, p_one=args.p_one)
+            named = [s.caption for s in scenes]
+            with torch.no_grad():  # noise is drawn on the CPU, so a run is the same on any device
+                x0 = M.vae_encode(vae, images_to_tensor(scenes).to(dev), g)
+        captions = ["" if d else c for c, d in zip(named, drop)]
         noise = torch.randn(x0.shape, generator=g).to(dev)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch,), generator=g).to(dev)
         a = alphas[t].view(-1, 1, 1, 1)
@@ -366,6 +377,8 @@ def main(argv=None):
     p.add_argument("--schedule", choices=["cosine", "wsd"], default="wsd", help="learning rate after the warm-up")
     p.add_argument("--cooldown", type=int, default=3000, help="wsd: steps of linear decay at the end of the run")
     p.add_argument("--min-snr", type=float, default=5.0, help="Min-SNR-gamma loss weighting; 0 = plain epsilon MSE")
+    p.add_argument("--latent-pool", type=int, default=0,
+                   help="draw UNet batches from N scenes encoded once (saves the per-step VAE encoding); 0 = fresh scenes every step")
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--p-one", type=float, default=0.3, help="share of one-object scenes")
     p.add_argument("--p-uncond", type=float, default=0.1, help="share of empty captions (for CFG)")
