@@ -36,7 +36,7 @@ from .directions.prompt import PromptShift
 from .drag import DragPlan
 from .guidance import EnergyGuide
 from .guided import SHIFTS, Guidance, require_finite, sample_ddim
-from .images import load_image, write_png  # noqa: F401  (re-exported until every caller imports it from .images)
+from .images import load_image
 from .preflight import check_program
 from .probes import Readout, TrajectoryMaps
 from .regions import plan_relocations, relocating, resolve_relative, within_regions

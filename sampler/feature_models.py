@@ -123,9 +123,9 @@ def _load_dino(model_id: str, **kw) -> torch.nn.Module:
     return model.eval().requires_grad_(False)
 
 
-def _features(out) -> torch.Tensor:
+def projected_features(out) -> torch.Tensor:
     """get_*_features returns a tensor in transformers 4, an output whose pooler_output is the
-    projected embedding in transformers 5 (as in sampler/shapes/evaluate.py)."""
+    projected embedding in transformers 5."""
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
@@ -180,7 +180,7 @@ class ClipScorer:
     def _encode_text(self, prompts) -> torch.Tensor:
         n = self.tokenizer.model_max_length
         ids = self.tokenizer(prompts, padding="max_length", max_length=n, truncation=True, return_tensors="pt").input_ids
-        return _features(self.clip.get_text_features(input_ids=ids.to(self._device)))
+        return projected_features(self.clip.get_text_features(input_ids=ids.to(self._device)))
 
     def image(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> (B, D) unit features, differentiable in x."""
@@ -188,7 +188,7 @@ class ClipScorer:
         pixels = preprocess(x, self.size, self.mean, self.std).to(device=p.device, dtype=p.dtype)
         native = self.clip.config.vision_config.image_size
         kw = {"interpolate_pos_encoding": True} if tuple(pixels.shape[-2:]) != (native, native) else {}
-        return F.normalize(_features(self.clip.get_image_features(pixel_values=pixels, **kw)), dim=-1)
+        return F.normalize(projected_features(self.clip.get_image_features(pixel_values=pixels, **kw)), dim=-1)
 
     def direction_energy(self, x0, src_x0, target: str, source: str) -> torch.Tensor:
         """directional_clip_energy of x0 against the source image, along source text -> target text."""

@@ -212,9 +212,9 @@ def test_clip_scorer_features_are_the_training_ones(shapes):
     sc = FM.ClipScorer.for_shapes(shapes)
     x = torch.cat([world_image(s) for s in one_object_scenes(4)])
     with torch.no_grad():  # the way sampler/shapes/evaluate.py (and training) feeds the CLIP
-        direct = FM._features(shapes.clip.get_image_features(pixel_values=x))
+        direct = FM.projected_features(shapes.clip.get_image_features(pixel_values=x))
         ids = shapes.tokenizer(["a red circle"], padding="max_length", max_length=M.MAX_LENGTH, return_tensors="pt").input_ids
-        direct_text = FM._features(shapes.clip.get_text_features(input_ids=ids))
+        direct_text = FM.projected_features(shapes.clip.get_text_features(input_ids=ids))
     assert torch.allclose(sc.image(x), F.normalize(direct, dim=-1), atol=1e-5)
     assert torch.allclose(sc.text("a red circle")[0], F.normalize(direct_text[0], dim=-1), atol=1e-5)
     x.requires_grad_(True)

@@ -89,13 +89,22 @@ def pose_move(keep: str = "keep appearance", grow: float = 1.0):
     return pose
 
 
-def pose_shift(it: Item, src, rng):
+def _subject_and_shift(it: Item, src, rng):
+    """(the subject's detection, a shift that takes it to free space), or why there is none."""
     s = _subject(src, it)
     if s is None:
         return "the source has no object of the subject's colour"
     v = T.pick_shift(src, s, rng)
     if v is None:
         return "no free place for the object"
+    return s, v
+
+
+def pose_shift(it: Item, src, rng):
+    found = _subject_and_shift(it, src, rng)
+    if isinstance(found, str):
+        return found
+    _, v = found
     d = (round(v[0], 3), round(v[1], 3))
     return Posed(f"centroid({it.token()}) += ({_f(d[0])}, {_f(d[1])})\nkeep appearance", {"delta": d})
 
@@ -112,12 +121,10 @@ def pose_beside(it: Item, src, rng):
 
 def pose_drag(via: str = ""):
     def pose(it: Item, src, rng):
-        s = _subject(src, it)
-        if s is None:
-            return "the source has no object of the subject's colour"
-        v = T.pick_shift(src, s, rng)
-        if v is None:
-            return "no free place for the object"
+        found = _subject_and_shift(it, src, rng)
+        if isinstance(found, str):
+            return found
+        s, v = found
         hx, hy = round(s.centroid[0], 3), round(s.centroid[1], 3)
         tx, ty = round(hx + v[0], 3), round(hy + v[1], 3)
         return Posed(f"drag ({_f(hx)}, {_f(hy)}) -> ({_f(tx)}, {_f(ty)}) within {it.token()}{via}", {"target": (tx, ty)})

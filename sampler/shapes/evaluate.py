@@ -18,8 +18,10 @@ scenes are drawn from tuple seeds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -29,8 +31,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from energies import program as P
+
 from ..backbones import ShapesBackbone
+from ..editor import Editor
+from ..feature_models import projected_features
 from ..guided import classifier_free, sample_ddim
+from ..images import load_image, write_png
 from ..inversion import psnr
 from ..probes import ProbeStore, cross_attention_layers, probing
 from . import model as M
@@ -144,45 +151,31 @@ def localisation(b: ShapesBackbone, n: int = 96, timesteps=(100, 300, 500, 700, 
 def regenerate(editor, image: np.ndarray, caption: str, folder: Path, name: str, steps: int) -> float:
     """Save `image` as a PNG, edit nothing with it as `source`, and return the regeneration's PSNR
     against the PNG: the path a user's photo takes (load, encode, invert, cache, sample, decode)."""
-    from energies import program as P
-    from sampler.images import write_png
-
     path = folder / f"{name}.png"
     write_png(image, path)
-    from sampler.images import load_image
-
     target = load_image(path, editor.backbone.image_size())
     settings = editor.settings(P.Program(settings=P.Settings(prompt=caption, source=path.name, steps=steps)))
     src = editor.source(settings, progress=False, script_dir=folder)
     return psnr(torch.from_numpy(src.image).permute(2, 0, 1)[None], torch.from_numpy(target).permute(2, 0, 1)[None])
 
 
-class _cache_in:
+@contextlib.contextmanager
+def _cache_in(folder: Path):
     """Keep the evaluation's inversions out of the user's cache."""
-
-    def __init__(self, folder: Path):
-        self.folder, self.old = str(folder), None
-
-    def __enter__(self):
-        import os
-
-        self.old = os.environ.get("STEER_CACHE")
-        os.environ["STEER_CACHE"] = self.folder
-
-    def __exit__(self, *exc):
-        import os
-
-        if self.old is None:
+    old = os.environ.get("STEER_CACHE")
+    os.environ["STEER_CACHE"] = str(folder)
+    try:
+        yield
+    finally:
+        if old is None:
             os.environ.pop("STEER_CACHE", None)
         else:
-            os.environ["STEER_CACHE"] = self.old
+            os.environ["STEER_CACHE"] = old
 
 
 def inversion(b: ShapesBackbone, images: np.ndarray, captions: list[str], steps: int = 50) -> dict:
     """Regenerate each image through the editor's `source` path (DDIM inversion at cfg 1 with
     fixed-point refinement, then sampling); PSNR against the input."""
-    from sampler.editor import Editor
-
     editor = Editor(b)
     scores = []
     with tempfile.TemporaryDirectory() as d, _cache_in(Path(d) / "cache"):
@@ -194,12 +187,6 @@ def inversion(b: ShapesBackbone, images: np.ndarray, captions: list[str], steps:
             "share_at_least_30db": float((s >= 30).mean()), "share_under_25db": float((s < 25).mean())}
 
 
-def _features(out) -> torch.Tensor:
-    """CLIPModel.get_*_features returns a tensor in transformers 4 and an output object (whose
-    pooler_output is the projected embedding) in transformers 5."""
-    return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-
 @torch.no_grad()
 def clip_retrieval(b: ShapesBackbone, n: int = 256) -> dict:
     """Zero-shot top-1 retrieval among every caption of the world, on held-out scenes."""
@@ -207,11 +194,11 @@ def clip_retrieval(b: ShapesBackbone, n: int = 256) -> dict:
         return {}
     caps = all_captions()
     ids = b.tokenizer(caps, padding="max_length", max_length=M.MAX_LENGTH, return_tensors="pt").input_ids
-    text = F.normalize(_features(b.clip.get_text_features(input_ids=ids)), dim=-1)
+    text = F.normalize(projected_features(b.clip.get_text_features(input_ids=ids)), dim=-1)
     size = b.clip.config.vision_config.image_size
     scenes = [W.make_scene(HELD_OUT + 900_000 + i, size) for i in range(n)]
     pixels = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2) * 2 - 1
-    img = F.normalize(_features(b.clip.get_image_features(pixel_values=pixels)), dim=-1)
+    img = F.normalize(projected_features(b.clip.get_image_features(pixel_values=pixels)), dim=-1)
     best = (img @ text.T).argmax(1)
     right = [caps[j] == s.caption for j, s in zip(best.tolist(), scenes)]
     one = [r for r, s in zip(right, scenes) if len(s.objects) == 1]
