@@ -80,6 +80,27 @@ class EditResult:
 
         save_maps(self, path, words, at)
 
+    def _repr_png_(self) -> bytes:
+        """How Jupyter shows a result: source and edit side by side, a small image enlarged by a
+        whole factor (no blur), as PNG bytes."""
+        import io
+
+        from PIL import Image
+
+        from .pictures import enlarged
+
+        gap = np.ones((self.image.shape[0], max(1, self.image.shape[1] // 32), 3), np.float32)
+        pair = enlarged(np.concatenate([self.source_image, gap, self.image], axis=1))
+        buf = io.BytesIO()
+        Image.fromarray((np.clip(pair, 0, 1) * 255).round().astype(np.uint8)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    def _repr_pretty_(self, p, cycle):
+        """IPython's text for a result: one line, not the dataclass's arrays and tensors."""
+        h, w = self.image.shape[:2]
+        s = self.program.settings
+        p.text(f"EditResult({w}x{h}, model {self.model!r}, prompt {s.prompt!r}, seed {s.seed}, {len(self.program.terms)} statements)")
+
     def record(self) -> dict:
         """The PNG text chunks: program, model and seed, enough to make the image again."""
 
