@@ -1,4 +1,4 @@
-"""The `steer` command line (also `python -m dsl`): run, maps, check, fmt, repl, directions, learn, bench.
+"""The `steer` command line (also `python -m dsl`): run, maps, check, fmt, repl, ui, directions, learn, bench.
 
 A user's mistake prints `file:line:col: error: message`, the line with a caret and a hint, and
 exits with status 2, without a traceback.
@@ -269,6 +269,13 @@ def cmd_repl(args) -> int:
     return Repl(args.script, model=args.model, device=args.device, dtype=args.dtype, low_memory=args.low_memory).loop()
 
 
+def cmd_ui(args) -> int:
+    from .ui import serve
+
+    return serve(args.script, model=args.model, host=args.host, port=args.port, device=args.device, dtype=args.dtype,
+                 low_memory=args.low_memory)
+
+
 def cmd_directions(args) -> int:
     from energies import directions
     from sampler.backbones import direction_folders
@@ -347,6 +354,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("script", nargs="?")
     _model_flags(rp)
     rp.set_defaults(func=cmd_repl)
+
+    u = sub.add_parser("ui", help="a web page for live editing: the script, the images, maps, drag points and weight sliders")
+    u.add_argument("script", nargs="?")
+    u.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1, this machine only)")
+    u.add_argument("--port", type=int, help="default: 7860, or the next free port")
+    _model_flags(u)
+    u.set_defaults(func=cmd_ui)
 
     lp = sub.add_parser("learn", help="learn directions: `steer learn hspace ...` (Asyrp), `noiseclr ...` (NoiseCLR) or `prompt ...` (Pix2Pix-Zero)",
                         add_help=False)
