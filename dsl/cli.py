@@ -73,6 +73,10 @@ def default_output(script: Path, inputs=None, suffix: str = "") -> Path:
 def cmd_run(args) -> int:
     from sampler.preflight import check_outputs
 
+    from . import batch
+
+    if batch.is_batch(args):
+        return _run_batch(args)
     program, text, inputs = _prepared(args)
     out = Path(args.output) if args.output else default_output(Path(args.script), inputs)
     sheet = _sheet_path(args.sheet, out)
@@ -84,6 +88,29 @@ def cmd_run(args) -> int:
     if sheet:
         _write(lambda: result.sheet(sheet), sheet)
     print(f"wrote {out}" + (f" and {args.source_out}" if args.source_out else "") + (f" and the sheet {sheet}" if sheet else ""))
+    return 0
+
+
+def _run_batch(args) -> int:
+    """--seeds, --sources, --sweep: the script over each, on one model (dsl/batch.py)."""
+    from . import batch
+
+    program, text, _ = _prepared(args)
+    if not program.settings.prompt:  # before the model loads, as every other mistake of a batch
+        raise located(SteerError("the script has no prompt", hint=NO_PROMPT_HINT), args.script, text)
+    plan = batch.plan(program, Path(args.script), args)
+
+    def make_editor(device: str):
+        return _editor(program, argparse.Namespace(**{**vars(args), "device": device}), text)
+
+    try:
+        outcome = batch.run(plan, make_editor, args.device, progress=not args.quiet, warn=lambda r: _print_warnings(r.warnings, text))
+    except SteerError as e:
+        raise located(e, args.script, text)
+    except OSError as e:
+        raise SteerUsageError(f"cannot write {e.filename or plan.folder}: {e.strerror or e}", hint="check the folder and the free space") from None
+    if outcome.main:
+        print(f"wrote {len(outcome.pending)} item{'s' * (len(outcome.pending) != 1)} into {plan.folder} and the grid {plan.grid}")
     return 0
 
 
@@ -321,11 +348,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run an .edit script and write the edited image")
     r.add_argument("script")
-    r.add_argument("-o", "--output", help="edited image (default: SCRIPT.png next to the script)")
+    r.add_argument("-o", "--output", help="edited image (default: SCRIPT.png next to the script); for a batch, its folder (default: SCRIPT-batch/)")
     r.add_argument("--source-out", help="also write the unedited source image of the same seed")
     r.add_argument("--sheet", nargs="?", const="", metavar="SHEET.png",
                    help="also write one picture of the run: source and edit, the named tokens' maps, every statement's "
                         "energy curve (default: OUTPUT-sheet.png; put the flag after the script)")
+    batches = r.add_argument_group("batches", "one image per seed, photo or weight, into a folder with a grid.png; done items are "
+                             "skipped on a re-run; several processes with `accelerate launch ... -m dsl run ...`")
+    batches.add_argument("--seeds", metavar="SEEDS", help="0-15, 0,3,7 or 0-3,9")
+    batches.add_argument("--sources", metavar="DIR", help="every photo in DIR as the script's source, one after the other")
+    batches.add_argument("--sweep", action="append", metavar="N=VALUES",
+                   help="term N's weight (terms counted from 1 as written): 2=0,0.5,1 or 2=0:2:5 (five values 0..2); "
+                        "repeat for more terms (every combination); combines with --seeds or --sources")
     _run_flags(r)
     r.set_defaults(func=cmd_run)
 

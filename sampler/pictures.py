@@ -158,3 +158,33 @@ def _curves(ax, energies: dict[str, list[tuple[int, float]]], steps: int):
 
 def save_sheet(result, path, words: list[str] | None = None, at=None):
     write_png(sheet(result, words, at), path, {**result.record(), "steer:image": "sheet"})
+
+
+# ------------------------------------------------------------------------------------------------
+# The batch grid (PIL)
+
+
+def labelled_grid(tiles: list[tuple[np.ndarray, str]], columns: int) -> np.ndarray:
+    """(H, W, 3) in [0, 1]: each (image, label) as a tile (enlarged without blur, its label in a
+    strip above, cut to the tile's width), `columns` tiles a row, left to right and then down; a
+    short last row is filled with white. The images are of one size (one model's)."""
+    if not tiles:
+        raise ValueError("a grid needs at least one image")
+    made = [_tile(image, _fitted(label, enlarged(image).shape[1])) for image, label in tiles]
+    blank = np.full_like(made[0], 255)
+    made += [blank] * (-len(made) % columns)
+    rows = [np.concatenate(made[i:i + columns], axis=1) for i in range(0, len(made), columns)]
+    return np.concatenate(rows, axis=0).astype(np.float32) / 255
+
+
+def _fitted(label: str, width: int) -> str:
+    """`label` as _tile writes it, cut short with "..." where it would run past `width` px."""
+    from PIL import Image, ImageDraw
+
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    room = width - 4  # _tile writes from x = 2
+    if draw.textlength(label) <= room:
+        return label
+    while label and draw.textlength(label + "...") > room:
+        label = label[:-1]
+    return label + "..."
