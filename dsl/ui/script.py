@@ -65,7 +65,6 @@ def located(e: SteerError, file: str, text: str) -> SteerError:
 def check(text: str, file: str = "page.edit", script_dir: Path | None = None, model: str | None = None) -> Check:
     """What `steer check` says of `text`: the language, then the names against the model's
     tokenizer and the directions against its shapes (without loading its weights)."""
-    import dsl
     from sampler.preflight import check_without_weights
 
     program = None
@@ -141,13 +140,13 @@ def set_weight(text: str, index: int, weight: float, file: str = "page.edit") ->
 
 
 def set_window(text: str, index: int, start: float, end: float, file: str = "page.edit") -> str:
-    """The window start..end on term `index`; start >= end is the language's mistake, refused."""
-    from ..compiler import window_value
-    from .. import ast
-
-    span = P.Span(line=1, col=1, end_line=1, end_col=2, file="window slider")
+    """The window start..end on term `index`; the language's rule (0 <= start < end <= 1) is
+    said in the sliders' words."""
     a, b = round(float(start), DECIMALS), round(float(end), DECIMALS)
-    window = window_value(ast.Number(span=span, value=a, text=f"{a:g}"), ast.Number(span=span, value=b, text=f"{b:g}"))
+    if not 0 <= a < b <= 1:
+        raise SteerUsageError(f"window {a:g}..{b:g}: its start must come before its end, both in 0..1",
+                              hint="move 'window from' below 'window to'")
+    window = P.Window(start=a, end=b)
     return rewrite_term(text, index, file, window=window)
 
 
