@@ -3,7 +3,16 @@
 The model is loaded once and the source pass (the unedited trajectory) is cached by the Editor,
 so a re-run after a weight change costs only the edit pass. Lines in the language are added to
 the program (settings replace the previous value); lines starting with ':' are commands.
-History and tab completion of keywords and prompt words use the standard readline module.
+
+Every run is numbered: run k writes OUT-k.png and OUT-k-source.png (OUT is :out's name without
+.png, repl by default) and keeps the program it ran, so variants stay side by side on disk and
+`:diff 3 5` shows what changed between two of them (the programs' diff, and OUT-diff-3-5.png:
+the two edits and where they differ). `:runs` lists them.
+
+At a terminal the prompt is prompt_toolkit's: the line is highlighted as it is typed (keywords,
+strings, numbers, comments, commands), Tab completes commands, keywords, the prompt's words (as
+"word") and direction names, and the history persists in ~/.steer_history (STEER_HISTORY, or
+the `history` argument, names another file). Read from a pipe, lines are taken as they come.
 
 Every line typed is a line of one virtual file, "<repl>": an error names its line and shows it
 with a caret, whether it is found as the line is added (the language, and once there is a
@@ -14,11 +23,16 @@ writes a script that runs. Ctrl-C clears the line being typed, or stops a run; C
 
 from __future__ import annotations
 
+import difflib
+import os
 import re
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from energies.errors import SteerError
 
@@ -28,32 +42,49 @@ Type statements of the language to add them, e.g.
     keep appearance; size(token "square") *= 1.5
 Settings (prompt, seed, steps, cfg, negative) replace the current value.
 Commands:
-    :run               run the program now (also after every change while :auto is on)
+    :run               run the program now (also after every change while :auto is on);
+                       run k writes OUT-k.png and OUT-k-source.png and prints [k]
+    :runs              the runs so far: number, image, settings and statements
+    :diff A B          what changed from run A to run B: their programs' diff, and
+                       OUT-diff-A-B.png (edit A, edit B, where they differ)
     :list              the program, numbered
     :rm N              remove term N
     :weight N W        set the weight of term N to W
     :window N A B      set the window of term N to A..B
     :clear             remove every term
     :auto on|off       re-run after every change (default on)
-    :out PATH          where images go (default repl.png and repl-source.png)
+    :out PATH          where images go: OUT is PATH without .png (default repl, so repl-1.png, ...)
     :save PATH         write the program as an .edit script (never over an existing file)
-    :maps [WORDS]      DAAM-style heat maps of the prompt's words (or WORDS) in the last run (OUT-maps.png)
-    :curves            the last run's sheet: source and edit, the named tokens' maps, every energy curve (OUT-sheet.png)
+    :maps [WORDS]      DAAM-style heat maps of the prompt's words (or WORDS) in the last run (OUT-k-maps.png)
+    :curves            the last run's sheet: source and edit, the named tokens' maps, every energy curve (OUT-k-sheet.png)
     :directions        the learned directions `direction NAME` can use, and what each is
     :help              this text
-    :quit              leave (also Ctrl-D)"""
+    :quit              leave (also Ctrl-D)
+At a terminal: Tab completes, Up and Ctrl-R search the history (~/.steer_history)."""
 
 REPL_FILE = "<repl>"  # the file name of the lines typed, in errors
-COMMANDS = (":run", ":list", ":rm", ":weight", ":window", ":clear", ":auto", ":out", ":save", ":maps", ":curves", ":directions", ":help",
-            ":quit")
-KEYWORDS = ("prompt", "negative", "seed", "steps", "cfg", "centroid", "size", "shape", "appearance", "keep", "direction", "token",
-            "layout", "attention", "via", "clip", "from", "style", "image", "structure", "pixels", "inside", "outside",
-            "drag", "within")
+COMMANDS = (":run", ":runs", ":diff", ":list", ":rm", ":weight", ":window", ":clear", ":auto", ":out", ":save", ":maps", ":curves",
+            ":directions", ":help", ":quit")
+KEYWORDS = ("prompt", "negative", "seed", "steps", "cfg", "model", "source", "invert", "centroid", "size", "shape", "appearance",
+            "keep", "direction", "token", "layout", "attention", "via", "clip", "from", "style", "image", "structure", "pixels",
+            "inside", "outside", "drag", "within", "remove")
+HISTORY_FILE = Path.home() / ".steer_history"  # STEER_HISTORY overrides it
+
+
+@dataclass
+class Run:
+    """One numbered run: what it ran and where its images went."""
+
+    number: int
+    program: object  # the energies.Program as run, settings filled in
+    image: Path
+    source: Path
+    edit: np.ndarray  # the edited image (H, W, 3) in [0, 1], kept for :diff's picture
 
 
 class Repl:
     def __init__(self, script: str | None = None, model: str | None = None, device: str = "auto", out: str = "repl.png",
-                 dtype: str = "fp32", low_memory: bool = False):
+                 dtype: str = "fp32", low_memory: bool = False, history: str | None = None):
         from energies.program import Program
 
         self.program = Program()
@@ -64,6 +95,8 @@ class Repl:
         self.auto = True
         self.editor = None
         self.result = None  # the last run's EditResult, which :maps and :curves draw
+        self.runs: list[Run] = []  # run k is runs[k - 1]
+        self.history = Path(history or os.environ.get("STEER_HISTORY") or HISTORY_FILE)
         self.script = Path(script) if script else None
         self.script_dir = Path(script).parent if script else Path.cwd()
         self.lines: list[str] = []  # every line typed: the virtual file "<repl>" errors point into
@@ -109,10 +142,11 @@ class Repl:
         return e
 
     def listing(self) -> str:
-        from .printer import SETTING_ORDER, setting, term
+        from energies.program import Program
 
-        s = self.program.settings
-        lines = [setting(k, getattr(s, k)) for k in SETTING_ORDER if getattr(s, k) is not None]
+        from .printer import format as fmt, term
+
+        lines = fmt(Program(settings=self.program.settings)).splitlines()  # the settings, as a script writes them
         lines += [f"[{i}] {term(t)}" for i, t in enumerate(self.program.terms, 1)]
         return "\n".join(lines) or "(empty program)"
 
@@ -129,20 +163,24 @@ class Repl:
 
     # -- running -------------------------------------------------------------------------------
 
-    def _outputs(self, out: Path) -> dict[str, Path]:
-        return {":out": out, ":out (its source image)": out.with_name(out.stem + "-source.png")}
+    def _outputs(self, out: Path, number: int) -> dict[str, Path]:
+        """Where run `number` writes, by :out's name: OUT-k.png and OUT-k-source.png."""
+        image = out.with_name(f"{out.stem}-{number}.png")
+        return {":out": image, ":out (its source image)": image.with_name(f"{image.stem}-source.png")}
 
-    def _check_outputs(self, out: Path):
-        """The images may go to `out`: not over an input of the run (this script, its photo, its
+    def _check_outputs(self, outputs: dict[str, Path]):
+        """The images may go there: not over an input of the run (this script, its photo, its
         directions), nor over a file steer did not write."""
         from sampler.preflight import check_outputs, run_inputs
 
-        check_outputs(self._outputs(out), run_inputs(self.program, self.script, self.program.settings.model))
+        check_outputs(outputs, run_inputs(self.program, self.script, self.program.settings.model))
 
     def run(self):
         from sampler.editor import Editor
 
-        self._check_outputs(self.out)  # the program may have gained an input since :out was set
+        number = len(self.runs) + 1
+        outputs = self._outputs(self.out, number)
+        self._check_outputs(outputs)  # the program may have gained an input since :out was set
         if self.editor is None:
             print("loading the model ...")
             self.editor = Editor(self.program.settings.model, device=self.device, dtype=self.dtype, low_memory=self.low_memory)
@@ -151,13 +189,43 @@ class Repl:
             result = self.editor.run(self.program, script_dir=self.script_dir)
         except SteerError as e:
             raise self._located(e)
-        source_out = self._outputs(self.out)[":out (its source image)"]
-        result.save(self.out, source_out)
+        image, source = outputs.values()
+        result.save(image, source)
         self.result = result
+        self.runs.append(Run(number, result.program, image, source, result.image))
         for w in result.warnings:
             print(self._located(w).render(), file=sys.stderr)
         summary = ", ".join(f"{k}: {v[-1][1]:.3g}" for k, v in result.energies.items() if v)
-        print(f"wrote {self.out} and {source_out} in {time.perf_counter() - t0:.1f}s" + (f"  (final energies: {summary})" if summary else ""))
+        print(f"[{number}] wrote {image} and {source} in {time.perf_counter() - t0:.1f}s" + (f"  (final energies: {summary})" if summary else ""))
+
+    def run_listing(self) -> str:
+        """One line per run: [k], its image, its seed and steps, its statements."""
+        from .printer import term
+
+        lines = []
+        for r in self.runs:
+            s = r.program.settings
+            terms = "; ".join(term(t) for t in r.program.terms) or "(no statements)"
+            lines.append(f"[{r.number}] {r.image}  seed {s.seed}, steps {s.steps}: {terms}")
+        return "\n".join(lines) or "(no runs yet)"
+
+    def _run_numbered(self, n: str) -> Run:
+        if not (n.isdigit() and 1 <= int(n) <= len(self.runs)):
+            raise ValueError(f"no run {n}; :runs lists them")
+        return self.runs[int(n) - 1]
+
+    def diff(self, a: str, b: str):
+        """Print what changed from run a to run b, and draw the two edits and where they differ."""
+        import dsl
+        from sampler.images import write_png
+
+        first, second = self._run_numbered(a), self._run_numbered(b)
+        path = self.out.with_name(f"{self.out.stem}-diff-{first.number}-{second.number}.png")
+        self._check_outputs({f":diff (writes {path.name})": path})
+        print(program_diff(first, second) or f"[{first.number}] and [{second.number}] ran the same program")
+        record = {"steer:program": dsl.format(second.program), "steer:diff-from": dsl.format(first.program), "steer:image": "diff"}
+        write_png(diff_picture(first, second), path, record)
+        print(f"wrote {path}")
 
     # -- commands ------------------------------------------------------------------------------
 
@@ -177,6 +245,10 @@ class Repl:
             print(self.listing())
         elif cmd == ":run":
             self.run()
+        elif cmd == ":runs":
+            print(self.run_listing())
+        elif cmd == ":diff" and len(rest) == 2:
+            self.diff(*rest)
         elif cmd == ":rm" and len(rest) == 1:
             i = self._term_index(rest[0])
             self.program = self.program.model_copy(update={"terms": self.program.terms[:i] + self.program.terms[i + 1 :]})
@@ -195,7 +267,7 @@ class Repl:
         elif cmd == ":auto" and rest in (["on"], ["off"]):
             self.auto = rest[0] == "on"
         elif cmd == ":out" and len(rest) == 1:
-            self._check_outputs(Path(rest[0]))
+            self._check_outputs(self._outputs(Path(rest[0]), len(self.runs) + 1))
             self.out = Path(rest[0])
         elif cmd == ":save" and len(rest) == 1:
             path = Path(rest[0])
@@ -231,15 +303,13 @@ class Repl:
                 raise ValueError(f":maps {w}: {e.message}" + (f" ({e.hint})" if e.hint else "")) from None
 
     def picture(self, name: str, write):
-        """Write a picture of the last run to OUT-<name>.png (next to :out), by the output rules
-        of its images, and say where."""
-        from sampler.preflight import check_outputs, run_inputs
-
+        """Write a picture of the last run, k, to OUT-k-<name>.png (next to its image), by the
+        output rules of its images, and say where."""
         if self.result is None:
             raise ValueError("nothing has run yet; :run first")
-        path = self.out.with_name(f"{self.out.stem}-{name}.png")
-        check_outputs({f":{'curves' if name == 'sheet' else name} (writes {path.name})": path},
-                      run_inputs(self.program, self.script, self.program.settings.model))
+        image = self.runs[-1].image
+        path = image.with_name(f"{image.stem}-{name}.png")
+        self._check_outputs({f":{'curves' if name == 'sheet' else name} (writes {path.name})": path})
         write(path)
         print(f"wrote {path}")
 
@@ -277,73 +347,163 @@ class Repl:
 
     # -- the loop ------------------------------------------------------------------------------
 
-    def _completer(self):
+    def completions(self, prefix: str, line: str = "") -> list[str]:
+        """The words Tab offers for `prefix`, the end of `line`: commands, keywords, direction
+        names and the prompt's words, quoted as `token "word"` takes them (bare after :maps)."""
         from energies import directions
+
         from .resolve import prompt_words
 
-        names: list[str] = []  # direction names, read from their folders once per completion
+        words = list(COMMANDS) + list(KEYWORDS) + list(directions.known(self._direction_paths()))
+        if self.program.settings.prompt:
+            said = dict.fromkeys(w for w, _, _ in prompt_words(self.program.settings.prompt))
+            words += list(said) if line.lstrip().startswith(":maps") else [f'"{w}"' for w in said]
+        return [w for w in dict.fromkeys(words) if w.startswith(prefix) and w != prefix]
 
-        def complete(text, state):
-            if state == 0:  # readline asks for match 0, 1, 2 ... of one completion
-                names[:] = directions.known(self._direction_paths())
-            words = list(COMMANDS) + list(KEYWORDS) + names
-            if self.program.settings.prompt:
-                words += [f'"{w}"' for w, _, _ in prompt_words(self.program.settings.prompt)]
-            matches = [w for w in words if w.startswith(text)]
-            return matches[state] if state < len(matches) else None
+    def session(self, input=None, output=None):
+        """The prompt at a terminal: highlighting, completion, the history file. `input` and
+        `output` are prompt_toolkit's (a pipe and a DummyOutput in tests), else the terminal."""
+        from prompt_toolkit import PromptSession
+        from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
+        from prompt_toolkit.styles import Style
 
-        return complete
+        return PromptSession("steer> ", history=_history(self.history), lexer=_lexer(), completer=_completer(self),
+                             style=Style.from_dict(STYLE), auto_suggest=AutoSuggestFromHistory(), complete_while_typing=True,
+                             input=input, output=output)
 
-    def _setup_readline(self):
-        try:
-            import readline
-        except ImportError:  # pragma: no cover - Windows without pyreadline
-            return None
-        history = Path.home() / ".steer_history"
-        try:
-            readline.read_history_file(history)
-        except OSError:
-            pass
-        readline.set_completer(self._completer())
-        readline.set_completer_delims(" \t()")
-        readline.parse_and_bind("tab: complete")
-        return lambda: _save_history(readline, history)
-
-    def loop(self) -> int:
-        interactive = sys.stdin.isatty()
-        save_history = self._setup_readline() if interactive else None
+    def loop(self, session=None) -> int:
+        """Read lines until Ctrl-D, :quit or the end of the input. At a terminal (or given a
+        prompt_toolkit `session`) through the prompt; from a pipe, line by line."""
+        interactive = session is not None or sys.stdin.isatty()
         if interactive:
+            read = (session or self.session()).prompt
             print("steer repl: statements add to the program, :help lists commands, Ctrl-D leaves")
             print(self.listing())
-        try:
-            while True:
-                try:
-                    line = input("steer> " if interactive else "")
-                except EOFError:
+        else:
+            read = lambda: input()  # noqa: E731
+        while True:
+            try:
+                line = read()
+            except EOFError:
+                break
+            except KeyboardInterrupt:
+                if not interactive:
+                    raise
+                continue  # Ctrl-C at the prompt clears the line, as a shell does; the program stays
+            try:
+                if not self.handle(line):
                     break
-                except KeyboardInterrupt:
-                    if not interactive:
-                        raise
-                    print()  # Ctrl-C at the prompt clears the line, as a shell does; the program stays
-                    continue
-                try:
-                    if not self.handle(line):
-                        break
-                except SteerError as e:
-                    print(self._located(e).render(), file=sys.stderr)
-                except (ValueError, OSError) as e:
-                    print(f"error: {e}", file=sys.stderr)
-                except KeyboardInterrupt:
-                    print("interrupted", file=sys.stderr)
-        finally:
-            if save_history:
-                save_history()
+            except SteerError as e:
+                print(self._located(e).render(), file=sys.stderr)
+            except (ValueError, OSError) as e:
+                print(f"error: {e}", file=sys.stderr)
+            except KeyboardInterrupt:
+                print("interrupted", file=sys.stderr)
         return 0
 
 
-def _save_history(readline, path: Path):
-    try:
-        readline.set_history_length(1000)
-        readline.write_history_file(path)
-    except OSError:
-        pass
+# ------------------------------------------------------------------------------------------------
+# Comparing runs
+
+
+def program_diff(first: Run, second: Run) -> str:
+    """The two runs' programs, as `steer fmt` prints them, as a unified diff with the whole
+    program as its context (a script is short, and what stayed matters too); "" if the same."""
+    import dsl
+
+    a, b = (dsl.format(r.program).splitlines() for r in (first, second))
+    return "\n".join(difflib.unified_diff(a, b, f"[{first.number}]", f"[{second.number}]", n=len(a) + len(b), lineterm=""))
+
+
+def diff_picture(first: Run, second: Run) -> np.ndarray:
+    """(H, W, 3) in [0, 1]: edit A | edit B | |A - B| (the channels' mean, scaled to its largest
+    value, which the label gives), each enlarged without blur and labelled."""
+    if first.edit.shape != second.edit.shape:
+        raise ValueError(f"runs {first.number} and {second.number} made images of different sizes")
+    difference = np.abs(first.edit - second.edit).mean(-1)
+    largest = float(difference.max())
+    scaled = difference / largest if largest > 0 else difference
+    tiles = [_labelled(first.edit, f"[{first.number}]"), _labelled(second.edit, f"[{second.number}]"),
+             _labelled(np.repeat(scaled[..., None], 3, -1), f"|difference| max {largest:.2g}")]
+    return np.concatenate(tiles, axis=1).astype(np.float32) / 255
+
+
+def _labelled(image: np.ndarray, label: str) -> np.ndarray:
+    """The image enlarged (pictures.enlarged) under a white strip with its label, as uint8."""
+    from PIL import Image, ImageDraw
+
+    from sampler.pictures import LABEL_HEIGHT, enlarged
+
+    big = (np.clip(enlarged(image), 0, 1) * 255).round().astype(np.uint8)
+    strip = Image.new("RGB", (big.shape[1], LABEL_HEIGHT), "white")
+    ImageDraw.Draw(strip).text((2, 1), label, fill="black")
+    return np.concatenate([np.asarray(strip), big], axis=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# The terminal: highlighting, completion, history (prompt_toolkit)
+
+STYLE = {"keyword": "bold ansiblue", "string": "ansigreen", "number": "ansimagenta", "comment": "italic ansibrightblack",
+         "command": "bold ansicyan"}
+_NAME_EDGE_BEFORE, _NAME_EDGE_AFTER = r"(?<![\w\-])", r"(?![\w\-])"  # names may hold _ and -, as the grammar's NAME does
+TOKENS = re.compile(
+    r'(?P<string>"(?:[^"\\]|\\.)*(?:"(?:\#\d+)?|$))'  # a string, its occurrence (`"dog"#2`), or one not closed yet
+    r"|(?P<comment>\#.*)"
+    r"|(?P<command>^\s*:\w+)"
+    rf"|(?P<number>{_NAME_EDGE_BEFORE}[+-]?(?:\d+(?:\.\d+)?|(?<!\.)\.\d+)(?:[eE][+-]?\d+)?{_NAME_EDGE_AFTER})"
+    rf"|(?P<keyword>{_NAME_EDGE_BEFORE}(?:{'|'.join(KEYWORDS)}){_NAME_EDGE_AFTER})"
+)
+
+
+def highlight(line: str) -> list[tuple[str, str]]:
+    """prompt_toolkit's (style, text) fragments of one line: keywords, strings, numbers,
+    comments and :commands get their class; the rest is plain."""
+    fragments, at = [], 0
+    for m in TOKENS.finditer(line):
+        if m.start() > at:
+            fragments.append(("", line[at : m.start()]))
+        fragments.append((f"class:{m.lastgroup}", m.group()))
+        at = m.end()
+    if at < len(line):
+        fragments.append(("", line[at:]))
+    return fragments
+
+
+def _lexer():
+    from prompt_toolkit.lexers import Lexer
+
+    class SteerLexer(Lexer):
+        def lex_document(self, document):
+            return lambda i: highlight(document.lines[i])
+
+    return SteerLexer()
+
+
+def _completer(repl: Repl):
+    """Tab offers Repl.completions of the word before the cursor; while typing, once it has begun."""
+    from prompt_toolkit.completion import Completer, Completion
+
+    class SteerCompleter(Completer):
+        def get_completions(self, document, complete_event):
+            before = document.text_before_cursor
+            prefix = re.search(r'[:"\w\-#]*$', before).group()
+            if prefix or complete_event.completion_requested:
+                for word in repl.completions(prefix, before):
+                    yield Completion(word, start_position=-len(prefix))
+
+    return SteerCompleter()
+
+
+def _history(path: Path):
+    """The history file, appended to as each line is entered; one that cannot be written (a
+    read-only home) leaves the session without a saved history rather than stopping it."""
+    from prompt_toolkit.history import FileHistory
+
+    class History(FileHistory):
+        def store_string(self, string: str) -> None:
+            try:
+                super().store_string(string)
+            except OSError:
+                pass
+
+    return History(str(path))
