@@ -152,6 +152,17 @@ BACKBONES = {
     # count and resolution; a quarter of the image (256) keeps its upsampled map near DragNoise's size.
     "sdxl": BackboneDefaults(attn_layers=("up_blocks.0.attentions.1",), map_res=32, appearance_features="up_blocks.2",
                              drag_features="up_blocks.1", drag_scale=0.25),
+    # Rectified-flow transformers (sampler/backbones/flow.py): the joint attention of the middle
+    # third of the joint blocks (probes.joint_attention_layers: a documented default, not yet a
+    # measurement; the shapes flow model is where it gets measured), maps at 32x32 (SD3 and FLUX at
+    # 1024 px have 64x64 image tokens); appearance pools the last joint block's image stream.
+    # No drag: DragNoise optimises a UNet's bottleneck, which a transformer does not have.
+    "sd3": BackboneDefaults(attn_layers=("transformer_blocks",), map_res=32, appearance_features="transformer_blocks.-1",
+                            drag_features="", drag_scale=0.0),
+    "flux": BackboneDefaults(attn_layers=("transformer_blocks",), map_res=32, appearance_features="transformer_blocks.-1",
+                             drag_features="", drag_scale=0.0),
+    "shapes-flow": BackboneDefaults(attn_layers=("transformer_blocks",), map_res=16, appearance_features="transformer_blocks.-1",
+                                    drag_features="", drag_scale=0.0),
 }
 
 # Words whose attention maps are too diffuse to stand for an object; "every object" terms skip them.

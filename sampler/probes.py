@@ -4,8 +4,11 @@
   never materialises the attention probabilities, so this processor computes them explicitly
   (the classic AttnProcessor path) and hands them to a ProbeStore, head-averaged, conditional
   half only. Self-attention layers keep their original (fast) processor.
-- Feature hooks are forward hooks on a module (a decoder block, the mid block) that store its
-  output.
+- JointAttentionProbe does the same for the joint text-image attention of an MMDiT (SD3's
+  JointAttnProcessor2_0, FLUX's FluxAttnProcessor): the block's output is the original
+  processor's, untouched, and the maps are computed beside it from the same queries and keys.
+- Feature hooks are forward hooks on a module (a decoder block, the mid block, a transformer
+  block: its image stream, as a grid) that store its output.
 
 `probing(unet, store, ...)` installs exactly the probes asked for and restores the original
 processors and removes the hooks in a `finally`, even when the forward raises.
@@ -46,7 +49,11 @@ class ProbeStore:
         p = p.transpose(1, 2).reshape(p.shape[0], p.shape[2], h, w)  # (B, T, h, w)
         self.attn[name] = p.detach() if self.detach else p
 
-    def record_feature(self, name: str, out: torch.Tensor):
+    def record_feature(self, name: str, out):
+        if isinstance(out, tuple):  # a joint transformer block: (text stream, image stream); the image's, as a grid
+            tokens = out[1]
+            h, w = self._grid(tokens.shape[1])
+            out = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
         out = out[self.cond]
         self.features[name] = out.detach() if self.detach else out
 
@@ -94,8 +101,93 @@ class AttentionProbe:
         return hidden_states / attn.rescale_output_factor
 
 
+def text_attention(attn, hidden_states, encoder_hidden_states, text: slice, rotary=None) -> torch.Tensor:
+    """(B, heads, N, T): each image query's attention over the text keys `text`,
+    softmax(q k^T / sqrt(d)) taken over those keys only, from the processor's own projections,
+    q/k norms and (FLUX) rotary embedding.
+
+    Over the text keys, not over all keys then the text columns: in joint attention the image
+    keys (thousands) take most of every query's mass, so the text columns' share would mix "which
+    word" with "how much text at all"; normalised over the words, a map is the UNet's
+    cross-attention map again (each position's distribution over the prompt's tokens), and it
+    costs N x T instead of N x (N + T). Over the mapped tokens only (SD3: the T5's), so that a
+    position's maps sum to one over the tokens `token "word"` indexes."""
+    head_dim = attn.head_dim if hasattr(attn, "head_dim") else attn.to_q.out_features // attn.heads
+    if getattr(attn, "fused_projections", False):
+        q = attn.to_qkv(hidden_states).chunk(3, dim=-1)[0]
+        k = attn.to_added_qkv(encoder_hidden_states).chunk(3, dim=-1)[1]
+    else:
+        q, k = attn.to_q(hidden_states), attn.add_k_proj(encoder_hidden_states)
+    q, k = q.unflatten(-1, (-1, head_dim)), k.unflatten(-1, (-1, head_dim))  # (B, S, heads, d)
+    if attn.norm_q is not None:
+        q = attn.norm_q(q)
+    if attn.norm_added_k is not None:
+        k = attn.norm_added_k(k)
+    if rotary is not None:  # FLUX: RoPE over the sequence [text; image]
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        n_text = encoder_hidden_states.shape[1]
+        q = apply_rotary_emb(q, tuple(r[n_text:] for r in rotary), sequence_dim=1)
+        k = apply_rotary_emb(k, tuple(r[:n_text] for r in rotary), sequence_dim=1)
+    k = k[:, text]
+    scores = torch.einsum("bnhd,bthd->bhnt", q.float(), k.float()) / math.sqrt(head_dim)
+    return scores.softmax(-1)
+
+
+class JointAttentionProbe:
+    """A joint-attention processor (MMDiT) that also records the image-to-text attention maps.
+    The block's output comes from the original processor, so probing does not change it."""
+
+    def __init__(self, name: str, store: ProbeStore, original, text: slice):
+        self.name, self.store, self.original, self.text = name, store, original, text
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        kwargs = {"image_rotary_emb": image_rotary_emb} if image_rotary_emb is not None else {}
+        out = self.original(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+        if encoder_hidden_states is not None:
+            probs = text_attention(attn, hidden_states, encoder_hidden_states, self.text, image_rotary_emb)
+            b, h = probs.shape[:2]
+            self.store.record_attention(self.name, probs.reshape(b * h, *probs.shape[2:]), b, h)
+        return out
+
+
+def is_transformer(model) -> bool:
+    """An MMDiT (SD3, FLUX, the shapes flow model): joint blocks, no attn2 cross-attention."""
+    return hasattr(model, "transformer_blocks") and not hasattr(model, "down_blocks")
+
+
+def joint_attention_layers(transformer, prefixes=("transformer_blocks",)) -> list[str]:
+    """The joint attention modules of the middle third of the joint (double-stream) blocks under
+    `prefixes`. Which blocks localise objects is a measured choice; on random weights it cannot be
+    measured, so the default is the middle, where DiT probing studies find the most semantic maps,
+    until the shipped flow model measures it. FLUX's single-stream blocks are not probed."""
+    names = [n[: -len(".processor")] for n in transformer.attn_processors
+             if n.startswith("transformer_blocks.") and n.endswith(".attn.processor")]
+    names = [n for n in names if any(n.startswith(p) for p in prefixes)]
+    k = len(names)
+    return names[k // 3: max(k // 3 + 1, (2 * k) // 3)]
+
+
+def resolve_module(model, name: str) -> str:
+    """A module name, with a trailing ".-1" meaning the last of its list (a transformer's last
+    joint block, whatever its depth)."""
+    if name.endswith(".-1"):
+        head = name[:-3]
+        return f"{head}.{len(model.get_submodule(head)) - 1}"
+    return name
+
+
+def probe_for(module, name: str, store: ProbeStore, model):
+    if is_transformer(model):
+        return JointAttentionProbe(name, store, module.processor, getattr(model, "steer_map_tokens", slice(None)))
+    return AttentionProbe(name, store)
+
+
 def cross_attention_layers(unet, prefixes=("",)) -> list[str]:
-    """Names of the `attn2` modules under any of the module-name prefixes."""
+    """Names of the `attn2` modules under any of the module-name prefixes (a transformer: its
+    probed joint attention modules, joint_attention_layers)."""
+    if is_transformer(unet):
+        return joint_attention_layers(unet, prefixes)
     names = [n[: -len(".processor")] for n in unet.attn_processors if n.endswith("attn2.processor")]
     return [n for n in names if any(n.startswith(p) for p in prefixes)]
 
@@ -109,7 +201,7 @@ def probing(unet, store: ProbeStore, attn_layers=(), feature_modules=()):
             for name in attn_layers:
                 module = unet.get_submodule(name)
                 originals[name] = module.processor
-                module.set_processor(AttentionProbe(name, store))
+                module.set_processor(probe_for(module, name, store, unet))
             for name in feature_modules:
                 hooks.enter_context(forward_hook(unet.get_submodule(name), lambda m, i, o, name=name: store.record_feature(name, o)))
             yield store
@@ -128,7 +220,7 @@ class Readout:
         self.attn_layers = cross_attention_layers(backbone.unet, d.attn_layers)
         if not self.attn_layers:
             raise ValueError(f"no cross-attention layer under {d.attn_layers} in this UNet")
-        self.feature_module = d.appearance_features
+        self.feature_module = resolve_module(backbone.unet, d.appearance_features)
         backbone.unet.get_submodule(self.feature_module)  # fail early if the layout is not what we expect
 
     def features(self, store: ProbeStore, detach: bool = False):

@@ -1,5 +1,5 @@
-"""Loading a backbone by name: "shapes", a shapes model folder, or a Stable Diffusion model id or
-folder; safetensors only. What cannot be loaded is a usage error that says why."""
+"""Loading a backbone by name: "shapes", "shapes-flow", a shapes model folder, or a Stable Diffusion
+(1.x, 2.x, XL, 3.x) or FLUX.1 model id or folder; safetensors only. What cannot be loaded is a usage error that says why."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 from energies.errors import SteerUsageError
 
 from .base import Backbone
+from .flow import FluxBackbone, ShapesFlowBackbone, StableDiffusion3Backbone
 from .shapes import ShapesBackbone
 from .stable_diffusion import StableDiffusionBackbone, StableDiffusionXLBackbone
 
@@ -35,6 +36,7 @@ def load_backbone(model=None, device: str = "auto", dtype: str = "fp32", low_mem
     `dtype` and `low_memory` apply to Stable Diffusion; the shapes model always runs in fp32.
     `config` is a local diffusers folder of a single-file checkpoint's architecture (offline use).
     A model that cannot be found or read, or a device that is not there, is a SteerUsageError."""
+    from ..shapes import flow_model
     from ..shapes import model as shapes_model
 
     if not isinstance(model, (str, Path, type(None))):
@@ -48,7 +50,12 @@ def load_backbone(model=None, device: str = "auto", dtype: str = "fp32", low_mem
     path = shapes_model.resolve(model)
     if model == "shapes" or shapes_model.is_shapes_folder(Path(path)):
         return ShapesBackbone(model, device=device)
-    cls = StableDiffusionXLBackbone if "XL" in pipeline_class(model) else StableDiffusionBackbone
+    if model == "shapes-flow" or flow_model.is_flow_folder(flow_model.resolve(model)):
+        if not flow_model.is_flow_folder(flow_model.resolve(model)):
+            raise SteerUsageError("the shapes flow model is not trained yet (sampler/shapes/flow has no model)",
+                                  hint="train it: python -m sampler.shapes.flow_train --work runs/shapes-flow --out sampler/shapes/flow")
+        return ShapesFlowBackbone(flow_model.resolve(model), device=device)
+    cls = backbone_class(pipeline_class(model))
     refuse_pickle_only(model)
     try:
         return cls.from_pretrained(model, device=device, dtype=DTYPES[dtype], low_memory=low_memory)
@@ -56,8 +63,17 @@ def load_backbone(model=None, device: str = "auto", dtype: str = "fp32", low_mem
         raise SteerUsageError(f"cannot load the model {model!r}: {_first_line(e)}", hint=MODEL_HINT) from None
 
 
-MODEL_HINT = ('--model takes "shapes", a shapes model folder, a Stable Diffusion folder (with model_index.json) '
-              "or a Hugging Face id already in the local cache")
+MODEL_HINT = ('--model takes "shapes", "shapes-flow", a shapes model folder, a Stable Diffusion or FLUX folder (with '
+              "model_index.json) or a Hugging Face id already in the local cache")
+
+
+def backbone_class(pipeline: str) -> type:
+    """The Backbone of a pipeline class name (model_index.json's _class_name)."""
+    if pipeline.startswith("StableDiffusion3"):
+        return StableDiffusion3Backbone
+    if pipeline.startswith("Flux"):
+        return FluxBackbone
+    return StableDiffusionXLBackbone if "XL" in pipeline else StableDiffusionBackbone
 
 
 def _first_line(e: Exception) -> str:
@@ -154,16 +170,25 @@ def load_tokenizer(model: str | None = None):
     """Just the tokenizer of a model, for `steer check` (no weights are loaded)."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+    from ..shapes import flow_model
     from ..shapes import model as shapes_model
 
     model = model or "shapes"
     path = shapes_model.resolve(model)
     if model == "shapes" or shapes_model.is_shapes_folder(Path(path)):
         return PreTrainedTokenizerFast.from_pretrained(Path(path) / "tokenizer")
+    if model == "shapes-flow" or flow_model.is_flow_folder(flow_model.resolve(model)):
+        return PreTrainedTokenizerFast.from_pretrained(flow_model.resolve(model) / "tokenizer")
     if is_single_file(model):  # the tokenizer is inside the checkpoint's pipeline: load it whole
         return load_single_file(model, "cpu", torch.float32).tokenizer
-    pipeline_class(model)  # a clean error for a model that is not there
+    cls = backbone_class(pipeline_class(model))  # (a clean error for a model that is not there)
     try:
+        if cls in (StableDiffusion3Backbone, FluxBackbone):  # token maps are per T5 position (backbones/flow.py)
+            from .flow import t5_tokenizer
+
+            sub, length = ("tokenizer_3", StableDiffusion3Backbone.t5_length) if cls is StableDiffusion3Backbone else ("tokenizer_2", 512)
+            tok = AutoTokenizer.from_pretrained(model, subfolder=sub)
+            return t5_tokenizer(tok, min(length, tok.model_max_length))
         return AutoTokenizer.from_pretrained(model, subfolder="tokenizer")
     except (OSError, ValueError) as e:
         raise SteerUsageError(f"cannot load the tokenizer of {model!r}: {_first_line(e)}", hint=MODEL_HINT) from None
@@ -176,16 +201,20 @@ def backbone_for_pipeline(pipe, device: str | None = "auto", low_memory: bool = 
     """The Backbone that wraps a diffusers pipeline object (subclasses included). The pipeline
     stays on the device it is on unless a device is named. Any other object is a usage error
     naming its class, not a TypeError from deep inside."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     cls = type(pipe).__name__
-    if isinstance(pipe, StableDiffusionXLPipeline):  # first: neither class derives from the other, but be explicit
+    if isinstance(pipe, StableDiffusion3Pipeline):
+        backbone = StableDiffusion3Backbone
+    elif isinstance(pipe, FluxPipeline):
+        backbone = FluxBackbone
+    elif isinstance(pipe, StableDiffusionXLPipeline):  # first: neither class derives from the other, but be explicit
         backbone = StableDiffusionXLBackbone
     elif isinstance(pipe, StableDiffusionPipeline):
         backbone = StableDiffusionBackbone
     else:
-        raise SteerUsageError(f"steer cannot edit with a {cls}: it supports StableDiffusionPipeline and StableDiffusionXLPipeline "
-                              "(and their subclasses)", hint=MODEL_HINT)
+        raise SteerUsageError(f"steer cannot edit with a {cls}: it supports StableDiffusionPipeline, StableDiffusionXLPipeline, "
+                              "StableDiffusion3Pipeline and FluxPipeline (and their subclasses)", hint=MODEL_HINT)
     if device not in (None, "auto"):
         check_device(device)
         pipe = pipe.to(device)
