@@ -379,15 +379,17 @@ def _run_items(batch: Plan, items: list[Item], editor, progress: bool, warn: Cal
         result = editor.run(item.program, progress=False, script_dir=batch.script.parent)
         if n == 0:
             warn(result)
-        _save(batch, item, result)
+        _save(batch, item, result, state)
 
 
-def _save(batch: Plan, item: Item, result):
+def _save(batch: Plan, item: Item, result, state):
     """The edit, and for a row's first item the row's source, each with the ran program and the
-    item's own (what resume compares)."""
+    item's own (what resume compares), and which process made it when there were several."""
     from sampler.images import write_png
 
     record = {**result.record(), BATCH_MARK: item.key}
+    if state.num_processes > 1:
+        record["steer:process"] = f"{state.process_index + 1} of {state.num_processes}"
     if item.first_of_row:
         write_png(result.source_image, batch.source(item.row), {**record, "steer:image": "source"})
     write_png(result.image, batch.image(item), record)
