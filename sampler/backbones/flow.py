@@ -78,7 +78,7 @@ class FlowBackbone(Backbone):
         self.dtype = transformer.dtype
         self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
         for m in (transformer, vae, *self.encoders()):
-            m.requires_grad_(False)
+            m.requires_grad_(False).eval()  # frozen; and a T5 built from its config is in training mode (dropout 0.1)
         transformer.steer_map_tokens = self.map_tokens  # read by probes.JointAttentionProbe
         if low_memory:
             transformer.enable_gradient_checkpointing()

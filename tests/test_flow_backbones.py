@@ -1,0 +1,187 @@
+"""SD3 and FLUX backbones (sampler/backbones/flow.py) and their joint-attention probes
+(sampler/probes.py), on tests/tiny_flow.py's random-weight pipelines: no download."""
+
+import pytest
+import torch
+
+import dsl
+from energies.errors import SteerCompileError
+from energies.directions import save_direction
+from sampler.backbones import FluxBackbone, StableDiffusion3Backbone, load_backbone
+from sampler.backbones.flow import GRID, eps_from_velocity, flow_alpha_bar, sigma_of
+from sampler.editor import Editor
+from sampler.probes import ProbeStore, Readout, probing
+
+PROMPT = "a red circle and a blue square"
+
+
+@pytest.fixture(scope="module")
+def sd3(tmp_path_factory):
+    from tiny_flow import tiny_sd3_pipeline
+
+    return Editor(tiny_sd3_pipeline(tmp_path_factory.mktemp("sd3")), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def flux(tmp_path_factory):
+    from tiny_flow import tiny_flux_pipeline
+
+    return Editor(tiny_flux_pipeline(tmp_path_factory.mktemp("flux")), device="cpu")
+
+
+@pytest.fixture(params=["sd3", "flux"])
+def editor(request):
+    return request.getfixturevalue(request.param)
+
+
+def test_editor_takes_sd3_and_flux_pipelines(sd3, flux):
+    assert type(sd3.backbone) is StableDiffusion3Backbone and sd3.backbone.kind == "sd3"
+    assert type(flux.backbone) is FluxBackbone and flux.backbone.kind == "flux"
+    assert flux.backbone.distilled_guidance == 3.5 and flux.backbone.sampling_defaults["cfg"] == 1.0  # dev: no CFG by default
+
+
+def test_a_pipeline_folder_loads_by_path_offline(tmp_path, sd3):
+    sd3.backbone.pipe.save_pretrained(tmp_path / "sd3", safe_serialization=True)
+    b = load_backbone(str(tmp_path / "sd3"), device="cpu")
+    assert type(b) is StableDiffusion3Backbone
+    c1, c2 = b.encode_prompt(PROMPT), sd3.backbone.encode_prompt(PROMPT)
+    assert torch.allclose(c1.cond, c2.cond, atol=1e-5) and torch.allclose(c1.added["text_embeds"], c2.added["text_embeds"], atol=1e-5)
+
+
+def test_token_references_resolve_through_t5_sentencepiece_sub_words(editor):
+    """"circle" is "▁cir" + "cle" in the T5 vocabulary: both positions, in the T5 part of the
+    text sequence the maps index."""
+    tok = editor.backbone.tokenizer
+    pieces = tok.convert_ids_to_tokens(tok(PROMPT).input_ids)
+    bound = editor.bind(dsl.compile(dsl.parse(f'prompt "{PROMPT}"\nsize(token "circle") *= 0.5\n')))
+    assert [pieces[i] for i in bound[0].token] == ["▁cir", "cle"]
+
+
+def test_sd3_without_t5_maps_clip_bpe_positions(tmp_path):
+    from tiny_flow import tiny_sd3_pipeline
+
+    b = Editor(tiny_sd3_pipeline(tmp_path, t5=False), device="cpu").backbone
+    assert b.map_tokens == slice(0, b.clip_length) and b.encode_prompt(PROMPT).cond.shape[1] == b.clip_length + b.t5_length
+    bound = dsl.bind(dsl.compile(dsl.parse(f'prompt "{PROMPT}"\nsize(token "circle") *= 0.5\n')), PROMPT, b.tokenizer)
+    assert b.tokenizer.convert_ids_to_tokens([b.token_ids(PROMPT)[i] for i in bound[0].token]) == ["cir", "cle</w>"]
+
+
+def test_sd3_text_sequence_is_clip_then_t5(sd3):
+    b = sd3.backbone
+    c = b.encode_prompt(PROMPT)
+    assert c.cond.shape == (1, b.clip_length + b.t5_length, b.transformer.config.joint_attention_dim)
+    assert c.added["text_embeds"].shape == (1, b.transformer.config.pooled_projection_dim)
+    assert torch.all(c.cond[:, : b.clip_length, 32:] == 0)  # two 16-wide CLIPs, zero-padded to the T5's width
+    assert b.map_tokens == slice(b.clip_length, b.clip_length + b.t5_length)
+
+
+def test_eps_is_the_velocity_converted_in_vp_coordinates(editor):
+    """eps(z, t) = x + (1 - s) v at x = r(s) z, and z = sqrt(a) x0 + sqrt(1 - a) eps holds for the
+    x0 = x - s v the velocity predicts."""
+    b = editor.backbone
+    c = b.encode_prompt(PROMPT)
+    z = torch.randn(1, *b.latent_shape(), generator=torch.Generator().manual_seed(0))
+    t = 700
+    s = sigma_of(t)
+    x = z * ((1 - s) ** 2 + s**2) ** 0.5
+    with torch.no_grad():
+        v = b.velocity(x, s, c.cond, c.added)
+        eps = b.eps(z, t, c.cond, c.added)
+    assert torch.allclose(eps, eps_from_velocity(x, v, s), atol=1e-5)
+    a = flow_alpha_bar(torch.tensor(s))
+    assert torch.allclose(z, a.sqrt() * (x - s * v) + (1 - a).sqrt() * eps, atol=1e-4)
+    assert torch.allclose(b.alphas_cumprod()[t], a.float())
+
+
+def test_timesteps_follow_the_family_schedule_on_the_grid(sd3, flux):
+    for b in (sd3.backbone, flux.backbone):
+        ts = b.timesteps(6)
+        assert ts == sorted(ts, reverse=True) and len(set(ts)) == 6 and ts[0] == GRID - 1
+        assert all(abs(sigma_of(t) - s) <= 0.5 / GRID + 1e-9 for t, s in zip(ts, b.sigmas(6)))
+    s = sd3.backbone.sigmas(4)[1]  # SD3: shift 3 on 1 - 1/4 * 1 ... : s' = 3 s / (1 + 2 s)
+    assert s == pytest.approx(3 * 0.75 / (1 + 2 * 0.75), abs=1e-4)
+
+
+def test_flux_guidance_embedding_changes_the_prediction(flux):
+    b = flux.backbone
+    c = b.encode_prompt(PROMPT)
+    z = torch.randn(1, *b.latent_shape(), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        e1 = b.eps(z, 500, c.cond, c.added)
+        b.distilled_guidance = 7.0
+        try:
+            e2 = b.eps(z, 500, c.cond, c.added)
+        finally:
+            b.distilled_guidance = 3.5
+    assert not torch.allclose(e1, e2)
+
+
+# --- probes ----------------------------------------------------------------------------------
+
+
+def _probed(editor, z=None):
+    b = editor.backbone
+    readout = Readout(b)
+    c = b.encode_prompt(PROMPT)
+    z = torch.randn(1, *b.latent_shape(), generator=torch.Generator().manual_seed(2)) if z is None else z
+    store = ProbeStore(b.latent_shape()[1:])
+    with probing(b.unet, store, readout.attn_layers, [readout.feature_module]):
+        eps = b.eps(z, 600, c.cond, c.added)
+    return readout, store, eps, z
+
+
+def test_probes_read_the_middle_joint_blocks(sd3, flux):
+    assert Readout(sd3.backbone).attn_layers == ["transformer_blocks.1.attn"]  # 4 blocks: the middle third
+    assert Readout(flux.backbone).attn_layers == ["transformer_blocks.1.attn"]  # 3 double blocks; single blocks not probed
+    assert Readout(sd3.backbone).feature_module == "transformer_blocks.3"
+
+
+def test_maps_have_the_token_count_and_grid_and_sum_to_one_over_tokens(editor):
+    b = editor.backbone
+    readout, store, _, _ = _probed(editor)
+    (name, maps), = store.attn.items()
+    t5 = b.map_tokens.stop - b.map_tokens.start
+    grid = b.latent_shape()[1] // (2 if b.kind == "flux" else 1)  # FLUX packs 2 x 2 latent patches into a token
+    assert maps.shape == (1, t5, grid, grid)
+    assert torch.allclose(maps.sum(1), torch.ones(1, grid, grid), atol=1e-5)
+    features = readout.features(store)
+    assert features.maps.shape == (t5, readout.map_res, readout.map_res)
+    assert features.features.dim() == 3 and features.features.shape[-2:] == (grid, grid)  # the image stream as a grid
+
+
+def test_probing_leaves_the_prediction_and_the_processors_as_they_were(editor):
+    b = editor.backbone
+    before = {k: type(v) for k, v in b.unet.attn_processors.items()}
+    _, _, probed, z = _probed(editor)
+    c = b.encode_prompt(PROMPT)
+    with torch.no_grad():
+        plain = b.eps(z, 600, c.cond, c.added)
+    assert torch.allclose(probed, plain, atol=1e-5)
+    assert {k: type(v) for k, v in b.unet.attn_processors.items()} == before
+
+
+def test_gradients_reach_the_latent_through_the_maps(editor):
+    b = editor.backbone
+    z = torch.randn(1, *b.latent_shape(), generator=torch.Generator().manual_seed(3)).requires_grad_(True)
+    _, store, _, _ = _probed(editor, z)
+    maps = next(iter(store.attn.values()))
+    (grad,) = torch.autograd.grad(maps[0, 2].pow(2).sum(), z)  # the energy of one token's map
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+# --- statements without a meaning on a transformer ---------------------------------------------
+
+
+def test_drag_is_a_compile_error_that_says_why_at_its_line(editor):
+    program = dsl.compile(dsl.parse(f'prompt "{PROMPT}"\nsteps 2\ndrag (0.3, 0.5) -> (0.6, 0.5) within token "circle"\n'))
+    with pytest.raises(SteerCompileError, match="bottleneck") as e:
+        editor.run(program, progress=False)
+    assert e.value.span.line == 3
+
+
+def test_an_hspace_direction_is_a_compile_error_that_says_why(editor, tmp_path):
+    save_direction(tmp_path / "directions" / "smile.safetensors", {"delta_h": torch.zeros(8, 2, 2)}, "hspace", "sd:x")
+    program = dsl.compile(dsl.parse(f'prompt "{PROMPT}"\nsteps 2\nkeep appearance\ndirection smile\n'))
+    with pytest.raises(SteerCompileError, match="no mid block") as e:
+        editor.run(program, progress=False, script_dir=tmp_path)
+    assert e.value.span.line == 4
