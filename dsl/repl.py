@@ -175,6 +175,17 @@ class Repl:
 
         check_outputs(outputs, run_inputs(self.program, self.script, self.program.settings.model))
 
+    def _checked_out(self, out: Path) -> Path:
+        """`out` as :out's name, if the next run's images may go by it. It names PNGs: another
+        suffix (`:out r.edit`, the script) is a slip of the hand, not a name."""
+        from energies.errors import SteerUsageError
+
+        if out.suffix not in ("", ".png"):
+            raise SteerUsageError(f":out {out}: run k writes {out.stem}-k.png, so :out names a .png",
+                                  hint=f"for example :out {out.with_suffix('.png')}")
+        self._check_outputs(self._outputs(out, len(self.runs) + 1))
+        return out.with_suffix(".png")
+
     def run(self):
         from sampler.editor import Editor
 
@@ -267,8 +278,7 @@ class Repl:
         elif cmd == ":auto" and rest in (["on"], ["off"]):
             self.auto = rest[0] == "on"
         elif cmd == ":out" and len(rest) == 1:
-            self._check_outputs(self._outputs(Path(rest[0]), len(self.runs) + 1))
-            self.out = Path(rest[0])
+            self.out = self._checked_out(Path(rest[0]))
         elif cmd == ":save" and len(rest) == 1:
             path = Path(rest[0])
             if path.exists():

@@ -199,8 +199,8 @@ def test_repl_maps_and_curves_write_their_pictures(tmp_path, shapes_path, capsys
     repl.handle('centroid(token "circle") -> (0.75, 0.5)')
     repl.handle(":maps circle red")
     repl.handle(":curves")
-    assert (tmp_path / "r-maps.png").exists() and (tmp_path / "r-sheet.png").exists()
+    assert (tmp_path / "r-1-maps.png").exists() and (tmp_path / "r-1-sheet.png").exists()  # of run 1, r-1.png
     out = capsys.readouterr().out
-    assert f"wrote {tmp_path / 'r-maps.png'}" in out and f"wrote {tmp_path / 'r-sheet.png'}" in out
+    assert f"wrote {tmp_path / 'r-1-maps.png'}" in out and f"wrote {tmp_path / 'r-1-sheet.png'}" in out
     with pytest.raises(ValueError, match="dog.*not in the prompt.*a, red, circle"):
         repl.handle(":maps dog")

@@ -2,7 +2,6 @@
 message (file:line:col and a caret for a script line, `steer: error:` and a hint otherwise), no
 traceback, and the run's input files byte for byte as they were."""
 
-import builtins
 import hashlib
 import io
 import json
@@ -227,14 +226,14 @@ def test_the_default_output_skips_an_input(tmp_path, capsys):
 
 def test_the_repl_never_writes_over_its_script(tmp_path, capsys, monkeypatch):
     script = write(tmp_path, "r.edit", SCENE)
-    before = digest([script])
-    Image.new("RGB", (4, 4)).save(tmp_path / "mine.png")
+    Image.new("RGB", (4, 4)).save(tmp_path / "mine-1.png")  # where run 1 would go with :out mine.png
+    before = digest([script, tmp_path / "mine-1.png"])
     monkeypatch.setattr("sys.stdin", io.StringIO(f":out {script}\n:out {tmp_path / 'mine.png'}\n:out {tmp_path / 'r.png'}\n"))
     assert main(["repl", str(script)]) == 0
     err = capsys.readouterr().err
-    assert f"steer: error: :out {script}: it is the script, an input of this run" in err and "Traceback" not in err
-    assert "the file exists and steer did not write it\nhint: choose another name with :out PATH" in err
-    assert digest([script]) == before
+    assert f"steer: error: :out {script}: run k writes r-k.png, so :out names a .png" in err and "Traceback" not in err
+    assert f":out {tmp_path / 'mine-1.png'}: the file exists and steer did not write it\nhint: choose another name with :out PATH" in err
+    assert digest([script, tmp_path / "mine-1.png"]) == before
 
 
 # -- 3. pickle never loaded ----------------------------------------------------------------------
@@ -410,21 +409,15 @@ def test_a_corrupt_inversion_is_redone_and_a_read_only_cache_is_used_read_only(t
 # -- 6. the REPL ---------------------------------------------------------------------------------
 
 def test_ctrl_c_at_the_prompt_clears_the_line_and_keeps_the_program(tmp_path, monkeypatch, capsys):
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output import DummyOutput
+
     from dsl.repl import Repl
 
-    typed = iter([':auto off', 'prompt "a red circle"', "keep layout", KeyboardInterrupt, ":list", EOFError])
-
-    def fake_input(prompt=""):
-        line = next(typed)
-        if isinstance(line, type) and issubclass(line, BaseException):
-            raise line
-        return line
-
-    monkeypatch.setattr(builtins, "input", fake_input)
-    monkeypatch.setattr("sys.stdin", type("Tty", (io.StringIO,), {"isatty": lambda self: True})())
-    repl = Repl(out=str(tmp_path / "r.png"))
-    monkeypatch.setattr(repl, "_setup_readline", lambda: None)
-    assert repl.loop() == 0
+    repl = Repl(out=str(tmp_path / "r.png"), history=str(tmp_path / "history"))
+    with create_pipe_input() as keys:  # the terminal's prompt (prompt_toolkit), fed keys; \x03 is Ctrl-C, \x04 Ctrl-D
+        keys.send_text(':auto off\rprompt "a red circle"\rkeep layout\rcentroid(tok\x03:list\r\x04')
+        assert repl.loop(repl.session(input=keys, output=DummyOutput())) == 0
     assert "[1] keep layout" in capsys.readouterr().out
     assert [t.kind for t in repl.program.terms] == ["keep_shape"]
 
