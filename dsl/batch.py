@@ -104,7 +104,7 @@ class Plan:
 
 
 def is_batch(args) -> bool:
-    return bool(args.seeds or args.sources or args.sweep)
+    return any(getattr(args, flag, None) for flag in ("seeds", "sources", "sweep"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -213,11 +213,9 @@ def plan(program: P.Program, script: Path, args) -> Plan:
     for item in items:
         if item.row.photo is not None:
             inputs.files.append((item.row.photo, "a source photo"))
-    if args.sources:
-        inputs.folders.append((Path(args.sources), f"the photos' folder {args.sources}"))  # a later batch would read outputs there as photos
     folder = Path(args.output) if args.output else script.with_name(f"{script.stem}-batch")
     batch = Plan(rows, columns, items, script, folder, inputs)
-    _check_outputs(batch, args.overwrite)
+    _check_outputs(batch, args.overwrite, Path(args.sources) if args.sources else None)
     return batch
 
 
@@ -256,13 +254,16 @@ def _variant(program: P.Program, row: Row, column: Column, script: Path) -> P.Pr
     return program.model_copy(update={"terms": tuple(terms)})
 
 
-def _check_outputs(batch: Plan, overwrite: bool):
-    """The folder made (not inside an input), then every file the batch writes checked by the
-    run's output rules; a name two files share (a photo called grid.png) is refused too."""
+def _check_outputs(batch: Plan, overwrite: bool, photos: Path | None):
+    """The folder made (not inside an input, nor the photos' folder, where a later batch would
+    read the edits as photos), then every file the batch writes checked by the run's output rules;
+    a name two files share (a photo called grid.png) is refused too."""
     from sampler.preflight import check_outputs
 
     folder = batch.folder
     what = batch.inputs.which(folder)
+    if photos is not None and folder.exists() and os.path.samefile(folder, photos):
+        what = f"it is the photos' folder {photos}"
     if what is not None:
         raise SteerUsageError(f"-o {folder}: {what}, an input of this run; steer never writes over its inputs",
                               hint="write the batch into another folder")

@@ -110,7 +110,8 @@ def _run_batch(args) -> int:
     except OSError as e:
         raise SteerUsageError(f"cannot write {e.filename or plan.folder}: {e.strerror or e}", hint="check the folder and the free space") from None
     if outcome.main:
-        print(f"wrote {len(outcome.pending)} item{'s' * (len(outcome.pending) != 1)} into {plan.folder} and the grid {plan.grid}")
+        n = len(outcome.pending)
+        print(f"wrote {n} item{'s' * (n != 1)} into {plan.folder} and the grid {plan.grid}" if n else f"nothing left to run; wrote the grid {plan.grid}")
     return 0
 
 

@@ -128,9 +128,13 @@ def test_photo_folder_mistakes(tmp_path, capsys, counted):
     assert main(["run", str(p), "--sources", str(broken), "--seeds", "0-1"]) == 2
     assert "--seeds and --sources do not combine" in capsys.readouterr().err
     photos = photo_folder(tmp_path)
-    assert main(["run", str(p), "--sources", str(photos), "-o", str(photos / "out")]) == 2
-    assert "it is inside the photos' folder" in capsys.readouterr().err
-    assert not (photos / "out").exists() and counted["loads"] == 0
+    assert main(["run", str(p), "--sources", str(photos), "-o", str(photos)]) == 2  # where the next batch would read the edits
+    assert f"it is the photos' folder {photos}" in capsys.readouterr().err
+    assert sorted(f.name for f in photos.iterdir()) == ["README.txt", "a.jpg", "b.png", "c.webp"] and counted["loads"] == 0
+    (photos / "a.jpg").unlink()
+    (tmp_path / "a.jpg").symlink_to(photos / "b.png")  # a photo is an input under any name
+    assert main(["run", str(p), "--sources", str(photos), "-o", str(tmp_path / "a.jpg")]) == 2
+    assert "it is a source photo" in capsys.readouterr().err
 
 
 def test_a_users_file_in_the_folder_is_never_overwritten(tmp_path, capsys, counted):
@@ -222,7 +226,8 @@ def test_a_folder_of_photos_each_the_source_and_resume(tmp_path, shapes_path, ca
     capsys.readouterr()
 
     assert main(["run", str(p), *flags]) == 0  # all done: nothing runs, not even the model's loading
-    assert "2 of 2 items already done" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "2 of 2 items already done" in out and f"nothing left to run; wrote the grid {folder / 'grid.png'}" in out
     assert counted["loads"] == 1 and counted["edits"] == 2
 
     (tmp_path / "c.webp").rename(photos / "c.webp")
