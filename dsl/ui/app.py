@@ -27,7 +27,7 @@ NO_TOKEN = "(no token)"
 
 CSS = """
 #script textarea, .steer-message pre { font-family: ui-monospace, monospace; font-size: 13px; }
-.steer-message pre { white-space: pre; overflow-x: auto; margin: 0; padding: 6px; border-radius: 4px; }
+.steer-message pre { white-space: pre-wrap; overflow-wrap: anywhere; margin: 0; padding: 6px; border-radius: 4px; }
 .steer-message .error { background: #fde8e8; color: #8a1010; }
 .steer-message .ok { background: #e8f6e8; color: #0f5a0f; }
 #source img, #edit img, #map img, #history-a img, #history-b img { image-rendering: pixelated; }
@@ -77,7 +77,7 @@ def build(session: LiveSession) -> gr.Blocks:
                         over = gr.Radio(["edit", "source"], value="edit", label="over", elem_id="over")
                         image_file = gr.DownloadButton("Download image", elem_id="download-image", visible=False)
                     word_map = gr.Image(label="map", format="png", interactive=False, elem_id="map")
-        with gr.Accordion("History: compare two runs", open=False):
+        with gr.Accordion("History: compare two runs", open=False, elem_id="history"):
             with gr.Row():
                 pick_a = gr.Dropdown([], label="run A", elem_id="pick-a")
                 pick_b = gr.Dropdown([], label="run B", elem_id="pick-b")
@@ -223,7 +223,7 @@ def _slot_updates(slots, terms: list[S.TermSlot]) -> dict:
         out[group] = gr.update(visible=True)
         out[weight] = gr.update(value=t.weight, label=f"{i + 1}. {t.label}  (weight)",
                                 minimum=min(0.0, t.weight), maximum=max(WEIGHT_MAX, t.weight))
-        shown_default = "" if t.window_set else " (the term's default)"
+        shown_default = "" if t.window_set else " (default)"
         out[start] = gr.update(value=t.window[0], label=f"window from{shown_default}")
         out[end] = gr.update(value=t.window[1], label=f"window to{shown_default}")
     return out
