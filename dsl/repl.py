@@ -390,7 +390,7 @@ class Repl:
             print("steer repl: statements add to the program, :help lists commands, Ctrl-D leaves")
             print(self.listing())
         else:
-            read = lambda: input()  # noqa: E731
+            read = input
         while True:
             try:
                 line = read()

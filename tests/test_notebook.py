@@ -15,11 +15,23 @@ CELL = 'prompt "a red circle and a blue square"; seed 2; steps 4\ncentroid(token
 
 
 @pytest.fixture(scope="module")
-def shell():
-    shell = InteractiveShell.instance()
+def shell(tmp_path_factory, monkeypatch_module):
+    from traitlets.config import Config
+
+    monkeypatch_module.setenv("IPYTHONDIR", str(tmp_path_factory.mktemp("ipython")))  # not the user's profile
+    config = Config()
+    config.HistoryManager.hist_file = ":memory:"
+    shell = InteractiveShell.instance(config=config)
     shell.run_line_magic("load_ext", "dsl.notebook")
     yield shell
     shell.magics_manager.registry["SteerMagics"].editor = None
+    InteractiveShell.clear_instance()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as m:
+        yield m
 
 
 def png_pixels(data: bytes) -> np.ndarray:
