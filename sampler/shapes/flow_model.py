@@ -90,13 +90,13 @@ def load(name_or_path="shapes-flow", device="cpu") -> ShapesFlowModel:
     return ShapesFlowModel(tokenizer, text_encoder, transformer, vae, scheduler, clip, path, card)
 
 
-def save(path, tokenizer, text_encoder, transformer, vae, scheduler, clip=None, card: dict | None = None, dtype=torch.float32):
-    """Write a shapes flow model folder (safetensors weights, JSON configs)."""
+def save(path, tokenizer, text_encoder, transformer, vae, scheduler, clip=None, card: dict | None = None):
+    """Write a shapes flow model folder (safetensors weights, JSON configs), fp32."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(path / "tokenizer")
-    text_encoder.to(dtype).save_pretrained(path / "text_encoder", safe_serialization=True)
-    transformer.to(dtype).save_pretrained(path / "transformer", safe_serialization=True)
+    text_encoder.save_pretrained(path / "text_encoder", safe_serialization=True)
+    transformer.save_pretrained(path / "transformer", safe_serialization=True)
     vae.save_pretrained(path / "vae", safe_serialization=True)
     scheduler.save_pretrained(path / "scheduler")
     if clip is not None:

@@ -1,0 +1,76 @@
+"""The shapes flow model's trainer (sampler/shapes/flow_train.py) at tiny size: it trains, keeps a
+checkpoint it resumes from, refuses to resume with another architecture, and what it writes
+loads offline as a backbone that edits."""
+
+import json
+
+import pytest
+import torch
+
+import dsl
+from sampler.backbones import ShapesFlowBackbone, load_backbone, load_tokenizer
+from sampler.editor import Editor
+from sampler.shapes import flow_model as FM
+from sampler.shapes import flow_train
+from sampler.training import SettingsChanged
+
+TINY = ["--layers", "1", "--heads", "2", "--head-dim", "8", "--batch", "2", "--threads", "1", "--no-progress", "--ckpt-every", "2"]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    work = tmp_path_factory.mktemp("flow") / "run"
+    flow_train.main(["--work", str(work), "--steps", "2", *TINY])
+    return work
+
+
+def test_the_trainer_writes_a_checkpoint_a_record_and_a_model_folder(work):
+    record = json.loads((work / "record.json").read_text())
+    assert record["flow_steps"] == 2 and record["final_loss"] > 0
+    assert (work / "flow.ckpt.safetensors").is_file() and FM.is_flow_folder(work / "ema")
+    assert (work / "ema" / "clip").is_dir()  # the shapes CLIP, for the x0 terms
+
+
+def test_it_resumes_from_its_checkpoint_and_refuses_another_architecture(work, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(work, run)
+    flow_train.main(["--work", str(run), "--steps", "3", *TINY, "--out", str(tmp_path / "model")])
+    assert "resumed from" in capsys.readouterr().out
+    assert json.loads((run / "record.json").read_text())["flow_steps"] == 3
+    assert FM.is_flow_folder(tmp_path / "model")
+    with pytest.raises(SettingsChanged, match="layers"):
+        flow_train.main(["--work", str(run), "--steps", "4", *TINY[:-2], "--layers", "2"])
+
+
+def test_the_loss_is_the_velocity_error_at_logit_normal_times():
+    """A transformer that predicts exactly eps - x0 has zero loss; one that predicts zero has the
+    mean of (eps - x0)^2."""
+    class Oracle(torch.nn.Module):
+        def __init__(self, target):
+            super().__init__()
+            self.target = target
+
+        def forward(self, hidden_states, **kw):
+            return type("Out", (), {"sample": self.target})()
+
+    x0 = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    torch.randn(3, generator=g())
+    gen = g()
+    torch.randn(3, generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    assert flow_train.flow_matching_loss(Oracle(noise - x0), x0, None, None, g()).item() == pytest.approx(0.0, abs=1e-10)
+    assert flow_train.flow_matching_loss(Oracle(torch.zeros_like(x0)), x0, None, None, g()).item() == pytest.approx(
+        (noise - x0).pow(2).mean().item(), rel=1e-5)
+
+
+def test_the_model_folder_loads_offline_as_a_backbone_that_edits(work):
+    editor = Editor(load_backbone(str(work / "ema"), device="cpu"))
+    b = editor.backbone
+    assert type(b) is ShapesFlowBackbone and b.kind == "shapes-flow" and b.latent_shape() == (4, 16, 16)
+    assert load_tokenizer(str(work / "ema")).model_max_length == b.tokenizer.model_max_length
+    program = dsl.compile(dsl.parse('prompt "a red circle and a blue square"\nsteps 2\ncentroid(token "circle") -> (0.7, 0.5)\n'))
+    result = editor.run(program, progress=False)
+    assert result.image.shape == (64, 64, 3) and abs(result.image - result.source_image).mean() > 1e-4
