@@ -34,6 +34,7 @@ from .directions import KINDS, Step
 from .directions import prompt as PD
 from .directions.prompt import PromptShift
 from .drag import DragPlan
+from .flow import refuse_without_meaning
 from .guidance import EnergyGuide
 from .guided import SHIFTS, Guidance, require_finite, sample_ddim
 from .images import load_image
@@ -44,6 +45,12 @@ from .result import EditResult  # noqa: F401  (part of the editor's API)
 from .source import SourcePass, SourcePasses
 
 DEFAULT_SEED = 0
+
+
+def features_kind(backbone) -> str:
+    """Which ViT and CLIP a backbone's x0 terms read: the shapes CLIP on either shapes model, DINO
+    and OpenAI's CLIP on Stable Diffusion and the flow transformers (SD3, FLUX)."""
+    return getattr(backbone, "features_like", backbone.kind)
 
 
 class Editor:
@@ -63,15 +70,15 @@ class Editor:
         """The ViT whose keys and CLS token the structure and style terms read (energies/vit.py):
         the shapes CLIP's image tower on the shapes model, DINO on Stable Diffusion."""
         if self._vit is None:
-            b = self.backbone
-            self._vit = FM.load_vit(b.kind, b.model if b.kind == "shapes" else None)
+            b, kind = self.backbone, features_kind(self.backbone)
+            self._vit = FM.load_vit(kind, b.model if kind == "shapes" else None)
         return self._vit
 
     def clip(self):
         """The CLIP of the directional CLIP term: the shapes CLIP, or OpenAI's ViT-B/16 (DiffusionCLIP's)."""
         if self._clip is None:
             b = self.backbone
-            self._clip = FM.ClipScorer.for_shapes(b.model) if b.kind == "shapes" else FM.ClipScorer.from_pretrained(device=b.device)
+            self._clip = FM.ClipScorer.for_shapes(b.model) if features_kind(b) == "shapes" else FM.ClipScorer.from_pretrained(device=b.device)
         return self._clip
 
     # ------------------------------------------------------------------------------------------
@@ -124,6 +131,7 @@ class Editor:
         settings = self.settings(program)
         warnings: list = []
         bound = self.bind(program, script_dir, warnings)
+        refuse_without_meaning(bound, self.backbone)  # a drag or h-space direction on a transformer
         check_program(bound, settings, script_dir, self.backbone)
         self._prepare(bound, settings, script_dir)
         src = self.source(settings, progress, script_dir)
