@@ -23,6 +23,7 @@ device, and the main process draws the grid when all are written.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
@@ -226,7 +227,8 @@ def _refuse_flags(args):
             hint = "--seeds takes one seed too: --seeds 5" if flag == "--seed" else "a batch writes each row's source and one grid"
             raise SteerUsageError(f"{flag} is for one image, not a batch ({'--seeds' if flag == '--seed' else 'a batch flag'} given)", hint=hint)
     if args.seeds and args.sources:
-        raise SteerUsageError("--seeds and --sources do not combine: a photo's run starts from its inversion, not from a seed",
+        raise SteerUsageError("--seeds and --sources do not combine: a batch's rows are seeds or photos, and a photo's run "
+                              "starts from its inversion, not from a seed's noise",
                               hint="run the photos with the script's seed, or the seeds without --sources")
 
 
@@ -271,14 +273,22 @@ def _check_outputs(batch: Plan, overwrite: bool, photos: Path | None):
         raise SteerUsageError(f"-o {folder}: is a file; a batch writes a folder", hint=f"name a folder: -o {folder.with_suffix('')}-batch")
     if not folder.parent.is_dir():
         raise SteerUsageError(f"-o {folder}: the folder {folder.parent} does not exist", hint=f"create it first: mkdir -p {folder.parent}")
+    made = not folder.exists()
     try:
         folder.mkdir(exist_ok=True)
     except OSError as e:
         raise SteerUsageError(f"-o {folder}: cannot create the folder: {e.strerror or e}", hint="choose a folder you can write in") from None
-    outputs = {f"-o ({item.name})": batch.image(item) for item in batch.items}
-    outputs.update({f"-o ({row.name or 'source'} source)": batch.source(row) for row in batch.rows})
+    # keys of three kinds that no photo's name can make equal: each file is checked, none hidden
+    outputs = {f"-o (item {item.name})": batch.image(item) for item in batch.items}
+    outputs.update({f"-o (source of {row.name or 'the script'})": batch.source(row) for row in batch.rows})
     outputs["-o (grid)"] = batch.grid
-    check_outputs(outputs, batch.inputs, overwrite)
+    try:
+        check_outputs(outputs, batch.inputs, overwrite)
+    except SteerUsageError:
+        if made:  # a refused batch leaves no empty folder behind
+            with contextlib.suppress(OSError):  # another process of the batch may have removed it
+                folder.rmdir()
+        raise
 
 
 def is_done(batch: Plan, item: Item) -> bool:
@@ -311,8 +321,6 @@ class Solo:
     device: object = None  # the command line's --device
 
     def split_between_processes(self, items):
-        import contextlib
-
         return contextlib.nullcontext(items)
 
     def wait_for_everyone(self):

@@ -131,6 +131,12 @@ def test_photo_folder_mistakes(tmp_path, capsys, counted):
     assert main(["run", str(p), "--sources", str(photos), "-o", str(photos)]) == 2  # where the next batch would read the edits
     assert f"it is the photos' folder {photos}" in capsys.readouterr().err
     assert sorted(f.name for f in photos.iterdir()) == ["README.txt", "a.jpg", "b.png", "c.webp"] and counted["loads"] == 0
+    named_grid = tmp_path / "named_grid"
+    named_grid.mkdir()
+    Image.new("RGB", (8, 8)).save(named_grid / "grid.png")  # its edit would be the batch's grid.png
+    assert main(["run", str(p), "--sources", str(named_grid)]) == 2
+    assert "writes there too" in capsys.readouterr().err
+    assert not (tmp_path / "move-batch").exists()  # a refused batch leaves no empty folder behind
     (photos / "a.jpg").unlink()
     (tmp_path / "a.jpg").symlink_to(photos / "b.png")  # a photo is an input under any name
     assert main(["run", str(p), "--sources", str(photos), "-o", str(tmp_path / "a.jpg")]) == 2
