@@ -119,6 +119,8 @@ class SourcePasses:
         span = settings.spans.get("source")
         meta = {"model": b.name, "image": image_key, "prompt": settings.prompt, "negative": settings.negative or "",
                 "steps": settings.steps, "cfg": settings.cfg, "invert": mode, "size": list(b.image_size())}
+        if getattr(b, "sampler", "ddim") != "ddim":  # a flow model's inversion is its own (DDIM entries keep their keys)
+            meta["sampler"] = b.sampler
         cached = inversion_cache.load(meta, b.device, self._cache_layout(mode, cond, len(timesteps)))
         if cached is not None:
             steps = [cached[f"uncond.{i}"] for i in range(len(timesteps))] if mode == "null-text" else None
