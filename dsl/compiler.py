@@ -16,9 +16,10 @@ from . import ast, weights
 
 
 SETTING_TYPES = {"prompt": "string", "negative": "string", "model": "string", "source": "string", "seed": "int", "steps": "int",
-                 "cfg": "number", "invert": "name"}
-INVERSIONS = ("ddim", "null-text")
-SETTING_HINTS = {"cfg": "cfg 1 means no classifier-free guidance"}
+                 "cfg": "number", "invert": "name", "return": "number"}
+INVERSIONS = ("ddim", "null-text", "noise")
+SETTING_HINTS = {"cfg": "cfg 1 means no classifier-free guidance",
+                 "return": "return 0.5 inverts the source half way (t0 = 0.5 T) and samples back from there"}
 DRAG_PLACEMENTS = ("bottleneck", "latent")  # what a drag optimises: the mid block's output, or z_t itself
 
 
@@ -41,7 +42,7 @@ def _compile(script: ast.Script) -> P.Program:
             if name in seen:
                 raise SteerCompileError(f"{name} is set twice", st.span, hint=f"the first is on line {seen[name].span.line}")
             seen[name] = st
-            settings[name] = _setting_value(st)
+            settings[P.SETTING_FIELDS.get(name, name)] = _setting_value(st)
             spans[name] = st.value.span
             if name in ("prompt", "negative"):  # weight syntax is checked here, where its column is known
                 weights.check(settings[name], st.value.span)
@@ -73,7 +74,7 @@ def _setting_value(st: ast.Setting):
             raise SteerCompileError("invert takes a name, not a string", v.span, hint=f"write it without quotes: invert {v.value}")
         if not isinstance(v, ast.Name) or v.value not in INVERSIONS:
             text = v.value if isinstance(v, (ast.Name, ast.String)) else "this"
-            raise SteerCompileError(f"unknown inversion {text!r}", v.span, hint=did_you_mean(str(text), INVERSIONS) or "invert ddim or invert null-text")
+            raise SteerCompileError(f"unknown inversion {text!r}", v.span, hint=did_you_mean(str(text), INVERSIONS) or "invert ddim, invert null-text or invert noise")
         return v.value
     if isinstance(v, ast.Name):
         raise SteerCompileError(f"{name} takes a {'string' if want == 'string' else 'number'}, not a name", v.span,

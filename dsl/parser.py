@@ -17,7 +17,7 @@ from energies.errors import SteerSyntaxError, did_you_mean, is_invisible, source
 from . import ast
 
 
-KEYWORDS = ("prompt", "negative", "seed", "steps", "cfg", "model", "source", "invert", "centroid", "size", "shape", "appearance", "keep", "direction", "clip", "style", "drag", "remove")
+KEYWORDS = ("prompt", "negative", "seed", "steps", "cfg", "model", "source", "invert", "return", "centroid", "size", "shape", "appearance", "keep", "direction", "clip", "style", "drag", "remove")
 
 BOM = "\ufeff"  # some Windows editors start a UTF-8 file with one; it is not part of the script
 MAX_OCCURRENCE_DIGITS = 9  # no prompt has a billion words; longer would also overflow int()

@@ -13,7 +13,7 @@ from . import ast
 from .compiler import compile_script
 
 
-SETTING_ORDER = ("model", "source", "invert", "prompt", "negative", "seed", "steps", "cfg")
+SETTING_ORDER = ("model", "source", "invert", "return", "prompt", "negative", "seed", "steps", "cfg")
 
 
 def num(x: float) -> str:
@@ -133,6 +133,11 @@ def term(t: P.TermBase) -> str:
     return globals().get(t.kind, keep_word)(t) + modifiers(t)
 
 
+def setting_value(settings: P.Settings, name: str):
+    """The value of the setting a script calls `name` (`return` is the field return_step)."""
+    return getattr(settings, P.SETTING_FIELDS.get(name, name))
+
+
 def setting(name: str, value) -> str:
     if name == "invert":
         return f"invert {value}"
@@ -146,7 +151,7 @@ def format(x) -> str:
     if isinstance(x, ast.Script):
         return format_script(x)
     prog = P.as_program(x)
-    lines = [setting(k, getattr(prog.settings, k)) for k in SETTING_ORDER if getattr(prog.settings, k) is not None]
+    lines = [setting(k, setting_value(prog.settings, k)) for k in SETTING_ORDER if setting_value(prog.settings, k) is not None]
     if lines and prog.terms:
         lines.append("")
     lines += [term(t) for t in prog.terms]
@@ -191,7 +196,7 @@ def _statement_texts(statements, prog: P.Program):
     terms = iter(prog.terms)
     for st in statements:
         if isinstance(st, ast.Setting):
-            yield setting(st.name.value, getattr(prog.settings, st.name.value))
+            yield setting(st.name.value, setting_value(prog.settings, st.name.value))
         else:
             yield term(next(terms))
 

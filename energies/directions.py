@@ -66,6 +66,8 @@ def describe(d: "Direction") -> str:
         what = f"h-space (Asyrp): {sentences('from')} -> {sentences('to')}"
     elif d.kind == "prompt":
         what = f"prompt (Pix2Pix-Zero): {sentences('from')} -> {sentences('to')}; use with keep attention"
+    elif d.kind == "finetune":
+        what = f"finetune (DiffusionCLIP, {m.get('adapter', 'lora')}): {sentences('from')} -> {sentences('to')}, return {m.get('return', '?')}"
     else:
         what = "noise (NoiseCLR)" + (f": direction {m['index']} of {m.get('k', '?')} found in {m.get('images', '?')}" if "index" in m else "")
     return f"{what}; learned on {m.get('backbone', '?')}"
@@ -99,21 +101,24 @@ def listing(paths) -> list[str]:
 #           (SDXL: [row of text_encoder; row of text_encoder_2], W = 768 + 1280)
 #   prompt  "delta"      (T, D) float32: Pix2Pix-Zero's edit direction, added to the prompt's
 #           encoder hidden states; SDXL files also carry "pooled" (P,), added to the pooled embedding
+#   finetune "scale"     () float32: DiffusionCLIP's fine-tuned UNet, as a LoRA (peft's names,
+#           "<module>.lora_A.weight" and "<module>.lora_B.weight", W' = W + scale B A) or, from
+#           `steer learn clip --full`, the changed weights under their parameter names (scale 1)
 # Its safetensors metadata has one key, "steer", a JSON object with at least
 #   format (1), kind, backbone ("<kind>:<name>", e.g. "shapes:shapes"), resolution ([H, W] of the
 #   images), recipe (the command that made it), date (UTC, ISO 8601)
 # and whatever else the learner recorded (train_steps, losses, ...).
 
 FORMAT = 1
-KINDS = ("hspace", "noise", "prompt")
-TENSOR = {"hspace": "delta_h", "noise": "embedding", "prompt": "delta"}  # the tensor every file of a kind must have
-LEARN = {"hspace": "hspace", "noise": "noiseclr", "prompt": "prompt"}  # the `steer learn` command of each kind
+KINDS = ("hspace", "noise", "prompt", "finetune")
+TENSOR = {"hspace": "delta_h", "noise": "embedding", "prompt": "delta", "finetune": "scale"}  # the tensor every file of a kind must have
+LEARN = {"hspace": "hspace", "noise": "noiseclr", "prompt": "prompt", "finetune": "clip"}  # the `steer learn` command of each kind
 
 
 @dataclass
 class Direction:
     name: str  # the file's stem: what a script calls it
-    kind: str  # "hspace" | "noise" | "prompt"
+    kind: str  # "hspace" | "noise" | "prompt" | "finetune"
     tensors: dict  # name -> torch.Tensor (CPU, as saved)
     meta: dict  # the "steer" metadata object
     path: Path | None = None  # the file it was read from, for errors
@@ -170,7 +175,7 @@ def read_direction(path, span=None) -> Direction:
         meta = None
     if not isinstance(meta, dict) or meta.get("kind") not in KINDS:
         raise SteerCompileError(f"{str(path)!r} is not a steer direction file (no 'steer' metadata with a kind)", span,
-                                hint="direction files are written by `steer learn hspace`, `steer learn noiseclr` or `steer learn prompt`")
+                                hint="direction files are written by `steer learn hspace`, `steer learn noiseclr`, `steer learn prompt` or `steer learn clip`")
     kind = meta["kind"]
     if TENSOR[kind] not in tensors:
         raise SteerCompileError(f"direction file {str(path)!r} has no {TENSOR[kind]!r} tensor", span)

@@ -270,7 +270,13 @@ def setting_problem(name: str, value) -> str | None:
         return f"steps must be between 1 and {STEPS_MAX}"
     if name == "cfg" and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
         return "cfg must be a finite number >= 0"
+    if name in ("return", "return_step") and not (isinstance(value, (int, float)) and math.isfinite(value) and 0 < value <= 1):
+        return "return must be a fraction of the schedule in (0, 1]"
     return None
+
+
+# A setting's name in a script -> its field in Settings, where the word is one Python reserves.
+SETTING_FIELDS = {"return": "return_step"}
 
 
 class Settings(Node):
@@ -281,7 +287,10 @@ class Settings(Node):
     cfg: float | None = None
     model: str | None = None
     source: str | None = None  # a real image to edit (path relative to the script), inverted first
-    invert: Literal["ddim", "null-text"] | None = None  # how the source image is inverted
+    invert: Literal["ddim", "null-text", "noise"] | None = None  # how the source image is inverted (noise: SDEdit's forward diffusion)
+    # `return 0.5`: the source is inverted only to t0 = 0.5 T and sampled back from there
+    # (DiffusionCLIP's return step, SDEdit's t0); the run's steps span [t0, 0]. None: from T.
+    return_step: float | None = None
     spans: dict[str, Span] = {}  # where each setting was written, for error messages
 
 

@@ -34,7 +34,6 @@ from .directions import KINDS, Step
 from .directions import prompt as PD
 from .directions.prompt import PromptShift
 from .drag import DragPlan
-from .flow import refuse_without_meaning
 from .guidance import EnergyGuide
 from .guided import SHIFTS, Guidance, require_finite, sample_ddim
 from .images import load_image
@@ -42,7 +41,7 @@ from .preflight import check_program
 from .probes import Readout, TrajectoryMaps
 from .regions import plan_relocations, relocating, resolve_relative, within_regions
 from .result import EditResult  # noqa: F401  (part of the editor's API)
-from .source import SourcePass, SourcePasses
+from .source import SourcePass, SourcePasses, run_timesteps
 
 DEFAULT_SEED = 0
 
@@ -96,10 +95,13 @@ class Editor:
             cfg=default_cfg if s.cfg is None else s.cfg,
             model=s.model or self.backbone.name,
         ))
-        for name in ("seed", "steps", "cfg"):  # a Program built in Python skipped the compiler's checks
+        for name in ("seed", "steps", "cfg", "return_step"):  # a Program built in Python skipped the compiler's checks
             problem = P.setting_problem(name, getattr(filled, name))
             if problem:
                 raise SteerCompileError(f"{problem}, got {getattr(filled, name)}", s.spans.get(name))
+        if s.return_step is not None and not s.source:
+            raise SteerCompileError("return needs a source: it is where a photo's inversion stops", s.spans.get("return"),
+                                    hint='add a line like: source "photo.png"')
         return filled
 
     def bind(self, program: P.Program, script_dir=None, warnings: list | None = None) -> list[BoundTerm]:
@@ -131,13 +133,12 @@ class Editor:
         settings = self.settings(program)
         warnings: list = []
         bound = self.bind(program, script_dir, warnings)
-        refuse_without_meaning(bound, self.backbone)  # a drag or h-space direction on a transformer
         check_program(bound, settings, script_dir, self.backbone)
         self._prepare(bound, settings, script_dir)
         src = self.source(settings, progress, script_dir)
         resolve_relative(self.backbone, bound, src)
         b = self.backbone
-        timesteps = b.timesteps(settings.steps)
+        timesteps = run_timesteps(b, settings)  # with `return t0`, below t0 only
         steps = len(timesteps)
         curves: dict[str, list[tuple[int, float]]] = {x.label: [] for x in bound}
         last_maps: dict = {}

@@ -5,7 +5,9 @@ energy guidance applied where each term asks (docs/methods.md, section 8, "Where
 term goes"):
 
     z_t     <- z_t - g_latent                          (Pix2Pix-Zero, Attend-and-Excite)
-    eps     =  eps_u + cfg (eps_c - eps_u) + g_eps     (Self-Guidance, NoiseCLR)
+    eps     =  eps_u + cfg (eps_c - eps_u)             (the model; with fine-tuned models, DiffusionCLIP's
+               -> keep eps + sum_i gamma_i eps_i         noise combination, keep = 1 - sum_i gamma_i)
+    eps     <- eps + g_eps                             (Self-Guidance, NoiseCLR)
     x0      =  (z_t - sqrt(1 - a_t) eps~) / sqrt(a_t)  (eq. 12, "predicted x0"; clipped for pixel models;
                                                         eps~ = eps, or Asyrp's h-shifted eps)
     x0      <- x0 - g_x0                               (MPGD: a step on x0 itself, no UNet backward)
@@ -39,6 +41,8 @@ class Guidance:
     eps_cond: torch.Tensor | None = None  # the guided forward's eps_c at z_t, reusable if z_t did not move
     x0_eps: torch.Tensor | None = None  # Asyrp: the eps of an h-shifted forward, used for x0 only
     x0: torch.Tensor | None = None  # subtracted from the predicted x0 before the step
+    eps_models: torch.Tensor | None = None  # DiffusionCLIP: sum_i gamma_i eps_i of fine-tuned models, replacing
+    eps_keep: torch.Tensor | float = 1.0  # ... all but this share (1 - sum_i gamma_i) of the model's eps
     eta: float | None = None  # this step's DDIM eta, if not the loop's (Asyrp's quality boosting: 1)
     # Who made what, for errors: a field's name (or "prediction", the model's eps under the
     # step's conditioning) -> the bound terms (`label`, `term.span`) that contributed to it.
@@ -55,10 +59,11 @@ class Guidance:
         return tuple({id(x): x for terms in self.by.values() for x in terms}.values())
 
 
-SHIFTS = ("latent", "eps", "x0_eps", "x0", "mean")  # the Guidance fields that move the step
+SHIFTS = ("latent", "eps_models", "eps", "x0_eps", "x0", "mean")  # the Guidance fields that move the step
 WHAT = {  # each checked quantity as an error names it
     "latent": "the shift of z_t",
     "prediction": "the model's prediction",
+    "eps_models": "the fine-tuned models' prediction",
     "eps": "the shift of epsilon",
     "x0_eps": "the h-shifted prediction",
     "x0": "the shift of the predicted image",
@@ -147,6 +152,8 @@ def sample_ddim(denoise, z, timesteps, alphas, final_alpha, guide=None, callback
         if g.latent is not None:
             z = z - g.latent  # update z_t before the UNet call
         eps = require_finite(denoise(i, t, z, g.eps_cond if g.latent is None else None), "prediction", i, t, g.by.get("prediction", ()))
+        if g.eps_models is not None:  # DiffusionCLIP's noise combination (directions/finetune.py)
+            eps = g.eps_keep * eps + g.eps_models
         if g.eps is not None:
             eps = eps + g.eps  # Self-Guidance: eps + grad of the energy
         if g.x0_eps is not None:  # Asyrp's asymmetric step: x0 from the shifted eps, direction from eps

@@ -16,6 +16,24 @@ from tqdm.auto import tqdm
 from .guided import classifier_free, ddim_step, pred_x0, step_alphas
 
 
+def returning(timesteps: list[int], t0: float | None) -> list[int]:
+    """The run's timesteps with a return step t0 (DiffusionCLIP's t_0, SDEdit's): the model's own
+    schedule of `steps` timesteps scaled into [0, t0 T], so that the run starts at t0 and spends
+    all of its steps below it (DiffusionCLIP's seq_inv = linspace(0, 1, S) * t_0). t0 None or 1:
+    the schedule itself. Timesteps that round to the same integer are kept once."""
+    if t0 is None or t0 >= 1:
+        return list(timesteps)
+    return list(dict.fromkeys(int(round(t * t0)) for t in timesteps))
+
+
+def forward_noise(z0: torch.Tensor, t: int, alphas: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """q(z_t | z_0) = sqrt(a_t) z_0 + sqrt(1 - a_t) noise: the stochastic forward diffusion with
+    which SDEdit and DiffusionCLIP's unseen-domain translation perturb an image to t0 (`invert noise`).
+    Unlike DDIM inversion it forgets what the model cannot make: noise or blur the model never saw."""
+    a = alphas[t].to(z0)
+    return a.sqrt() * z0 + (1 - a).sqrt() * noise.to(z0)
+
+
 @torch.no_grad()
 def invert_ddim(eps_fn, z0, timesteps, alphas, final_alpha, fixed_point: int = 0, disable=None, callback=None):
     """Invert z0 through `timesteps` (in sampling order, high t first). Returns [z at each t] in

@@ -25,9 +25,15 @@ from . import inversion_cache
 from .denoiser import denoiser
 from .guided import sample_ddim
 from .images import file_hash, load_image
-from .inversion import invert_ddim, null_text
+from .inversion import forward_noise, invert_ddim, null_text, returning
 
 INVERSION_FIXED_POINT = 3  # fixed-point refinements per inversion step (sampler/inversion.py)
+
+
+def run_timesteps(backbone, settings: P.Settings) -> list[int]:
+    """The timesteps both passes of a run step through: the model's `steps`, or with `return t0`
+    the same number below t0 (inversion.returning)."""
+    return returning(backbone.timesteps(settings.steps), settings.return_step)
 
 
 @dataclass
@@ -79,17 +85,19 @@ class SourcePasses:
         b = self.backbone
         image_path = Path(script_dir or ".") / settings.source if settings.source else None
         image_key = file_hash(image_path) if image_path is not None and image_path.is_file() else str(image_path)
-        key = (settings.prompt, settings.negative, settings.seed, settings.steps, settings.cfg, image_key, settings.invert)
+        key = (settings.prompt, settings.negative, settings.seed, settings.steps, settings.cfg, image_key, settings.invert,
+               settings.return_step)
         if key in self._passes:
             return self._passes[key]
         cond = b.encode_prompt(settings.prompt, settings.negative)
-        timesteps = b.timesteps(settings.steps)
+        timesteps = run_timesteps(b, settings)
         clip = b.clip_x0
         if image_path is None:
             noise = self.noise(settings.seed)
         else:
             noise, cond = self._inverted(settings, image_path, image_key, cond, timesteps, progress)
-            clip = None  # the inversion inverts the unclipped step; clipping would not land back on the image
+            if settings.invert != "noise":  # SDEdit's noised image is not an inversion: it samples as a seed's noise does
+                clip = None  # the inversion inverts the unclipped step; clipping would not land back on the image
         record: list[Features] = []
         latents: list[torch.Tensor] = []
         x0s: list[torch.Tensor] = []
@@ -117,10 +125,17 @@ class SourcePasses:
         b = self.backbone
         mode = settings.invert or "ddim"
         span = settings.spans.get("source")
+        if mode == "noise":  # SDEdit: the seed's noise at t0, nothing to cache
+            image = load_image(path, b.image_size(), span)
+            with torch.no_grad():
+                z0 = b.encode(torch.from_numpy(image).permute(2, 0, 1)[None])
+            return forward_noise(z0, timesteps[0], b.schedule()[0], self.noise(settings.seed)), cond
         meta = {"model": b.name, "image": image_key, "prompt": settings.prompt, "negative": settings.negative or "",
                 "steps": settings.steps, "cfg": settings.cfg, "invert": mode, "size": list(b.image_size())}
         if getattr(b, "sampler", "ddim") != "ddim":  # a flow model's inversion is its own (DDIM entries keep their keys)
             meta["sampler"] = b.sampler
+        if settings.return_step is not None and settings.return_step < 1:  # a key without it is an inversion to T
+            meta["return"] = settings.return_step
         cached = inversion_cache.load(meta, b.device, self._cache_layout(mode, cond, len(timesteps)))
         if cached is not None:
             steps = [cached[f"uncond.{i}"] for i in range(len(timesteps))] if mode == "null-text" else None

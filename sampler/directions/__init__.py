@@ -3,6 +3,7 @@
     hspace  Asyrp: delta-h added to the mid block's output, the asymmetric reverse step
     noise   NoiseCLR: a learned token's noise difference added to epsilon
     prompt  Pix2Pix-Zero: the prompt's embedding shifted by delta_c
+    finetune  DiffusionCLIP: a fine-tuned UNet (a LoRA), its noise mixed with the original's
 
 A direction file (energies/directions.py) names its kind; the editor asks the kind to prepare
 its state, to condition each step and to guide it.
@@ -16,12 +17,13 @@ from energies import directions as files
 from energies.errors import SteerCompileError, SteerUsageError
 
 from .base import DirectionKind, ModelShapes, Step
+from .finetune import FineTuned
 from .hspace import HSpace, mid_block_shape
 from .noise import Noise
 from .noise import width as token_width
 from .prompt import Prompt, prompt_shape
 
-KINDS: dict[str, DirectionKind] = {k.name: k for k in (HSpace(), Noise(), Prompt())}
+KINDS: dict[str, DirectionKind] = {k.name: k for k in (HSpace(), Noise(), Prompt(), FineTuned())}
 
 
 def shapes_of(backbone) -> ModelShapes:

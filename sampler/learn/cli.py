@@ -1,6 +1,6 @@
-"""Learn directions: `steer learn hspace NAME --from A --to B`, `steer learn noiseclr --images DIR --k K`
-and `steer learn prompt NAME --from A... --to B...`: the command line. Its first line is --help's
-description; the learners are hspace.py, noiseclr.py and prompt.py.
+"""Learn directions: `steer learn hspace NAME --from A --to B`, `steer learn noiseclr --images DIR --k K`,
+`steer learn prompt NAME --from A... --to B...` and `steer learn clip NAME --from A --to B`: the command
+line. Its first line is --help's description; the learners are hspace.py, noiseclr.py, prompt.py and clip.py.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from pathlib import Path
 from dsl.errors import SteerError
 from energies.x0 import CLIP_MODEL_ID
 
+from ..directions.finetune import TARGETS as FT_TARGETS
 from ..directions.hspace import EDIT_WINDOW
+from .clip import learn_clip
 from .common import UsageError
 from .hspace import learn_hspace
 from .noiseclr import learn_noiseclr
@@ -21,7 +23,7 @@ from .prompt import learn_prompt
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="steer learn", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="method", required=True, metavar="{hspace,noiseclr,prompt}")
+    sub = p.add_subparsers(dest="method", required=True, metavar="{hspace,noiseclr,prompt,clip}")
 
     def model_and_out(q):
         q.add_argument("--model", default="shapes", help="shapes (default), a shapes folder, or a Stable Diffusion id / folder")
@@ -82,6 +84,30 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--swap", nargs=2, metavar=("OLD", "NEW"), help="make the targets from the sources by replacing the word OLD with NEW")
     model_and_out(q)
     q.set_defaults(func=learn_prompt)
+
+    f = sub.add_parser("clip", help="DiffusionCLIP: a fine-tuned model (a LoRA of the UNet) from a text direction (--from -> --to)",
+                       description="Fine-tune the model DiffusionCLIP's way (directional CLIP loss + L1 identity, images inverted "
+                                   "to the return step --t0 and regenerated), as a LoRA of the UNet (or every weight with --full). "
+                                   "Use it with `direction NAME * gamma` (gamma 1: the fine-tuned model, between: a transition).")
+    f.add_argument("name", help="the direction's name (the file NAME.safetensors)")
+    f.add_argument("--from", dest="src", required=True, help='source text, e.g. "a red circle" (also the prompt the images are sampled from)')
+    f.add_argument("--to", dest="dst", required=True, help='target text, e.g. "a green circle"')
+    f.add_argument("--images", default=None, help="fine-tune on these images (a folder) instead of samples of --from")
+    f.add_argument("--n-images", type=int, default=8, help="images to fine-tune on (DiffusionCLIP: a handful to a few dozen)")
+    f.add_argument("--t0", type=float, default=0.5, help="the return step, a fraction of the schedule (DiffusionCLIP's t_0 500 of 1000)")
+    f.add_argument("--s-for", type=int, default=20, help="DDIM steps of the inversion from 0 to t0 (DiffusionCLIP's n_inv_step: 40)")
+    f.add_argument("--s-gen", type=int, default=6, help="DDIM steps of the regeneration from t0 (DiffusionCLIP's n_train_step: 6)")
+    f.add_argument("--iters", type=int, default=5, help="passes over the images (DiffusionCLIP's n_iter: 5)")
+    f.add_argument("--full", action="store_true", help="fine-tune every weight of the UNet instead of a LoRA (a bigger file)")
+    f.add_argument("--rank", type=int, default=4, help="the LoRA's rank")
+    f.add_argument("--targets", default=",".join(FT_TARGETS), help=f"the UNet's modules the LoRA adapts, by name (default {','.join(FT_TARGETS)})")
+    f.add_argument("--lr", type=float, default=None, help="Adam's lr (default 1e-3 for a LoRA, 1e-4 with --full)")
+    f.add_argument("--cfg", type=float, default=None, help="guidance scale of the regeneration (default: 1 with --images, else the model's)")
+    f.add_argument("--clip-loss-w", type=float, default=3.0, help="weight of the directional CLIP loss (DiffusionCLIP: 3)")
+    f.add_argument("--id-loss-w", type=float, default=1.0, help="weight of the L1 identity loss (DiffusionCLIP's README: 1)")
+    f.add_argument("--clip", default=CLIP_MODEL_ID, help="CLIP id or folder for non-shapes models (DiffusionCLIP: ViT-B/16)")
+    f.set_defaults(func=learn_clip)
+    common(f, "runs/learn/clip-NAME")
     return p
 
 

@@ -1,0 +1,227 @@
+"""`steer learn clip NAME --from A --to B`: DiffusionCLIP's fine-tuned model (docs/methods.md, section 6b).
+
+DiffusionCLIP (Kim, Kwon, Ye, CVPR 2022, arXiv 2110.02711, Algorithm 1 and its GPU-efficient
+variant) fine-tunes the diffusion model itself so that the images it regenerates from a return
+step t0 move along the text direction A -> B:
+
+  1. a handful of images x_0 (samples of --from on this model, or --images DIR), each DDIM-inverted
+     with the original model to t0 in S_for steps (--s-for): z_t0;
+  2. for each image, regenerate from z_t0 in S_gen steps (--s-gen) through the fine-tuned UNet; at
+     each step the predicted image x0_t is scored by
+        L = clip_w * L_direction(x0_t, x_0; A -> B) + id_w * |x0_t - x_0|_1
+     (the directional CLIP loss with the model's own CLIP, sampler/feature_models.py, and the
+     identity L1), one Adam step is taken, and the regeneration moves on from the detached z
+     (the GPU-efficient variant: one UNet backward per step instead of through the whole chain).
+
+What is learned is a LoRA of the UNet's attention and convolution projections (peft), or with
+--full every weight of the UNet. The direction file holds the LoRA (peft's state-dict names) or
+the changed weights, with the recipe and the return step in its metadata (energies/directions.py);
+`direction NAME * gamma` then mixes its noise with the original model's (directions/finetune.py).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from energies import directions as D
+from energies.x0 import directional_clip_energy
+
+from .. import training as T
+from ..directions import finetune as FT
+from ..directions.hspace import mid_block_shape
+from ..guided import classifier_free, clip_x0, ddim_step, pred_x0, step_alphas
+from ..inversion import invert_ddim, returning
+from .common import UsageError, check_name, command, start
+from .hspace import ClipFeatures
+
+# DiffusionCLIP fine-tunes all weights with Adam at lr 8e-6 (its configs' lr_clip_finetune) on
+# 256 px ADM models. A LoRA's B starts at 0 and needs a far larger step: 1e-3 (peft's and the
+# diffusers LoRA scripts' usual 1e-4 .. 1e-3, the top for a few hundred steps).
+LR = {"lora": 1e-3, "full": 1e-4}
+RANK = 4
+
+
+def diffusionclip_loss(img_feat, src_img_feat, txt_trg, txt_src, x0, x_orig, clip_w: float, id_w: float):
+    """(L, L_direction, L_id): DiffusionCLIP's fine-tuning loss on a predicted image x0 and the
+    image x_orig it was regenerated from. L_direction is energies.x0's directional CLIP loss
+    (-log((1 + cos(dI, dT)) / 2)), L_id the mean L1 |x0 - x_orig|."""
+    direction = directional_clip_energy(img_feat, src_img_feat, txt_trg, txt_src)
+    identity = (x0 - x_orig.detach()).abs().mean()
+    return clip_w * direction + id_w * identity, direction, identity
+
+
+def cfg_eps(b, z, t, cond, cfg: float) -> torch.Tensor:
+    """Classifier-free-guided epsilon of whatever UNet the backbone holds now (with its LoRA)."""
+    if cfg == 1:
+        return b.eps(z, t, cond.cond, cond.added)
+    return classifier_free(*b.eps_both(z, t, cond), cfg)
+
+
+@torch.no_grad()
+def sample(b, cond, cfg: float, steps: int, seed: int) -> torch.Tensor:
+    """A plain classifier-free-guided DDIM sample of the prompt: a source image (latent)."""
+    z = torch.randn((1, *b.latent_shape()), generator=torch.Generator().manual_seed(seed)).to(b.device)
+    timesteps = b.timesteps(steps)
+    alphas, final = b.schedule()
+    a = step_alphas(alphas, timesteps, final)
+    for i, t in enumerate(timesteps):
+        eps = cfg_eps(b, z, t, cond, cfg)
+        x0 = pred_x0(z, eps, a[i])
+        if b.clip_x0 is not None:
+            x0, eps = clip_x0(z, x0, a[i], b.clip_x0)
+        z = ddim_step(x0, eps, a[i + 1])
+    return z
+
+
+def source_latents(b, args, cond, cfg: float) -> list[torch.Tensor]:
+    """The x_0 to fine-tune on: --images, encoded, or samples of --from."""
+    if args.images:
+        from .noiseclr import load_images
+
+        _, images = load_images(Path(args.images), b.image_size())
+        with torch.no_grad():
+            return [b.encode(images[i : i + 1].to(b.device)).float() for i in range(min(len(images), args.n_images))]
+    steps = int(b.sampling_defaults.get("steps", 50))
+    return [sample(b, cond, cfg, steps, args.seed * 10_000 + k) for k in tqdm(range(args.n_images), desc="source images", leave=False)]
+
+
+def add_lora(unet, rank: int, targets=FT.TARGETS) -> list[torch.nn.Parameter]:
+    """A LoRA (peft) of the UNet's projections named in `targets`; B starts at 0, so the model starts
+    as the original. Only its parameters train."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    present = [t for t in targets if any(n == t or n.endswith("." + t) for n, _ in unet.named_modules())]
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=present, init_lora_weights=True)
+    unet.requires_grad_(False)
+    inject_adapter_in_model(config, unet, adapter_name="clip")
+    params = [p for n, p in unet.named_parameters() if "lora_" in n]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def lora_tensors(unet) -> dict[str, torch.Tensor]:
+    """The LoRA's tensors under peft's names (`<module>.lora_A.weight`), what the file stores."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().float().cpu() for k, v in get_peft_model_state_dict(unet, adapter_name="clip").items()}
+
+
+def load_lora(unet, tensors: dict):
+    """Put saved LoRA tensors back (a resumed run)."""
+    from peft import set_peft_model_state_dict
+
+    set_peft_model_state_dict(unet, {k: v for k, v in tensors.items() if ".lora_" in k}, adapter_name="clip")
+
+
+def learn_clip(args, argv) -> int:
+    from ..backbones import load_backbone
+
+    check_name(args.name)
+    if not 0 < args.t0 <= 1:
+        raise UsageError(f"--t0 must be a fraction of the schedule in (0, 1], not {args.t0}")
+    if args.n_images < 1 or args.iters < 1 or args.s_for < 1 or args.s_gen < 1:
+        raise UsageError("--n-images, --iters, --s-for and --s-gen must be at least 1")
+    torch.manual_seed(args.seed)
+    b = load_backbone(args.model, device=args.device, dtype=args.dtype)
+    adapter = "full" if args.full else "lora"
+    lr = args.lr if args.lr is not None else LR[adapter]
+    cfg = args.cfg if args.cfg is not None else (1.0 if args.images else float(b.sampling_defaults.get("cfg", 7.5)))
+    clip = ClipFeatures(b, args.clip)
+    cond = b.encode_prompt(args.src)
+    txt_src, txt_trg = clip.text([args.src]), clip.text([args.dst])
+    alphas, final = b.schedule()
+
+    recipe = {k: getattr(args, k) for k in ("name", "src", "dst", "model", "images", "n_images", "t0", "s_for", "s_gen", "iters",
+                                            "rank", "targets", "clip_loss_w", "id_loss_w", "seed", "full")}
+    recipe.update(lr=lr, cfg=cfg)
+    work = args.work or Path("runs/learn") / f"clip-{args.name}"
+    ckpt = work / "clip.ckpt.safetensors"
+    originals = {n: p.detach().clone() for n, p in b.unet.named_parameters()} if args.full else None
+    if args.full:
+        b.unet.requires_grad_(True)
+        params = list(b.unet.parameters())
+        names = {p: f"unet.{n}" for n, p in b.unet.named_parameters()}
+    else:
+        params = add_lora(b.unet, args.rank, tuple(args.targets.split(",")))
+        names = {p: n for n, p in b.unet.named_parameters() if "lora_" in n}
+    opt = torch.optim.Adam(params, lr=lr)
+    start_step, elapsed = 0, 0.0
+    resumed = start(ckpt, args.resume, recipe)
+    if resumed is not None:
+        tensors, state = resumed
+        with torch.no_grad():
+            for p, n in names.items():
+                p.copy_(tensors[n])
+        T.restore_optimizer(opt, names, tensors, state["opt_step"])
+        start_step, elapsed = state["step"], state["elapsed"]
+
+    began = time.time()
+    train = returning(b.timesteps(args.s_gen), args.t0)
+    a = step_alphas(alphas, train, final)
+    with torch.no_grad():  # step 1: the images and their inversions to t0 with the original model (LoRA B = 0)
+        x_0 = source_latents(b, args, cond, cfg)
+        inverted = returning(b.timesteps(args.s_for), args.t0)
+        z_t0 = [invert_ddim(lambda z, t: b.eps(z, t, cond.cond, cond.added), x, inverted, alphas, final, disable=True)[0] for x in x_0]
+        feats = [clip.image(x) for x in x_0]
+
+    n = len(x_0)
+    total = args.iters * n  # one step = one image regenerated from t0
+    bar = T.progress(start_step, total, f"clip {args.name}")
+    losses = []
+    b.unet.train(False)
+    for s in bar:
+        k = s % n
+        z = z_t0[k]
+        for i, t in enumerate(train):  # step 2: regenerate through the fine-tuned UNet, one Adam step per timestep
+            eps = cfg_eps(b, z, t, cond, cfg)
+            x0 = pred_x0(z, eps, a[i])
+            loss, loss_clip, loss_id = diffusionclip_loss(clip.image(x0), feats[k], txt_trg, txt_src, x0, x_0[k],
+                                                          args.clip_loss_w, args.id_loss_w)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                x0, eps = x0.detach(), eps.detach()
+                if b.clip_x0 is not None:
+                    x0, eps = clip_x0(z, x0, a[i], b.clip_x0)
+                z = ddim_step(x0, eps, a[i + 1])
+            losses.append((loss_clip.item(), loss_id.item()))
+        recent = losses[-len(train) * n:]
+        bar.set_postfix(clip=f"{np.mean([c for c, _ in recent]):.3f}", id=f"{np.mean([l for _, l in recent]):.3f}")
+        if (s + 1) % args.ckpt_every == 0 or s + 1 == total:
+            moments, steps = T.optimizer_tensors(opt, names)
+            T.save_checkpoint(ckpt, {**{n_: p for p, n_ in names.items()}, **moments},
+                              {"step": s + 1, "elapsed": elapsed + time.time() - began, "opt_step": steps, "recipe": recipe})
+    bar.close()
+
+    if args.full:
+        tensors = {n: p.detach() for n, p in b.unet.named_parameters() if not torch.equal(p.detach(), originals[n])}
+        tensors["scale"] = torch.tensor(1.0)
+    else:
+        tensors = {**lora_tensors(b.unet), "scale": torch.tensor(1.0)}  # lora_alpha = r: W' = W + B A
+    last = losses[-len(train) * n:]
+    seconds = elapsed + time.time() - began
+    out = D.save_direction(Path(args.out) / f"{args.name}.safetensors", tensors, "finetune", D.backbone_id(b), {
+        "resolution": list(b.image_size()),
+        "recipe": command(argv),
+        "method": "diffusionclip",
+        "adapter": adapter,
+        "from": args.src, "to": args.dst,
+        "return": args.t0, "s_for": args.s_for, "s_gen": args.s_gen,
+        "rank": args.rank if not args.full else None,
+        "cfg": cfg, "lr": lr, "iters": args.iters, "n_images": n, "seed": args.seed,
+        "clip_loss_w": args.clip_loss_w, "id_loss_w": args.id_loss_w,
+        "mid_block": list(mid_block_shape(b.unet)),
+        "seconds": round(seconds, 1),
+        "final_clip_loss": float(np.mean([c for c, _ in last])) if last else None,
+        "final_id_loss": float(np.mean([l for _, l in last])) if last else None,
+    })
+    size = out.stat().st_size
+    print(f"wrote fine-tuned direction {args.name!r} ({adapter}, {size / 1e6:.2f} MB) to {out} ({seconds:.0f} s)")
+    return 0
