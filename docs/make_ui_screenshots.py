@@ -59,7 +59,10 @@ def main(argv=None) -> int:
     from dsl.ui.app import serve
     from dsl.ui.session import LiveSession
 
-    session = LiveSession(model=args.model, device="cpu")
+    import tempfile
+
+    work = tempfile.TemporaryDirectory(prefix="steer-ui-shots-")
+    session = LiveSession(model=args.model, device="cpu", folder=work.name)
     page, url = serve(session, "127.0.0.1", free_port(), block=False)
     d = browser(1400, 1250)
     times: dict[str, list[float]] = {"first run (model load + source + edit)": [], "new seed (source + edit)": [],
@@ -98,6 +101,7 @@ def main(argv=None) -> int:
     finally:
         d.quit()
         page.close()
+        work.cleanup()
     print(f"from the click on Run to the image, {args.model} model, {session.runs[-1].result.steps} steps, CPU, "
           f"OMP_NUM_THREADS={__import__('os').environ.get('OMP_NUM_THREADS', 'unset')}:")
     for what, xs in times.items():

@@ -107,6 +107,8 @@ def test_the_page_checks_runs_drags_and_reweights(page_url, driver):
     shown = text_of(d, "#check")
     assert 'page.edit:3:10: error: token "dog" is not in the prompt' in shown
     assert '^~~~~~~~~~~' in shown and "hint: the prompt's words are" in shown
+    d.find_element(By.ID, "run").click()  # Run refuses it on the page too, and the page stays usable
+    wait_for(d, lambda: 'page.edit:3:10: error: token "dog"' in text_of(d, "#status"))
 
     # fixed: the message goes, Run draws the source and the edit
     type_script(d, 'prompt "a red circle and a blue square"\nseed 5\nsteps 4\ncentroid(token "circle") -> (0.7, 0.5)\n')

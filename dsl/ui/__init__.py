@@ -31,9 +31,9 @@ def serve(script: str | None = None, model: str | None = None, host: str = DEFAU
         raise SteerUsageError(f"the web page needs gradio ({e})", hint="pip install 'steer-edit[ui]'") from None
     check_device(device)  # before the page, not at the first Run
     session = LiveSession(script, model=model, device=device, dtype=dtype, low_memory=low_memory)
-    print(f"steer ui: runs and uploads go to {session.folder}", flush=True)
     try:
         app.serve(session, host, port, block=True)
     except OSError as e:  # the port is taken, or the address is not this machine's
+        session.forget_folder_if_empty()
         raise SteerUsageError(f"cannot serve on {host}:{port or 'the default port'}: {e}", hint="choose another --port") from None
     return 0

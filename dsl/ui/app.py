@@ -239,9 +239,12 @@ def _words_of(program) -> list[str]:
 
 
 def serve(session: LiveSession, host: str = "127.0.0.1", port: int | None = None, block: bool = True):
-    """Serve the page; with block=False, return (page, url) with the server running in a thread."""
+    """Serve the page: (page, url), the server in a thread; with block=True, wait until Ctrl-C."""
     page = build(session)
     page.queue(default_concurrency_limit=1)
-    _, url, _ = page.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=not block,
-                            ssr_mode=False, allowed_paths=[str(session.folder)], css=CSS, footer_links=[])
+    _, url, _ = page.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False,
+                            allowed_paths=[str(session.folder)], css=CSS, footer_links=[])
+    if block:
+        print(f"steer ui: open {url} (Ctrl-C stops it); runs and uploads go to {session.folder}", flush=True)
+        page.block_thread()
     return page, url

@@ -67,6 +67,13 @@ class LiveSession:
         self._editor_model = None
         self._lock = threading.Lock()  # one run or map at a time: the Editor's probes are not re-entrant
 
+    def forget_folder_if_empty(self):
+        """A page that never served leaves no empty folder behind."""
+        try:
+            self.folder.rmdir()
+        except OSError:  # not empty (or already gone): the runs in it are the user's
+            pass
+
     # -- checking ------------------------------------------------------------------------------
 
     def check(self, text: str) -> S.Check:
