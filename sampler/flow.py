@@ -80,19 +80,25 @@ NO_MEANING = {
                "use a prompt edit (recolour, remove) instead, or the direction on a UNet model"),
     "noise": ("noise directions (NoiseCLR) are learned tokens of a UNet model's CLIP encoder; learning and applying them "
               "on a flow model's T5 is not implemented yet", "use the direction on a UNet model"),
+    "finetune": ("fine-tuned directions are LoRAs of a UNet; fine-tuning a flow transformer is not implemented yet",
+                 "use the direction on a UNet model"),
     "prompt": ("prompt direction files are not checked against flow models' text sequences yet",
                "use recolour / remove, which build the same kind of prompt shift on this model"),
 }
 
 
-def refuse_without_meaning(bound, backbone) -> None:
-    """A SteerCompileError at the first statement that has no meaning on a flow backbone (what
-    it would act on does not exist there), saying why; nothing on other backbones."""
-    if getattr(backbone, "sampler", "ddim") != "flow":
+FLOW_KINDS = ("sd3", "flux", "shapes-flow")  # the backbone families that are rectified-flow transformers
+
+
+def refuse_without_meaning(bound, model) -> None:
+    """A SteerCompileError at the first statement that has no meaning on a flow model (what it
+    would act on does not exist there), saying why; nothing on other models. `model`: a loaded
+    Backbone, or the ModelShapes `steer check` reads from the config files (both have `kind`)."""
+    if model.kind not in FLOW_KINDS:
         return
     for x in bound:
         kind = x.direction.kind if x.kind == "direction" and x.direction is not None else x.kind
         if x.kind in ("drag", "direction") and kind in NO_MEANING:
             why, hint = NO_MEANING[kind]
-            raise SteerCompileError(f"`{x.label}` cannot run on {backbone.name} (a rectified-flow transformer): {why}",
+            raise SteerCompileError(f"`{x.label}` cannot run on {model.name} (a rectified-flow transformer): {why}",
                                     x.term.span, hint=hint)

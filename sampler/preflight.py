@@ -27,6 +27,7 @@ from energies.errors import SteerUsageError
 from .backbones import direction_folders
 from .directions import ModelShapes, shapes_of
 from .directions import check as check_direction
+from .flow import refuse_without_meaning
 from .images import open_image
 
 STEER_MARK = "steer:program"  # the PNG text chunk every image steer writes carries (result.py)
@@ -140,6 +141,7 @@ def check_program(bound: list, settings: P.Settings, script_dir, model) -> None:
     numbers or of another model (`model`: a Backbone, or the ModelShapes of one not loaded), a
     style image or source photo that cannot be read. Each at its statement."""
     here = Path(script_dir or ".")
+    refuse_without_meaning(bound, model)  # a drag or an h-space direction on a flow transformer
     if any(x.kind == "direction" for x in bound) and not isinstance(model, ModelShapes):
         model = shapes_of(model)  # once: reading a prompt's shape runs the text encoder
     for x in bound:
@@ -169,8 +171,11 @@ def check_without_weights(program: P.Program, script_dir, model: str | None, war
 
 @functools.lru_cache(maxsize=4)  # a REPL asks at every line, `steer check` once per script
 def _tokenizer_and_shapes(model: str):
-    from .backbones import load_tokenizer, refuse_pickle_only
+    from .backbones import flow_kind, load_tokenizer, refuse_pickle_only
     from .directions import model_shapes
 
     refuse_pickle_only(model)  # run would refuse to load it
+    flow = flow_kind(model)
+    if flow is not None:  # no direction kind that reads shapes runs on a flow model (flow.NO_MEANING)
+        return load_tokenizer(model), ModelShapes(flow, str(model), (0, 0, 0), 0, (0, 0))
     return load_tokenizer(model), model_shapes(model)

@@ -7,7 +7,7 @@ import torch
 import dsl
 from energies.errors import SteerCompileError
 from energies.directions import save_direction
-from sampler.backbones import FluxBackbone, StableDiffusion3Backbone, load_backbone
+from sampler.backbones import FluxBackbone, StableDiffusion3Backbone, flow_kind, load_backbone, load_tokenizer
 from sampler.backbones.flow import GRID, eps_from_velocity, flow_alpha_bar, sigma_of
 from sampler.editor import Editor
 from sampler.probes import ProbeStore, Readout, probing
@@ -40,9 +40,16 @@ def test_editor_takes_sd3_and_flux_pipelines(sd3, flux):
     assert flux.backbone.distilled_guidance == 3.5 and flux.backbone.sampling_defaults["cfg"] == 1.0  # dev: no CFG by default
 
 
-def test_a_pipeline_folder_loads_by_path_offline(tmp_path, sd3):
-    sd3.backbone.pipe.save_pretrained(tmp_path / "sd3", safe_serialization=True)
-    b = load_backbone(str(tmp_path / "sd3"), device="cpu")
+@pytest.fixture(scope="module")
+def sd3_folder(tmp_path_factory, sd3):
+    folder = tmp_path_factory.mktemp("saved") / "sd3"
+    sd3.backbone.pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def test_a_pipeline_folder_loads_by_path_offline(sd3_folder, sd3):
+    assert flow_kind(str(sd3_folder)) == "sd3" and flow_kind("shapes") is None
+    b = load_backbone(str(sd3_folder), device="cpu")
     assert type(b) is StableDiffusion3Backbone
     c1, c2 = b.encode_prompt(PROMPT), sd3.backbone.encode_prompt(PROMPT)
     assert torch.allclose(c1.cond, c2.cond, atol=1e-5) and torch.allclose(c1.added["text_embeds"], c2.added["text_embeds"], atol=1e-5)
@@ -185,3 +192,15 @@ def test_an_hspace_direction_is_a_compile_error_that_says_why(editor, tmp_path):
     with pytest.raises(SteerCompileError, match="no mid block") as e:
         editor.run(program, progress=False, script_dir=tmp_path)
     assert e.value.span.line == 4
+
+
+def test_steer_check_reads_a_flow_folder_without_weights_and_refuses_a_drag_at_its_line(sd3_folder, tmp_path, capsys):
+    from dsl.cli import main
+
+    assert load_tokenizer(str(sd3_folder)).model_max_length == 12  # the T5's, as the backbone binds with
+    good, bad = tmp_path / "good.edit", tmp_path / "bad.edit"
+    good.write_text(f'prompt "{PROMPT}"\nsize(token "circle") *= 0.5\n')
+    bad.write_text(f'prompt "{PROMPT}"\n\ndrag (0.3, 0.5) -> (0.6, 0.5) within token "circle"\n')
+    assert main(["check", str(good), "--model", str(sd3_folder)]) == 0
+    assert main(["check", str(bad), "--model", str(sd3_folder)]) == 2
+    assert "bad.edit:3:1" in capsys.readouterr().err

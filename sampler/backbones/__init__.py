@@ -18,6 +18,7 @@ from .load import (
     backbone_for_pipeline,
     check_device,
     direction_folders,
+    flow_kind,
     load_backbone,
     load_single_file,
     load_tokenizer,
@@ -31,6 +32,6 @@ from .stable_diffusion import StableDiffusionBackbone, StableDiffusionXLBackbone
 
 __all__ = [
     "Backbone", "Conditioning", "FlowBackbone", "FluxBackbone", "ShapesFlowBackbone", "StableDiffusion3Backbone", "ShapesBackbone", "StableDiffusionBackbone", "StableDiffusionXLBackbone", "DTYPES",
-    "backbone_for_pipeline", "check_device", "direction_folders", "load_backbone", "load_single_file", "load_tokenizer",
+    "backbone_for_pipeline", "check_device", "direction_folders", "flow_kind", "load_backbone", "load_single_file", "load_tokenizer",
     "pipeline_class", "quiet_loading", "refuse_pickle_only", "resolve_device",
 ]

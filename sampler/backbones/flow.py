@@ -261,7 +261,9 @@ class FluxBackbone(FlowBackbone):
         self.sample_size = int(getattr(pipe, "default_sample_size", 128))
         self._setup(pipe, pipe.transformer, pipe.vae, pipe.scheduler, name, low_memory)
         self.distilled_guidance = guidance if pipe.transformer.config.guidance_embeds else None
-        self.sampling_defaults = {"steps": 28, "cfg": 1.0 if self.distilled_guidance is not None else 3.5}
+        # dev (guidance-distilled): 28 steps, its guidance embedding instead of CFG; schnell (no
+        # guidance embedding, timestep-distilled): 4 steps, no CFG either
+        self.sampling_defaults = {"steps": 28, "cfg": 1.0} if self.distilled_guidance is not None else {"steps": 4, "cfg": 1.0}
 
     def encoders(self):
         return [self.text_encoder, self.text_encoder_2]

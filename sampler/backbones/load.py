@@ -80,6 +80,21 @@ def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
+def flow_kind(model: str | None) -> str | None:
+    """"sd3", "flux" or "shapes-flow" for a rectified-flow model, read from its folder or cached
+    hub id without loading weights; None for any other model."""
+    from ..shapes import flow_model
+    from ..shapes import model as shapes_model
+
+    model = str(model or "shapes")
+    if model == "shapes" or shapes_model.is_shapes_folder(Path(shapes_model.resolve(model))) or is_single_file(model):
+        return None
+    if model == "shapes-flow" or flow_model.is_flow_folder(flow_model.resolve(model)):
+        return ShapesFlowBackbone.kind
+    cls = backbone_class(pipeline_class(model))
+    return cls.kind if cls in (StableDiffusion3Backbone, FluxBackbone) else None
+
+
 def pipeline_class(model: str) -> str:
     """The pipeline class a Stable Diffusion folder or hub id names (its model_index.json)."""
     from diffusers import DiffusionPipeline
