@@ -94,7 +94,7 @@ def text_of(d, css: str) -> str:
     return found[0].text if found else ""
 
 
-def test_the_page_checks_runs_drags_and_reweights(page_url, driver):
+def test_the_page_checks_runs_drags_and_reweights(page_url, driver, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     d = driver
@@ -137,3 +137,12 @@ def test_the_page_checks_runs_drags_and_reweights(page_url, driver):
     ActionChains(d).move_to_element(slider).click().perform()
     wait_for(d, lambda: 'centroid(token "circle") -> (0.7, 0.5) * 2.5' in script_box(d).get_attribute("value"))
     assert d.find_element(By.CSS_SELECTOR, "#weight-0 input[type=number]").get_attribute("value") == "2.5"
+
+    # a photo dropped on "Photo as source" becomes the script's source line, checked like the rest
+    from PIL import Image
+
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (48, 40), (200, 30, 30)).save(photo)
+    d.find_element(By.CSS_SELECTOR, "#photo input[type=file], input[type=file]").send_keys(str(photo))
+    wait_for(d, lambda: re.search(r'source ".*photo-[0-9a-f]{12}\.png"', script_box(d).get_attribute("value")))
+    wait_for(d, lambda: "ok (2 terms)" in text_of(d, "#check"))
