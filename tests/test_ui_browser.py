@@ -61,6 +61,7 @@ def page_url(shapes_path, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def driver():
+    pytest.importorskip("selenium", reason="selenium is not installed (pip install -e '.[test]')")
     d = browser()
     yield d
     d.quit()
