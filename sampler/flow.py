@@ -75,15 +75,13 @@ def cfg_velocity(backbone, cond, cfg: float):
 NO_MEANING = {
     "drag": ("drag is DragNoise: it optimises a UNet's bottleneck features and carries them on, and a "
              "rectified-flow transformer has no bottleneck (every block keeps the image's tokens at one size)",
-             "move the object with `move token \"WORD\" by (dx, dy)`, which works on flow models"),
+             "move the object with `centroid(token \"WORD\") += (dx, dy)`, which works on flow models"),
     "hspace": ("an h-space direction (Asyrp) adds delta-h to a UNet's mid block, and a transformer has no mid block",
-               "use a prompt edit (recolour, remove) instead, or the direction on a UNet model"),
+               "use a prompt direction (steer learn prompt) or a prompt edit (recolour, remove) instead"),
     "noise": ("noise directions (NoiseCLR) are learned tokens of a UNet model's CLIP encoder; learning and applying them "
               "on a flow model's T5 is not implemented yet", "use the direction on a UNet model"),
     "finetune": ("fine-tuned directions are LoRAs of a UNet; fine-tuning a flow transformer is not implemented yet",
                  "use the direction on a UNet model"),
-    "prompt": ("prompt direction files are not checked against flow models' text sequences yet",
-               "use recolour / remove, which build the same kind of prompt shift on this model"),
 }
 
 

@@ -172,10 +172,11 @@ def check_without_weights(program: P.Program, script_dir, model: str | None, war
 @functools.lru_cache(maxsize=4)  # a REPL asks at every line, `steer check` once per script
 def _tokenizer_and_shapes(model: str):
     from .backbones import flow_kind, load_tokenizer, refuse_pickle_only
+    from .backbones.load import flow_prompt_shape
     from .directions import model_shapes
 
     refuse_pickle_only(model)  # run would refuse to load it
     flow = flow_kind(model)
-    if flow is not None:  # no direction kind that reads shapes runs on a flow model (flow.NO_MEANING)
-        return load_tokenizer(model), ModelShapes(flow, str(model), (0, 0, 0), 0, (0, 0))
+    if flow is not None:  # of the direction kinds only prompt directions run there (flow.NO_MEANING): no mid block
+        return load_tokenizer(model), ModelShapes(flow, str(model), (0, 0, 0), 0, flow_prompt_shape(model))
     return load_tokenizer(model), model_shapes(model)

@@ -6,7 +6,7 @@ import torch
 
 import dsl
 from energies.errors import SteerCompileError
-from energies.directions import save_direction
+from energies.directions import backbone_id, save_direction
 from sampler.backbones import FluxBackbone, StableDiffusion3Backbone, flow_kind, load_backbone, load_tokenizer
 from sampler.backbones.flow import GRID, eps_from_velocity, flow_alpha_bar, sigma_of
 from sampler.editor import Editor
@@ -204,3 +204,36 @@ def test_steer_check_reads_a_flow_folder_without_weights_and_refuses_a_drag_at_i
     assert main(["check", str(good), "--model", str(sd3_folder)]) == 0
     assert main(["check", str(bad), "--model", str(sd3_folder)]) == 2
     assert "bad.edit:3:1" in capsys.readouterr().err
+
+
+def test_a_prompt_direction_fits_a_flow_model_and_shifts_its_image(sd3, sd3_folder, tmp_path):
+    """Pix2Pix-Zero's delta_c over the whole text sequence (and the pooled embedding); its shape
+    as steer check reads it from the config files is the loaded model's."""
+    from dsl.cli import main
+    from sampler.backbones.load import flow_prompt_shape
+    from sampler.directions.prompt import edit_direction
+
+    b = sd3.backbone
+    tensors = edit_direction(b, ["a red circle", "a red square"], ["a blue circle", "a blue square"], progress=False)
+    assert tuple(tensors["delta"].shape) == flow_prompt_shape(str(sd3_folder)) == tuple(b.encode_prompt("").cond.shape[1:])
+    save_direction(tmp_path / "directions" / "bluer.safetensors", tensors, "prompt", backbone_id(b))
+    script = tmp_path / "bluer.edit"
+    script.write_text(f'prompt "{PROMPT}"\nsteps 3\ndirection bluer * 2\n')
+    result = sd3.run(dsl.load(str(script)), progress=False, script_dir=tmp_path)
+    assert abs(result.image - result.source_image).mean() > 1e-3
+    assert main(["check", str(script), "--model", str(sd3_folder)]) == 0
+
+
+@pytest.mark.parametrize("make", ["flux", "sd3 without t5"])
+def test_config_files_give_the_loaded_models_kind_tokens_and_prompt_shape(make, tmp_path):
+    from sampler.backbones.load import flow_prompt_shape
+    from tiny_flow import tiny_flux_pipeline, tiny_sd3_pipeline
+
+    pipe = tiny_flux_pipeline(tmp_path) if make == "flux" else tiny_sd3_pipeline(tmp_path, t5=False)
+    pipe.save_pretrained(tmp_path / "saved", safe_serialization=True)
+    folder = str(tmp_path / "saved")
+    b = load_backbone(folder, device="cpu")
+    assert flow_kind(folder) == b.kind
+    assert load_tokenizer(folder).model_max_length == b.tokenizer.model_max_length
+    assert load_tokenizer(folder).convert_ids_to_tokens(b.token_ids("a circle")) == b.tokenizer.convert_ids_to_tokens(b.token_ids("a circle"))
+    assert flow_prompt_shape(folder) == tuple(b.encode_prompt("").cond.shape[1:])

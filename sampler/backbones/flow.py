@@ -218,9 +218,11 @@ class StableDiffusion3Backbone(FlowBackbone):
 
     @classmethod
     def from_pretrained(cls, model_id_or_path: str, device="cpu", dtype=torch.float32, low_memory=False):
-        from diffusers import StableDiffusion3Pipeline
+        from diffusers import DiffusionPipeline, StableDiffusion3Pipeline
 
-        pipe = StableDiffusion3Pipeline.from_pretrained(model_id_or_path, dtype=dtype, use_safetensors=True)
+        index = DiffusionPipeline.load_config(model_id_or_path)
+        without = {k: None for k in ("text_encoder_3", "tokenizer_3") if not (index.get(k) or [None])[0]}  # saved without its T5
+        pipe = StableDiffusion3Pipeline.from_pretrained(model_id_or_path, dtype=dtype, use_safetensors=True, **without)
         return cls(pipe.to(device), name=str(model_id_or_path), low_memory=low_memory)
 
     def _states(self, text):

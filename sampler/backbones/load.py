@@ -198,15 +198,50 @@ def load_tokenizer(model: str | None = None):
         return load_single_file(model, "cpu", torch.float32).tokenizer
     cls = backbone_class(pipeline_class(model))  # (a clean error for a model that is not there)
     try:
-        if cls in (StableDiffusion3Backbone, FluxBackbone):  # token maps are per T5 position (backbones/flow.py)
+        t5 = _t5_part(model, cls)
+        if t5 is not None:  # token maps are per T5 position (backbones/flow.py)
             from .flow import t5_tokenizer
 
-            sub, length = ("tokenizer_3", StableDiffusion3Backbone.t5_length) if cls is StableDiffusion3Backbone else ("tokenizer_2", 512)
-            tok = AutoTokenizer.from_pretrained(model, subfolder=sub)
-            return t5_tokenizer(tok, min(length, tok.model_max_length))
+            tok = AutoTokenizer.from_pretrained(model, subfolder=t5[0])
+            return t5_tokenizer(tok, min(t5[1], tok.model_max_length))
         return AutoTokenizer.from_pretrained(model, subfolder="tokenizer")
     except (OSError, ValueError) as e:
         raise SteerUsageError(f"cannot load the tokenizer of {model!r}: {_first_line(e)}", hint=MODEL_HINT) from None
+
+
+def _t5_part(model: str, cls: type) -> tuple[str, int] | None:
+    """(tokenizer subfolder, sequence length) of a flow pipeline's T5; None for a model without one
+    (SD3 may be saved without text_encoder_3: its maps are over CLIP's tokens)."""
+    from diffusers import DiffusionPipeline
+
+    if cls is FluxBackbone:
+        return "tokenizer_2", 512
+    if cls is StableDiffusion3Backbone and (DiffusionPipeline.load_config(model).get("text_encoder_3") or [None])[0]:
+        return "tokenizer_3", StableDiffusion3Backbone.t5_length
+    return None
+
+
+def flow_prompt_shape(model: str) -> tuple[int, int]:
+    """(T, D) of a flow model's text sequence, what a prompt direction must fit, from its config
+    files and tokenizers (no weights); agrees with the loaded backbone's (tests/test_flow_backbones.py)."""
+    import json
+
+    from diffusers import SD3Transformer2DModel
+    from transformers import AutoTokenizer
+
+    from ..shapes import flow_model
+
+    kind = flow_kind(model)
+    if kind == "shapes-flow":
+        folder = flow_model.resolve(model)
+        width = json.loads((folder / "transformer" / "config.json").read_text())["joint_attention_dim"]
+        return load_tokenizer(model).model_max_length, int(width)
+    width = int(SD3Transformer2DModel.load_config(model, subfolder="transformer")["joint_attention_dim"])  # FLUX's config has it too
+    if kind == "flux":
+        return load_tokenizer(model).model_max_length, width
+    clip = AutoTokenizer.from_pretrained(model, subfolder="tokenizer").model_max_length
+    t5 = load_tokenizer(model).model_max_length if _t5_part(model, StableDiffusion3Backbone) else StableDiffusion3Backbone.t5_length
+    return clip + t5, width
 
 
 # ---------------------------------------------------------------------------------------------

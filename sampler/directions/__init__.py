@@ -27,8 +27,10 @@ KINDS: dict[str, DirectionKind] = {k.name: k for k in (HSpace(), Noise(), Prompt
 
 
 def shapes_of(backbone) -> ModelShapes:
-    """The shapes a direction must fit, read off a loaded backbone."""
-    return ModelShapes(backbone.kind, backbone.name, mid_block_shape(backbone.unet), token_width(backbone), prompt_shape(backbone))
+    """The shapes a direction must fit, read off a loaded backbone. A flow transformer has no mid
+    block: (0, 0, 0), which no h-space direction fits (sampler/flow.py refuses them first)."""
+    mid = mid_block_shape(backbone.unet) if "block_out_channels" in backbone.unet.config else (0, 0, 0)
+    return ModelShapes(backbone.kind, backbone.name, mid, token_width(backbone), prompt_shape(backbone))
 
 
 def model_shapes(model: str | None) -> ModelShapes:
