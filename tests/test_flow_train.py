@@ -74,3 +74,17 @@ def test_the_model_folder_loads_offline_as_a_backbone_that_edits(work):
     program = dsl.compile(dsl.parse('prompt "a red circle and a blue square"\nsteps 2\ncentroid(token "circle") -> (0.7, 0.5)\n'))
     result = editor.run(program, progress=False)
     assert result.image.shape == (64, 64, 3) and abs(result.image - result.source_image).mean() > 1e-4
+
+
+def test_the_block_measurement_scores_each_joint_block(work):
+    import numpy as np
+
+    from sampler.shapes import flow_blocks, world
+
+    b = ShapesFlowBackbone(work / "ema")
+    result = flow_blocks.measure(b, scenes=1, at=[0.5])
+    assert result["blocks"] == ["transformer_blocks.0.attn"] and result["objects"] == 2
+    assert 0 <= result["iou"][0][0] <= 1 and result["best"] == "transformer_blocks.0.attn"
+    mask = world.make_scene(0, size=64, n_objects=1).objects[0].mask
+    perfect = torch.nn.functional.interpolate(torch.from_numpy(mask.astype(np.float32))[None, None], size=(16, 16), mode="area")[0, 0]
+    assert flow_blocks.map_iou(perfect, mask) == 1.0 and flow_blocks.map_iou(1 - perfect, mask) == 0.0
