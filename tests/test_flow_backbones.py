@@ -237,3 +237,27 @@ def test_config_files_give_the_loaded_models_kind_tokens_and_prompt_shape(make, 
     assert load_tokenizer(folder).model_max_length == b.tokenizer.model_max_length
     assert load_tokenizer(folder).convert_ids_to_tokens(b.token_ids("a circle")) == b.tokenizer.convert_ids_to_tokens(b.token_ids("a circle"))
     assert flow_prompt_shape(folder) == tuple(b.encode_prompt("").cond.shape[1:])
+
+
+def test_sd35_dual_attention_blocks_are_probed_at_their_joint_attention_only(tmp_path):
+    """SD3.5's dual-attention blocks add attn2, an image-only self-attention: not a text map."""
+    from tiny_flow import tiny_sd3_pipeline
+
+    editor = Editor(tiny_sd3_pipeline(tmp_path, dual=(0, 1, 2)), device="cpu")
+    assert "transformer_blocks.1.attn2.processor" in editor.backbone.unet.attn_processors
+    assert editor.readout.attn_layers == ["transformer_blocks.1.attn"]
+    readout, store, _, _ = _probed(editor)
+    assert torch.allclose(next(iter(store.attn.values())).sum(1), torch.ones(1, 8, 8), atol=1e-5)
+
+
+def test_fused_projections_give_the_same_maps(flux):
+    b = flux.backbone
+    _, before, eps_before, z = _probed(flux)
+    b.transformer.fuse_qkv_projections()
+    try:
+        assert b.transformer.transformer_blocks[1].attn.fused_projections  # the probe reads to_qkv / to_added_qkv now
+        _, after, eps_after, _ = _probed(flux, z)
+    finally:
+        b.transformer.unfuse_qkv_projections()
+    (name, maps), = before.attn.items()
+    assert torch.allclose(after.attn[name], maps, atol=1e-5) and torch.allclose(eps_after, eps_before, atol=1e-5)

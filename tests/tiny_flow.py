@@ -59,10 +59,11 @@ def _vae(shift: float):
                          norm_num_groups=8, sample_size=16, scaling_factor=1.5, shift_factor=shift)
 
 
-def tiny_sd3_pipeline(tmp: Path, t5: bool = True):
+def tiny_sd3_pipeline(tmp: Path, t5: bool = True, dual: tuple = ()):
     """SD3's layout at small widths: two CLIPs with projections (16 + 16 wide states, zero-padded to
     the T5's 32), a T5, an MMDiT of four joint blocks (the last context-pre-only, as SD3's) with
-    RMS q/k norms as SD3.5's, and a flow-matching scheduler with SD3's shift 3."""
+    RMS q/k norms as SD3.5's, and a flow-matching scheduler with SD3's shift 3. `dual`: the blocks
+    that also have SD3.5's second, image-only attention (attn2)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTokenizerFast
 
@@ -72,7 +73,8 @@ def tiny_sd3_pipeline(tmp: Path, t5: bool = True):
     t5_tok = t5_tokenizer()
     transformer = SD3Transformer2DModel(sample_size=8, patch_size=1, in_channels=4, num_layers=4, attention_head_dim=8,
                                         num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16,
-                                        pooled_projection_dim=32, out_channels=4, pos_embed_max_size=16, qk_norm="rms_norm")
+                                        pooled_projection_dim=32, out_channels=4, pos_embed_max_size=16, qk_norm="rms_norm",
+                                        dual_attention_layers=dual)
     return StableDiffusion3Pipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_vae(0.1),
         text_encoder=clip1, tokenizer=tok, text_encoder_2=clip2, tokenizer_2=tok,
