@@ -333,3 +333,40 @@ def test_invert_noise_brings_a_noisy_world_image_back_clean(editor, tmp_path):
     assert r.image[background].std() < 0.5 * noisy[background].std(), "the noise is gone from the background"
     found = W.find(W.detect(r.image), obj.colour, obj.shape) or W.find(W.detect(r.image), obj.colour)
     assert found is not None and W.mask_iou(found.mask, obj.mask) > 0.5
+
+
+def tiny_clip(folder):
+    """A random CLIP (text and vision towers) with the tiny pipelines' tokenizer, saved as a folder
+    `steer learn clip --clip` can load offline."""
+    from tiny import write_clip_tokenizer
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    write_clip_tokenizer(folder)
+    tok = CLIPTokenizer.from_pretrained(folder)
+    torch.manual_seed(0)
+    config = CLIPConfig(text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, max_position_embeddings=16, eos_token_id=tok.eos_token_id,
+                                         bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id),
+                        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                           image_size=32, patch_size=8),
+                        projection_dim=16)
+    CLIPModel(config).save_pretrained(folder)
+    return folder
+
+
+def test_learn_on_a_stable_diffusion_pipeline_with_images(tmp_path):
+    pipe_dir = tmp_path / "sd"
+    tiny_sd_pipeline(tmp_path / "build").save_pretrained(pipe_dir, safe_serialization=True)
+    (tmp_path / "imgs").mkdir()
+    world_photo(tmp_path / "imgs" / "a.png")
+    out = tmp_path / "directions"
+    assert learn.main(["clip", "sdft", "--from", "a red square", "--to", "a green square", "--images", str(tmp_path / "imgs"),
+                       "--iters", "1", "--s-for", "2", "--s-gen", "2", "--model", str(pipe_dir), "--clip", str(tiny_clip(tmp_path / "clip")),
+                       "--lr", "0.05", "--out", str(out), "--work", str(tmp_path / "w")]) == 0
+    d = D.read_direction(out / "sdft.safetensors")
+    assert d.meta["backbone"].startswith("sd:") and d.meta["cfg"] == 1.0 and d.meta["n_images"] == 1
+    assert any(k.endswith(".lora_B.weight") and v.abs().sum() > 0 for k, v in d.tensors.items())
+    ed = Editor(str(pipe_dir))
+    base = 'prompt "a red square"\nsteps 3\n'
+    plain = run(ed, base, tmp_path).image
+    assert not np.array_equal(run(ed, base + "direction sdft * 1 @ 0..1\n", tmp_path).image, plain)

@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--targets", default=",".join(FT_TARGETS), help=f"the UNet's modules the LoRA adapts, by name (default {','.join(FT_TARGETS)})")
     f.add_argument("--lr", type=float, default=None, help="Adam's lr (default 1e-3 for a LoRA, 1e-4 with --full)")
     f.add_argument("--cfg", type=float, default=None, help="guidance scale of the regeneration (default: 1 with --images, else the model's)")
+    f.add_argument("--views", type=int, default=4, help="noisy copies of each predicted image the CLIP reads (0: the image alone)")
     f.add_argument("--clip-loss-w", type=float, default=3.0, help="weight of the directional CLIP loss (DiffusionCLIP: 3)")
     f.add_argument("--id-loss-w", type=float, default=1.0, help="weight of the L1 identity loss (DiffusionCLIP's README: 1)")
     f.add_argument("--clip", default=CLIP_MODEL_ID, help="CLIP id or folder for non-shapes models (DiffusionCLIP: ViT-B/16)")

@@ -44,6 +44,7 @@ from .hspace import ClipFeatures
 # diffusers LoRA scripts' usual 1e-4 .. 1e-3, the top for a few hundred steps).
 LR = {"lora": 1e-3, "full": 1e-4}
 RANK = 4
+AUGMENT_NOISE = 0.3  # the most noise the shapes CLIP saw in training (sampler/shapes/train.py, augment)
 
 
 def diffusionclip_loss(img_feat, src_img_feat, txt_trg, txt_src, x0, x_orig, clip_w: float, id_w: float):
@@ -53,6 +54,17 @@ def diffusionclip_loss(img_feat, src_img_feat, txt_trg, txt_src, x0, x_orig, cli
     direction = directional_clip_energy(img_feat, src_img_feat, txt_trg, txt_src)
     identity = (x0 - x_orig.detach()).abs().mean()
     return clip_w * direction + id_w * identity, direction, identity
+
+
+def views(x0: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
+    """n noisy copies of x0 (Gaussian noise of a random strength up to AUGMENT_NOISE) for the CLIP
+    to read: a CLIP's gradient on one clean image finds pixel patterns it scores as the target (a
+    green fringe, speckle) sooner than the object's colour; averaged over noisy views only what
+    survives noise counts. n = 0: x0 itself."""
+    if n == 0:
+        return x0
+    sigma = torch.rand((n, 1, 1, 1), generator=g) * AUGMENT_NOISE
+    return x0 + sigma.to(x0) * torch.randn((n, *x0.shape[1:]), generator=g).to(x0)
 
 
 def cfg_eps(b, z, t, cond, cfg: float) -> torch.Tensor:
@@ -81,11 +93,17 @@ def sample(b, cond, cfg: float, steps: int, seed: int) -> torch.Tensor:
 def source_latents(b, args, cond, cfg: float) -> list[torch.Tensor]:
     """The x_0 to fine-tune on: --images, encoded, or samples of --from."""
     if args.images:
-        from .noiseclr import load_images
+        from ..images import load_image
+        from .noiseclr import IMAGE_SUFFIXES
 
-        _, images = load_images(Path(args.images), b.image_size())
+        folder = Path(args.images)
+        if not folder.is_dir():
+            raise UsageError(f"--images {folder}: no such folder")
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[: args.n_images]
+        if not files:
+            raise UsageError(f"--images {folder}: no PNG, JPEG or WebP image in it")
         with torch.no_grad():
-            return [b.encode(images[i : i + 1].to(b.device)).float() for i in range(min(len(images), args.n_images))]
+            return [b.encode(torch.from_numpy(load_image(p, b.image_size())).permute(2, 0, 1)[None]).float() for p in files]
     steps = int(b.sampling_defaults.get("steps", 50))
     return [sample(b, cond, cfg, steps, args.seed * 10_000 + k) for k in tqdm(range(args.n_images), desc="source images", leave=False)]
 
@@ -138,7 +156,7 @@ def learn_clip(args, argv) -> int:
     alphas, final = b.schedule()
 
     recipe = {k: getattr(args, k) for k in ("name", "src", "dst", "model", "images", "n_images", "t0", "s_for", "s_gen", "iters",
-                                            "rank", "targets", "clip_loss_w", "id_loss_w", "seed", "full")}
+                                            "rank", "targets", "views", "clip_loss_w", "id_loss_w", "seed", "full")}
     recipe.update(lr=lr, cfg=cfg)
     work = args.work or Path("runs/learn") / f"clip-{args.name}"
     ckpt = work / "clip.ckpt.safetensors"
@@ -175,13 +193,14 @@ def learn_clip(args, argv) -> int:
     bar = T.progress(start_step, total, f"clip {args.name}")
     losses = []
     b.unet.train(False)
+    noise = torch.Generator().manual_seed(args.seed * 7919 + start_step)
     for s in bar:
         k = s % n
         z = z_t0[k]
         for i, t in enumerate(train):  # step 2: regenerate through the fine-tuned UNet, one Adam step per timestep
             eps = cfg_eps(b, z, t, cond, cfg)
             x0 = pred_x0(z, eps, a[i])
-            loss, loss_clip, loss_id = diffusionclip_loss(clip.image(x0), feats[k], txt_trg, txt_src, x0, x_0[k],
+            loss, loss_clip, loss_id = diffusionclip_loss(clip.image(views(x0, args.views, noise)), feats[k], txt_trg, txt_src, x0, x_0[k],
                                                           args.clip_loss_w, args.id_loss_w)
             opt.zero_grad(set_to_none=True)
             loss.backward()
