@@ -261,3 +261,22 @@ def test_fused_projections_give_the_same_maps(flux):
         b.transformer.unfuse_qkv_projections()
     (name, maps), = before.attn.items()
     assert torch.allclose(after.attn[name], maps, atol=1e-5) and torch.allclose(eps_after, eps_before, atol=1e-5)
+
+
+def test_prompt_weights_move_only_their_words_t5_positions(sd3):
+    b = sd3.backbone
+    plain, heavy = b.encode_prompt(PROMPT).cond, b.encode_prompt("a red (circle:1.5) and a blue square").cond
+    pieces = b.tokenizer.convert_ids_to_tokens(b.token_ids(PROMPT))
+    moved = sorted({int(i) - b.map_tokens.start for i in torch.nonzero((heavy - plain).abs().amax(-1)[0] > 1e-6)})
+    assert [pieces[i] for i in moved] == ["▁cir", "cle"]  # the CLIP part and every other T5 position unchanged
+
+
+def test_the_shapes_flow_name_says_how_to_train_it_until_it_ships():
+    from energies.errors import SteerUsageError
+    from sampler.shapes import flow_model
+
+    if flow_model.is_flow_folder(flow_model.SHIPPED):
+        pytest.skip("the shapes flow model has shipped")
+    with pytest.raises(SteerUsageError, match="not trained yet") as e:
+        load_backbone("shapes-flow", device="cpu")
+    assert "sampler.shapes.flow_train" in e.value.hint
