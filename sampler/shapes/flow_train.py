@@ -6,7 +6,7 @@
 (the same command again continues a run stopped by --max-minutes). Measured on this project's CPU
 machine while another training run held it: 1.8 s a step at batch 64 on one thread with the
 latent pool, 3.3 s without (the VAE encodes every batch); so 8,000 steps are about four hours on
-two free threads, and minutes on a GPU (--device cuda).
+two free threads at most, and much less on a GPU (--device cuda; not measured).
 
 What it reuses: the world (world.py), the finished autoencoder and the text encoder of a shapes
 model folder (--init-from: its vae/, text_encoder/ and tokenizer/; the text encoder stays frozen,
