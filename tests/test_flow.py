@@ -3,7 +3,6 @@ the engine's loop on a flow backbone is Euler on the velocity (sampler/flow.py's
 every guidance placement), inversion of a photo regenerates it, and every statement that has a
 meaning on a transformer runs."""
 
-import dataclasses
 import json
 
 import numpy as np
@@ -178,4 +177,3 @@ def test_settings_default_to_the_familys(sd3, flux):
     s3 = sd3.settings(dsl.compile(dsl.parse(f'prompt "{PROMPT}"\n')))
     fx = flux.settings(dsl.compile(dsl.parse(f'prompt "{PROMPT}"\n')))
     assert (s3.steps, s3.cfg) == (28, 7.0) and (fx.steps, fx.cfg) == (28, 1.0)
-    assert dataclasses.is_dataclass(Guidance())
