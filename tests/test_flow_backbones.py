@@ -280,3 +280,39 @@ def test_the_shapes_flow_name_says_how_to_train_it_until_it_ships():
     with pytest.raises(SteerUsageError, match="not trained yet") as e:
         load_backbone("shapes-flow", device="cpu")
     assert "sampler.shapes.flow_train" in e.value.hint
+
+
+# --- full-size architectures, on the meta device (shapes only, no memory, no weights) -------------
+
+SD35_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64, num_attention_heads=24,
+                   joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048, out_channels=16,
+                   pos_embed_max_size=384, dual_attention_layers=tuple(range(13)), qk_norm="rms_norm")
+FLUX_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
+                joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56))
+
+
+@pytest.mark.parametrize("arch", ["sd3.5-medium", "flux.1-dev"])
+def test_full_size_architectures_probe_the_middle_joint_blocks_with_maps_per_t5_token(arch):
+    """SD3.5-medium and FLUX.1-dev as configured on the hub, built on the meta device: the family's
+    velocity call (FLUX: packed 2 x 2, RoPE ids, guidance) runs with the probes on the blocks the
+    default picks, and each map is (T5 tokens, 64, 64) at 1024 px."""
+    from types import SimpleNamespace
+
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+
+    from sampler.probes import joint_attention_layers
+
+    flux = arch.startswith("flux")
+    with torch.device("meta"):
+        transformer = FluxTransformer2DModel(**FLUX_DEV) if flux else SD3Transformer2DModel(**SD35_MEDIUM)
+        x, context, pooled = torch.randn(1, 16, 128, 128), torch.randn(1, 512 if flux else 77 + 256, 4096), torch.randn(1, 768 if flux else 2048)
+    transformer.steer_map_tokens = slice(0, 512) if flux else slice(77, 333)
+    layers = joint_attention_layers(transformer)
+    assert layers == [f"transformer_blocks.{i}.attn" for i in (range(6, 12) if flux else range(8, 16))]
+    family = FluxBackbone if flux else StableDiffusion3Backbone
+    me = SimpleNamespace(transformer=transformer, distilled_guidance=3.5 if flux else None)
+    store = ProbeStore((128, 128))
+    with probing(transformer, store, layers):
+        v = family.velocity(me, x, 0.5, context, {"text_embeds": pooled})
+    assert v.shape == x.shape and list(store.attn) == layers
+    assert all(a.shape == (1, 512 if flux else 256, 64, 64) for a in store.attn.values())
