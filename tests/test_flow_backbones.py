@@ -296,10 +296,9 @@ def test_full_size_architectures_probe_the_middle_joint_blocks_with_maps_per_t5_
     """SD3.5-medium and FLUX.1-dev as configured on the hub, built on the meta device: the family's
     velocity call (FLUX: packed 2 x 2, RoPE ids, guidance) runs with the probes on the blocks the
     default picks, and each map is (T5 tokens, 64, 64) at 1024 px."""
-    from types import SimpleNamespace
-
     from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 
+    from sampler.backbones.flow import flux_velocity, sd3_velocity
     from sampler.probes import joint_attention_layers
 
     flux = arch.startswith("flux")
@@ -309,10 +308,16 @@ def test_full_size_architectures_probe_the_middle_joint_blocks_with_maps_per_t5_
     transformer.steer_map_tokens = slice(0, 512) if flux else slice(77, 333)
     layers = joint_attention_layers(transformer)
     assert layers == [f"transformer_blocks.{i}.attn" for i in (range(6, 12) if flux else range(8, 16))]
-    family = FluxBackbone if flux else StableDiffusion3Backbone
-    me = SimpleNamespace(transformer=transformer, distilled_guidance=3.5 if flux else None)
     store = ProbeStore((128, 128))
     with probing(transformer, store, layers):
-        v = family.velocity(me, x, 0.5, context, {"text_embeds": pooled})
+        v = flux_velocity(transformer, x, 0.5, context, pooled, 3.5) if flux else sd3_velocity(transformer, x, 0.5, context, pooled)
     assert v.shape == x.shape and list(store.attn) == layers
     assert all(a.shape == (1, 512 if flux else 256, 64, 64) for a in store.attn.values())
+
+
+def test_the_full_size_flow_bench_runs_at_smoke_size():
+    from sampler.bench import flow_backbones
+
+    for r in flow_backbones.main(["--smoke"]):
+        assert r["attention_layers"] == 1 and r["plain_s_per_step"] > 0
+        assert r["guided_attention_time_ratio"] == pytest.approx(r["guided_attention_s_per_step"] / r["plain_s_per_step"])

@@ -240,9 +240,7 @@ class StableDiffusion3Backbone(FlowBackbone):
         return torch.cat([clip, t5.to(clip.dtype)], dim=-2), torch.cat(pooled, dim=-1)
 
     def velocity(self, x, s, context, added):
-        t = torch.full((x.shape[0],), s * 1000, device=x.device, dtype=x.dtype)  # SD3's timestep is s in [0, 1000]
-        return self.transformer(hidden_states=x, encoder_hidden_states=context.to(x.dtype),
-                                pooled_projections=added["text_embeds"].to(x.dtype), timestep=t).sample
+        return sd3_velocity(self.transformer, x, s, context, added["text_embeds"])
 
 
 class FluxBackbone(FlowBackbone):
@@ -283,20 +281,30 @@ class FluxBackbone(FlowBackbone):
         return states, pooled.to(states.dtype)
 
     def velocity(self, x, s, context, added):
-        b, c, h, w = x.shape
-        packed = x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
-        img_ids = torch.zeros(h // 2, w // 2, 3, device=x.device, dtype=x.dtype)
-        img_ids[..., 1] += torch.arange(h // 2, device=x.device)[:, None]
-        img_ids[..., 2] += torch.arange(w // 2, device=x.device)[None, :]
-        txt_ids = torch.zeros(context.shape[1], 3, device=x.device, dtype=x.dtype)
-        guidance = None
-        if self.distilled_guidance is not None:
-            guidance = torch.full((b,), self.distilled_guidance, device=x.device, dtype=x.dtype)
-        out = self.transformer(hidden_states=packed, encoder_hidden_states=context.to(x.dtype),
-                               pooled_projections=added["text_embeds"].to(x.dtype),
-                               timestep=torch.full((b,), s, device=x.device, dtype=x.dtype),  # FLUX multiplies by 1000 itself
-                               img_ids=img_ids.reshape(-1, 3), txt_ids=txt_ids, guidance=guidance).sample
-        return out.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+        return flux_velocity(self.transformer, x, s, context, added["text_embeds"], self.distilled_guidance)
+
+
+def sd3_velocity(transformer, x, s: float, context, pooled) -> torch.Tensor:
+    """SD3's transformer at x_s: its timestep is s in [0, 1000]."""
+    t = torch.full((x.shape[0],), s * 1000, device=x.device, dtype=x.dtype)
+    return transformer(hidden_states=x, encoder_hidden_states=context.to(x.dtype), pooled_projections=pooled.to(x.dtype),
+                       timestep=t).sample
+
+
+def flux_velocity(transformer, x, s: float, context, pooled, guidance: float | None = None) -> torch.Tensor:
+    """FLUX's transformer at x_s: the latent packed into 2 x 2 patches with (0, row, col) ids for
+    RoPE (text ids zero), s in [0, 1] (it multiplies by 1000 itself), the distilled guidance."""
+    b, c, h, w = x.shape
+    packed = x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
+    img_ids = torch.zeros(h // 2, w // 2, 3, device=x.device, dtype=x.dtype)
+    img_ids[..., 1] += torch.arange(h // 2, device=x.device)[:, None]
+    img_ids[..., 2] += torch.arange(w // 2, device=x.device)[None, :]
+    txt_ids = torch.zeros(context.shape[1], 3, device=x.device, dtype=x.dtype)
+    g = None if guidance is None else torch.full((b,), guidance, device=x.device, dtype=x.dtype)
+    out = transformer(hidden_states=packed, encoder_hidden_states=context.to(x.dtype), pooled_projections=pooled.to(x.dtype),
+                      timestep=torch.full((b,), s, device=x.device, dtype=x.dtype), img_ids=img_ids.reshape(-1, 3),
+                      txt_ids=txt_ids, guidance=g).sample
+    return out.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
 
 
 class ShapesFlowBackbone(StableDiffusion3Backbone):
