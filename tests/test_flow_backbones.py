@@ -284,13 +284,6 @@ def test_the_shapes_flow_name_says_how_to_train_it_until_it_ships():
 
 # --- full-size architectures, on the meta device (shapes only, no memory, no weights) -------------
 
-SD35_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64, num_attention_heads=24,
-                   joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048, out_channels=16,
-                   pos_embed_max_size=384, dual_attention_layers=tuple(range(13)), qk_norm="rms_norm")
-FLUX_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
-                joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56))
-
-
 @pytest.mark.parametrize("arch", ["sd3.5-medium", "flux.1-dev"])
 def test_full_size_architectures_probe_the_middle_joint_blocks_with_maps_per_t5_token(arch):
     """SD3.5-medium and FLUX.1-dev as configured on the hub, built on the meta device: the family's
@@ -299,6 +292,7 @@ def test_full_size_architectures_probe_the_middle_joint_blocks_with_maps_per_t5_
     from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 
     from sampler.backbones.flow import flux_velocity, sd3_velocity
+    from sampler.bench.flow_backbones import FLUX_DEV, SD35_MEDIUM
     from sampler.probes import joint_attention_layers
 
     flux = arch.startswith("flux")
