@@ -83,11 +83,11 @@ def cmd_run(args) -> int:
     outputs = {"-o": out, **({"--source-out": Path(args.source_out)} if args.source_out else {}),
                **({"--sheet": sheet} if sheet else {})}
     check_outputs(outputs, inputs, args.overwrite)  # before the model loads: nothing is spent on a run that cannot be written
-    result = _run(program, text, args)
+    result, sampling = _run(program, text, args)
     _save(result, out, args.source_out)
     if sheet:
         _write(lambda: result.sheet(sheet), sheet)
-    print(f"wrote {out}" + (f" and {args.source_out}" if args.source_out else "") + (f" and the sheet {sheet}" if sheet else ""))
+    print(f"wrote {out}" + (f" and {args.source_out}" if args.source_out else "") + (f" and the sheet {sheet}" if sheet else "") + f" ({sampling})")
     return 0
 
 
@@ -125,14 +125,15 @@ def _prepared(args):
 
 
 def _run(program, text: str, args):
-    """Run the program on its model; its mistakes at their lines, its warnings printed."""
+    """Run the program on its model; its mistakes at their lines, its warnings printed; and how
+    it was sampled ("DDIM, 25 steps", naming a pipeline scheduler that DDIM replaced)."""
     editor = _editor(program, args, text)
     try:
         result = editor.run(program, progress=not args.quiet, script_dir=Path(args.script).parent)
     except SteerError as e:
         raise located(e, args.script, text)
     _print_warnings(result.warnings, text)
-    return result
+    return result, editor.backbone.sampling_note(result.steps)
 
 
 def _sheet_path(flag, out: Path) -> Path | None:
@@ -152,9 +153,9 @@ def cmd_maps(args) -> int:
     _check_fractions(args.at)
     if args.words:  # a word that is not in the prompt is found before minutes of sampling
         _check_words(args.words, program)
-    result = _run(program, text, args)
+    result, sampling = _run(program, text, args)
     _write(lambda: result.save_maps(out, args.words, args.at), out)
-    print(f"wrote {out}")
+    print(f"wrote {out} ({sampling})")
     return 0
 
 
@@ -224,11 +225,19 @@ def cmd_check(args) -> int:
     for path in args.scripts:
         try:
             program = _check_one(path, args.model)
-            print(f"{path}: ok ({len(program.terms)} term{'s' * (len(program.terms) != 1)})")
+            n = len(program.terms)
+            print(f"{path}: ok ({n} term{'s' * (n != 1)}; {_sampler_of(program.settings.model or args.model)})")
         except SteerError as e:
             print(e.render(), file=sys.stderr)
             status = EXIT_USER_ERROR
     return status
+
+
+def _sampler_of(model) -> str:
+    """How `steer run` will sample this model, said by `steer check` without loading it."""
+    from sampler.backbones import flow_kind
+
+    return "samples with Euler on the flow's velocity" if flow_kind(model) else "samples with DDIM"
 
 
 def _check_one(path: str, model_override):

@@ -21,6 +21,7 @@ def write(tmp_path, name, text):
 def test_check_ok_and_mistakes(tmp_path, shapes_path, capsys):
     good = write(tmp_path, "good.edit", MOVE)
     assert main(["check", str(good), "--model", shapes_path]) == 0
+    assert capsys.readouterr().out.strip().endswith("samples with DDIM)")  # the sampler is said, never implied
     bad = write(tmp_path, "bad.edit", 'prompt "a red circle"\ncentroid(token "dog") -> (0.7,0.5); keep appearance; direction smile*1.5\n')
     assert main(["check", str(bad), "--model", shapes_path]) == 2
     err = capsys.readouterr().err
@@ -115,3 +116,15 @@ def test_default_output_never_replaces_a_users_image(tmp_path, shapes_path):
     with Image.open(tmp_path / "edit.png") as im:
         assert im.size == (4, 4)
     assert (tmp_path / "edit-2.png").exists()
+
+
+def test_a_pipeline_scheduler_replaced_by_ddim_is_said(tmp_path):
+    """SDXL's tiny pipeline comes with EulerDiscreteScheduler: steer samples with DDIM of the same
+    config, and the note `steer run` prints names what it replaced; a DDIM pipeline has nothing to name."""
+    from sampler.backbones.stable_diffusion import StableDiffusionBackbone, StableDiffusionXLBackbone
+    from tiny import tiny_sd_pipeline, tiny_sdxl_pipeline
+
+    xl = StableDiffusionXLBackbone(tiny_sdxl_pipeline(tmp_path / "xl"))
+    assert type(xl.scheduler).__name__ == "DDIMScheduler"
+    assert xl.sampling_note(8) == "DDIM, 8 steps; the pipeline's EulerDiscreteScheduler is replaced by DDIM of the same config"
+    assert StableDiffusionBackbone(tiny_sd_pipeline(tmp_path / "sd")).sampling_note(8) == "DDIM, 8 steps"

@@ -45,6 +45,16 @@ class Backbone:
     device: torch.device
     dtype: torch.dtype
     clip_x0: float | None = None  # clip the predicted x0 to [-c, c] (pixel-space models)
+    sampler = "ddim"  # steer samples every UNet with DDIM: deterministic, recorded and invertible steps
+    replaced_scheduler: str | None = None  # the class name of a pipeline's own scheduler that DDIM replaced
+
+    def sampling_note(self, steps: int) -> str:
+        """How this model is sampled, as `steer run` says it: "DDIM, 25 steps" (and what DDIM replaced)."""
+        how = {"ddim": "DDIM", "flow": "Euler on the flow's velocity"}[self.sampler]
+        note = f"{how}, {steps} steps"
+        if self.replaced_scheduler:
+            note += f"; the pipeline's {self.replaced_scheduler} is replaced by {how} of the same config"
+        return note
 
     @property
     def defaults(self) -> BackboneDefaults:

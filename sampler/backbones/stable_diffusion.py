@@ -21,6 +21,8 @@ class StableDiffusionBackbone(Backbone):
         self.name = name
         self.tokenizer, self.text_encoder, self.unet, self.vae = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae
         self.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        if not isinstance(pipe.scheduler, DDIMScheduler):  # said at every run: a silent swap surprises
+            self.replaced_scheduler = type(pipe.scheduler).__name__
         self.device = self.unet.device
         self.dtype = self.unet.dtype
         self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
