@@ -428,8 +428,14 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["learn"]:  # its own parser (sampler/learn/cli.py) reads everything after the word
         return _guarded(lambda: cmd_learn(argparse.Namespace(rest=argv[1:])))
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_sheet_before_script(argv))
     return _guarded(lambda: args.func(args))
+
+
+def _sheet_before_script(argv: list[str]) -> list[str]:
+    """`steer run --sheet x.edit`: --sheet takes an optional value, and argparse would take the
+    script for it. A .edit file is never a sheet: there --sheet means the default sheet path."""
+    return ["--sheet=" if a == "--sheet" and i + 1 < len(argv) and argv[i + 1].endswith(".edit") else a for i, a in enumerate(argv)]
 
 
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a tool whose reader went away

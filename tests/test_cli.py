@@ -128,3 +128,13 @@ def test_a_pipeline_scheduler_replaced_by_ddim_is_said(tmp_path):
     assert type(xl.scheduler).__name__ == "DDIMScheduler"
     assert xl.sampling_note(8) == "DDIM, 8 steps; the pipeline's EulerDiscreteScheduler is replaced by DDIM of the same config"
     assert StableDiffusionBackbone(tiny_sd_pipeline(tmp_path / "sd")).sampling_note(8) == "DDIM, 8 steps"
+
+
+def test_sheet_before_the_script_is_the_default_sheet():
+    """`--sheet` has an optional value; written before the script it must not swallow the script."""
+    from dsl.cli import _sheet_before_script, build_parser
+
+    args = build_parser().parse_args(_sheet_before_script(["run", "--sheet", "x.edit"]))
+    assert args.script == "x.edit" and args.sheet == ""
+    args = build_parser().parse_args(_sheet_before_script(["run", "x.edit", "--sheet", "s.png"]))
+    assert args.script == "x.edit" and args.sheet == "s.png"
