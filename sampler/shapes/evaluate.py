@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from energies import program as P
+from energies.files import atomic_write
 
 from ..backbones import ShapesBackbone
 from ..editor import Editor
@@ -214,7 +215,8 @@ def main(argv=None):
     p.add_argument("--cfg", type=float, nargs="*", default=None, help="cfg scales to compare (default: the model's)")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--only", choices=["fidelity"], help="just the caption fidelity (a quick check during training)")
-    p.add_argument("--out", type=Path, default=Path("docs/shapes-model.json"))
+    p.add_argument("--out", type=Path, default=None, help="the report (default: docs/shapes-model.json, and the card beside it; "
+                   "with --only, the report is printed and written only where --out names)")
     args = p.parse_args(argv)
     torch.manual_seed(0)
     b = ShapesBackbone(args.model)
@@ -245,7 +247,10 @@ def main(argv=None):
     command = " ".join(["python -m sampler.shapes.evaluate", *(argv if argv is not None else __import__("sys").argv[1:])])
     if args.only:
         print(json.dumps(report, indent=2))
+        if args.out:
+            atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
         return
+    args.out = args.out or Path("docs/shapes-model.json")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     card = args.out.with_suffix(".md")
