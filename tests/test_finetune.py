@@ -237,7 +237,13 @@ def test_learn_then_edit(editor, shapes_path, tmp_path, capsys):
     assert any(k.endswith(".lora_B.weight") and v.abs().sum() > 0 for k, v in d.tensors.items()), "B moved from its zero start"
     assert (tmp_path / "w" / "clip.ckpt.safetensors").is_file()
     assert "resumed" not in capsys.readouterr().out
-    assert learn.main(argv + ["--resume", "--iters", "2"]) == 2  # another recipe: refused, not mixed
+    first = {k: v.clone() for k, v in d.tensors.items()}
+    assert learn.main(argv + ["--resume", "--iters", "2"]) == 0  # two more steps, from the checkpoint of the first two
+    assert "at step 2" in capsys.readouterr().out
+    d = D.read_direction(out / "tiny.safetensors")
+    assert d.meta["iters"] == 2 and any(not torch.equal(v, first[k]) for k, v in d.tensors.items())
+    other = [("a blue circle" if a == "a green circle" else a) for a in argv]
+    assert learn.main(other + ["--resume"]) == 2  # another recipe: refused, not mixed
     assert "other settings" in capsys.readouterr().err
 
     base = 'prompt "a red circle"\nsteps 4\n'

@@ -155,11 +155,20 @@ def learn_clip(args, argv) -> int:
     txt_src, txt_trg = clip.text([args.src]), clip.text([args.dst])
     alphas, final = b.schedule()
 
-    recipe = {k: getattr(args, k) for k in ("name", "src", "dst", "model", "images", "n_images", "t0", "s_for", "s_gen", "iters",
+    recipe = {k: getattr(args, k) for k in ("name", "src", "dst", "model", "images", "n_images", "t0", "s_for", "s_gen",
                                             "rank", "targets", "views", "clip_loss_w", "id_loss_w", "seed", "full")}
     recipe.update(lr=lr, cfg=cfg)
     work = args.work or Path("runs/learn") / f"clip-{args.name}"
     ckpt = work / "clip.ckpt.safetensors"
+    began = time.time()
+    train = returning(b.timesteps(args.s_gen), args.t0)
+    a = step_alphas(alphas, train, final)
+    with torch.no_grad():  # step 1, before any weight changes (a resumed run's too): the images, inverted to t0
+        x_0 = source_latents(b, args, cond, cfg)
+        inverted = returning(b.timesteps(args.s_for), args.t0)
+        z_t0 = [invert_ddim(lambda z, t: b.eps(z, t, cond.cond, cond.added), x, inverted, alphas, final, disable=True)[0] for x in x_0]
+        feats = [clip.image(x) for x in x_0]
+
     originals = {n: p.detach().clone() for n, p in b.unet.named_parameters()} if args.full else None
     if args.full:
         b.unet.requires_grad_(True)
@@ -179,24 +188,16 @@ def learn_clip(args, argv) -> int:
         T.restore_optimizer(opt, names, tensors, state["opt_step"])
         start_step, elapsed = state["step"], state["elapsed"]
 
-    began = time.time()
-    train = returning(b.timesteps(args.s_gen), args.t0)
-    a = step_alphas(alphas, train, final)
-    with torch.no_grad():  # step 1: the images and their inversions to t0 with the original model (LoRA B = 0)
-        x_0 = source_latents(b, args, cond, cfg)
-        inverted = returning(b.timesteps(args.s_for), args.t0)
-        z_t0 = [invert_ddim(lambda z, t: b.eps(z, t, cond.cond, cond.added), x, inverted, alphas, final, disable=True)[0] for x in x_0]
-        feats = [clip.image(x) for x in x_0]
 
     n = len(x_0)
     total = args.iters * n  # one step = one image regenerated from t0
     bar = T.progress(start_step, total, f"clip {args.name}")
     losses = []
     b.unet.train(False)
-    noise = torch.Generator().manual_seed(args.seed * 7919 + start_step)
     for s in bar:
         k = s % n
         z = z_t0[k]
+        noise = torch.Generator().manual_seed(args.seed * 1_000_003 + s)  # the views of step s: a resumed run repeats them
         for i, t in enumerate(train):  # step 2: regenerate through the fine-tuned UNet, one Adam step per timestep
             eps = cfg_eps(b, z, t, cond, cfg)
             x0 = pred_x0(z, eps, a[i])
