@@ -160,6 +160,7 @@ def learn_clip(args, argv) -> int:
     recipe.update(lr=lr, cfg=cfg)
     work = args.work or Path("runs/learn") / f"clip-{args.name}"
     ckpt = work / "clip.ckpt.safetensors"
+    resumed = start(ckpt, args.resume, recipe)  # a checkpoint of another recipe is refused before any sampling
     began = time.time()
     train = returning(b.timesteps(args.s_gen), args.t0)
     a = step_alphas(alphas, train, final)
@@ -179,7 +180,6 @@ def learn_clip(args, argv) -> int:
         names = {p: n for n, p in b.unet.named_parameters() if "lora_" in n}
     opt = torch.optim.Adam(params, lr=lr)
     start_step, elapsed = 0, 0.0
-    resumed = start(ckpt, args.resume, recipe)
     if resumed is not None:
         tensors, state = resumed
         with torch.no_grad():
