@@ -376,3 +376,16 @@ def test_learn_on_a_stable_diffusion_pipeline_with_images(tmp_path):
     base = 'prompt "a red square"\nsteps 3\n'
     plain = run(ed, base, tmp_path).image
     assert not np.array_equal(run(ed, base + "direction sdft * 1 @ 0..1\n", tmp_path).image, plain)
+
+
+def test_learner_views_and_argument_checks(capsys):
+    from sampler.learn.clip import views
+
+    x = torch.zeros(1, 3, 4, 4)
+    g = torch.Generator().manual_seed(0)
+    assert views(x, 0, g) is x
+    v = views(x, 4, g)
+    assert v.shape == (4, 3, 4, 4) and len({round(float(c.std()), 6) for c in v}) == 4, "each view has its own noise strength"
+    assert float(v.abs().max()) <= 0.3 * 6
+    assert learn.main(["clip", "x", "--from", "a red circle", "--to", "a green circle", "--t0", "1.5"]) == 2
+    assert "--t0 must be a fraction" in capsys.readouterr().err
