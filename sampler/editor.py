@@ -41,7 +41,7 @@ from .preflight import check_program
 from .probes import Readout, TrajectoryMaps
 from .regions import plan_relocations, relocating, resolve_relative, within_regions
 from .result import EditResult  # noqa: F401  (part of the editor's API)
-from .source import SourcePass, SourcePasses
+from .source import SourcePass, SourcePasses, run_timesteps
 
 DEFAULT_SEED = 0
 
@@ -95,10 +95,13 @@ class Editor:
             cfg=default_cfg if s.cfg is None else s.cfg,
             model=s.model or self.backbone.name,
         ))
-        for name in ("seed", "steps", "cfg"):  # a Program built in Python skipped the compiler's checks
+        for name in ("seed", "steps", "cfg", "return_step"):  # a Program built in Python skipped the compiler's checks
             problem = P.setting_problem(name, getattr(filled, name))
             if problem:
                 raise SteerCompileError(f"{problem}, got {getattr(filled, name)}", s.spans.get(name))
+        if s.return_step is not None and not s.source:
+            raise SteerCompileError("return needs a source: it is where a photo's inversion stops", s.spans.get("return"),
+                                    hint='add a line like: source "photo.png"')
         return filled
 
     def bind(self, program: P.Program, script_dir=None, warnings: list | None = None) -> list[BoundTerm]:
@@ -135,7 +138,7 @@ class Editor:
         src = self.source(settings, progress, script_dir)
         resolve_relative(self.backbone, bound, src)
         b = self.backbone
-        timesteps = b.timesteps(settings.steps)
+        timesteps = run_timesteps(b, settings)  # with `return t0`, below t0 only
         steps = len(timesteps)
         curves: dict[str, list[tuple[int, float]]] = {x.label: [] for x in bound}
         last_maps: dict = {}
