@@ -27,6 +27,7 @@ from energies.errors import SteerUsageError
 from .backbones import direction_folders
 from .directions import ModelShapes, shapes_of
 from .directions import check as check_direction
+from .directions.finetune import refuse_negative_share
 from .flow import refuse_without_meaning
 from .images import open_image
 
@@ -147,6 +148,8 @@ def check_program(bound: list, settings: P.Settings, script_dir, model) -> None:
     for x in bound:
         if x.kind == "direction":
             check_direction(x.direction, model, x.term.span)
+            if x.direction.kind == "finetune":
+                refuse_negative_share(x)
         elif x.kind == "style":
             open_image(here / x.term.path, x.term.span, what="style image").close()
     if settings.source:

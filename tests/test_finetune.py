@@ -389,3 +389,14 @@ def test_learner_views_and_argument_checks(capsys):
     assert float(v.abs().max()) <= 0.3 * 6
     assert learn.main(["clip", "x", "--from", "a red circle", "--to", "a green circle", "--t0", "1.5"]) == 2
     assert "--t0 must be a fraction" in capsys.readouterr().err
+
+
+def test_steer_check_refuses_a_negative_share(editor, tmp_path):
+    from sampler.preflight import check_without_weights
+
+    random_lora(editor.backbone, tmp_path / "directions" / "rg.safetensors")
+    prog = dsl.compile(dsl.parse('prompt "a red circle"\ndirection rg * -1\n', str(tmp_path / "x.edit")))
+    with pytest.raises(SteerCompileError, match="share of the noise") as e:
+        check_without_weights(prog, tmp_path, None)
+    assert e.value.span.line == 2
+    check_without_weights(dsl.compile(dsl.parse('prompt "a red circle"\ndirection rg * 0.5\n')), tmp_path, None)

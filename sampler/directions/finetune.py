@@ -167,10 +167,7 @@ class FineTuned(DirectionKind):
         return None
 
     def prepare(self, term, direction, backbone, settings):
-        if term.weight < 0:
-            raise SteerCompileError(f"direction {direction.name!r} is a fine-tuned model: its weight is its share of the noise, "
-                                    f"from 0 (the original model) to 1 (the fine-tuned one), not {term.weight:g}", term.term.span,
-                                    hint=f"direction {direction.name} * 0.5 is halfway")
+        refuse_negative_share(term)
         try:
             ft = fine_tune_of(direction, backbone.unet)
         except ValueError as e:
@@ -194,6 +191,16 @@ class FineTuned(DirectionKind):
         shares, keep = noise_shares(gammas)
         mixed = sum(s * e for s, e in zip(shares, eps_models))
         return dataclasses.replace(g, eps_models=mixed, eps_keep=keep)
+
+
+def refuse_negative_share(term):
+    """A fine-tuned direction's weight is a share of the noise: a negative one is an error at its
+    statement (asked by the editor and, without the weights, by preflight.check_program)."""
+    if term.weight < 0:
+        name = term.term.name
+        raise SteerCompileError(f"direction {name!r} is a fine-tuned model: its weight is its share of the noise, "
+                                f"from 0 (the original model) to 1 (the fine-tuned one), not {term.weight:g}", term.term.span,
+                                hint=f"direction {name} * 0.5 is halfway")
 
 
 def default_window(t0: float, return_step: float | None) -> tuple[float, float]:
