@@ -220,7 +220,7 @@ def test_the_default_output_skips_an_input(tmp_path, capsys):
     assert steer(capsys, "run", write(tmp_path, "make.edit", SCENE), "-q", "-o", tmp_path / "photo.png")[0] == 0  # steer's PNG
     before = digest([tmp_path / "photo.png"])
     status, out, _ = steer(capsys, "run", script, "-q")
-    assert status == 0 and out.strip() == f"wrote {tmp_path / 'photo-2.png'}"
+    assert status == 0 and out.strip() == f"wrote {tmp_path / 'photo-2.png'} (DDIM, 3 steps)"
     assert digest([tmp_path / "photo.png"]) == before
 
 
