@@ -19,3 +19,26 @@ def shapes_editor(shapes_path):
     from sampler.editor import Editor
 
     return Editor(shapes_path)
+
+
+# the tiny rectified-flow pipelines (tests/tiny_flow.py), each test module building its own
+@pytest.fixture(scope="module")
+def sd3(tmp_path_factory):
+    from sampler.editor import Editor
+    from tiny_flow import tiny_sd3_pipeline
+
+    return Editor(tiny_sd3_pipeline(tmp_path_factory.mktemp("sd3")), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def flux(tmp_path_factory):
+    from sampler.editor import Editor
+    from tiny_flow import tiny_flux_pipeline
+
+    return Editor(tiny_flux_pipeline(tmp_path_factory.mktemp("flux")), device="cpu")
+
+
+@pytest.fixture(params=["sd3", "flux"])
+def flow_editor(request):
+    """Each test taking it runs on the tiny SD3 and the tiny FLUX."""
+    return request.getfixturevalue(request.param)

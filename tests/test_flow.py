@@ -21,25 +21,6 @@ from sampler.inversion import invert_ddim
 PROMPT = "a red circle and a blue square"
 
 
-@pytest.fixture(scope="module")
-def sd3(tmp_path_factory):
-    from tiny_flow import tiny_sd3_pipeline
-
-    return Editor(tiny_sd3_pipeline(tmp_path_factory.mktemp("sd3")), device="cpu")
-
-
-@pytest.fixture(scope="module")
-def flux(tmp_path_factory):
-    from tiny_flow import tiny_flux_pipeline
-
-    return Editor(tiny_flux_pipeline(tmp_path_factory.mktemp("flux")), device="cpu")
-
-
-@pytest.fixture(params=["sd3", "flux"])
-def editor(request):
-    return request.getfixturevalue(request.param)
-
-
 def _noise(b, seed=0):
     return torch.randn(1, *b.latent_shape(), generator=torch.Generator().manual_seed(seed))
 
@@ -48,10 +29,10 @@ def _radius(s):
     return ((1 - s) ** 2 + s**2) ** 0.5
 
 
-def test_the_engines_ddim_loop_on_a_flow_backbone_is_euler_on_the_velocity(editor):
+def test_the_engines_ddim_loop_on_a_flow_backbone_is_euler_on_the_velocity(flow_editor):
     """sample_ddim over the backbone's VP coordinates and sample_flow in the flow's own variables,
     from the same noise through the same sigmas at cfg 3, end on the same image latent."""
-    b = editor.backbone
+    b = flow_editor.backbone
     c = b.encode_prompt(PROMPT)
     ts = b.timesteps(5)
     sigmas = [sigma_of(t) for t in ts]
@@ -62,10 +43,10 @@ def test_the_engines_ddim_loop_on_a_flow_backbone_is_euler_on_the_velocity(edito
     assert (ddim - z).abs().mean() > 0.1  # and it did move
 
 
-def test_each_guidance_placement_means_the_same_in_both_loops(editor):
+def test_each_guidance_placement_means_the_same_in_both_loops(flow_editor):
     """A shift of epsilon, of the predicted x0, of z_t before the call and of the next latent, given
     to the DDIM loop in VP units and to the flow loop in x's (a latent shift scales by r(s))."""
-    b = editor.backbone
+    b = flow_editor.backbone
     c = b.encode_prompt(PROMPT)
     ts = b.timesteps(4)
     sigmas = [sigma_of(t) for t in ts] + [0.0]
@@ -85,8 +66,8 @@ def test_each_guidance_placement_means_the_same_in_both_loops(editor):
         assert (ddim - plain).abs().max() > 1e-3, field  # the shift did something
 
 
-def test_inversion_regenerates_its_input_and_the_fixed_point_correction_is_what_makes_it(editor):
-    b = editor.backbone
+def test_inversion_regenerates_its_input_and_the_fixed_point_correction_is_what_makes_it(flow_editor):
+    b = flow_editor.backbone
     c = b.encode_prompt(PROMPT)
     ts = b.timesteps(20)
     alphas, final = b.schedule()
@@ -106,15 +87,15 @@ def test_inversion_regenerates_its_input_and_the_fixed_point_correction_is_what_
     assert corrected < plain / 3, (plain, corrected)
 
 
-def test_a_photo_source_comes_back_through_the_editor_and_is_cached(editor, tmp_path, monkeypatch):
+def test_a_photo_source_comes_back_through_the_editor_and_is_cached(flow_editor, tmp_path, monkeypatch):
     """The source pass of `source "photo.png"` regenerates the photo as closely as the (random)
     autoencoder can represent it, and the inversion is cached once."""
     monkeypatch.setenv("STEER_CACHE", str(tmp_path / "cache"))
-    b = editor.backbone
-    photo = editor.run(dsl.compile(dsl.parse(f'prompt "{PROMPT}"\nseed 5\nsteps 12\n')), progress=False).source_image
+    b = flow_editor.backbone
+    photo = flow_editor.run(dsl.compile(dsl.parse(f'prompt "{PROMPT}"\nseed 5\nsteps 12\n')), progress=False).source_image
     write_png(photo, tmp_path / "photo.png")
     script = dsl.compile(dsl.parse(f'prompt "{PROMPT}"\nsource "photo.png"\nsteps 12\nsize(token "circle") *= 0.8\n'))
-    result = editor.run(script, progress=False, script_dir=tmp_path)
+    result = flow_editor.run(script, progress=False, script_dir=tmp_path)
     loaded = torch.from_numpy(load_image(tmp_path / "photo.png", b.image_size())).permute(2, 0, 1)[None]
     with torch.no_grad():
         best = b.decode(b.encode(loaded))[0].permute(1, 2, 0).numpy()  # what the latent can hold of the photo
@@ -145,21 +126,21 @@ STATEMENTS = [
 
 @pytest.mark.parametrize("text", STATEMENTS, ids=lambda t: t.split("\n")[0][:40])
 def test_every_statement_with_a_meaning_runs_on_sd3_and_flux(sd3, flux, text):
-    for editor in (sd3, flux):
+    for flow_editor in (sd3, flux):
         program = dsl.compile(dsl.parse(f'prompt "{PROMPT}"\nsteps 3\n{text}\n'))
-        result = editor.run(program, progress=False)
-        assert np.isfinite(result.image).all() and result.image.shape[:2] == editor.backbone.image_size()
-        assert np.abs(result.image - result.source_image).mean() > 1e-4, (editor.backbone.kind, text)  # it edited
+        result = flow_editor.run(program, progress=False)
+        assert np.isfinite(result.image).all() and result.image.shape[:2] == flow_editor.backbone.image_size()
+        assert np.abs(result.image - result.source_image).mean() > 1e-4, (flow_editor.backbone.kind, text)  # it edited
         heat = result.token_map("circle")
         assert heat.shape == result.image.shape[:2] and np.isfinite(heat).all() and heat.max() > 0
 
 
-def test_the_source_pass_is_the_plain_sample(editor):
+def test_the_source_pass_is_the_plain_sample(flow_editor):
     """No statement acting (weight 0): the edit is the unedited sample, and both are sample_plain's."""
     program = dsl.compile(dsl.parse(f'prompt "{PROMPT}"\nsteps 3\ncentroid(token "circle") -> (0.7, 0.5) * 0\n'))
-    result = editor.run(program, progress=False)
-    settings = editor.settings(program)
-    plain = editor.backbone.decode(editor.sample_plain(settings))[0].permute(1, 2, 0).numpy()
+    result = flow_editor.run(program, progress=False)
+    settings = flow_editor.settings(program)
+    plain = flow_editor.backbone.decode(flow_editor.sample_plain(settings))[0].permute(1, 2, 0).numpy()
     assert np.abs(result.source_image - plain).max() < 1e-4
     assert np.abs(result.image - result.source_image).max() < 1e-4
 

@@ -15,25 +15,6 @@ from sampler.probes import ProbeStore, Readout, probing
 PROMPT = "a red circle and a blue square"
 
 
-@pytest.fixture(scope="module")
-def sd3(tmp_path_factory):
-    from tiny_flow import tiny_sd3_pipeline
-
-    return Editor(tiny_sd3_pipeline(tmp_path_factory.mktemp("sd3")), device="cpu")
-
-
-@pytest.fixture(scope="module")
-def flux(tmp_path_factory):
-    from tiny_flow import tiny_flux_pipeline
-
-    return Editor(tiny_flux_pipeline(tmp_path_factory.mktemp("flux")), device="cpu")
-
-
-@pytest.fixture(params=["sd3", "flux"])
-def editor(request):
-    return request.getfixturevalue(request.param)
-
-
 def test_editor_takes_sd3_and_flux_pipelines(sd3, flux):
     assert type(sd3.backbone) is StableDiffusion3Backbone and sd3.backbone.kind == "sd3"
     assert type(flux.backbone) is FluxBackbone and flux.backbone.kind == "flux"
@@ -55,12 +36,12 @@ def test_a_pipeline_folder_loads_by_path_offline(sd3_folder, sd3):
     assert torch.allclose(c1.cond, c2.cond, atol=1e-5) and torch.allclose(c1.added["text_embeds"], c2.added["text_embeds"], atol=1e-5)
 
 
-def test_token_references_resolve_through_t5_sentencepiece_sub_words(editor):
+def test_token_references_resolve_through_t5_sentencepiece_sub_words(flow_editor):
     """"circle" is "▁cir" + "cle" in the T5 vocabulary: both positions, in the T5 part of the
     text sequence the maps index."""
-    tok = editor.backbone.tokenizer
+    tok = flow_editor.backbone.tokenizer
     pieces = tok.convert_ids_to_tokens(tok(PROMPT).input_ids)
-    bound = editor.bind(dsl.compile(dsl.parse(f'prompt "{PROMPT}"\nsize(token "circle") *= 0.5\n')))
+    bound = flow_editor.bind(dsl.compile(dsl.parse(f'prompt "{PROMPT}"\nsize(token "circle") *= 0.5\n')))
     assert [pieces[i] for i in bound[0].token] == ["▁cir", "cle"]
 
 
@@ -82,10 +63,10 @@ def test_sd3_text_sequence_is_clip_then_t5(sd3):
     assert b.map_tokens == slice(b.clip_length, b.clip_length + b.t5_length)
 
 
-def test_eps_is_the_velocity_converted_in_vp_coordinates(editor):
+def test_eps_is_the_velocity_converted_in_vp_coordinates(flow_editor):
     """eps(z, t) = x + (1 - s) v at x = r(s) z, and z = sqrt(a) x0 + sqrt(1 - a) eps holds for the
     x0 = x - s v the velocity predicts."""
-    b = editor.backbone
+    b = flow_editor.backbone
     c = b.encode_prompt(PROMPT)
     z = torch.randn(1, *b.latent_shape(), generator=torch.Generator().manual_seed(0))
     t = 700
@@ -126,8 +107,8 @@ def test_flux_guidance_embedding_changes_the_prediction(flux):
 # --- probes ----------------------------------------------------------------------------------
 
 
-def _probed(editor, z=None):
-    b = editor.backbone
+def _probed(flow_editor, z=None):
+    b = flow_editor.backbone
     readout = Readout(b)
     c = b.encode_prompt(PROMPT)
     z = torch.randn(1, *b.latent_shape(), generator=torch.Generator().manual_seed(2)) if z is None else z
@@ -143,9 +124,9 @@ def test_probes_read_the_middle_joint_blocks(sd3, flux):
     assert Readout(sd3.backbone).feature_module == "transformer_blocks.3"
 
 
-def test_maps_have_the_token_count_and_grid_and_sum_to_one_over_tokens(editor):
-    b = editor.backbone
-    readout, store, _, _ = _probed(editor)
+def test_maps_have_the_token_count_and_grid_and_sum_to_one_over_tokens(flow_editor):
+    b = flow_editor.backbone
+    readout, store, _, _ = _probed(flow_editor)
     (name, maps), = store.attn.items()
     t5 = b.map_tokens.stop - b.map_tokens.start
     grid = b.latent_shape()[1] // (2 if b.kind == "flux" else 1)  # FLUX packs 2 x 2 latent patches into a token
@@ -156,10 +137,10 @@ def test_maps_have_the_token_count_and_grid_and_sum_to_one_over_tokens(editor):
     assert features.features.dim() == 3 and features.features.shape[-2:] == (grid, grid)  # the image stream as a grid
 
 
-def test_probing_leaves_the_prediction_and_the_processors_as_they_were(editor):
-    b = editor.backbone
+def test_probing_leaves_the_prediction_and_the_processors_as_they_were(flow_editor):
+    b = flow_editor.backbone
     before = {k: type(v) for k, v in b.unet.attn_processors.items()}
-    _, _, probed, z = _probed(editor)
+    _, _, probed, z = _probed(flow_editor)
     c = b.encode_prompt(PROMPT)
     with torch.no_grad():
         plain = b.eps(z, 600, c.cond, c.added)
@@ -167,10 +148,10 @@ def test_probing_leaves_the_prediction_and_the_processors_as_they_were(editor):
     assert {k: type(v) for k, v in b.unet.attn_processors.items()} == before
 
 
-def test_gradients_reach_the_latent_through_the_maps(editor):
-    b = editor.backbone
+def test_gradients_reach_the_latent_through_the_maps(flow_editor):
+    b = flow_editor.backbone
     z = torch.randn(1, *b.latent_shape(), generator=torch.Generator().manual_seed(3)).requires_grad_(True)
-    _, store, _, _ = _probed(editor, z)
+    _, store, _, _ = _probed(flow_editor, z)
     maps = next(iter(store.attn.values()))
     (grad,) = torch.autograd.grad(maps[0, 2].pow(2).sum(), z)  # the energy of one token's map
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
@@ -179,18 +160,18 @@ def test_gradients_reach_the_latent_through_the_maps(editor):
 # --- statements without a meaning on a transformer ---------------------------------------------
 
 
-def test_drag_is_a_compile_error_that_says_why_at_its_line(editor):
+def test_drag_is_a_compile_error_that_says_why_at_its_line(flow_editor):
     program = dsl.compile(dsl.parse(f'prompt "{PROMPT}"\nsteps 2\ndrag (0.3, 0.5) -> (0.6, 0.5) within token "circle"\n'))
     with pytest.raises(SteerCompileError, match="bottleneck") as e:
-        editor.run(program, progress=False)
+        flow_editor.run(program, progress=False)
     assert e.value.span.line == 3
 
 
-def test_an_hspace_direction_is_a_compile_error_that_says_why(editor, tmp_path):
+def test_an_hspace_direction_is_a_compile_error_that_says_why(flow_editor, tmp_path):
     save_direction(tmp_path / "directions" / "smile.safetensors", {"delta_h": torch.zeros(8, 2, 2)}, "hspace", "sd:x")
     program = dsl.compile(dsl.parse(f'prompt "{PROMPT}"\nsteps 2\nkeep appearance\ndirection smile\n'))
     with pytest.raises(SteerCompileError, match="no mid block") as e:
-        editor.run(program, progress=False, script_dir=tmp_path)
+        flow_editor.run(program, progress=False, script_dir=tmp_path)
     assert e.value.span.line == 4
 
 
@@ -243,10 +224,10 @@ def test_sd35_dual_attention_blocks_are_probed_at_their_joint_attention_only(tmp
     """SD3.5's dual-attention blocks add attn2, an image-only self-attention: not a text map."""
     from tiny_flow import tiny_sd3_pipeline
 
-    editor = Editor(tiny_sd3_pipeline(tmp_path, dual=(0, 1, 2)), device="cpu")
-    assert "transformer_blocks.1.attn2.processor" in editor.backbone.unet.attn_processors
-    assert editor.readout.attn_layers == ["transformer_blocks.1.attn"]
-    readout, store, _, _ = _probed(editor)
+    flow_editor = Editor(tiny_sd3_pipeline(tmp_path, dual=(0, 1, 2)), device="cpu")
+    assert "transformer_blocks.1.attn2.processor" in flow_editor.backbone.unet.attn_processors
+    assert flow_editor.readout.attn_layers == ["transformer_blocks.1.attn"]
+    readout, store, _, _ = _probed(flow_editor)
     assert torch.allclose(next(iter(store.attn.values())).sum(1), torch.ones(1, 8, 8), atol=1e-5)
 
 
