@@ -12,7 +12,6 @@ import torch
 import dsl
 from sampler.backbones.flow import sigma_of
 from sampler.denoiser import denoiser
-from sampler.editor import Editor
 from sampler.flow import cfg_velocity, sample_flow
 from sampler.guided import Guidance, sample_ddim
 from sampler.images import load_image, write_png
