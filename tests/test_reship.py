@@ -1,0 +1,29 @@
+"""Re-shipping directions for a new shapes model: the recipes re-pointed, the promises scored."""
+
+from pathlib import Path
+
+from sampler.shapes import reship
+from sampler.shapes import world as W
+
+SHIPPED = Path(reship.__file__).parent / "weights"
+
+
+def test_every_shipped_direction_records_a_recipe_that_reship_can_re_point():
+    metas = reship.shipped(SHIPPED)
+    assert {"circle_to_square", "green", "smaller", "red_to_green", "circle_to_square_p2p"} <= set(metas)
+    for name, meta in metas.items():
+        command = reship.relearn_command(meta["recipe"], Path("new-model"), Path("work") / name)
+        assert command[-4:] == ["--model", "new-model", "--out", str(Path("work") / name)]
+        assert command.count("--out") == 1 and command.count("--model") == 1
+        assert command[0] in ("hspace", "noiseclr", "prompt", "clip")
+    assert all(metas[n].get("method") == "noiseclr" for n in reship.PROMISES)  # the names chosen by measurement
+
+
+def test_the_promises_rank_what_a_direction_did():
+    scenes = (W.make_scene(seed, 32, n_objects=2) for seed in range(100))
+    src = W.detect(next(s for s in scenes if all(o.colour != "green" for o in s.objects)).image)
+    assert len(src) == 2
+    turned = [W.WorldObject(o.shape, "green", o.mask, o.centroid, o.area) for o in src]
+    shrunk = [W.WorldObject(o.shape, o.colour, o.mask, o.centroid, o.area / 2) for o in src]
+    assert reship.PROMISES["green"](src, turned) == 1.0 and reship.PROMISES["green"](src, src) == 0.0
+    assert reship.PROMISES["smaller"](src, shrunk) > reship.PROMISES["smaller"](src, src)
