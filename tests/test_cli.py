@@ -92,12 +92,12 @@ def test_fmt_prints_checks_and_writes(tmp_path, capsys):
     assert main(["fmt", "--check", str(p)]) == 0
 
 
-def test_run_writes_the_edit_and_the_source_and_never_an_input(tmp_path, shapes_path, capsys):
+def test_run_writes_the_edit_and_the_source_and_never_an_input(tmp_path, shapes_path, shapes_editor, capsys):
     script = write(tmp_path, "move.edit", MOVE)
     assert main(["run", str(script), "--model", shapes_path, "--source-out", str(tmp_path / "src.png"), "-q"]) == 0
     out = tmp_path / "move.png"
     with Image.open(out) as im:
-        assert im.size == (32, 32)
+        assert im.size[::-1] == tuple(shapes_editor.backbone.image_size())  # the model's own size, not enlarged
         assert "centroid(token \"circle\")" in im.text["steer:program"] and im.text["steer:seed"] == "1"
     assert (tmp_path / "src.png").exists()
     import os
