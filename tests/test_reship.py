@@ -27,3 +27,20 @@ def test_the_promises_rank_what_a_direction_did():
     shrunk = [W.WorldObject(o.shape, o.colour, o.mask, o.centroid, o.area / 2) for o in src]
     assert reship.PROMISES["green"](src, turned) == 1.0 and reship.PROMISES["green"](src, src) == 0.0
     assert reship.PROMISES["smaller"](src, shrunk) > reship.PROMISES["smaller"](src, src)
+
+
+def test_the_new_fine_tuned_directions_are_learned_for_a_new_model_from_their_recipes(tmp_path):
+    from sampler.learn.cli import build_parser
+
+    (tmp_path / "directions").mkdir()
+    metas = reship.to_learn(tmp_path)  # a model that ships nothing yet
+    assert set(metas) == set(reship.NEW) == {"red_to_green_ft", "circle_to_square_ft"}
+    for name, meta in metas.items():
+        command = reship.relearn_command(meta["recipe"], Path("new-model"), Path("work") / name)
+        args = build_parser().parse_args(command)
+        assert args.method == "clip" and args.name == name and args.model == "new-model"
+    c2s = build_parser().parse_args(reship.relearn_command(metas["circle_to_square_ft"]["recipe"], Path("m"), Path("o")))
+    assert (c2s.src, c2s.dst, c2s.t0) == ("a red circle", "a red square", 0.8)
+    # A shipped file's own recipe wins over NEW's, and --only picks among both.
+    assert set(reship.to_learn(SHIPPED)) == set(reship.shipped(SHIPPED)) | set(reship.NEW)
+    assert set(reship.to_learn(SHIPPED, ["red_to_green_ft", "green"])) == {"red_to_green_ft", "green"}

@@ -4,7 +4,7 @@
 
 Every shipped direction file records the command that made it (its `recipe`). This runs those
 commands again against --model, into a work folder, and then copies the results over the model's
-directions/. NoiseCLR learns K directions without labels, and their order means nothing, so for
+directions/. Directions not shipped yet are learned from their recipes in NEW and shipped too. NoiseCLR learns K directions without labels, and their order means nothing, so for
 the shipped NoiseCLR names the one that does what the name promises is chosen by measurement on
 world prompts, with the world's detector (`choose`): `green` is the direction that turns the most
 objects green, `smaller` the one with the lowest area ratio, edit over source.
@@ -32,6 +32,14 @@ PROMPTS = ["a red circle and a blue square", "a yellow triangle and a red circle
            "a red triangle"]
 SEEDS = (0, 1)
 
+# Directions a new model ships that the current one does not, with the recipe of each: DiffusionCLIP's
+# fine-tuned directions (issue 20; docs/methods.md 6b: a shape is decided earlier than a colour, so
+# the shape direction is learned from t0 0.8). `steer bench` measures them.
+NEW = {
+    "red_to_green_ft": 'steer learn clip red_to_green_ft --from "a red circle" --to "a green circle"',
+    "circle_to_square_ft": 'steer learn clip circle_to_square_ft --from "a red circle" --to "a red square" --t0 0.8',
+}
+
 
 def _area_ratio(src, out) -> float:
     a, b = sum(o.area for o in src), sum(o.area for o in out)
@@ -47,6 +55,15 @@ def shipped(model: Path) -> dict[str, dict]:
         with safe_open(str(f), "pt") as h:
             out[f.stem] = json.loads(h.metadata()["steer"])
     return out
+
+
+def to_learn(model: Path, only=None) -> dict[str, dict]:
+    """name -> metadata (with its recipe) of every direction to learn for the model: the shipped
+    ones, and the NEW ones it does not ship yet; `only` keeps the names it lists."""
+    metas = shipped(model)
+    for name, recipe in NEW.items():
+        metas.setdefault(name, {"recipe": recipe})
+    return {k: v for k, v in metas.items() if not only or k in only}
 
 
 def relearn_command(recipe: str, model: Path, out: Path) -> list[str]:
@@ -94,10 +111,10 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m sampler.shapes.reship", description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, default=Path(__file__).parent / "weights")
-    p.add_argument("--only", nargs="+", metavar="NAME", help="re-learn only these shipped directions")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="re-learn only these directions (shipped or new)")
     p.add_argument("--work", type=Path, default=Path("runs/reship"))
     args = p.parse_args(argv)
-    metas = {k: v for k, v in shipped(args.model).items() if not args.only or k in args.only}
+    metas = to_learn(args.model, args.only)
     editor = Editor(str(args.model))
     size = editor.backbone.image_size()[0]
     report = {}
