@@ -125,7 +125,7 @@ def _compel_weight(prompt: str, i: int, start: int, compel: list) -> int:
         raise WeightError("parentheses without a weight", start,
                           hint="A1111 reads (word) as 1.1 and compel as 1: write the weight, (word:1.1), or drop them")
     if j < len(prompt) and (prompt[j].isalnum() or prompt[j] == "."):
-        raise WeightError(f"the weight after `)` is not a number", i + 1, hint="weights are written (words)1.3")
+        raise WeightError("the weight after `)` is not a number", i + 1, hint="weights are written (words)1.3")
     compel.append(prompt[i:j])
     return j
 

@@ -2,9 +2,7 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
 from PIL import Image
 
 from dsl.cli import main

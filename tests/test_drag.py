@@ -155,7 +155,7 @@ def _circle_drag(editor, script):
 
 def test_drag_within_a_box_optimises_the_bottleneck_and_weight_zero_is_the_source(shapes_editor):
     src, circle, _, drag, _ = _circle_drag(shapes_editor, SCRIPT)
-    (x, y), box = circle.centroid, "within (0.05, 0.05, 0.95, 0.95)"  # a box: DragNoise alone, no copy
+    box = "within (0.05, 0.05, 0.95, 0.95)"  # a box: DragNoise alone, no copy
     r = shapes_editor.run(dsl.compile(f"{SCRIPT}{drag} {box}"), progress=False)
     assert r.drag is not None and r.drag.step == 3 and r.drag.iterations > 0 and r.drag.distances
     assert r.drag.distances[0] == pytest.approx(0.25, abs=0.05)  # the first distance is the drag's own length

@@ -15,7 +15,7 @@ from energies import program as P
 from energies.errors import SteerCompileError, SteerError
 from sampler import learn
 from sampler.backbones import StableDiffusionBackbone
-from sampler.directions import KINDS, check
+from sampler.directions import check
 from sampler.directions import finetune as FT
 from sampler.editor import Editor
 from sampler.directions.hspace import mid_block_shape

@@ -14,7 +14,7 @@ def describe(b) -> str:
     res = ", ".join(f"{latent // 2 ** i}x{latent // 2 ** i}" for i in attn)
     n_params = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
     size = b.image_size()[0]
-    L = [f"steer's shipped text-to-image model for the shapes world (circle, square, triangle in red, green, blue, yellow on",
+    L = ["steer's shipped text-to-image model for the shapes world (circle, square, triangle in red, green, blue, yellow on",
          f"black, {size}x{size} pixels). Built from Stable Diffusion's classes: a transformers `CLIPTextModel` ({te.num_hidden_layers} layers,",
          f"{te.hidden_size} wide, {n_params(b.text_encoder):.1f}M parameters) with a word-level `tokenizers` tokenizer,"]
     if b.vae is not None:
