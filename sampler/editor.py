@@ -20,12 +20,14 @@ import dataclasses
 from pathlib import Path
 
 import torch
+from torch.autograd.profiler import record_function
 
 import dsl
 from energies.errors import SteerCompileError
+from energies import defaults as D
 from energies import directions as direction_files
 from energies import program as P
-from energies.terms import ENERGIES, BoundTerm, ClipText, StyleReference
+from energies.terms import ENERGIES, LAYOUT_KINDS, BoundTerm, ClipText, StyleReference
 
 from .backbones import Backbone, load_backbone
 from . import feature_models as FM
@@ -41,9 +43,19 @@ from .preflight import check_program
 from .probes import Readout, TrajectoryMaps
 from .regions import plan_relocations, relocating, resolve_relative, within_regions
 from .result import EditResult  # noqa: F401  (part of the editor's API)
-from .source import SourcePass, SourcePasses, run_timesteps
+from .source import SourceMaps, SourcePass, SourcePasses, recordable, run_timesteps
 
 DEFAULT_SEED = 0
+
+
+def source_needs(bound: list[BoundTerm]) -> frozenset:
+    """What the source pass records for these terms: what their energies compare against, and the
+    token maps wherever an object mask is read from the source (relocations, drags, `within
+    token`). Anything else asked of it later is recorded then (SourcePass.require)."""
+    needs = set().union(*(x.needs for x in bound)) if bound else set()
+    if any(x.kind in LAYOUT_KINDS or x.kind in D.RELOCATE or x.token for x in bound):
+        needs.add("attn")
+    return recordable(needs)
 
 
 def features_kind(backbone) -> str:
@@ -114,9 +126,10 @@ class Editor:
         model_dir = getattr(getattr(self.backbone, "model", None), "path", None)
         return direction_files.search_path(script_dir, model_dir)
 
-    def source(self, settings: P.Settings, progress: bool = True, script_dir=None) -> SourcePass:
-        """The unedited trajectory of these settings (source.py), from memory when it was run before."""
-        return self.sources.get(settings, progress, script_dir)
+    def source(self, settings: P.Settings, progress: bool = True, script_dir=None, record=None) -> SourcePass:
+        """The unedited trajectory of these settings (source.py), from memory when it was run
+        before; recording `record` ("attn", "features"), or by default everything."""
+        return self.sources.get(settings, progress, script_dir, **({} if record is None else {"record": record}))
 
     @torch.no_grad()
     def sample_plain(self, settings: P.Settings, progress: bool = False) -> torch.Tensor:
@@ -126,7 +139,9 @@ class Editor:
         return sample_ddim(denoiser(b, cond, settings.cfg), self.sources.noise(settings.seed), b.timesteps(settings.steps),
                            *b.schedule(), disable=not progress, clip=b.clip_x0)
 
-    def run(self, program: P.Program, progress: bool = True, script_dir=None) -> EditResult:
+    def run(self, program: P.Program, progress: bool = True, script_dir=None, guide_every: int = 1) -> EditResult:
+        """Run `program`. `guide_every` k > 1 (opt-in, it changes results): the energies' gradients
+        are taken at every k-th step of an unchanged set of active terms and reused in between."""
         # Everything that can be checked without sampling is checked first (the settings, the
         # names, the direction files, the images: check_program), so that a mistake is never
         # found after minutes of source pass.
@@ -135,7 +150,7 @@ class Editor:
         bound = self.bind(program, script_dir, warnings)
         check_program(bound, settings, script_dir, self.backbone)
         self._prepare(bound, settings, script_dir)
-        src = self.source(settings, progress, script_dir)
+        src = self.source(settings, progress, script_dir, record=source_needs(bound))
         resolve_relative(self.backbone, bound, src)
         b = self.backbone
         timesteps = run_timesteps(b, settings)  # with `return t0`, below t0 only
@@ -144,7 +159,7 @@ class Editor:
         last_maps: dict = {}
         others = [x for x in bound if x.kind != "drag"]
         cond_at = self._conditioning(others, src.cond, timesteps)
-        guide = self._guide(others, src, cond_at, steps, curves, last_maps, settings.cfg) if others else None
+        guide = self._guide(others, src, cond_at, steps, curves, last_maps, settings.cfg, guide_every) if others else None
         denoise = denoiser(b, cond_at, settings.cfg)
         drags = [x for x in bound if x.kind == "drag" and x.weight != 0]
         plan = DragPlan(b, drags, src, timesteps, progress) if drags else None
@@ -152,7 +167,7 @@ class Editor:
             denoise, guide = plan.wrap(denoise, guide, src.cond)
         relocations = plan_relocations(b, others, src, steps, settings.prompt, plan)
         if relocations:  # first the copies, then the drag's optimisation, then the energies
-            guide = relocating(guide, relocations, src, b.schedule()[0])
+            guide = timed_as("steer.relocation_and_guide", relocating(guide, relocations, src, b.schedule()[0]))
         edit_latents: list[torch.Tensor] = []  # each step's z_t, whose maps the pictures ask for (TrajectoryMaps)
         final = sample_ddim(
             denoise,
@@ -170,7 +185,7 @@ class Editor:
             image = require_finite(b.decode(final), "the decoded image", steps, 0)[0].permute(1, 2, 0).cpu().numpy()
         ran = P.Program(settings=settings, terms=program.terms)
         return EditResult(image, src.image, final, ran, b.name, curves, last_maps.get("maps"), plan.outcome if plan else None,
-                          warnings, source_maps=[f.maps for f in src.features],
+                          warnings, source_maps=SourceMaps(src),
                           edit_maps=TrajectoryMaps(b, self.readout, edit_latents, timesteps, cond_at), tokenizer=b.tokenizer)
 
     def _prepare(self, bound: list[BoundTerm], settings: P.Settings, script_dir=None):
@@ -236,15 +251,18 @@ class Editor:
             require_finite(value, "conditioning", i, t, terms)
         return dataclasses.replace(c, by=(*cond.by, *terms))
 
-    def _guide(self, bound: list[BoundTerm], src: SourcePass, cond_at, steps: int, curves, last_maps, cfg: float):
+    def _guide(self, bound: list[BoundTerm], src: SourcePass, cond_at, steps: int, curves, last_maps, cfg: float,
+               guide_every: int = 1):
         """The edit pass's guide(i, t, z): the energies' gradients, then each direction kind's action."""
         by_kind = self._by_kind(bound)
         regions = within_regions(self.backbone, [x for x in bound if x.kind == "direction"], src)
+        energy_step = reusing(self.energies.step, guide_every)
 
         def guide(i, t, z):
             cond = cond_at(i)
             energies = [x for x in bound if x.kind in ENERGIES and x.active(i / steps)]
-            g = self.energies.step(energies, z, i, t, src, cond, curves, last_maps).blame("prediction", cond.by)
+            with record_function("steer.guide"):
+                g = energy_step(energies, z, i, t, src, cond, curves, last_maps).blame("prediction", cond.by)
             step = Step(self.backbone, z, i, t, i / steps, cond, cfg, regions)
             for name, terms in by_kind.items():
                 if terms:
@@ -263,3 +281,33 @@ class Editor:
                 new = new.blame(name, active)
         return new
 
+
+
+def timed_as(name: str, guide):
+    """`guide`, each call inside a profiler range `name` (free when no profiler runs)."""
+
+    def timed(i, t, z):
+        with record_function(name):
+            return guide(i, t, z)
+
+    return timed
+
+
+def reusing(step, every: int):
+    """EnergyGuide.step, taken at every `every`-th step of an unchanged set of active terms and
+    its gradients reused in between (opt-in: it changes results). The reused Guidance carries no
+    eps_cond (it was taken at another z_t), so the denoiser runs both halves; its energy curves
+    skip the reused steps. every = 1 is step itself."""
+    if every <= 1:
+        return step
+    last = {"key": None, "at": None, "g": None}
+
+    def step_every(active, z, i, t, *args):
+        key = tuple(id(x) for x in active)
+        if not active or key != last["key"] or i - last["at"] >= every:
+            g = step(active, z, i, t, *args)
+            last.update(key=key, at=i, g=g)
+            return g
+        return dataclasses.replace(last["g"], eps_cond=None)
+
+    return step_every

@@ -5,24 +5,62 @@ terms' energies are summed per placement and differentiated with torch.autograd.
 z_t, or w.r.t. the predicted x0 for the x0 placement, which needs no backward through the UNet).
 Model weights stay frozen. A non-finite prediction, energy or gradient stops the run at the
 statement and step where it appeared.
+
+The guided forward records a graph only up to the last probe the active terms read (graph_until):
+the rest of the UNet, which makes eps_c but nothing the energies read, runs without autograd.
+Autograd only ever walks back from the energy, so the gradients are the same bits; what it saves
+is the graph's memory and bookkeeping over the rest of the forward (docs/performance.md).
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
+from torch.autograd.profiler import record_function
 
 from energies.errors import SteerRuntimeError
 from energies.terms import ENERGIES, BoundTerm, Features
 
 from .guided import Guidance, pred_x0, require_finite
+from .hooks import forward_hook
 from .probes import ProbeStore, probing
 
 LOSS_SCALE = 1000.0  # Self-Guidance's fp16 energy scale (sg_loss_rescale)
 
 
+@contextlib.contextmanager
+def graph_until(model, names):
+    """Inside the block, a forward of `model` records autograd's graph only until each module in
+    `names` has run (once): then grad mode goes off for the rest of that forward, and is restored
+    when the block ends. `fired` counts the modules that ran, for tests."""
+    left = set(names)
+    state = {"fired": 0}
+    was = torch.is_grad_enabled()
+
+    def hook(name):
+        def ran(module, inputs, output):
+            state["fired"] += 1
+            left.discard(name)
+            if not left:
+                torch.set_grad_enabled(False)
+
+        return ran
+
+    with contextlib.ExitStack() as hooks:
+        for name in set(names):
+            hooks.enter_context(forward_hook(model.get_submodule(name), hook(name)))
+        try:
+            yield state
+        finally:
+            torch.set_grad_enabled(was)
+
+
 class EnergyGuide:
     """The energies of one backbone: its readout, and the ViT and CLIP that x0 terms read
     (`vit()` and `clip()` load them on first use)."""
+
+    cut_graph = True  # graph_until the last probe (False: the whole forward, as before; for the profile's comparison)
 
     def __init__(self, backbone, readout, vit, clip):
         self.backbone, self.readout = backbone, readout
@@ -40,7 +78,7 @@ class EnergyGuide:
 
     def source_features(self, src, i: int, needs: set[str]) -> Features:
         """The source pass's features at step i, with the x0 family's computed on first use."""
-        f = src.features[i]
+        f = src.require(needs).features[i]
         if "image" in needs and (f.image is None or ("vit" in needs and f.vit_keys is None) or ("clip" in needs and f.clip_image is None)):
             with torch.no_grad():
                 self.image_features(self.backbone.decode(src.x0s[i]) * 2 - 1, needs, f)
@@ -58,40 +96,51 @@ class EnergyGuide:
             z_ = z.detach().requires_grad_(True)
             feature_modules = [self.readout.feature_module] if "features" in needs else []
             attn = self.readout.attn_layers if needs & {"attn", "layers", "features"} else []
-            with probing(b.unet, store, attn, feature_modules):
+            # the x0 family reads eps_c itself: then the whole forward is on the graph
+            stop = [*attn, *feature_modules] if self.cut_graph and "image" not in needs else []
+            with record_function("steer.guided_forward"), probing(b.unet, store, attn, feature_modules), \
+                    (graph_until(b.unet, stop) if stop else contextlib.nullcontext()):
                 eps_c = b.eps(z_, t, cond.cond, cond.added)
             # a prompt direction's shift can make the prediction itself non-finite: name it, not the
             # energy terms that read the prediction
             require_finite(eps_c.detach(), "prediction", i, t, cond.by)
-            now = self.readout.features(store) if attn else Features()
-            x0 = None
-            if "image" in needs:  # the predicted x0 of the conditional forward, decoded (through the VAE)
-                x0 = pred_x0(z_, eps_c.float(), b.schedule()[0][t].to(z_.device))
-                if src.clip is not None:
-                    x0 = x0.clamp(-src.clip, src.clip)
-                self.image_features(b.decode(x0) * 2 - 1, needs, now)
-            ref = self.source_features(src, i, needs)
-            total: dict[str, torch.Tensor] = {}
-            by: dict[str, list[BoundTerm]] = {}
-            for x in active:
-                e = x.weight * ENERGIES[x.kind](x, now, ref)
-                if not torch.isfinite(e):
-                    raise SteerRuntimeError(f"the energy of `{x.label}` is not finite at step {i} (t = {t})", x.term.span,
-                                            hint="lower its weight, or narrow its window with @ a..b")
-                curves[x.label].append((i, float(e.detach())))
-                if x.placement == "x0" and x0 is None:
-                    raise SteerRuntimeError(f"`{x.label}` cannot act via x0: it does not read the predicted image", x.term.span,
-                                            hint="use via eps, latent or mean")
-                total[x.placement] = total.get(x.placement, 0) + e
-                by.setdefault(x.placement, []).append(x)
+            with record_function("steer.energies"):
+                now, x0, total, by = self._energies(active, needs, store, attn, z_, eps_c, i, t, src, curves)
             grads = {}
             scale = LOSS_SCALE if b.dtype == torch.float16 else 1.0  # fp16 gradients underflow unscaled
-            for k, p in enumerate(total):  # one backward per placement group; x0's stops before the UNet
-                wrt = x0 if p == "x0" else z_
-                grads[p] = torch.autograd.grad(total[p] * scale, wrt, retain_graph=k + 1 < len(total))[0].float() / scale
+            with record_function("steer.backward"):
+                for k, p in enumerate(total):  # one backward per placement group; x0's stops before the UNet
+                    wrt = x0 if p == "x0" else z_
+                    grads[p] = torch.autograd.grad(total[p] * scale, wrt, retain_graph=k + 1 < len(total))[0].float() / scale
         for p, g in grads.items():
             require_finite(g, f"the gradient of the {p}-placed terms", i, t, by[p])
         if now.maps is not None:
             last_maps["maps"] = now.maps.detach()
         return Guidance(eps=grads.get("eps"), latent=grads.get("latent"), mean=grads.get("mean"), x0=grads.get("x0"),
                         eps_cond=eps_c.detach(), by={p: tuple(terms) for p, terms in by.items()})
+
+    def _energies(self, active, needs, store, attn, z_, eps_c, i, t, src, curves):
+        """(features now, the predicted x0 if read, energy per placement, terms per placement)."""
+        b = self.backbone
+        now = self.readout.features(store) if attn else Features()
+        x0 = None
+        if "image" in needs:  # the predicted x0 of the conditional forward, decoded (through the VAE)
+            x0 = pred_x0(z_, eps_c.float(), b.schedule()[0][t].to(z_.device))
+            if src.clip is not None:
+                x0 = x0.clamp(-src.clip, src.clip)
+            self.image_features(b.decode(x0) * 2 - 1, needs, now)
+        ref = self.source_features(src, i, needs)
+        total: dict[str, torch.Tensor] = {}
+        by: dict[str, list[BoundTerm]] = {}
+        for x in active:
+            e = x.weight * ENERGIES[x.kind](x, now, ref)
+            if not torch.isfinite(e):
+                raise SteerRuntimeError(f"the energy of `{x.label}` is not finite at step {i} (t = {t})", x.term.span,
+                                        hint="lower its weight, or narrow its window with @ a..b")
+            curves[x.label].append((i, float(e.detach())))
+            if x.placement == "x0" and x0 is None:
+                raise SteerRuntimeError(f"`{x.label}` cannot act via x0: it does not read the predicted image", x.term.span,
+                                        hint="use via eps, latent or mean")
+            total[x.placement] = total.get(x.placement, 0) + e
+            by.setdefault(x.placement, []).append(x)
+        return now, x0, total, by

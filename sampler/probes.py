@@ -224,17 +224,18 @@ class Readout:
         backbone.unet.get_submodule(self.feature_module)  # fail early if the layout is not what we expect
 
     def features(self, store: ProbeStore, detach: bool = False):
-        """The store's contents as the terms' Features (the batch's first conditional row)."""
+        """The store's contents as the terms' Features (the batch's first conditional row); no
+        maps where no attention layer was probed (a source pass recording features only)."""
 
-        maps = store.token_maps(self.map_res)[0]
+        maps = store.token_maps(self.map_res)[0] if store.attn else None
         feats = store.features.get(self.feature_module)
         layers = [a[0] for a in store.attn.values()]
         if detach:  # the source pass is kept for many runs: keep it small
-            maps, layers = maps.cpu(), [l.cpu() for l in layers]
+            maps, layers = (maps.cpu() if maps is not None else None), [l.cpu() for l in layers]
             feats = feats[0].to("cpu", torch.float16 if feats.numel() > 2**20 else torch.float32) if feats is not None else None
         else:
             feats = feats[0] if feats is not None else None
-        return Features(maps=maps.float(), layers=layers, features=feats)
+        return Features(maps=maps.float() if maps is not None else None, layers=layers, features=feats)
 
 
 class TrajectoryMaps:

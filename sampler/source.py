@@ -22,7 +22,7 @@ from energies import relocate as R
 from energies.terms import Features
 
 from . import inversion_cache
-from .denoiser import denoiser
+from .denoiser import RECORDABLE, denoiser, recorded_forward
 from .guided import sample_ddim
 from .images import file_hash, load_image
 from .inversion import forward_noise, invert_ddim, null_text, returning
@@ -47,16 +47,48 @@ class SourcePass:
     cond: object = None  # the Conditioning used (with null-text embeddings for inverted photos)
     clip: float | None = None  # x0 clipping used, so the edit pass steps the same way
     x0s: list[torch.Tensor] = field(default_factory=list)  # predicted x0 at each step (relocation's background)
+    recorded: frozenset = RECORDABLE  # what `features` holds at every step: "attn" (maps, layers), "features"
+    timesteps: list[int] = field(default_factory=list)
+    filler: object = None  # (pass, what) -> records `what` at the kept latents (SourcePasses.fill)
+
+    def require(self, needs) -> "SourcePass":
+        """This pass, once its features hold what `needs` (terms' NEEDS words) asks of the source:
+        what was not recorded is recorded now, at every step's kept z_t."""
+        missing = recordable(needs) - self.recorded
+        if missing:
+            self.filler(self, missing)
+        return self
 
     def late_features(self) -> list[Features]:
         """The steps after D.RELOCATE_MASK_FROM, where token maps localise objects best: what
         relocation and drag regions read object masks from."""
+        self.require({"attn"})
         return self.features[int(D.RELOCATE_MASK_FROM * len(self.features)):] or self.features[-1:]
 
     def object_mask(self, token, hw, threshold: float = D.RELOCATE_MASK_THRESHOLD) -> torch.Tensor:
         """(H, W) mask of the object of `token` (its positions), from the late attention maps: what
         relocation copies, what drags and `within` terms act in."""
         return R.object_mask([f.token(list(token)) for f in self.late_features()], hw, threshold)
+
+
+def recordable(needs) -> frozenset:
+    """What a source pass records for terms that need `needs` (energies.terms.NEEDS words)."""
+    needs = set(needs)
+    return frozenset(needs & RECORDABLE | ({"attn"} if "layers" in needs else set()))
+
+
+class SourceMaps:
+    """The source pass's token maps, step by step, as EditResult.source_maps reads them: recorded
+    on first read if the run's terms did not need them."""
+
+    def __init__(self, src: SourcePass):
+        self.src = src
+
+    def __len__(self):
+        return len(self.src.features)
+
+    def __getitem__(self, i):
+        return self.src.require({"attn"}).features[i].maps
 
 
 class SourcePasses:
@@ -80,15 +112,16 @@ class SourcePasses:
         g = torch.Generator("cpu").manual_seed(seed)
         return torch.randn((1, *self.backbone.latent_shape()), generator=g).to(self.backbone.device)
 
-    def get(self, settings: P.Settings, progress: bool = True, script_dir=None) -> SourcePass:
-        """The unedited trajectory: from (prompt, seed), or from the inversion of a real image."""
+    def get(self, settings: P.Settings, progress: bool = True, script_dir=None, record=RECORDABLE) -> SourcePass:
+        """The unedited trajectory: from (prompt, seed), or from the inversion of a real image,
+        recording `record` ("attn", "features", both or neither) at every step."""
         b = self.backbone
         image_path = Path(script_dir or ".") / settings.source if settings.source else None
         image_key = file_hash(image_path) if image_path is not None and image_path.is_file() else str(image_path)
         key = (settings.prompt, settings.negative, settings.seed, settings.steps, settings.cfg, image_key, settings.invert,
                settings.return_step)
         if key in self._passes:
-            return self._passes[key]
+            return self._passes[key].require(record)
         cond = b.encode_prompt(settings.prompt, settings.negative)
         timesteps = run_timesteps(b, settings)
         clip = b.clip_x0
@@ -98,7 +131,6 @@ class SourcePasses:
             noise, cond = self._inverted(settings, image_path, image_key, cond, timesteps, progress)
             if settings.invert != "noise":  # SDEdit's noised image is not an inversion: it samples as a seed's noise does
                 clip = None  # the inversion inverts the unclipped step; clipping would not land back on the image
-        record: list[Features] = []
         latents: list[torch.Tensor] = []
         x0s: list[torch.Tensor] = []
 
@@ -106,15 +138,31 @@ class SourcePasses:
             latents.append(d["z"].detach())
             x0s.append(d["x0"].detach())
 
-        final = sample_ddim(denoiser(b, cond, settings.cfg, self.readout, record), noise, timesteps, *b.schedule(),
+        what = frozenset(record)
+        record = []
+        final = sample_ddim(denoiser(b, cond, settings.cfg, self.readout, record, what), noise, timesteps, *b.schedule(),
                             callback=keep, disable=not progress, desc="source", clip=clip)
         with torch.no_grad():
             image = b.decode(final)[0].permute(1, 2, 0).cpu().numpy()
-        src = SourcePass(key, noise, latents, record, final, image, cond, clip, x0s)
+        src = SourcePass(key, noise, latents, record, final, image, cond, clip, x0s, what, timesteps, self.fill)
         self._passes[key] = src
         while len(self._passes) > self.keep:  # oldest first: dicts keep insertion order
             self._passes.pop(next(iter(self._passes)))
         return src
+
+    def fill(self, src: SourcePass, what: frozenset):
+        """Record `what` into `src`'s features now: the probed forward the pass would have made at
+        each kept z_t (the same batched CFG call, with the probes it had as well, since the
+        explicit attention probe rounds differently from fused attention: so the same values),
+        merged into each step's Features so that the x0 family's fields computed there are kept."""
+        with torch.no_grad():
+            for i, (z, t) in enumerate(zip(src.latents, src.timesteps)):
+                f = recorded_forward(self.backbone, self.readout, z, t, src.cond, i, what | src.recorded)[2]
+                if "attn" in what:
+                    src.features[i].maps, src.features[i].layers = f.maps, f.layers
+                if "features" in what:
+                    src.features[i].features = f.features
+        src.recorded = src.recorded | what
 
     def _inverted(self, settings: P.Settings, path: Path, image_key: str, cond, timesteps, progress: bool):
         """(z_T, conditioning) for a real image, from the on-disk cache or by inverting it now.
