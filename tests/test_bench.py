@@ -376,17 +376,31 @@ def _never_binds(it, src, rng):
     return Posed('centroid(token "dog") -> (0.5, 0.5)')
 
 
+def _binds_only_when_probed():
+    calls = []
+
+    def pose(it, src, rng):  # the probe's made-up source binds; the real source's script does not
+        calls.append(1)
+        return Posed("centroid(token \"circle\") -> (0.5, 0.5)") if len(calls) == 1 else _never_binds(it, src, rng)
+
+    return pose
+
+
 def test_a_row_that_does_not_compile_or_bind_is_reported_as_not_run(tmp_path, shapes_editor, shapes_path):
     from sampler.bench.run import run_bench
 
     broken = Task("broken", "none", "frobnicate", _never_compiles, K.move, ("within_0_1",), {"success": 0.9})
     unbound = Task("unbound", "none", "dog", _never_binds, K.move, ("within_0_1",), {"success": 0.9})
-    data = run_bench(shapes_path, per_task=1, out=tmp_path, steps=2, progress=False, task_list=[broken, unbound], cost=False,
+    late = Task("late", "none", "dog", _binds_only_when_probed(), K.move, ("within_0_1",), {"success": 0.9},
+                fits=lambda it: it.subject.shape == "circle")
+    data = run_bench(shapes_path, per_task=1, out=tmp_path, steps=2, progress=False, task_list=[broken, unbound, late], cost=False,
                      curves=False, editor=shapes_editor)
-    b, u = data["tasks"]["broken"], data["tasks"]["unbound"]
+    b, u, l = data["tasks"]["broken"], data["tasks"]["unbound"], data["tasks"]["late"]
     assert b["status"].startswith("not run: ") and "frobnicate" in b["status"] and b["n"] == 0
     assert u["status"].startswith("not run: ") and "dog" in u["status"]
-    assert [r["task"] for r in data["runs"]] == ["unbound"] and data["runs"][0]["not_run"]
+    # Found by binding before any sampling; a script that fails to bind only on its real source is caught when run.
+    assert l["status"].startswith("not run: ") and "dog" in l["status"]
+    assert [r["task"] for r in data["runs"]] == ["late"] and data["runs"][0]["not_run"]
     md = (tmp_path / "results.md").read_text()
     assert "| broken |" in md and "not run" in md
 
@@ -457,3 +471,148 @@ def test_one_cost_class_is_measured_in_fresh_processes(shapes_editor, shapes_pat
     assert c["model_mb"] > 1 and c["total_memory_ratio"] > 0.99, "a guided edit does not need less memory than plain"
     r = cost["repl_rerun"]
     assert r["time_ratio"] == pytest.approx(r["rerun_seconds"] / r["first_seconds"])
+
+
+# ----------------------------------------------------------------------------------------------
+# DiffusionCLIP's fine-tuned directions and the return step (issue 20)
+
+FT_TASKS = ["fine-tuned recolour", "fine-tuned colour + shape", "fine-tuned transition", "unseen-domain translation"]
+
+
+def test_the_fine_tuned_tasks_pose_their_directions_on_red_objects_beside_no_green_one():
+    from sampler.bench.tasks import synthetic_source
+
+    for name in FT_TASKS[:3]:
+        cases = cases_of(BY_NAME[name], "report", 24)
+        assert all(c.item.subject.colour == "red" and c.item.other.colour != "green" for c in cases)
+        assert {c.item.position for c in cases} == {"first", "second"}
+    assert {c.item.subject.shape for c in cases_of(BY_NAME["fine-tuned recolour"], "report", 24)} == set(W.SHAPES)
+    assert all(c.item.subject.shape == "circle" for c in cases_of(BY_NAME["fine-tuned colour + shape"], "report", 8))
+    it = Item((Obj("blue", "square"), Obj("red", "circle")), 1)
+    src = synthetic_source(it)
+    rng = np.random.default_rng(0)
+    assert BY_NAME["fine-tuned recolour"].pose(it, src, rng).script == "direction red_to_green_ft"
+    assert BY_NAME["fine-tuned colour + shape"].pose(it, src, rng).script == "direction red_to_green_ft\ndirection circle_to_square_ft"
+    assert BY_NAME["fine-tuned transition"].sweep == (0.0, 0.25, 0.5, 0.75, 1.0)
+    posed = BY_NAME["unseen-domain translation"].pose(it, src, rng)
+    (name, how), = posed.degraded
+    assert posed.script == f'source "{name}"\ninvert noise\nreturn 0.5' and posed.asked == {"degraded": how}
+    hows = {BY_NAME["unseen-domain translation"].pose(it, src, np.random.default_rng(k)).asked["degraded"] for k in range(20)}
+    assert hows == {"noise", "blur"}
+
+
+def test_the_fine_tuned_recolour_and_the_combination_on_hand_made_detections():
+    src = _scene()
+    green = [_obj("circle", "green", 4, 12), src[1]]
+    ok, f = _judge("fine-tuned recolour", src, green)
+    assert ok and f["took_colour"] and f["stayed_0_05"] and f["other_kept"]
+    assert not _judge("fine-tuned recolour", src, src)[0]
+    # The square redrawn elsewhere: the other object is not kept (IoU < 0.85).
+    assert not _judge("fine-tuned recolour", src, [green[0], _obj("square", "blue", 20, 16)])[0]
+    ok, f = _judge("fine-tuned colour + shape", src, [_obj("square", "green", 4, 12), src[1]])
+    assert ok and f["took_colour"] and f["took_shape"]
+    ok, f = _judge("fine-tuned colour + shape", src, green)  # the colour alone is not both edits
+    assert not ok and f["took_colour"] and not f["took_shape"]
+
+
+def test_a_transition_is_monotone_when_the_hue_distance_falls_within_2_degrees():
+    assert K.falls([120, 115, 102, 59, 22])
+    assert K.falls([120, 121.5, 100, 100, 30])  # a rise of 1.5 degrees is noise
+    assert not K.falls([120, 125, 100, 60, 20])  # a rise of 5 is not
+    assert not K.falls([120, 120, 120, 120, 120])  # flat: it never fell
+    assert not K.falls([22, 59, 102, 115, 120])
+
+    def tinted(hue_deg):  # the red circle's place painted one hue, full saturation
+        import colorsys
+
+        im = W.render(src)
+        im[src[0].mask] = colorsys.hsv_to_rgb(hue_deg / 360, 1, 1)
+        return im
+
+    src = _scene()
+    assert K.hue_distance(tinted(0), src[0].mask, "green") == pytest.approx(120)
+    assert K.hue_distance(tinted(90), src[0].mask, "green") == pytest.approx(30)
+    green = [_obj("circle", "green", 4, 12), src[1]]
+    gammas = BY_NAME["fine-tuned transition"].sweep
+    ok, f = _judge("fine-tuned transition", src, green, images=[tinted(h) for h in (0, 10, 40, 80, 120)])
+    assert ok and f["hue_g0"] == pytest.approx(120) and f["hue_g1"] == pytest.approx(0) and f["took_colour"]
+    assert set(f) >= {f"hue_g{g:g}" for g in gammas}
+    ok, f = _judge("fine-tuned transition", src, green, images=[tinted(h) for h in (0, 60, 30, 80, 120)])
+    assert not ok and not f["monotone"]
+
+
+def test_a_degraded_world_source_is_written_and_judged_not_clean(tmp_path):
+    from sampler.bench.scene import degrade, world_scene, write_degraded
+
+    it = Item((Obj("yellow", "triangle"), Obj("red", "circle")), 1)
+    scene = world_scene(it, 7, 32)
+    assert [(o.colour, o.shape) for o in scene.objects] == [("yellow", "triangle"), ("red", "circle")]
+    assert np.array_equal(world_scene(it, 7, 32).image, scene.image) and not np.array_equal(world_scene(it, 8, 32).image, scene.image)
+    assert world_scene(it, 7, 64).image.shape == (64, 64, 3)
+    found = W.detect(scene.image)
+    ok, f = _judge("unseen-domain translation", scene.objects, found, it, images=[scene.image], degraded="noise")
+    assert ok and f["same_objects"] and f["clean"] and f["halftones"] == 0
+    for how in ("noise", "blur"):
+        write_degraded(tmp_path / f"{how}.png", scene.image, how, 7)
+        with Image.open(tmp_path / f"{how}.png") as im:
+            back = np.asarray(im.convert("RGB"), np.float32) / 255
+        assert back.shape == (32, 32, 3) and np.abs(back - degrade(scene.image, how, 7)).max() <= 1 / 255
+        ok, f = _judge("unseen-domain translation", scene.objects, W.detect(back), it, images=[back], degraded=how)
+        assert not ok and not f["clean"], how  # the degraded input itself has not come back
+    assert np.array_equal(degrade(scene.image, "noise", 7), degrade(scene.image, "noise", 7))
+    # An object lost is not the same objects, however clean.
+    ok, f = _judge("unseen-domain translation", scene.objects, found[:1], it, images=[W.render(found[:1])], degraded="blur")
+    assert not ok and f["clean"] and not f["same_objects"]
+
+
+def _tiny_fine_tunes(folder, shapes_path, work):
+    """Both fine-tuned directions the tasks name, learned at the smallest settings (seconds)."""
+    from sampler.learn import main as learn
+
+    for name, to in (("red_to_green_ft", "a green circle"), ("circle_to_square_ft", "a red square")):
+        assert learn(["clip", name, "--from", "a red circle", "--to", to, "--n-images", "1", "--iters", "1", "--s-for", "1",
+                      "--s-gen", "1", "--views", "0", "--rank", "1", "--model", shapes_path, "--out", str(folder),
+                      "--work", str(work / name), "--device", "cpu"]) == 0
+    return folder
+
+
+def test_the_fine_tuned_tasks_run_with_a_directions_folder_and_are_not_run_without(tmp_path, shapes_editor, shapes_path,
+                                                                                   monkeypatch):
+    from sampler.bench.run import run_bench
+
+    monkeypatch.setenv("STEER_DIRECTIONS", str(tmp_path / "no-user-directions"))
+    folder = _tiny_fine_tunes(tmp_path / "ft", shapes_path, tmp_path / "work")
+    tasks = [BY_NAME[n] for n in FT_TASKS]
+    data = run_bench(shapes_path, per_task=1, out=tmp_path / "with", steps=4, progress=False, task_list=tasks, cost=False,
+                     curves=False, editor=shapes_editor, split="tune", directions=folder)
+    assert sorted(data["meta"]["directions"]) == ["circle_to_square_ft", "red_to_green_ft"]
+    assert sorted(p.name for p in (tmp_path / "with" / "directions").iterdir()) == ["circle_to_square_ft.safetensors",
+                                                                                  "red_to_green_ft.safetensors"]
+    for name in FT_TASKS:
+        row = data["tasks"][name]
+        assert row["status"] == "run" and row["n"] == 1, (name, row["status"])
+    runs = {r["task"]: r for r in data["runs"]}
+    sweep = runs["fine-tuned transition"]
+    assert all(sweep[f"hue_g{g:g}"] is not None for g in (0, 0.25, 0.5, 0.75, 1)) and isinstance(sweep["monotone"], bool)
+    assert sweep["script"].startswith("direction red_to_green_ft * gamma")
+    unseen = runs["unseen-domain translation"]
+    assert unseen["source_right"] and unseen["degraded"] in ("noise", "blur") and 0 <= unseen["halftones"] <= 1
+    written = unseen["script"].split('"')[1]
+    assert (tmp_path / "with" / written).is_file() and written.endswith(f"_{unseen['degraded']}.png")
+    assert "fine-tuned colour + shape" in (tmp_path / "with" / "results.md").read_text()
+    # Without the folder: the fine-tuned rows are not run (found before sampling), the return step's is.
+    data = run_bench(shapes_path, per_task=1, out=tmp_path / "without", steps=4, progress=False, task_list=tasks, cost=False,
+                     curves=False, editor=shapes_editor, split="tune")
+    for name in FT_TASKS[:3]:
+        assert data["tasks"][name]["status"].startswith("not run: unknown direction 'red_to_green_ft'")
+    assert data["tasks"]["unseen-domain translation"]["status"] == "run"
+    assert [r["task"] for r in data["runs"]] == ["unseen-domain translation"]
+
+
+def test_bench_refuses_a_directions_folder_without_direction_files(tmp_path, shapes_path, capsys):
+    from dsl.cli import main
+
+    (tmp_path / "empty").mkdir()
+    assert main(["bench", "--model", shapes_path, "--quick", "--out", str(tmp_path / "o"), "--task", "fine-tuned recolour",
+                 "--directions", str(tmp_path / "empty")]) == 2
+    assert "no direction files" in capsys.readouterr().err

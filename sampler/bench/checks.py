@@ -11,6 +11,7 @@ subject of "a red circle and a blue square" is the largest red blob, whatever it
 
 from __future__ import annotations
 
+import colorsys
 import math
 
 import numpy as np
@@ -23,6 +24,10 @@ OTHER_IOU = 0.8  # a moved object's neighbour counts as kept at this mask IoU wi
 STAY = 0.05  # an object changed in place stays within this distance of where it was
 WITHIN = 0.1  # a moved object lands within this distance of its target
 RATIO_TOLERANCE = 0.2  # an area ratio within 20% of the factor asked for
+HUE_TOLERANCE = 2.0  # degrees a transition's hue distance may rise between two gammas and still count as falling
+HALFTONE_MAX = 0.02  # share of half-tone pixels a clean image may have (world: 0; a 3x3 blur: about 0.1)
+DARK = 0.05  # mean brightest channel of a clean image's background, away from the objects
+SAME_IOU = 0.8  # an object came back when the detector finds its colour and shape at this IoU with the true mask
 
 
 def dist(a, b) -> float:
@@ -265,3 +270,60 @@ def clip_score(target: str, source: str):
         return {"clip_delta": delta, "clip_toward": delta > 0}
 
     return score
+
+
+# ----------------------------------------------------------------------------------------------
+# Fine-tuned directions (DiffusionCLIP): the continuous transition, unseen-domain translation
+
+
+def hue_distance(image: np.ndarray, mask: np.ndarray, colour: str) -> float:
+    """Degrees between the hue of the mean colour inside `mask` and the world colour's hue."""
+    r, g, b = np.asarray(image)[mask].mean(0)
+    h = colorsys.rgb_to_hsv(float(r), float(g), float(b))[0] * 360
+    target = colorsys.rgb_to_hsv(*W.COLOURS[colour])[0] * 360
+    d = abs(h - target) % 360
+    return min(d, 360 - d)
+
+
+def falls(values, tolerance: float = HUE_TOLERANCE) -> bool:
+    """A sequence falls: no step rises by more than `tolerance`, and the last is below the first."""
+    values = list(values)
+    return bool(all(b <= a + tolerance for a, b in zip(values, values[1:])) and values[-1] < values[0])
+
+
+def transition(src, out, item: Item, images, gammas, colour: str) -> dict:
+    """`direction NAME * gamma` over the gammas: the hue distance to `colour` inside the subject's
+    source mask at each gamma (hue_g<gamma>), and whether it falls as gamma rises (monotone); the
+    last gamma's image judged as a recolour (took_colour, stayed_0_05)."""
+    s = subject_of(src, item)
+    if s is None:
+        return _missing(monotone=False)
+    hues = [hue_distance(im, s.mask, colour) for im in images]
+    f = {f"hue_g{g:g}": h for g, h in zip(gammas, hues)}
+    f["monotone"] = falls(hues)
+    f["hue_fall"] = hues[0] - hues[-1]
+    last = changed_in_place(src, out, item, colour=colour)
+    return {**f, "took_colour": last["took_colour"], "stayed_0_05": last["stayed_0_05"]}
+
+
+def halftones(image: np.ndarray) -> float:
+    """The share of pixels that are neither background nor a full colour (brightest channel in
+    0.2..0.7): 0 on a world image, about 0.1 after a 3x3 blur, under 0.005 on the model's samples."""
+    top = np.asarray(image).max(-1)
+    return float(((top > 0.2) & (top < 0.7)).mean())
+
+
+def translated(src, out, item: Item, images, degraded: str) -> dict:
+    """A degraded world image came back as the clean scene: the detector finds each of the scene's
+    objects (`src`, the true ones: colour, shape, IoU >= 0.8) and nothing else (same_objects), on
+    a dark background with sharp edges (clean: under 2% half-tone pixels)."""
+    image = images[-1]
+    found = [W.find(out, o.colour, o.shape) for o in src]
+    ious = [W.mask_iou(f.mask, o.mask) if f is not None else 0.0 for f, o in zip(found, src)]
+    same = bool(len(out) == len(src) and all(i >= SAME_IOU for i in ious))
+    away = ~np.any([W._dilate(o.mask, 2) for o in src], axis=0)
+    background = float(np.asarray(image)[away].max(-1).mean()) if away.any() else 0.0
+    share = halftones(image)
+    return {"degraded": degraded, "found_objects": len(out), "min_iou": min(ious) if ious else 0.0,
+            "same_objects": same, "background": background, "halftones": share,
+            "clean": bool(background < DARK and share < HALFTONE_MAX)}

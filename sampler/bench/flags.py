@@ -21,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-cost", action="store_true", help="only the tasks: skip the cost classes and the inversion")
     p.add_argument("--no-curves", action="store_true", help="skip the weight curves")
+    p.add_argument("--directions", metavar="DIR", help="a folder of more direction files for the tasks (e.g. fine-tuned ones, "
+                   "`steer learn clip ... --out DIR`); tasks naming a direction no folder has are not run")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -142,7 +142,8 @@ def _met(row: dict) -> str:
 def _crit(c: str) -> str:
     return {"success": "", "within_0_1": "within 0.1", "stayed_0_05": "stayed within 0.05", "kept_iou_0_9": "IoU >= 0.9",
             "kept_colour": "colour kept", "took_colour": "colour taken", "took_shape": "shape taken", "other_kept": "other kept",
-            "kept_shape": "shape kept", "ratio_ok": "area within 20%", "gone": "gone", "nothing_new": "nothing new"}.get(c, c).strip()
+            "kept_shape": "shape kept", "ratio_ok": "area within 20%", "gone": "gone", "nothing_new": "nothing new",
+            "monotone": "hue falls over gamma", "same_objects": "same objects", "clean": "clean"}.get(c, c).strip()
 
 
 def _bar_text(row: dict) -> str:

@@ -13,6 +13,7 @@ import json
 import math
 import platform
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ from . import checks as K
 from .cost import measure_cost
 from .inversion import measure_inversion
 from .report import contact_sheet, curve_plot, markdown, summarise, summarise_curves
-from .scene import SPLITS, seed_range, style_image_name, write_style_image
+from .scene import SPLITS, seed_range, style_image_name, world_scene, write_degraded, write_style_image
 from .tasks import CURVES, QUICK_WEIGHTS, WEIGHTS, Case, Outcome, Posed, Task, cases_of, judge, plan, select, synthetic_source
 
 SHEET_CASES = 4  # cases per task on the contact sheet (each from a different prompt)
@@ -39,21 +40,25 @@ def header(case: Case, steps: int) -> str:
     return f'prompt "{case.item.caption}"\nseed {case.seed}\nsteps {steps}\n'
 
 
-def weighted(script: str, weight: float) -> str:
-    """The script with its statement (the first line) scaled by `weight`."""
+def weighted(script: str, weight) -> str:
+    """The script with its statement (the first line) scaled by `weight` (a number, or a name to show)."""
     first, _, rest = script.partition("\n")
-    return f"{first} * {weight:g}" + (f"\n{rest}" if rest else "")
+    w = f"{weight:g}" if isinstance(weight, (int, float)) else weight
+    return f"{first} * {w}" + (f"\n{rest}" if rest else "")
 
 
-def probe(task: Task, split: str, steps: int, size: int) -> str | None:
-    """Compile the task's script, written for a made-up source, before any sampling: the compile
-    error's message where the language does not have the statement, else None."""
+def probe(task: Task, split: str, steps: int, size: int, editor: Editor | None = None, out: Path | None = None) -> str | None:
+    """Compile the task's script, written for a made-up source, before any sampling (and, given an
+    editor, bind it: a direction no folder has is found here): the error's message where the
+    language does not have the statement or the model lacks what it names, else None."""
     case = cases_of(task, split, 1)[0]
     posed = task.pose(case.item, synthetic_source(case.item, size), case.rng())
     if not isinstance(posed, Posed):
         return None
     try:
-        dsl.compile(header(case, steps) + posed.script)
+        program = dsl.compile(header(case, steps) + posed.script)
+        if editor is not None:
+            editor.bind(program, script_dir=out)
     except dsl.SteerError as e:
         return e.message
     return None
@@ -63,29 +68,39 @@ def run_case(editor: Editor, case: Case, steps: int, out: Path, weight: float | 
     """Write the case's script from its source image's detections, run it, and measure it."""
     task, it = case.task, case.item
     top = header(case, steps)
-    src = editor.source(editor.settings(dsl.compile(top)), progress=False)
-    src_found = W.detect(src.image)
+    size = editor.backbone.image_size()[0]
+    if task.world_source:  # the world's own drawing of the item: its true objects are the source's
+        scene = world_scene(it, case.seed, size)
+        src_image, src_found = scene.image, scene.objects
+    else:
+        src_image = editor.source(editor.settings(dsl.compile(top)), progress=False).image
+        src_found = W.detect(src_image)
     right = K.source_right(src_found, it)
-    images = (src.image, src.image) if keep_images else (None, None)
+    images = (src_image, src_image) if keep_images else (None, None)
     posed = task.pose(it, src_found, case.rng())
     if not isinstance(posed, Posed):  # no script could be written (no free place, the object missing): a failure
         return Outcome(case, None, {"posed": False, "why": posed}, False, right, 0.0, *images, weight=weight)
-    script = posed.script if weight is None else weighted(posed.script, weight)
-    size = editor.backbone.image_size()[0]
     for colour, shape in posed.files:
         path = out / style_image_name(colour, shape)
         if not _image_of_size(path, size):  # missing, or left by a run on a model of another size
             write_style_image(path, colour, shape, size)
+    for name, how in posed.degraded:
+        write_degraded(out / name, src_image, how, case.seed)
+    sweep = task.sweep or (weight,)
+    scripts = [posed.script if w is None else weighted(posed.script, w) for w in sweep]
     t = time.perf_counter()
     try:
-        r = editor.run(dsl.compile(top + script), progress=False, script_dir=out)
+        runs = [editor.run(dsl.compile(top + script), progress=False, script_dir=out) for script in scripts]
     except dsl.SteerError as e:  # a statement the language does not have yet, or cannot bind here
-        return Outcome(case, script, {}, None, right, 0.0, *images, not_run=e.message, weight=weight)
-    dt = time.perf_counter() - t
-    figures = {"posed": True, **task.check(src_found, W.detect(r.image), it, **posed.asked)}
+        return Outcome(case, scripts[-1], {}, None, right, 0.0, *images, not_run=e.message, weight=weight)
+    dt = (time.perf_counter() - t) / len(runs)
+    r = runs[-1]
+    more = {"images": [x.image for x in runs]} if task.reads_images else {}
+    figures = {"posed": True, **task.check(src_found, W.detect(r.image), it, **more, **posed.asked)}
     if task.score is not None:
         figures.update(task.score(it, posed.asked)(editor, r.source_image, r.image))
     success = judge(task, figures)
+    script = scripts[-1] if not task.sweep else weighted(posed.script, "gamma") + f"  # gamma {', '.join(f'{w:g}' for w in sweep)}"
     return Outcome(case, script, figures, success, right, dt, *((r.source_image, r.image) if keep_images else (None, None)),
                    weight=weight)
 
@@ -139,14 +154,16 @@ def run_bench(model: str = "shapes", seeds: int | None = None, quick: bool = Fal
               steps: int | None = None, device: str = "cpu", progress: bool = True, command: str = "steer bench",
               tasks: list[str] | None = None, cost: bool = True, split: str = "report", per_task: int | None = None,
               curves: bool = True, curve_cases: int | None = None, weights=None, task_list: list[Task] | None = None,
-              editor: Editor | None = None) -> dict:
+              editor: Editor | None = None, directions: Path | str | None = None) -> dict:
     """The tasks (`tasks` names some; `task_list` gives Task objects instead) on `per_task` cases of
     the split each, the weight curves, then, unless cost=False, the cost classes and the inversion.
-    `seeds` is the old name of per_task."""
+    `seeds` is the old name of per_task. `directions`: a folder of more direction files (copied to
+    OUT/directions, the first folder a script run from OUT searches)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; the splits are: {', '.join(SPLITS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    used_directions = add_directions(Path(directions), out) if directions is not None else []
     chosen = task_list if task_list is not None else select(tasks)
     editor = editor or Editor(model, device=device)
     steps = steps or (10 if quick else editor.backbone.sampling_defaults.get("steps", 25))
@@ -155,7 +172,7 @@ def run_bench(model: str = "shapes", seeds: int | None = None, quick: bool = Fal
     weights = tuple(weights or (QUICK_WEIGHTS if quick else WEIGHTS))
     size = editor.backbone.image_size()[0]
     t0 = time.time()
-    not_run = {t.name: msg for t in chosen if (msg := probe(t, split, steps, size)) is not None}
+    not_run = {t.name: msg for t in chosen if (msg := probe(t, split, steps, size, editor, out)) is not None}
     cases = plan(chosen, split, per_task)
     outcomes = run_cases(editor, cases, steps, out, not_run, progress)
     curve_rows = run_curves(editor, chosen, split, curve_cases, weights, steps, out, not_run, progress) if curves else {}
@@ -169,7 +186,7 @@ def run_bench(model: str = "shapes", seeds: int | None = None, quick: bool = Fal
             "seeds": {"range": list(seed_range(split)), "first": used[0] if used else None, "last": used[-1] if used else None,
                       "sources": len(set(used))},
             "curve_cases": curve_cases if curves else 0, "weights": list(weights) if curves else [],
-            "seconds": time.time() - t0, "command": command,
+            "seconds": time.time() - t0, "command": command, "directions": used_directions,
             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {device}"}
     rows = summarise(chosen, outcomes, not_run)
     results = {"meta": meta, "tasks": rows, "curves": curve_rows, "cost": costs, "inversion": inversion,
@@ -180,6 +197,19 @@ def run_bench(model: str = "shapes", seeds: int | None = None, quick: bool = Fal
     atomic_write(out / "results.md", lambda tmp: tmp.write_text(markdown(results, plotted)))
     contact_sheet(outcomes, out / "contact_sheet.png", SHEET_CASES, order=[t.name for t in chosen])
     return results
+
+
+def add_directions(folder: Path, out: Path) -> list[str]:
+    """Copy the folder's direction files into OUT/directions, where every script the bench runs
+    (from OUT) looks first: directions not shipped with the model, such as fine-tuned ones. The
+    names copied, for results.json."""
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not files:
+        raise ValueError(f"--directions {folder}: no direction files (*.safetensors) there")
+    (out / "directions").mkdir(exist_ok=True)
+    for f in files:
+        atomic_write(out / "directions" / f.name, lambda tmp, f=f: shutil.copyfile(f, tmp))
+    return [f.stem for f in files]
 
 
 def _plain(x):
@@ -204,7 +234,8 @@ def main(args) -> int:
         run_bench(getattr(args, "model", None) or "shapes", getattr(args, "seeds", None), args.quick, args.out,
                   steps=getattr(args, "steps", None), device=getattr(args, "device", None) or "cpu", command=command,
                   tasks=args.task, cost=not args.no_cost, split=getattr(args, "split", None) or "report",
-                  per_task=getattr(args, "per_task", None), curves=not getattr(args, "no_curves", False))
+                  per_task=getattr(args, "per_task", None), curves=not getattr(args, "no_curves", False),
+                  directions=getattr(args, "directions", None))
     except ValueError as e:
         print(f"steer bench: error: {e}", file=sys.stderr)
         return 2

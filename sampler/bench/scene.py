@@ -152,3 +152,47 @@ def write_style_image(path: Path, colour: str = "green", shape: str = "circle", 
     scene = style_scene(colour, shape, size)
     image = Image.fromarray((scene.image * 255).round().astype(np.uint8))
     atomic_write(Path(path), lambda tmp: image.save(tmp, format="PNG"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Unseen-domain sources: the item's objects drawn by the world itself, then degraded
+
+NOISE_SIGMA = 0.25  # Gaussian noise on [0, 1] pixels (docs/measure_finetune.py)
+DEGRADATIONS = ("noise", "blur")  # blur: a 3x3 box filter
+
+
+def world_scene(it: Item, seed_: int, size: int) -> W.Scene:
+    """The item's objects (colours, shapes, prompt order) laid out by the world's own placement for
+    this seed: a clean world image of the item's caption, not a sample of the model."""
+    rng = np.random.default_rng([seed_, size])
+    shapes = [o.shape for o in it.objects]
+    colours = [o.colour for o in it.objects]
+    for _ in range(100):  # as make_scene: a first object in the middle can leave no room
+        objects = W._place(rng, shapes, colours, size)
+        if objects is not None:
+            return W.Scene(W.render(objects, size), objects)
+    raise RuntimeError(f"could not place {it.caption} in a {size}px scene")  # pragma: no cover
+
+
+def degrade(image: np.ndarray, how: str, seed_: int = 0) -> np.ndarray:
+    """A world image out of the model's domain: Gaussian noise (sigma 0.25, clipped) or a 3x3 box
+    blur, as docs/measure_finetune.py measured the return step on."""
+    if how == "noise":
+        return np.clip(image + np.random.default_rng(seed_).normal(0, NOISE_SIGMA, image.shape), 0, 1).astype(np.float32)
+    if how == "blur":
+        h, w = image.shape[:2]
+        padded = np.pad(image, ((1, 1), (1, 1), (0, 0)), mode="edge")
+        return (sum(padded[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)) / 9).astype(np.float32)
+    raise ValueError(f"unknown degradation {how!r}; the bench has: {', '.join(DEGRADATIONS)}")
+
+
+def degraded_name(seed_: int, how: str) -> str:
+    return f"unseen_{seed_}_{how}.png"
+
+
+def write_degraded(path: Path, image: np.ndarray, how: str, seed_: int):
+    """The degraded image as an 8-bit PNG (what a user's file would be)."""
+    from PIL import Image
+
+    pixels = (degrade(image, how, seed_) * 255).round().astype(np.uint8)
+    atomic_write(Path(path), lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"))

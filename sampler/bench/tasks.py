@@ -20,7 +20,7 @@ import numpy as np
 
 from . import checks as K
 from . import targets as T
-from .scene import CYCLE, Item, item, other_colour, seed, style_image_name
+from .scene import CYCLE, DEGRADATIONS, Item, degraded_name, item, other_colour, seed, style_image_name
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class Posed:
     script: str
     asked: dict = field(default_factory=dict)
     files: tuple = ()  # style images the script reads: ((colour, shape), ...)
+    degraded: tuple = ()  # degraded world sources the script reads: ((file name, "noise" or "blur"), ...)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,9 @@ class Task:
     objects: int = 2  # prompts of one or two objects
     cost: str = "attention"  # the cost class (cost.py) it belongs to
     score: Callable | None = None  # (item, asked) -> (editor, source image, image) -> more figures
+    sweep: tuple = ()  # run the script at each of these weights of its first statement (a per-case curve)
+    reads_images: bool = False  # the check also takes images= (the edited image, one per weight of a sweep)
+    world_source: bool = False  # the case's source is the item's scene drawn by the world (scene.world_scene), not a sample
 
 
 @dataclass(frozen=True)
@@ -219,6 +223,14 @@ def pose_combined(it: Item, src, rng):
                  {"target": t, "k": 1.5, "colour": c})
 
 
+def pose_unseen(it: Item, src, rng):
+    """The item's world scene, degraded with noise or blur (drawn per case), as the source, returned
+    from t0 = 0.5 with SDEdit's noise (DiffusionCLIP's unseen-domain translation)."""
+    how = DEGRADATIONS[int(rng.integers(len(DEGRADATIONS)))]
+    name = degraded_name(int(rng.integers(2**31)), how)
+    return Posed(f'source "{name}"\ninvert noise\nreturn 0.5', {"degraded": how}, degraded=((name, how),))
+
+
 def pose_remove(it: Item, src, rng):
     return Posed(f"remove {it.token()}")
 
@@ -236,6 +248,43 @@ MOVE_ONE = ("within_0_1", "kept_shape")
 
 def _different_shapes(it: Item) -> bool:
     return it.subject.shape != it.other.shape
+
+
+def _red(it: Item) -> bool:
+    """A red subject beside an object that is not green: the world never draws two objects of one
+    colour, and the checks find objects by colour, so a green other object would be mistaken for
+    the recoloured one."""
+    return it.subject.colour == "red" and (it.other is None or it.other.colour != "green")
+
+
+def _red_circle(it: Item) -> bool:
+    return _red(it) and it.subject.shape == "circle"
+
+
+# DiffusionCLIP's fine-tuned directions (issue 20). Their files are not shipped with the model yet:
+# `steer bench --directions DIR` passes them, and without them the rows are "not run".
+FINETUNED = ("red_to_green_ft", "circle_to_square_ft")
+GAMMAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the continuous transition, as the issue asks
+
+
+def _finetune_tasks() -> list[Task]:
+    return [
+        Task("fine-tuned recolour", "fine-tuned direction", "direction red_to_green_ft",
+             pose_direction("direction red_to_green_ft"), lambda src, out, it: K.recolour(src, out, it, colour="green"),
+             ("took_colour", "stayed_0_05", "other_kept"), {"took_colour": 0.9, "stayed_0_05": 0.9, "other_kept": 0.9},
+             fits=_red, cost="direction (fine-tuned)"),
+        Task("fine-tuned colour + shape", "fine-tuned direction", "direction red_to_green_ft; direction circle_to_square_ft",
+             pose_direction("direction red_to_green_ft\ndirection circle_to_square_ft"),
+             lambda src, out, it: K.direction(src, out, it, colour="green", shape="square"), ("took_colour", "took_shape"),
+             {"success": 0.7}, fits=_red_circle, cost="direction (fine-tuned)"),
+        Task("fine-tuned transition", "fine-tuned direction", "direction red_to_green_ft * gamma, gamma 0 .. 1",
+             pose_direction("direction red_to_green_ft"),
+             lambda src, out, it, images: K.transition(src, out, it, images, GAMMAS, "green"), ("monotone",),
+             {"monotone": 0.9}, fits=_red, cost="direction (fine-tuned)", sweep=GAMMAS, reads_images=True),
+        Task("unseen-domain translation", "return step", 'source "<world scene + noise or blur>"; invert noise; return 0.5',
+             pose_unseen, lambda src, out, it, images, degraded: K.translated(src, out, it, images, degraded),
+             ("same_objects", "clean"), {"success": 0.8}, cost="return step", reads_images=True, world_source=True),
+    ]
 
 
 def _suite() -> list[Task]:
@@ -299,6 +348,7 @@ def _suite() -> list[Task]:
              pose_direction("direction circle_to_square_p2p\nkeep attention"),
              lambda src, out, it: K.direction(src, out, it, shape="square"), ("took_shape", "stayed_0_05"), {},
              fits=lambda it: it.index == 0 and it.subject.shape == "circle", cost="direction"),
+        *_finetune_tasks(),
     ]
     names = [t.name for t in tasks]
     assert len(set(names)) == len(names), names
