@@ -513,6 +513,9 @@ def test_the_fine_tuned_recolour_and_the_combination_on_hand_made_detections():
     assert ok and f["took_colour"] and f["took_shape"]
     ok, f = _judge("fine-tuned colour + shape", src, green)  # the colour alone is not both edits
     assert not ok and f["took_colour"] and not f["took_shape"]
+    split = BY_NAME["fine-tuned colour + shape, split in time"]  # the time-split variant: judged alike, no bar
+    assert split.bars == {} and split.criteria == BY_NAME["fine-tuned colour + shape"].criteria
+    assert split.pose(RC, src, None).script == "direction circle_to_square_ft @ 0.2..0.7\ndirection red_to_green_ft @ 0.7..1"
 
 
 def test_a_transition_is_monotone_when_the_hue_distance_falls_within_2_degrees():
@@ -599,7 +602,9 @@ def test_the_fine_tuned_tasks_run_with_a_directions_folder_and_are_not_run_witho
     assert unseen["source_right"] and unseen["degraded"] in ("noise", "blur") and 0 <= unseen["halftones"] <= 1
     written = unseen["script"].split('"')[1]
     assert (tmp_path / "with" / written).is_file() and written.endswith(f"_{unseen['degraded']}.png")
-    assert "fine-tuned colour + shape" in (tmp_path / "with" / "results.md").read_text()
+    md = (tmp_path / "with" / "results.md").read_text()
+    assert "fine-tuned colour + shape" in md and "## Per-case sweeps" in md
+    assert "| weight | 0 | 0.25 | 0.5 | 0.75 | 1 |" in md and f"| hue distance | {sweep['hue_g0']:.0f} |" in md
     # Without the folder: the fine-tuned rows are not run (found before sampling), the return step's is.
     data = run_bench(shapes_path, per_task=1, out=tmp_path / "without", steps=4, progress=False, task_list=tasks, cost=False,
                      curves=False, editor=shapes_editor, split="tune")

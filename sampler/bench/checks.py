@@ -299,7 +299,7 @@ def transition(src, out, item: Item, images, gammas, colour: str) -> dict:
     if s is None:
         return _missing(monotone=False)
     hues = [hue_distance(im, s.mask, colour) for im in images]
-    f = {f"hue_g{g:g}": h for g, h in zip(gammas, hues)}
+    f = {"found": True, **{f"hue_g{g:g}": h for g, h in zip(gammas, hues)}}
     f["monotone"] = falls(hues)
     f["hue_fall"] = hues[0] - hues[-1]
     last = changed_in_place(src, out, item, colour=colour)

@@ -66,7 +66,7 @@ def summarise(tasks: list[Task], outcomes: list[Outcome], not_run: dict | None =
         outs = [o for o in all_outs if o.not_run is None]
         skipped = [o for o in all_outs if o.not_run is not None]
         row = {"statement": task.statement, "script": task.script, "objects": task.objects, "criteria": list(task.criteria),
-               "bars": dict(task.bars), "cost_class": task.cost}
+               "bars": dict(task.bars), "cost_class": task.cost, **({"sweep": list(task.sweep)} if task.sweep else {})}
         if task.name in not_run or (skipped and not outs):
             msg = not_run.get(task.name) or skipped[0].not_run
             rows[task.name] = {**row, "status": f"not run: {msg}", "not_run": msg, "n": 0, "met": None, "met_right": None}
@@ -199,6 +199,20 @@ def curve_table(curves: dict) -> list[str]:
     return lines
 
 
+def sweep_table(tasks: dict) -> list[str]:
+    """A swept task's (the fine-tuned transition's) mean hue distance to the target at each weight."""
+    lines = []
+    for name, row in tasks.items():
+        if not row.get("sweep") or not row.get("n"):
+            continue
+        ws = row["sweep"]
+        means = [row["figures"].get(f"hue_g{w:g}") for w in ws]
+        lines += ["", f"{name} ({row['n']} cases): mean hue distance to the target colour inside the object, in degrees", "",
+                  "| weight | " + " | ".join(f"{w:g}" for w in ws) + " |", "| --- | " + " | ".join("---" for _ in ws) + " |",
+                  "| hue distance | " + " | ".join("-" if m is None else f"{m:.0f}" for m in means) + " |"]
+    return lines
+
+
 def _num(v, figure: str) -> str:
     if v is None:
         return "-"
@@ -244,6 +258,10 @@ def markdown(results: dict, curves_png: bool = False, title: str | None = None) 
              "## Per shape (of the edited object; success over all sources, and n)", "", *group_table(tasks, "by_shape", W.SHAPES), "",
              "## Per colour", "", *group_table(tasks, "by_colour", list(W.COLOURS)), "",
              "## First or second object of the prompt", "", *group_table(tasks, "by_position", ["first", "second"]), ""]
+    sweeps = sweep_table(tasks)
+    if sweeps:
+        lines += ["## Per-case sweeps", "", "Each case run at every weight of its statement; the row's criterion is judged per "
+                  "case over the weights.", *sweeps, ""]
     curves = results.get("curves") or {}
     if curves:
         lines += ["## Weight curves", "", "The statement's weight (`* w`) swept on the first cases of the split; weight 0 "

@@ -277,6 +277,13 @@ def _finetune_tasks() -> list[Task]:
              pose_direction("direction red_to_green_ft\ndirection circle_to_square_ft"),
              lambda src, out, it: K.direction(src, out, it, colour="green", shape="square"), ("took_colour", "took_shape"),
              {"success": 0.7}, fits=_red_circle, cost="direction (fine-tuned)"),
+        # No bar: the paper's gamma_i(t) split in time (the shape first, where it is decided, then the
+        # colour), which did better than equal shares on 8 seeds (docs/methods.md 6b).
+        Task("fine-tuned colour + shape, split in time", "fine-tuned direction",
+             "direction circle_to_square_ft @ 0.2..0.7; direction red_to_green_ft @ 0.7..1",
+             pose_direction("direction circle_to_square_ft @ 0.2..0.7\ndirection red_to_green_ft @ 0.7..1"),
+             lambda src, out, it: K.direction(src, out, it, colour="green", shape="square"), ("took_colour", "took_shape"),
+             {}, fits=_red_circle, cost="direction (fine-tuned)"),
         Task("fine-tuned transition", "fine-tuned direction", "direction red_to_green_ft * gamma, gamma 0 .. 1",
              pose_direction("direction red_to_green_ft"),
              lambda src, out, it, images: K.transition(src, out, it, images, GAMMAS, "green"), ("monotone",),
