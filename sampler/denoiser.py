@@ -24,7 +24,6 @@ def denoiser(backbone, cond, cfg: float, readout=None, record: list | None = Non
     `what` holds "attn", the decoder features if it holds "features"; with neither, the step is
     plain batched sampling (fast attention, no hooks) and an empty Features is appended."""
     b = backbone
-    hw = b.latent_shape()[1:]
     cond_at = cond if callable(cond) else lambda i: cond
 
     def denoise(i, t, z, eps_cond=None):

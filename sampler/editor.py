@@ -169,18 +169,19 @@ class Editor:
         if relocations:  # first the copies, then the drag's optimisation, then the energies
             guide = timed_as("steer.relocation_and_guide", relocating(guide, relocations, src, b.schedule()[0]))
         edit_latents: list[torch.Tensor] = []  # each step's z_t, whose maps the pictures ask for (TrajectoryMaps)
-        final = sample_ddim(
-            denoise,
-            src.noise,
-            timesteps,
-            *b.schedule(),
-            guide=guide,
-            disable=not progress,
-            desc="edit",
-            clip=src.clip,
-            generator=torch.Generator().manual_seed(settings.seed + 1),  # for steps that ask for eta > 0
-            callback=lambda d: edit_latents.append(d["z"].detach()),
-        )
+        with record_function("steer.edit_pass"):  # the loop alone, for the profile (sampler/bench/profile.py)
+            final = sample_ddim(
+                denoise,
+                src.noise,
+                timesteps,
+                *b.schedule(),
+                guide=guide,
+                disable=not progress,
+                desc="edit",
+                clip=src.clip,
+                generator=torch.Generator().manual_seed(settings.seed + 1),  # for steps that ask for eta > 0
+                callback=lambda d: edit_latents.append(d["z"].detach()),
+            )
         with torch.no_grad():  # a finite latent can still decode to NaN (an fp16 VAE overflows)
             image = require_finite(b.decode(final), "the decoded image", steps, 0)[0].permute(1, 2, 0).cpu().numpy()
         ran = P.Program(settings=settings, terms=program.terms)

@@ -157,3 +157,31 @@ def test_transformer_edits_are_bit_identical(flow_editor):
     old, new = run_old(flow_editor, prog), run_new(flow_editor, prog)
     assert np.array_equal(old.image, new.image)
     assert old.energies == new.energies
+
+
+def test_allocated_peak_sees_tensors():
+    from sampler.bench.profile import allocated_peak
+
+    def make():
+        a = torch.ones(2**18)  # 1 MiB
+        b = a + 1  # 2 MiB live at once
+        del a, b
+        torch.ones(2**17)
+
+    assert 2 * 2**20 <= allocated_peak(make, "cpu") < 3 * 2**20
+
+
+def test_profile_command(shapes_path, tmp_path, capsys):
+    import json
+
+    from sampler.bench.profile import COLUMNS, main
+
+    out = tmp_path / "profile.json"
+    assert main(["--model", shapes_path, "--steps", "2", "--repeats", "1", "--only", "prompt direction + keep attention",
+                 "--out", str(out)]) == 0
+    row = json.loads(out.read_text())["classes"]["prompt direction + keep attention"][""]
+    parts = row["profiled_ms_per_step"]
+    assert parts["forward with probes"] > 0 and parts["backward"] > 0  # keep attention is guided at both steps
+    assert sum(parts[c] for c in COLUMNS) == pytest.approx(parts["total"], rel=1e-6)
+    assert row["guided_over_plain"] > 1 and row["guided_peak_mb"] > row["plain_peak_mb"]
+    assert "| prompt direction + keep attention |" in capsys.readouterr().out
