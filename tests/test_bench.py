@@ -556,10 +556,11 @@ def test_a_degraded_world_source_is_written_and_judged_not_clean(tmp_path):
     ok, f = _judge("unseen-domain translation", scene.objects, found, it, images=[scene.image], degraded="noise")
     assert ok and f["same_objects"] and f["clean"] and f["halftones"] == 0
     for how in ("noise", "blur"):
-        write_degraded(tmp_path / f"{how}.png", scene.image, how, 7)
+        written = write_degraded(tmp_path / f"{how}.png", scene.image, how, 7)
         with Image.open(tmp_path / f"{how}.png") as im:
             back = np.asarray(im.convert("RGB"), np.float32) / 255
         assert back.shape == (32, 32, 3) and np.abs(back - degrade(scene.image, how, 7)).max() <= 1 / 255
+        assert np.array_equal(written, back)
         ok, f = _judge("unseen-domain translation", scene.objects, W.detect(back), it, images=[back], degraded=how)
         assert not ok and not f["clean"], how  # the degraded input itself has not come back
     assert np.array_equal(degrade(scene.image, "noise", 7), degrade(scene.image, "noise", 7))

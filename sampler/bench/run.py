@@ -84,8 +84,9 @@ def run_case(editor: Editor, case: Case, steps: int, out: Path, weight: float | 
         path = out / style_image_name(colour, shape)
         if not _image_of_size(path, size):  # missing, or left by a run on a model of another size
             write_style_image(path, colour, shape, size)
+    shown = None  # the contact sheet's source: the degraded input where the script reads one
     for name, how in posed.degraded:
-        write_degraded(out / name, src_image, how, case.seed)
+        shown = write_degraded(out / name, src_image, how, case.seed)
     sweep = task.sweep or (weight,)
     scripts = [posed.script if w is None else weighted(posed.script, w) for w in sweep]
     t = time.perf_counter()
@@ -101,7 +102,8 @@ def run_case(editor: Editor, case: Case, steps: int, out: Path, weight: float | 
         figures.update(task.score(it, posed.asked)(editor, r.source_image, r.image))
     success = judge(task, figures)
     script = scripts[-1] if not task.sweep else weighted(posed.script, "gamma") + f"  # gamma {', '.join(f'{w:g}' for w in sweep)}"
-    return Outcome(case, script, figures, success, right, dt, *((r.source_image, r.image) if keep_images else (None, None)),
+    sheet = (r.source_image if shown is None else shown, r.image)
+    return Outcome(case, script, figures, success, right, dt, *(sheet if keep_images else (None, None)),
                    weight=weight)
 
 

@@ -190,9 +190,10 @@ def degraded_name(seed_: int, how: str) -> str:
     return f"unseen_{seed_}_{how}.png"
 
 
-def write_degraded(path: Path, image: np.ndarray, how: str, seed_: int):
-    """The degraded image as an 8-bit PNG (what a user's file would be)."""
+def write_degraded(path: Path, image: np.ndarray, how: str, seed_: int) -> np.ndarray:
+    """The degraded image as an 8-bit PNG (what a user's file would be); returns what was written."""
     from PIL import Image
 
     pixels = (degrade(image, how, seed_) * 255).round().astype(np.uint8)
     atomic_write(Path(path), lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"))
+    return pixels.astype(np.float32) / 255
