@@ -7,7 +7,8 @@ Model weights stay frozen. A non-finite prediction, energy or gradient stops the
 statement and step where it appeared.
 
 The guided forward records a graph only up to the last probe the active terms read (graph_until):
-the rest of the UNet, which makes eps_c but nothing the energies read, runs without autograd.
+the rest of the UNet, which makes eps_c but nothing the energies read, runs without autograd;
+when every active term acts via x0, none of it does (EnergyGuide._graph).
 Autograd only ever walks back from the energy, so the gradients are the same bits; what it saves
 is the graph's memory and bookkeeping over the rest of the forward (docs/performance.md).
 """
@@ -96,10 +97,8 @@ class EnergyGuide:
             z_ = z.detach().requires_grad_(True)
             feature_modules = [self.readout.feature_module] if "features" in needs else []
             attn = self.readout.attn_layers if needs & {"attn", "layers", "features"} else []
-            # the x0 family reads eps_c itself: then the whole forward is on the graph
-            stop = [*attn, *feature_modules] if self.cut_graph and "image" not in needs else []
             with record_function("steer.guided_forward"), probing(b.unet, store, attn, feature_modules), \
-                    (graph_until(b.unet, stop) if stop else contextlib.nullcontext()):
+                    self._graph(active, needs, [*attn, *feature_modules]):
                 eps_c = b.eps(z_, t, cond.cond, cond.added)
             # a prompt direction's shift can make the prediction itself non-finite: name it, not the
             # energy terms that read the prediction
@@ -118,6 +117,19 @@ class EnergyGuide:
             last_maps["maps"] = now.maps.detach()
         return Guidance(eps=grads.get("eps"), latent=grads.get("latent"), mean=grads.get("mean"), x0=grads.get("x0"),
                         eps_cond=eps_c.detach(), by={p: tuple(terms) for p, terms in by.items()})
+
+    def _graph(self, active: list[BoundTerm], needs: set[str], probes: list[str]):
+        """How much of the guided forward autograd records: nothing when every term acts via x0
+        (its gradient is taken w.r.t. the predicted x0, which pred_x0 makes from z_t outside the
+        forward); all of it when a term reads the predicted image via another placement (the
+        gradient crosses eps_c); else up to the last probe (graph_until)."""
+        if not self.cut_graph:
+            return contextlib.nullcontext()
+        if all(x.placement == "x0" for x in active):
+            return torch.no_grad()
+        if "image" in needs:
+            return contextlib.nullcontext()
+        return graph_until(self.backbone.unet, probes)
 
     def _energies(self, active, needs, store, attn, z_, eps_c, i, t, src, curves):
         """(features now, the predicted x0 if read, energy per placement, terms per placement)."""

@@ -185,3 +185,20 @@ def test_profile_command(shapes_path, tmp_path, capsys):
     assert sum(parts[c] for c in COLUMNS) == pytest.approx(parts["total"], rel=1e-6)
     assert row["guided_over_plain"] > 1 and row["guided_peak_mb"] > row["plain_peak_mb"]
     assert "| prompt direction + keep attention |" in capsys.readouterr().out
+
+
+def test_no_gradient_work_outside_a_terms_window(editor, monkeypatch):
+    """Already so before issue 21: a step with no active energy term runs no probed forward and
+    no backward, only the batched CFG forward."""
+    calls = count_backward(monkeypatch)
+    run_new(editor, dsl.compile(HEADER.replace("steps 4", "steps 8") + "keep attention @ 0..0.5"))
+    assert len(calls) == 4
+
+
+def test_x0_placed_terms_run_the_forward_off_the_graph(editor):
+    """Every term via x0: the guided forward builds no graph at all; the same bits as before."""
+    prog = program(X0)
+    assert {x.placement for x in editor.bind(prog)} == {"x0"}
+    old = run_old(editor, prog)  # a source pass recording everything, kept for the next run
+    new = editor.run(prog, progress=False)
+    assert np.array_equal(old.image, new.image) and old.energies == new.energies
