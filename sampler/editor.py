@@ -145,6 +145,8 @@ class Editor:
         # Everything that can be checked without sampling is checked first (the settings, the
         # names, the direction files, the images: check_program), so that a mistake is never
         # found after minutes of source pass.
+        if not isinstance(guide_every, int) or guide_every < 1:
+            raise ValueError(f"guide_every is a whole number of steps, 1 or more, not {guide_every!r}")
         settings = self.settings(program)
         warnings: list = []
         bound = self.bind(program, script_dir, warnings)
@@ -299,7 +301,7 @@ def reusing(step, every: int):
     its gradients reused in between (opt-in: it changes results). The reused Guidance carries no
     eps_cond (it was taken at another z_t), so the denoiser runs both halves; its energy curves
     skip the reused steps. every = 1 is step itself."""
-    if every <= 1:
+    if every == 1:
         return step
     last = {"key": None, "at": None, "g": None}
 

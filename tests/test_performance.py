@@ -202,3 +202,11 @@ def test_x0_placed_terms_run_the_forward_off_the_graph(editor):
     old = run_old(editor, prog)  # a source pass recording everything, kept for the next run
     new = editor.run(prog, progress=False)
     assert np.array_equal(old.image, new.image) and old.energies == new.energies
+
+
+def test_guide_every_is_a_whole_number(editor):
+    editor.sources.clear()
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="guide_every"):
+            editor.run(program(DIRECTION_KEEP), progress=False, guide_every=bad)
+    assert len(editor.sources) == 0  # refused before any sampling
