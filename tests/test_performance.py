@@ -178,8 +178,10 @@ def test_profile_command(shapes_path, tmp_path, capsys):
 
     out = tmp_path / "profile.json"
     assert main(["--model", shapes_path, "--steps", "2", "--repeats", "1", "--only", "prompt direction + keep attention",
-                 "--out", str(out)]) == 0
-    row = json.loads(out.read_text())["classes"]["prompt direction + keep attention"][""]
+                 "--guide-every", "2", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["classes"]["prompt direction + keep attention"]
+    assert set(rows) == {"", "every 2"}
+    row = rows[""]
     parts = row["profiled_ms_per_step"]
     assert parts["forward with probes"] > 0 and parts["backward"] > 0  # keep attention is guided at both steps
     assert sum(parts[c] for c in COLUMNS) == pytest.approx(parts["total"], rel=1e-6)

@@ -5,7 +5,8 @@ a prompt direction + keep attention; a drag), in one process:
 
 - time: plain classifier-free-guided sampling, the guided pass (source pass cached) and a first
   run (source pass included), repeated R times and interleaved, so that a machine's load falls
-  on all three alike; the ratios are of medians;
+  on all three alike; the ratios are of the fastest repeats (the least disturbed on a loaded
+  machine; the JSON keeps the medians too);
 - a breakdown of one guided pass under torch.profiler, from the ranges the engine marks
   (sampler/guidance.py, denoiser.py, editor.py): the forward with probes, the backward, the
   unconditional forward, the batched CFG forward (steps with no energy term), the energies,
@@ -19,8 +20,8 @@ a prompt direction + keep attention; a drag), in one process:
   not in it (the bench's cost table measures the whole process).
 
 --compare adds each class "before" the exact optimisations of docs/performance.md (the whole
-guided forward on the graph, the source pass recording everything) beside "after". Markdown on
-stdout; --out writes the same figures as JSON.
+guided forward on the graph, the source pass recording everything) beside "after", and
+--guide-every K a row guided every K-th step (opt-in, not exact). Markdown on stdout; --out writes the same figures as JSON.
 """
 
 from __future__ import annotations
@@ -69,12 +70,12 @@ def set_before(editor: Editor, before: bool):
     editor.energies.cut_graph = not before
 
 
-def first_run(editor: Editor, prog, before: bool):
+def first_run(editor: Editor, prog, edit, before: bool):
     """A run with no source pass in memory: the source pass (all of it recorded, before) and the edit."""
     editor.sources.clear()
     if before:
         editor.source(editor.settings(prog), progress=False, record=RECORDABLE)
-    return editor.run(prog, progress=False)
+    return edit()
 
 
 def synchronize(device: str):
@@ -90,26 +91,30 @@ def seconds(fn, device: str) -> float:
     return time.perf_counter() - t0
 
 
-def timings(editor: Editor, prog, repeats: int, before: bool, device: str) -> dict:
-    """Median seconds of plain sampling, the guided pass (source cached) and a first run, interleaved."""
+def timings(editor: Editor, prog, edit, repeats: int, before: bool, device: str) -> dict:
+    """Seconds of plain sampling, the guided pass (source cached) and a first run, interleaved:
+    the fastest of the repeats, and the medians beside them."""
     settings = editor.settings(prog)
     plain, guided, first = [], [], []
     for _ in range(repeats):
         plain.append(seconds(lambda: editor.sample_plain(settings), device))
-        first.append(seconds(lambda: first_run(editor, prog, before), device))  # leaves its source pass cached
-        guided.append(seconds(lambda: editor.run(prog, progress=False), device))
-    return {"plain_s": statistics.median(plain), "guided_s": statistics.median(guided), "first_run_s": statistics.median(first)}
+        first.append(seconds(lambda: first_run(editor, prog, edit, before), device))  # leaves its source pass cached
+        guided.append(seconds(edit, device))
+    # the fastest of the repeats: on a loaded machine the least disturbed, the nearest to the cost itself
+    return {"plain_s": min(plain), "guided_s": min(guided), "first_run_s": min(first),
+            "median": {"plain_s": statistics.median(plain), "guided_s": statistics.median(guided),
+                       "first_run_s": statistics.median(first)}}
 
 
-def breakdown(editor: Editor, prog, device: str) -> dict:
+def breakdown(edit, device: str) -> dict:
     """Seconds per section of one guided pass (source cached), from the profiler's ranges."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
-    editor.run(prog, progress=False)  # the source pass, cached, and a warm-up
+    edit()  # the source pass, cached, and a warm-up
     with profile(activities=activities) as prof:
         with record_function("steer.run"):  # the run alone, not the profiler's start and stop
-            editor.run(prog, progress=False)
+            edit()
             synchronize(device)
     ranges = {e.key: e.cpu_time_total / 1e6 for e in prof.key_averages() if e.key.startswith("steer.")}
     total = ranges["steer.run"]
@@ -146,22 +151,26 @@ def allocated_peak(fn, device: str) -> int:
     return peak
 
 
-def memory(editor: Editor, prog, device: str) -> dict:
+def memory(editor: Editor, prog, edit, device: str) -> dict:
     """Peak bytes above the start of plain sampling and of the guided pass (source cached)."""
     settings = editor.settings(prog)
-    editor.run(prog, progress=False)  # the source pass, cached
+    edit()  # the source pass, cached
     return {"plain": allocated_peak(lambda: editor.sample_plain(settings), device),
-            "guided": allocated_peak(lambda: editor.run(prog, progress=False), device)}
+            "guided": allocated_peak(edit, device)}
 
 
 def profile_class(editor: Editor, terms: str, steps: int, repeats: int, before: bool, device: str,
-                  memory_too: bool) -> dict:
+                  memory_too: bool, guide_every: int = 1) -> dict:
     prog = dsl.compile(script(terms, steps))
+
+    def edit():
+        return editor.run(prog, progress=False, guide_every=guide_every)
+
     set_before(editor, before)
     try:
-        row = timings(editor, prog, repeats, before, device)
-        parts = breakdown(editor, prog, device)
-        peaks = memory(editor, prog, device) if memory_too else None
+        row = timings(editor, prog, edit, repeats, before, device)
+        parts = breakdown(edit, device)
+        peaks = memory(editor, prog, edit, device) if memory_too else None
     finally:
         set_before(editor, False)
     row.update({
@@ -172,9 +181,16 @@ def profile_class(editor: Editor, terms: str, steps: int, repeats: int, before: 
         "profiled_ms_per_step": {k: 1000 * v / steps for k, v in parts.items()},
     })
     if peaks is not None:
+        weights = weights_bytes(editor)
         row.update({"plain_peak_mb": peaks["plain"] / 2**20, "guided_peak_mb": peaks["guided"] / 2**20,
-                    "peak_over_plain": peaks["guided"] / peaks["plain"] if peaks["plain"] else float("nan")})
+                    "peak_over_plain": peaks["guided"] / peaks["plain"] if peaks["plain"] else float("nan"),
+                    "total_peak_over_plain": (weights + peaks["guided"]) / (weights + peaks["plain"])})
     return row
+
+
+def weights_bytes(editor: Editor) -> int:
+    """Bytes of the backbone's denoiser weights (the UNet or transformer; not its text encoders or VAE)."""
+    return sum(p.numel() * p.element_size() for p in editor.backbone.unet.parameters())
 
 
 def machine(device: str) -> str:
@@ -187,17 +203,19 @@ def machine(device: str) -> str:
 
 def markdown(result: dict) -> str:
     rows = result["classes"]
-    lines = [f"Profile: model {result['model']}, {result['steps']} steps, median of {result['repeats']} interleaved "
-             f"repeats, on {result['machine']}.", "",
+    lines = [f"Profile: model {result['model']}, {result['steps']} steps, fastest of {result['repeats']} interleaved "
+             f"repeats, on {result['machine']}. Peak memory: tensors allocated above the start of the call; "
+             f"with the model's {result['model_mb']:.1f} MB of weights added, guided / plain is the last column.", "",
              "| edit class | | plain ms/step | guided ms/step | guided / plain | first run / plain | peak MB plain | "
-             "peak MB guided | peak guided / plain |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "peak MB guided | peak guided / plain | with the weights |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, versions in rows.items():
         for version, r in versions.items():
             mem = [f"{r[k]:.1f}" if k in r else "-" for k in ("plain_peak_mb", "guided_peak_mb")]
-            ratio = f"{r['peak_over_plain']:.2f}" if "peak_over_plain" in r else "-"
+            ratios = [f"{r[k]:.2f}" if k in r else "-" for k in ("peak_over_plain", "total_peak_over_plain")]
             lines.append(f"| {name} | {version} | {r['plain_ms_per_step']:.1f} | {r['guided_ms_per_step']:.1f} | "
-                         f"{r['guided_over_plain']:.2f}x | {r['first_run_over_plain']:.2f}x | {mem[0]} | {mem[1]} | {ratio} |")
+                         f"{r['guided_over_plain']:.2f}x | {r['first_run_over_plain']:.2f}x | {mem[0]} | {mem[1]} | "
+                         f"{ratios[0]} | {ratios[1]} |")
     lines += ["", "Where a guided step's time goes (one guided pass, source cached, under torch.profiler: "
               "ms per step, and the share of the step):", "",
               "| edit class | | " + " | ".join(COLUMNS) + " |", "| --- | --- | " + " | ".join("---:" for _ in COLUMNS) + " |"]
@@ -217,18 +235,22 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--only", action="append", choices=list(CLASSES), help="profile only this class (repeatable)")
     p.add_argument("--compare", action="store_true", help="each class also before the exact optimisations")
+    p.add_argument("--guide-every", type=int, metavar="K",
+                   help="each class also guided every K-th step, the gradient reused between (Editor.run's opt-in guide_every)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak memory (one more profiled run of each)")
     p.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args(argv)
     editor = Editor(args.model, device=args.device)
     editor.sample_plain(editor.settings(dsl.compile(script("", 1))))  # first-call allocations
     classes = {k: v for k, v in CLASSES.items() if not args.only or k in args.only}
-    result = {"model": args.model, "steps": args.steps, "repeats": args.repeats, "machine": machine(args.device), "classes": {}}
+    result = {"model": args.model, "model_mb": weights_bytes(editor) / 2**20, "steps": args.steps, "repeats": args.repeats, "machine": machine(args.device), "classes": {}}
     for name, terms in classes.items():
-        versions = (("before", True), ("after", False)) if args.compare else (("", False),)
+        versions = [("before", True, 1), ("after", False, 1)] if args.compare else [("", False, 1)]
+        if args.guide_every:
+            versions.append((f"every {args.guide_every}", False, args.guide_every))
         result["classes"][name] = {label: profile_class(editor, terms, args.steps, args.repeats, before,
-                                                        args.device, not args.no_memory)
-                                   for label, before in versions}
+                                                        args.device, not args.no_memory, every)
+                                   for label, before, every in versions}
     text = markdown(result)
     sys.stdout.write(text)
     if args.out:
