@@ -138,13 +138,12 @@ class SourcePasses:
             latents.append(d["z"].detach())
             x0s.append(d["x0"].detach())
 
-        what = frozenset(record)
-        record = []
-        final = sample_ddim(denoiser(b, cond, settings.cfg, self.readout, record, what), noise, timesteps, *b.schedule(),
+        what, features = frozenset(record), []
+        final = sample_ddim(denoiser(b, cond, settings.cfg, self.readout, features, what), noise, timesteps, *b.schedule(),
                             callback=keep, disable=not progress, desc="source", clip=clip)
         with torch.no_grad():
             image = b.decode(final)[0].permute(1, 2, 0).cpu().numpy()
-        src = SourcePass(key, noise, latents, record, final, image, cond, clip, x0s, what, timesteps, self.fill)
+        src = SourcePass(key, noise, latents, features, final, image, cond, clip, x0s, what, timesteps, self.fill)
         self._passes[key] = src
         while len(self._passes) > self.keep:  # oldest first: dicts keep insertion order
             self._passes.pop(next(iter(self._passes)))
