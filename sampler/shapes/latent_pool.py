@@ -44,9 +44,19 @@ class LatentPool:
         return z, [self.captions[int(i)] for i in self.caption[idx]]
 
 
+def _render(args) -> tuple[np.ndarray, str]:
+    """Scene i of the pool: (image, caption). A function of its seed alone, so workers may draw it."""
+    seed, i, size, p_one = args
+    s = world.make_scene((seed, POOL, i), size, p_one=p_one)
+    return s.image, s.caption
+
+
 @torch.no_grad()
-def build(path: Path, vae, seed: int, n: int, size: int, p_one: float, chunk: int = 256, progress: bool = True) -> LatentPool:
-    """Encode scenes 0..n-1 of the pool (or load them, or go on where a saved partial pool ends)."""
+def build(path: Path, vae, seed: int, n: int, size: int, p_one: float, chunk: int = 256, progress: bool = True,
+          workers: int = 1) -> LatentPool:
+    """Encode scenes 0..n-1 of the pool (or load them, or go on where a saved partial pool ends).
+    With workers > 1 the scenes are drawn in that many processes (drawing, not encoding, is the
+    slow part where the VAE runs on a GPU); the pool is the same either way."""
     from safetensors.torch import load_file, save_file
 
     mean = std = None
@@ -62,18 +72,24 @@ def build(path: Path, vae, seed: int, n: int, size: int, p_one: float, chunk: in
         if done == n:
             return LatentPool(mean, std, torch.tensor(caption_ids), captions)
     bar = tqdm(total=n, initial=done, desc="latent pool", disable=not progress, dynamic_ncols=True)
+    draw, executor = map, None
+    if workers > 1 and done < n:
+        import concurrent.futures
+
+        executor = concurrent.futures.ProcessPoolExecutor(workers)
+        draw = lambda f, items: executor.map(f, items, chunksize=16)  # noqa: E731
     means, stds = ([mean[:done]] if mean is not None else []), ([std[:done]] if std is not None else [])
     while done < n:
         k = min(chunk, n - done)
-        scenes = [world.make_scene((seed, POOL, done + i), size, p_one=p_one) for i in range(k)]
-        x = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2) * 2 - 1
-        d = vae.encode(x).latent_dist
-        means.append(d.mean.half().contiguous())
-        stds.append(d.std.half().contiguous())
-        for s in scenes:
-            if s.caption not in captions:
-                captions.append(s.caption)
-            caption_ids.append(captions.index(s.caption))
+        scenes = list(draw(_render, [(seed, done + i, size, p_one) for i in range(k)]))
+        x = torch.from_numpy(np.stack([image for image, _ in scenes])).permute(0, 3, 1, 2) * 2 - 1
+        d = vae.encode(x.to(vae.device, vae.dtype)).latent_dist
+        means.append(d.mean.half().cpu().contiguous())
+        stds.append(d.std.half().cpu().contiguous())
+        for _, caption in scenes:
+            if caption not in captions:
+                captions.append(caption)
+            caption_ids.append(captions.index(caption))
         done += k
         bar.update(k)
         if done % (chunk * 40) == 0 or done == n:  # save as it goes: building resumes too
@@ -82,6 +98,8 @@ def build(path: Path, vae, seed: int, n: int, size: int, p_one: float, chunk: in
             meta = {"pool": json.dumps({"n": n, "seed": seed, "p_one": p_one, "size": size, "done": done, "captions": captions})}
             atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     bar.close()
+    if executor is not None:
+        executor.shutdown()
     return LatentPool(torch.cat(means), torch.cat(stds), torch.tensor(caption_ids), captions)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import shutil
 import time
@@ -207,6 +208,7 @@ def train_unet(args) -> dict:
         start, elapsed = state["step"], state["elapsed"]
     for m in (unet, text_encoder, vae):
         m.to(dev)  # after restoring: the optimizer's moments follow their parameters (AdamW keeps them per tensor)
+    ema = {k: v.to(dev) for k, v in ema.items()}  # the average lives beside the weights it follows
     for s in opt.state.values():
         for k, v in s.items():
             if torch.is_tensor(v) and k != "step":
@@ -222,9 +224,8 @@ def train_unet(args) -> dict:
     losses = []
     pool = None
     if args.latent_pool:  # scenes encoded once, drawn many times (latent_pool.py)
-        pool = latent_pool.build(args.work / f"latent-pool-{args.seed}-{args.latent_pool}.safetensors", vae.to("cpu"),
-                                 args.seed, args.latent_pool, M.IMAGE_SIZE, args.p_one)
-        vae.to(dev)
+        pool = latent_pool.build(args.work / f"latent-pool-{args.seed}-{args.latent_pool}.safetensors", vae,
+                                 args.seed, args.latent_pool, M.IMAGE_SIZE, args.p_one, workers=min(16, os.cpu_count() or 1))
     for step in bar:
         drop = np.random.default_rng((args.seed, step, 1 << 20)).random(args.batch) < args.p_uncond
         g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
