@@ -187,6 +187,9 @@ def test_a_latent_pool_is_built_once_resumes_and_feeds_the_unet(tmp_path):
     assert len(whole) == 6 and whole.mean.shape[1:] == (4, M.LATENT_SIZE, M.LATENT_SIZE)
     again = latent_pool.build(path, vae, 0, 6, M.IMAGE_SIZE, 0.3, progress=False)  # loaded, not rebuilt
     assert torch.equal(again.mean, whole.mean) and again.captions == whole.captions
+    drawn_apart = latent_pool.build(tmp_path / "pool2.safetensors", vae, 0, 6, M.IMAGE_SIZE, 0.3, chunk=4, progress=False,
+                                    workers=2)  # scenes drawn in two processes: the same pool
+    assert torch.equal(drawn_apart.mean, whole.mean) and drawn_apart.captions == whole.captions
     a = whole.draw(vae, 0, 3, 4, torch.Generator().manual_seed(1))
     b = whole.draw(vae, 0, 3, 4, torch.Generator().manual_seed(1))
     assert torch.equal(a[0], b[0]) and a[1] == b[1] and all(" " in c for c in a[1])
