@@ -39,7 +39,7 @@ from .drag import DragPlan
 from .guidance import EnergyGuide
 from .guided import SHIFTS, Guidance, require_finite, sample_ddim
 from .images import load_image
-from .preflight import check_program
+from .preflight import check_program, refuse_return_without_source
 from .probes import Readout, TrajectoryMaps
 from .regions import plan_relocations, relocating, resolve_relative, within_regions
 from .result import EditResult  # noqa: F401  (part of the editor's API)
@@ -111,9 +111,7 @@ class Editor:
             problem = P.setting_problem(name, getattr(filled, name))
             if problem:
                 raise SteerCompileError(f"{problem}, got {getattr(filled, name)}", s.spans.get(name))
-        if s.return_step is not None and not s.source:
-            raise SteerCompileError("return needs a source: it is where a photo's inversion stops", s.spans.get("return"),
-                                    hint='add a line like: source "photo.png"')
+        refuse_return_without_source(s)
         return filled
 
     def bind(self, program: P.Program, script_dir=None, warnings: list | None = None) -> list[BoundTerm]:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from energies import directions as direction_files
 from energies import program as P
-from energies.errors import SteerUsageError
+from energies.errors import SteerCompileError, SteerUsageError
 
 from .backbones import direction_folders
 from .directions import ModelShapes, shapes_of
@@ -152,8 +152,16 @@ def check_program(bound: list, settings: P.Settings, script_dir, model) -> None:
                 refuse_negative_share(x)
         elif x.kind == "style":
             open_image(here / x.term.path, x.term.span, what="style image").close()
+    refuse_return_without_source(settings)
     if settings.source:
         open_image(here / settings.source, settings.spans.get("source")).close()
+
+
+def refuse_return_without_source(settings: P.Settings) -> None:
+    """`return t0` stops a photo's inversion at t0: without a `source` it means nothing."""
+    if settings.return_step is not None and not settings.source:
+        raise SteerCompileError("return needs a source: it is where a photo's inversion stops", settings.spans.get("return"),
+                                hint='add a line like: source "photo.png"')
 
 
 def check_without_weights(program: P.Program, script_dir, model: str | None, warnings: list | None = None) -> list:

@@ -328,6 +328,16 @@ def test_return_needs_a_source(editor, tmp_path):
         run(editor, 'prompt "a red circle"\nsteps 4\nreturn 0.5\n', tmp_path)
 
 
+def test_steer_check_refuses_return_without_a_source_as_run_does(tmp_path, capsys):
+    from dsl.cli import main
+
+    script = tmp_path / "r.edit"
+    script.write_text('prompt "a red circle"\nsteps 4\nreturn 0.5\n')
+    assert main(["check", str(script)]) == 2
+    err = capsys.readouterr().err
+    assert f"{script}:3:" in err and "return needs a source" in err and 'hint: add a line like: source "photo.png"' in err
+
+
 def test_invert_noise_brings_a_noisy_world_image_back_clean(editor, tmp_path):
     from sampler.shapes import world as W
 
