@@ -1,5 +1,7 @@
 """The training script is seeded and resumable: 2 steps + resume to 3 equals 3 steps straight."""
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -198,3 +200,6 @@ def test_a_latent_pool_is_built_once_resumes_and_feeds_the_unet(tmp_path):
     train.main(["unet", "--work", str(tmp_path), "--steps", "2", "--batch", "2", "--warmup", "1", "--cooldown", "1",
                 "--latent-pool", "4"])
     assert (tmp_path / "latent-pool-0-4.safetensors").is_file() and (tmp_path / "model" / "steer_shapes.json").is_file()
+    train.main(["assemble", "--work", str(tmp_path)])  # a later command with other defaults
+    record = json.loads((tmp_path / "record.json").read_text())
+    assert record["unet_batch"] == 2 and "CPU" in record["unet_machine"] and "batch" not in record  # kept per stage

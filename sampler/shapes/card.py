@@ -42,11 +42,12 @@ def model_card(r: dict, b, command: str) -> str:
     if training:
         L += ["- commands, in order (a resumed run continues the same seeded schedule): "
               + "; ".join(f"`{c}`" for c in training.get("commands", [training.get("command", "?")])),
-              f"- seed {training.get('seed')}, batch {training.get('batch')}; machine: {training.get('machine')}, "
-              f"torch {training.get('torch')}; date {training.get('date')}"]
+              f"- seed {training.get('seed')}; torch {training.get('torch')}; date {training.get('date')}"]
         for stage, what in (("vae", "autoencoder"), ("unet", "UNet + text encoder"), ("clip", "shapes CLIP")):
-            if f"{stage}_steps" in training:
-                L.append(f"- {what}: {training[f'{stage}_steps']} steps in {training.get(f'{stage}_minutes')} min")
+            if f"{stage}_steps" in training:  # the first generation's record has one batch and machine for all
+                batch, machine = (training.get(f"{stage}_{k}", training.get(k)) for k in ("batch", "machine"))
+                L.append(f"- {what}: {training[f'{stage}_steps']} steps at batch {batch} in {training.get(f'{stage}_minutes')} min"
+                         f" ({machine})")
         for note in training.get("notes", []):
             L.append(f"- {note}")
         L += [""]

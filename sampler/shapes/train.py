@@ -414,25 +414,29 @@ def main(argv=None):
         command=command,
         commands=commands,  # every invocation, so a resumed run says how it was resumed
         seed=args.seed,
-        batch=args.batch,
-        machine=f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {'GPU' if torch.cuda.is_available() else 'CPU'}",
         torch=torch.__version__,
     )
+    for per_stage in ("batch", "machine"):  # recorded per stage now: an assemble must not overwrite a stage's
+        record.pop(per_stage, None)
+    device = "GPU" if torch.device(args.device).type == "cuda" else "CPU"
+    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {device}"
+
+    def stage_done(stage: str, figures: dict, batch: int):
+        record.update(figures, **{f"{stage}_batch": batch, f"{stage}_machine": machine})
+        write_record(record_path, record)
+
     if args.stage in ("vae", "all"):
         if not (args.work / "vae").is_dir():
-            record.update(train_vae(args))
-            write_record(record_path, record)
+            stage_done("vae", train_vae(args), args.vae_batch)
         if args.stage == "vae":
             return
     if args.stage in ("unet", "all"):
-        record.update(train_unet(args))
-        write_record(record_path, record)
+        stage_done("unet", train_unet(args), args.batch)
         if record["unet_steps"] < args.steps:  # stopped by --max-minutes: the same command resumes
             print(f"the UNet is at step {record['unet_steps']} of {args.steps}; {args.work / 'ema'} holds its EMA so far")
             return
     if args.stage == "clip" or (args.stage == "all" and (args.restart or not (args.work / "clip").is_dir())):
-        record.update(train_clip(args))
-        write_record(record_path, record)
+        stage_done("clip", train_clip(args), args.clip_batch)
     record["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     write_record(record_path, record)
     assemble(args, record)
