@@ -1,6 +1,6 @@
 """The training harness the shapes trainer (sampler/shapes/train.py) and the direction learners
-(sampler/learn/) share: checkpoints, resuming, the EMA of the weights, the progress bar and the
---max-minutes stop.
+(sampler/learn/) share: checkpoints, resuming, the EMA of the weights, the progress bar, the
+--max-minutes stop, and the flags every model trainer takes (add_run_arguments).
 
 A checkpoint is one safetensors file: every tensor under its key, and the rest (step, elapsed
 seconds, optimizer step counts, a learner's recipe) as JSON in the metadata key "state". Nothing
@@ -18,6 +18,7 @@ tensors (a direction) under plain names, and its Adam moments the same way (opti
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
@@ -153,3 +154,20 @@ def out_of_time(started: float, max_minutes: float) -> bool:
 
 def say_stopping(step: int, max_minutes: float):
     print(f"stopping at step {step}: --max-minutes {max_minutes} reached (resume to continue)")
+
+
+# ----------------------------------------------------------------------------------------------
+# The options every model trainer takes
+
+
+def add_run_arguments(p: argparse.ArgumentParser):
+    """EMA, caption mix, precision, checkpoints and the time limit: the same flags and defaults for
+    the shapes UNet (shapes/train.py) and the shapes flow model (shapes/flow_train.py)."""
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--p-one", type=float, default=0.3, help="share of one-object scenes")
+    p.add_argument("--p-uncond", type=float, default=0.1, help="share of empty captions (for CFG)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast (fp32 weights)")
+    p.add_argument("--ckpt-every", type=int, default=250)
+    p.add_argument("--max-minutes", type=float, default=0, help="stop (resumably) after this long; 0 = no limit")
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 
@@ -32,7 +31,7 @@ from energies.defaults import BACKBONES
 
 from ..feature_models import ViTKeys
 from ..probes import ProbeStore, cross_attention_layers, probing
-from .cost import resident_peak
+from .cost import time_and_peak
 
 SD15 = dict(
     sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
@@ -98,10 +97,6 @@ def measure(arch: str, res: int, device: str, dtype: torch.dtype, steps: int, sm
     feature = BACKBONES[kind].appearance_features
     scale = 1000.0 if dtype == torch.float16 else 1.0  # fp16: scale the energy so its gradient does not underflow
 
-    def sync():
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-
     @torch.no_grad()
     def plain():
         unet(torch.cat([z, z]), 500, encoder_hidden_states=ctx, added_cond_kwargs=added)
@@ -166,23 +161,7 @@ def measure(arch: str, res: int, device: str, dtype: torch.dtype, steps: int, sm
     for name, fn in runs:
         if only and name not in only:
             continue
-        # CPU: from just before the first call, whose allocations are the run's peak (resident_peak
-        # leaves out building the models where it can).
-        base, peak = resident_peak()
-        fn()  # warm-up
-        sync()
-        if device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            fn()
-        sync()
-        out[f"{name}_s_per_step"] = (time.perf_counter() - t0) / steps
-        if device.startswith("cuda"):
-            out[f"{name}_peak_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
-        else:
-            out[f"{name}_peak_mb"] = max(0, peak() - base) / 2**20
+        out[f"{name}_s_per_step"], out[f"{name}_peak_mb"] = time_and_peak(fn, steps, device)
     for name, _ in runs[1:]:
         if f"{name}_s_per_step" in out and "plain_s_per_step" in out:
             out[f"{name}_time_ratio"] = out[f"{name}_s_per_step"] / out["plain_s_per_step"]

@@ -3,7 +3,7 @@ memory, on the same model, steps and seeds; and a REPL-style re-run vs the first
 
 On a GPU the peak is the CUDA allocator's. On the CPU it is the process's resident set, which only
 grows within a process, so each CPU peak is measured in a fresh one (memory_probe, run by
-_peak_delta). resident_peak is shared with backbones.py.
+_peak_delta). resident_peak and time_and_peak are shared with backbones.py and flow_backbones.py.
 """
 
 from __future__ import annotations
@@ -81,6 +81,31 @@ def resident_peak():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     return maxrss(), maxrss
+
+
+def time_and_peak(fn, steps: int, device: str) -> tuple[float, float]:
+    """(seconds per call, peak MiB a call adds) of `fn` over `steps` calls after one warm-up call.
+    CUDA: the allocator's peak above what was allocated before the timed calls; CPU: the resident
+    set's (resident_peak, which on Linux leaves out the models built before)."""
+    cuda = device.startswith("cuda")
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    base, peak = resident_peak()
+    fn()  # warm-up: first-call allocations and kernel selection
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    sync()
+    seconds = (time.perf_counter() - t0) / steps
+    peak_bytes = (torch.cuda.max_memory_allocated() - base) if cuda else max(0, peak() - base)
+    return seconds, peak_bytes / 2**20
 
 
 def memory_probe(model: str, script: str, plain: bool) -> tuple[int, int]:

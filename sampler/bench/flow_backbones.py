@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 
@@ -31,7 +30,7 @@ from energies.defaults import BACKBONES
 
 from ..backbones.flow import flux_velocity, sd3_velocity
 from ..probes import ProbeStore, joint_attention_layers, probing, resolve_module
-from .cost import resident_peak
+from .cost import time_and_peak
 
 SD35_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64, num_attention_heads=24,
                    joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048, out_channels=16,
@@ -73,10 +72,6 @@ def measure(arch: str, res: int, device: str, dtype: torch.dtype, steps: int, sm
     def velocity(x, c, p):
         return flux_velocity(model, x, 0.5, c, p, 3.5) if flux else sd3_velocity(model, x, 0.5, c, p)
 
-    def sync():
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-
     @torch.no_grad()
     def plain():
         if flux:
@@ -103,18 +98,7 @@ def measure(arch: str, res: int, device: str, dtype: torch.dtype, steps: int, sm
     out = {"arch": arch, "resolution": res, "device": device, "dtype": str(dtype).replace("torch.", ""), "smoke": smoke,
            "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 1), "attention_layers": len(layers)}
     for name, fn in (("plain", plain), ("guided_attention", guided)):
-        base, peak = resident_peak()
-        fn()  # warm-up
-        sync()
-        if device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            fn()
-        sync()
-        out[f"{name}_s_per_step"] = (time.perf_counter() - t0) / steps
-        out[f"{name}_peak_mb"] = ((torch.cuda.max_memory_allocated() - base) if device.startswith("cuda") else max(0, peak() - base)) / 2**20
+        out[f"{name}_s_per_step"], out[f"{name}_peak_mb"] = time_and_peak(fn, steps, device)
     out["guided_attention_time_ratio"] = out["guided_attention_s_per_step"] / out["plain_s_per_step"]
     return out
 

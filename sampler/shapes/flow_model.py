@@ -70,35 +70,22 @@ def is_flow_folder(path) -> bool:
 
 def load(name_or_path="shapes-flow", device="cpu") -> ShapesFlowModel:
     """Load a folder written by `save` (safetensors only), offline."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
-    from transformers import CLIPModel, CLIPTextModel, PreTrainedTokenizerFast
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 
     path = resolve(name_or_path)
     if not is_flow_folder(path):
         raise FileNotFoundError(f"{path} is not a shapes flow model folder (no {CARD}); train one with "
                                 "`python -m sampler.shapes.flow_train`")
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(path / "tokenizer")
-    text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", use_safetensors=True)
-    transformer = SD3Transformer2DModel.from_pretrained(path / "transformer", use_safetensors=True)
-    vae = AutoencoderKL.from_pretrained(path / "vae", use_safetensors=True)
+    tokenizer, text_encoder, vae, clip, card = M.load_parts(path, CARD, device)
+    transformer = SD3Transformer2DModel.from_pretrained(path / "transformer", use_safetensors=True).to(device).eval().requires_grad_(False)
     scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(path / "scheduler")
-    clip = CLIPModel.from_pretrained(path / "clip", use_safetensors=True) if (path / "clip").is_dir() else None
-    for m in (text_encoder, transformer, vae, clip):
-        if m is not None:
-            m.to(device).eval().requires_grad_(False)
-    card = json.loads((path / CARD).read_text())
     return ShapesFlowModel(tokenizer, text_encoder, transformer, vae, scheduler, clip, path, card)
 
 
 def save(path, tokenizer, text_encoder, transformer, vae, scheduler, clip=None, card: dict | None = None):
     """Write a shapes flow model folder (safetensors weights, JSON configs), fp32."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(path / "tokenizer")
-    text_encoder.save_pretrained(path / "text_encoder", safe_serialization=True)
+    M.save_parts(path, tokenizer, text_encoder, clip, vae)
     transformer.save_pretrained(path / "transformer", safe_serialization=True)
-    vae.save_pretrained(path / "vae", safe_serialization=True)
     scheduler.save_pretrained(path / "scheduler")
-    if clip is not None:
-        clip.save_pretrained(path / "clip", safe_serialization=True)
     (path / CARD).write_text(json.dumps({"defaults": DEFAULTS, **(card or {})}, indent=2) + "\n")

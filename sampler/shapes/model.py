@@ -189,44 +189,54 @@ def is_shapes_folder(path: Path) -> bool:
     return (path / "steer_shapes.json").is_file()
 
 
-def load(name_or_path: str | Path = "shapes", device: str | torch.device = "cpu", with_clip: bool = True) -> ShapesModel:
-    """Load the shapes model offline from a folder written by `save` (safetensors only)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+def load_parts(path: Path, card_file: str, device, with_clip: bool = True):
+    """What every shapes model folder holds besides its denoiser and scheduler (the UNet's and the
+    flow model's alike): (tokenizer, text encoder, autoencoder or None, CLIP or None, card), frozen,
+    in eval mode, on `device`; safetensors only."""
+    from diffusers import AutoencoderKL
     from transformers import CLIPModel, CLIPTextModel, PreTrainedTokenizerFast
 
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(path / "tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", use_safetensors=True)
+    vae = AutoencoderKL.from_pretrained(path / "vae", use_safetensors=True) if (path / "vae").is_dir() else None
+    clip = CLIPModel.from_pretrained(path / "clip", use_safetensors=True) if with_clip and (path / "clip").is_dir() else None
+    for m in (text_encoder, vae, clip):
+        if m is not None:
+            m.to(device).eval().requires_grad_(False)
+    return tokenizer, text_encoder, vae, clip, json.loads((path / card_file).read_text())
+
+
+def save_parts(path: Path, tokenizer, text_encoder, clip=None, vae=None, dtype=torch.float32):
+    """The shared half of `save` (see load_parts)."""
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(path / "tokenizer")
+    text_encoder.to(dtype).save_pretrained(path / "text_encoder", safe_serialization=True)
+    if clip is not None:
+        clip.to(dtype).save_pretrained(path / "clip", safe_serialization=True)
+    if vae is not None:
+        vae.to(dtype).save_pretrained(path / "vae", safe_serialization=True)
+
+
+def load(name_or_path: str | Path = "shapes", device: str | torch.device = "cpu", with_clip: bool = True) -> ShapesModel:
+    """Load the shapes model offline from a folder written by `save` (safetensors only)."""
     path = resolve(name_or_path)
     if not is_shapes_folder(path):
         raise FileNotFoundError(
             f"{path} is not a shapes model folder (no steer_shapes.json); "
             "train one with `python -m sampler.shapes.train`"
         )
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(path / "tokenizer")
-    text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", use_safetensors=True).to(device).eval()
-    unet = UNet2DConditionModel.from_pretrained(path / "unet", use_safetensors=True).to(device).eval()
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+
+    tokenizer, text_encoder, vae, clip, card = load_parts(path, "steer_shapes.json", device, with_clip)
+    unet = UNet2DConditionModel.from_pretrained(path / "unet", use_safetensors=True).to(device).eval().requires_grad_(False)
     scheduler = DDIMScheduler.from_pretrained(path / "scheduler")
-    vae = None
-    if (path / "vae").is_dir():
-        vae = AutoencoderKL.from_pretrained(path / "vae", use_safetensors=True).to(device).eval()
-    clip = None
-    if with_clip and (path / "clip").is_dir():
-        clip = CLIPModel.from_pretrained(path / "clip", use_safetensors=True).to(device).eval()
-    for m in (text_encoder, unet, clip, vae):
-        if m is not None:
-            m.requires_grad_(False)
-    card = json.loads((path / "steer_shapes.json").read_text())
     return ShapesModel(tokenizer, text_encoder, unet, scheduler, clip, path, card, vae)
 
 
 def save(path: Path, tokenizer, text_encoder, unet, scheduler, clip=None, card: dict | None = None, dtype=torch.float32, vae=None):
     """Write a shapes model folder (safetensors weights, JSON configs)."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(path / "tokenizer")
-    text_encoder.to(dtype).save_pretrained(path / "text_encoder", safe_serialization=True)
+    save_parts(path, tokenizer, text_encoder, clip, vae, dtype)
     unet.to(dtype).save_pretrained(path / "unet", safe_serialization=True)
     scheduler.save_pretrained(path / "scheduler")
-    if clip is not None:
-        clip.to(dtype).save_pretrained(path / "clip", safe_serialization=True)
-    if vae is not None:
-        vae.to(dtype).save_pretrained(path / "vae", safe_serialization=True)
     (path / "steer_shapes.json").write_text(json.dumps({"defaults": DEFAULTS, **(card or {})}, indent=2) + "\n")

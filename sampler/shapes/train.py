@@ -380,13 +380,6 @@ def main(argv=None):
     p.add_argument("--min-snr", type=float, default=5.0, help="Min-SNR-gamma loss weighting; 0 = plain epsilon MSE")
     p.add_argument("--latent-pool", type=int, default=0,
                    help="draw UNet batches from N scenes encoded once (saves the per-step VAE encoding); 0 = fresh scenes every step")
-    p.add_argument("--ema", type=float, default=0.999)
-    p.add_argument("--p-one", type=float, default=0.3, help="share of one-object scenes")
-    p.add_argument("--p-uncond", type=float, default=0.1, help="share of empty captions (for CFG)")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast (fp32 weights)")
-    p.add_argument("--ckpt-every", type=int, default=250)
-    p.add_argument("--max-minutes", type=float, default=0, help="stop (resumably) after this long; 0 = no limit")
-    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--init-from", help="start the UNet and text encoder from a finished shapes model folder (or 'shapes')")
     p.add_argument("--freeze-text", action="store_true", help="train the UNet only; the text encoder stays as initialised")
     p.add_argument("--vae-steps", type=int, default=3000)
@@ -396,11 +389,11 @@ def main(argv=None):
     p.add_argument("--clip-steps", type=int, default=1500)
     p.add_argument("--clip-batch", type=int, default=128)
     p.add_argument("--clip-lr", type=float, default=1e-3)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="where the autoencoder and the UNet train (default: cuda when there is one); the same seed gives the same batches")
     p.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True,
                    help="`all`: measure the finished model and write its card into WORK (python -m sampler.shapes.evaluate)")
+    T.add_run_arguments(p)
     args = p.parse_args(argv)
     args.out = args.out or args.work / "model"
     if args.threads:
