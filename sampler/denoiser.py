@@ -1,7 +1,8 @@
-"""The classifier-free-guided epsilon the DDIM loop calls: `denoise(i, t, z, eps_cond)`.
+"""The classifier-free-guided epsilon the DDIM loop calls: `denoise(i, t, z, eps_cond, eps_uncond)`.
 
-One place decides how a step's two halves are computed: one batched forward for both, a reused
-conditional half (the guided forward already ran it at this z_t), a single forward at cfg 1,
+One place decides how a step's two halves are computed: one batched forward for both, reused
+halves (the guided forward already ran the conditional one, or both, at this z_t), a single
+forward at cfg 1,
 or, in the source pass, a forward whose conditional half is probed and recorded.
 """
 
@@ -26,12 +27,14 @@ def denoiser(backbone, cond, cfg: float, readout=None, record: list | None = Non
     b = backbone
     cond_at = cond if callable(cond) else lambda i: cond
 
-    def denoise(i, t, z, eps_cond=None):
+    def denoise(i, t, z, eps_cond=None, eps_uncond=None):
         c = cond_at(i)
-        if eps_cond is not None:
+        if eps_cond is not None and (eps_uncond is not None or cfg == 1):
+            eps_u, eps_c = (eps_uncond if cfg != 1 else eps_cond), eps_cond
+        elif eps_cond is not None:
             eps_c = eps_cond
             with record_function("steer.uncond_forward"):
-                eps_u = b.eps(z, t, c.uncond_at(i), c.added_uncond) if cfg != 1 else eps_c
+                eps_u = b.eps(z, t, c.uncond_at(i), c.added_uncond)
         elif record is not None and what:  # source pass: probe the conditional half of the batch
             eps_u, eps_c, f = recorded_forward(b, readout, z, t, c, i, what)
             record.append(f)

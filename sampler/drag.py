@@ -214,9 +214,9 @@ class DragPlan:
         """The run's denoiser and guide with the drag in them: optimise at the edit step, then
         substitute the bottleneck in every UNet call of the later steps (guide's and denoiser's)."""
 
-        def denoise_(i, t, z, eps_cond=None):
+        def denoise_(i, t, z, eps_cond=None, eps_uncond=None):
             with self.carrying(i):
-                return denoise(i, t, z, eps_cond)
+                return denoise(i, t, z, eps_cond, eps_uncond)
 
         def guide_(i, t, z):
             moved = None

@@ -263,7 +263,7 @@ class Editor:
             cond = cond_at(i)
             energies = [x for x in bound if x.kind in ENERGIES and x.active(i / steps)]
             with record_function("steer.guide"):
-                g = energy_step(energies, z, i, t, src, cond, curves, last_maps).blame("prediction", cond.by)
+                g = energy_step(energies, z, i, t, src, cond, curves, last_maps, cfg=cfg).blame("prediction", cond.by)
             step = Step(self.backbone, z, i, t, i / steps, cond, cfg, regions)
             for name, terms in by_kind.items():
                 if terms:
@@ -297,18 +297,18 @@ def timed_as(name: str, guide):
 def reusing(step, every: int):
     """EnergyGuide.step, taken at every `every`-th step of an unchanged set of active terms and
     its gradients reused in between (opt-in: it changes results). The reused Guidance carries no
-    eps_cond (it was taken at another z_t), so the denoiser runs both halves; its energy curves
+    eps_cond or eps_uncond (they were taken at another z_t), so the denoiser runs both halves; its energy curves
     skip the reused steps. every = 1 is step itself."""
     if every == 1:
         return step
     last = {"key": None, "at": None, "g": None}
 
-    def step_every(active, z, i, t, *args):
+    def step_every(active, z, i, t, *args, **kw):
         key = tuple(id(x) for x in active)
         if not active or key != last["key"] or i - last["at"] >= every:
-            g = step(active, z, i, t, *args)
+            g = step(active, z, i, t, *args, **kw)
             last.update(key=key, at=i, g=g)
             return g
-        return dataclasses.replace(last["g"], eps_cond=None)
+        return dataclasses.replace(last["g"], eps_cond=None, eps_uncond=None)
 
     return step_every

@@ -85,21 +85,28 @@ class EnergyGuide:
                 self.image_features(self.backbone.decode(src.x0s[i]) * 2 - 1, needs, f)
         return f
 
-    def step(self, active: list[BoundTerm], z, i: int, t: int, src, cond, curves, last_maps) -> Guidance:
+    def step(self, active: list[BoundTerm], z, i: int, t: int, src, cond, curves, last_maps, cfg: float | None = None) -> Guidance:
         """The Guidance of the active energy terms at step i: gradients per placement, and the
-        conditional eps of the guided forward (reused by the denoiser when z_t does not move)."""
+        conditional eps of the guided forward (reused by the denoiser when z_t does not move).
+        Given the run's `cfg`, a forward that needs neither probes nor a graph (every term via x0)
+        is CFG's batched one, and its unconditional eps is reused too."""
         b = self.backbone
         if not active:
             return Guidance()
         needs = set().union(*(x.needs for x in active))
         store = ProbeStore(b.latent_shape()[1:])
+        eps_u = None
         with torch.enable_grad():
             z_ = z.detach().requires_grad_(True)
             feature_modules = [self.readout.feature_module] if "features" in needs else []
             attn = self.readout.attn_layers if needs & {"attn", "layers", "features"} else []
+            batched = cfg is not None and cfg != 1 and not attn and not feature_modules and self._off_graph(active)
             with record_function("steer.guided_forward"), probing(b.unet, store, attn, feature_modules), \
                     self._graph(active, needs, [*attn, *feature_modules]):
-                eps_c = b.eps(z_, t, cond.cond, cond.added)
+                if batched:  # plain sampling's forward: the x0 terms' gradient never enters the UNet
+                    eps_u, eps_c = b.eps_both(z_, t, cond, i)
+                else:
+                    eps_c = b.eps(z_, t, cond.cond, cond.added)
             # a prompt direction's shift can make the prediction itself non-finite: name it, not the
             # energy terms that read the prediction
             require_finite(eps_c.detach(), "prediction", i, t, cond.by)
@@ -116,7 +123,8 @@ class EnergyGuide:
         if now.maps is not None:
             last_maps["maps"] = now.maps.detach()
         return Guidance(eps=grads.get("eps"), latent=grads.get("latent"), mean=grads.get("mean"), x0=grads.get("x0"),
-                        eps_cond=eps_c.detach(), by={p: tuple(terms) for p, terms in by.items()})
+                        eps_cond=eps_c.detach(), eps_uncond=None if eps_u is None else eps_u.detach(),
+                        by={p: tuple(terms) for p, terms in by.items()})
 
     def _graph(self, active: list[BoundTerm], needs: set[str], probes: list[str]):
         """How much of the guided forward autograd records: nothing when every term acts via x0
@@ -125,11 +133,15 @@ class EnergyGuide:
         gradient crosses eps_c); else up to the last probe (graph_until)."""
         if not self.cut_graph:
             return contextlib.nullcontext()
-        if all(x.placement == "x0" for x in active):
+        if self._off_graph(active):
             return torch.no_grad()
         if "image" in needs:
             return contextlib.nullcontext()
         return graph_until(self.backbone.unet, probes)
+
+    def _off_graph(self, active: list[BoundTerm]) -> bool:
+        """True when the guided forward needs no graph at all: every term acts via x0."""
+        return self.cut_graph and all(x.placement == "x0" for x in active)
 
     def _energies(self, active, needs, store, attn, z_, eps_c, i, t, src, curves):
         """(features now, the predicted x0 if read, energy per placement, terms per placement)."""

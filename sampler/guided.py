@@ -15,7 +15,9 @@ term goes"):
     z_{t-1} <- z_{t-1} - g_mean                        (DiffuseIT, FreeDoM)
 
 Like k-diffusion's samplers, it knows nothing about prompts: `denoise(i, t, z, eps_cond)` gives
-the classifier-free-guided epsilon and `guide(i, t, z)` gives the Guidance for the step.
+the classifier-free-guided epsilon (reusing the conditional half the guide's forward computed at
+this z_t; a guide that ran both halves in one batch passes its eps_uncond as a fifth argument)
+and `guide(i, t, z)` gives the Guidance for the step.
 
 Every tensor the step adds or shifts, and the latent it ends on, is checked for NaN and infinity
 (require_finite): cast to 8 bits a non-finite image is all black, so a run must stop at the step
@@ -39,6 +41,7 @@ class Guidance:
     latent: torch.Tensor | None = None  # subtracted from z_t before the UNet call
     mean: torch.Tensor | None = None  # subtracted from z_{t-1} after the step
     eps_cond: torch.Tensor | None = None  # the guided forward's eps_c at z_t, reusable if z_t did not move
+    eps_uncond: torch.Tensor | None = None  # ... and its eps_u, when that forward was CFG's batched one
     x0_eps: torch.Tensor | None = None  # Asyrp: the eps of an h-shifted forward, used for x0 only
     x0: torch.Tensor | None = None  # subtracted from the predicted x0 before the step
     eps_models: torch.Tensor | None = None  # DiffusionCLIP: sum_i gamma_i eps_i of fine-tuned models, replacing
@@ -93,8 +96,8 @@ def require_finite(value: torch.Tensor, what: str, i: int, t: int, by=()) -> tor
 def after_move(g: Guidance, z: torch.Tensor, moved: torch.Tensor) -> Guidance:
     """The guidance `g` (computed at `moved`) for a step whose z_t is first moved to `moved`:
     z_t <- z_t - latent, with latent = (z - moved) + g's own latent step. g's eps_cond was taken at
-    `moved`, not z, so it is dropped."""
-    return dataclasses.replace(g, latent=(z - moved) + (g.latent if g.latent is not None else 0), eps_cond=None)
+    `moved`, not z, so it is dropped (and its eps_uncond)."""
+    return dataclasses.replace(g, latent=(z - moved) + (g.latent if g.latent is not None else 0), eps_cond=None, eps_uncond=None)
 
 
 def checked(g: Guidance, i: int, t: int) -> Guidance:
@@ -151,7 +154,9 @@ def sample_ddim(denoise, z, timesteps, alphas, final_alpha, guide=None, callback
         g = checked(guide(i, t, z), i, t) if guide is not None else Guidance()
         if g.latent is not None:
             z = z - g.latent  # update z_t before the UNet call
-        eps = require_finite(denoise(i, t, z, g.eps_cond if g.latent is None else None), "prediction", i, t, g.by.get("prediction", ()))
+        same_z = g.latent is None  # the guide's forward ran at this z_t: its halves can be reused
+        reuse = (g.eps_cond, g.eps_uncond) if same_z and g.eps_uncond is not None else (g.eps_cond if same_z else None,)
+        eps = require_finite(denoise(i, t, z, *reuse), "prediction", i, t, g.by.get("prediction", ()))
         if g.eps_models is not None:  # DiffusionCLIP's noise combination (directions/finetune.py)
             eps = g.eps_keep * eps + g.eps_models
         if g.eps is not None:

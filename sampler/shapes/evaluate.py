@@ -83,7 +83,7 @@ def sample(b: ShapesBackbone, captions: list[str], seeds: list[int], steps: int,
         uncond = b.encode_prompt("").cond.expand_as(cond)
         z = torch.cat([torch.randn((1, *b.latent_shape()), generator=torch.Generator().manual_seed(s)) for s in sds])
 
-        def denoise(i, t, z, eps_cond=None):
+        def denoise(i, t, z, eps_cond=None, eps_uncond=None):
             eps_u, eps_c = b.eps(torch.cat([z, z]), t, torch.cat([uncond, cond])).chunk(2)
             return classifier_free(eps_u, eps_c, cfg)
 
