@@ -61,6 +61,7 @@ Value = Union[Number, String, Point, Prop, Relative]
 class Modifiers(Node):
     weight: Number | None = None
     window: tuple[Number, Number] | None = None
+    every: Number | None = None
     via: Name | None = None
 
 

@@ -55,6 +55,7 @@ def bind(program: P.Program, prompt: str, tokenizer, direction_paths=(), backbon
             weight=d.weight * t.weight,
             window=(t.window.start, t.window.end) if t.window else d.window,
             placement=t.placement or d.placement,
+            every=t.every or d.every,
         )
         if t.kind in LAYOUT_KINDS:
             b.reach = min(1.0, max(0.0, t.weight))  # the dial: 0.5 goes half way; above 1 holds harder

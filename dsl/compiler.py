@@ -272,6 +272,14 @@ def window_value(start: ast.Number, end: ast.Number) -> P.Window:
     return P.Window(start=a, end=b)
 
 
+def every_value(k: ast.Number) -> int:
+    """`every k`: a whole number of steps, 1 or more."""
+    if k.value != int(k.value) or k.value < 1 or k.value > 1000:
+        raise SteerCompileError(f"every {_short(k.text)} is not a whole number of steps from 1 to 1000", k.span,
+                                hint="every 2 takes the term's gradient at every 2nd step and reuses it in between")
+    return int(k.value)
+
+
 def _modified(term: P.TermBase, st) -> P.TermBase:
     m = st.mods
     update: dict = {"span": st.span}
@@ -279,6 +287,11 @@ def _modified(term: P.TermBase, st) -> P.TermBase:
         update["weight"] = weight_value(m.weight)
     if m.window is not None:
         update["window"] = window_value(*m.window)
+    if m.every is not None:
+        if term.kind in P.GRADIENT_FREE:
+            raise SteerCompileError(f"`every` paces an energy term's gradient, and a {term.kind} takes none", m.every.span,
+                                    hint="put it on the keep, move or other energy terms of the script")
+        update["every"] = every_value(m.every)
     if m.via is not None:
         if m.via.value not in P.PLACEMENTS and not isinstance(term, P.Drag):  # drags checked theirs in _drag
             raise SteerCompileError(

@@ -196,6 +196,9 @@ class _ToAst(Transformer):
     def window(self, meta, children):
         return ("window", (children[0], children[1]))
 
+    def every(self, meta, children):
+        return ("every", children[0])
+
     def via(self, meta, children):
         return ("via", self._name(children[0]))
 

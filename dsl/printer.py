@@ -119,6 +119,8 @@ def modifiers(t: P.TermBase) -> str:
         out += f" * {num(t.weight)}"
     if t.window is not None:
         out += f" @ {num(t.window.start)}..{num(t.window.end)}"
+    if t.every is not None:
+        out += f" every {t.every}"
     if t.placement is not None:
         out += f" via {t.placement}"
     return out

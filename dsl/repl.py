@@ -66,7 +66,7 @@ REPL_FILE = "<repl>"  # the file name of the lines typed, in errors
 COMMANDS = (":run", ":runs", ":diff", ":list", ":rm", ":weight", ":window", ":clear", ":auto", ":out", ":save", ":maps", ":curves",
             ":directions", ":help", ":quit")
 KEYWORDS = ("prompt", "negative", "seed", "steps", "cfg", "model", "source", "invert", "centroid", "size", "shape", "appearance",
-            "keep", "direction", "token", "layout", "attention", "via", "clip", "from", "style", "image", "structure", "pixels",
+            "keep", "direction", "token", "layout", "attention", "via", "every", "clip", "from", "style", "image", "structure", "pixels",
             "inside", "outside", "drag", "within", "remove")
 HISTORY_FILE = Path.home() / ".steer_history"  # STEER_HISTORY overrides it
 

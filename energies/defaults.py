@@ -18,6 +18,7 @@ class TermDefaults:
     placement: str  # "eps": add w * grad to epsilon (Self-Guidance); "latent": z_t -= w * grad
     # before the UNet call (Pix2Pix-Zero, A&E); "mean": x_{t-1} -= w * grad (DiffuseIT, FreeDoM);
     # "x0": x0 -= w * dE/dx0, the gradient taken on the predicted x0 only (MPGD)
+    every: int = 1  # the gradient at every k-th step of the window, reused between (`every k`)
 
 
 # Self-Guidance applies its gradient to epsilon without a sigma_t factor (demo code), at steps

@@ -16,6 +16,7 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 PLACEMENTS = ("eps", "latent", "mean", "x0")  # docs/methods.md, section 8 ("Where a guidance term goes")
+GRADIENT_FREE = ("recolour", "remove", "drag", "direction")  # kinds that take no energy gradient: `every` is not theirs
 
 
 class Span(BaseModel):
@@ -69,6 +70,7 @@ class Window(Node):
 class TermBase(Node):
     weight: float = 1.0  # multiplies the term's default weight (energies/defaults.py)
     window: Window | None = None  # None: the term's default window
+    every: int | None = Field(default=None, ge=1)  # gradient at every k-th step, reused between; None: the default
     placement: Literal["eps", "latent", "mean", "x0", "bottleneck"] | None = None  # None: the term's default
     span: Span | None = None
 
@@ -341,8 +343,16 @@ def _via(self, placement: str):
     return self.model_copy(update={"placement": placement})
 
 
+def _guided_every(self, k: int):
+    """Take the term's gradient at every k-th step and reuse it in between, like `every k`."""
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"`every` takes a whole number of steps, 1 or more, not {k!r}")
+    return self.model_copy(update={"every": k})
+
+
 TermBase.at = _at
 TermBase.via = _via
+TermBase.guided_every = _guided_every
 TermBase.__mul__ = _mul
 TermBase.__rmul__ = _mul
 TermBase.__add__ = lambda self, other: as_program(self) + other

@@ -28,6 +28,7 @@ class BoundTerm:
     weight: float  # default weight x the script's weight
     window: tuple[float, float]
     placement: str
+    every: int = 1  # energy terms: the gradient at every k-th step, reused between (`every k`)
     token: list[int] = field(default_factory=list)  # positions of the term's token
     other: list[int] = field(default_factory=list)  # positions of the other token (shape/appearance from)
     objects: list[list[int]] = field(default_factory=list)  # heads of the objects a keep term covers

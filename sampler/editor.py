@@ -137,13 +137,14 @@ class Editor:
         return sample_ddim(denoiser(b, cond, settings.cfg), self.sources.noise(settings.seed), b.timesteps(settings.steps),
                            *b.schedule(), disable=not progress, clip=b.clip_x0)
 
-    def run(self, program: P.Program, progress: bool = True, script_dir=None, guide_every: int = 1) -> EditResult:
-        """Run `program`. `guide_every` k > 1 (opt-in, it changes results): the energies' gradients
-        are taken at every k-th step of an unchanged set of active terms and reused in between."""
+    def run(self, program: P.Program, progress: bool = True, script_dir=None, guide_every: int | None = None) -> EditResult:
+        """Run `program`. Each energy term's `every k` (its default, or the script's) takes its
+        gradient at every k-th step and reuses it in between (see `reusing`); `guide_every`, if
+        given, sets k for every term of this run (1: a fresh gradient at every step)."""
         # Everything that can be checked without sampling is checked first (the settings, the
         # names, the direction files, the images: check_program), so that a mistake is never
         # found after minutes of source pass.
-        if not isinstance(guide_every, int) or guide_every < 1:
+        if guide_every is not None and (not isinstance(guide_every, int) or guide_every < 1):
             raise ValueError(f"guide_every is a whole number of steps, 1 or more, not {guide_every!r}")
         settings = self.settings(program)
         warnings: list = []
@@ -253,7 +254,7 @@ class Editor:
         return dataclasses.replace(c, by=(*cond.by, *terms))
 
     def _guide(self, bound: list[BoundTerm], src: SourcePass, cond_at, steps: int, curves, last_maps, cfg: float,
-               guide_every: int = 1):
+               guide_every: int | None = None):
         """The edit pass's guide(i, t, z): the energies' gradients, then each direction kind's action."""
         by_kind = self._by_kind(bound)
         regions = within_regions(self.backbone, [x for x in bound if x.kind == "direction"], src)
@@ -294,18 +295,20 @@ def timed_as(name: str, guide):
     return timed
 
 
-def reusing(step, every: int):
-    """EnergyGuide.step, taken at every `every`-th step of an unchanged set of active terms and
-    its gradients reused in between (opt-in: it changes results). The reused Guidance carries no
-    eps_cond or eps_uncond (they were taken at another z_t), so the denoiser runs both halves; its energy curves
-    skip the reused steps. every = 1 is step itself."""
+def reusing(step, every: int | None = None):
+    """EnergyGuide.step, taken afresh only every k-th step of an unchanged set of active terms and
+    its gradients reused in between (`every k`; it changes results). k is the smallest `every` of
+    the active terms (one guided forward serves them all), or `every` for all when given. The
+    reused Guidance carries no eps_cond or eps_uncond (they were taken at another z_t), so the
+    denoiser runs both halves; the energy curves skip the reused steps. k = 1 is step itself."""
     if every == 1:
         return step
     last = {"key": None, "at": None, "g": None}
 
     def step_every(active, z, i, t, *args, **kw):
         key = tuple(id(x) for x in active)
-        if not active or key != last["key"] or i - last["at"] >= every:
+        k = every or min((x.every for x in active), default=1)
+        if not active or key != last["key"] or i - last["at"] >= k:
             g = step(active, z, i, t, *args, **kw)
             last.update(key=key, at=i, g=g)
             return g

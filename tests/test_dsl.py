@@ -42,6 +42,9 @@ CONSTRUCTS = [
     ('centroid(token "circle") -> (0.75, 0.5) * 2.0 @ 0..0.6',
      P.Move(token=P.TokenRef(word="circle"), to=(0.75, 0.5), weight=2.0, window=P.Window(start=0, end=0.6))),
     ('keep appearance via latent', P.KeepAppearance(placement="latent")),
+    ("keep appearance every 2", P.KeepAppearance(every=2)),
+    ('centroid(token "circle") -> (0.75, 0.5) * 2 @ 0..0.6 every 3 via eps',
+     P.Move(token=P.TokenRef(word="circle"), to=(0.75, 0.5), weight=2.0, window=P.Window(start=0, end=0.6), every=3, placement="eps")),
     ('size(token "dog"#2) *= 2', P.Resize(token=P.TokenRef(word="dog", occurrence=2), factor=2.0)),
     ("direction smile*1.5", P.Direction(name="smile", weight=1.5)),
     ('direction green within token "circle" * 2', P.Direction(name="green", token=P.TokenRef(word="circle"), weight=2.0)),
@@ -98,7 +101,7 @@ def test_builder_covers_every_construct():
         + shape("square").to(shape("circle")) + appearance("circle").to(appearance("square"))
         + keep.layout() + keep.shape("square") + keep.attention() + keep.appearance("square")
         + direction("smile") * 1.5 + direction("green", within="circle") + direction("green", box=(0, 0, 0.5, 1))
-        + centroid(token("dog", 2)).to(0.1, 0.2).at(0, 0.6).via("latent")
+        + centroid(token("dog", 2)).to(0.1, 0.2).at(0, 0.6).via("latent") + keep.appearance().guided_every(2)
         + keep.structure() + keep.pixels() + keep.pixels(inside="square") + keep.pixels(outside="circle") * 2
         + clip("a blue circle", source="a red circle") + clip("a green circle") + style("ref.png")
     )
@@ -146,6 +149,10 @@ ERRORS = [
     ('clip ""', 1, 6, "for example"),
     ('style "x.png"', 1, 7, "'image'"),
     ("keep structur", 1, 6, "did you mean 'structure'"),
+    ("keep appearance every 0", 1, 23, "every 2"),
+    ("keep appearance every 1.5", 1, 23, "every 2"),
+    ("keep appearance via eps every 2", 1, 25, None),  # modifiers come in their order
+    ("direction smile every 2", 1, 23, "energy terms"),
 ]
 
 

@@ -96,3 +96,12 @@ def test_attention_keep_energy_is_zero_at_the_source_and_has_gradient():
     assert e.item() == pytest.approx(0.01 * 4 * 64, rel=1e-4)
     (g,) = torch.autograd.grad(e, cur[0])
     assert g.abs().sum() > 0
+
+
+def test_every_kind_is_an_energy_or_gradient_free():
+    """`every k` is refused on the gradient-free kinds; the rest must be energies (terms.ENERGIES)."""
+    from energies import program as P
+    from energies.terms import ENERGIES
+
+    kinds = {cls.model_fields["kind"].default for cls in P.TermBase.__subclasses__()}
+    assert set(ENERGIES) | set(P.GRADIENT_FREE) == kinds and not set(ENERGIES) & set(P.GRADIENT_FREE)

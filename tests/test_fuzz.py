@@ -38,7 +38,7 @@ SLOW = settings(max_examples=100_000, deadline=None, suppress_health_check=list(
 
 # Names that begin with, or are, a keyword: all are names where a name is expected.
 KEYWORDISH = ["size", "sizes", "shape", "shapes", "keep", "keeper", "prompt", "prompting", "seed", "seeds", "steps", "cfg",
-              "model", "source", "invert", "negative", "direction", "token", "within", "via", "inside", "outside", "from",
+              "model", "source", "invert", "negative", "direction", "token", "within", "via", "every", "everyone", "inside", "outside", "from",
               "image", "clip", "drag", "style", "layout", "pixels", "centroid", "appearance", "size-up", "keep_red"]
 NAME_START, NAME_REST = _string.ascii_letters + "_", _string.ascii_letters + _string.digits + "_-"
 # What strings and comments may hold: printable text and tabs, some of it far from ASCII.
@@ -102,12 +102,14 @@ def within(r: random.Random) -> str:
     return f" within ({number(r, 0, 0.4)}, {number(r, 0, 0.4)},{number(r, 0.6, 1)} ,{number(r, 0.6, 1)})"
 
 
-def modifiers(r: random.Random, placements=PLACEMENTS) -> str:
+def modifiers(r: random.Random, placements=PLACEMENTS, energy=True) -> str:
     out = ""
     if r.random() < 0.4:
         out += f"{r.choice(GAPS)}*{r.choice(GAPS)}{number(r, -3, 3)}"
     if r.random() < 0.4:
         out += f" @{r.choice(GAPS)}{number(r, 0, 0.5)}..{number(r, 0.6, 1)}"
+    if energy and r.random() < 0.2:  # refused on directions and drags, which take no gradient
+        out += f" every {r.randint(1, 4)}"
     if r.random() < 0.3:
         out += f" via {r.choice(placements)}"
     return out
@@ -150,8 +152,8 @@ def term(r: random.Random) -> str:
         body = f"style image {string(r)}"
     else:
         body = f"drag {point(r, 0, 0.45)} -> {point(r, 0.55, 1)}" + (within(r) if r.random() < 0.5 else "")
-        return body + modifiers(r, ["bottleneck", "latent"])
-    return body + modifiers(r)
+        return body + modifiers(r, ["bottleneck", "latent"], energy=False)
+    return body + modifiers(r, energy=kind != 5)
 
 
 def comment(r: random.Random) -> str:

@@ -150,6 +150,25 @@ def test_guide_every(editor, monkeypatch):
     assert all(len(c) == 4 for c in every2.energies.values())  # curves at the guided steps only
 
 
+def test_every_in_a_script_is_the_terms_own(editor, monkeypatch):
+    """`every k` on a term: its gradient at every k-th step, reused between; with two terms
+    active together the smallest k rules (one guided forward serves both)."""
+    base = HEADER.replace("steps 4", "steps 8")
+    move = 'centroid(token "circle") -> (0.75, 0.5) @ 0..1'
+    calls = count_backward(monkeypatch)
+    fresh = run_new(editor, dsl.compile(base + move + " every 1"))
+    n = len(calls)
+    calls.clear()
+    run_new(editor, dsl.compile(base + move + " every 2"))
+    assert n == 8 and len(calls) == 4
+    calls.clear()
+    run_new(editor, dsl.compile(base + move + " every 4\nkeep attention @ 0..1 every 2"))
+    assert len(calls) == 2 * 4  # every 2nd step, one backward per placement group (eps, latent)
+    calls.clear()
+    again = run_new(editor, dsl.compile(base + move + " every 2"), guide_every=1)  # the run's own k wins
+    assert len(calls) == 8 and np.array_equal(again.image, fresh.image)
+
+
 def test_transformer_edits_are_bit_identical(flow_editor):
     """SD3 and FLUX (tiny, random weights): the graph ends at the last joint-attention probe or
     the last probed block, and the source pass records what the terms read, with the same result."""

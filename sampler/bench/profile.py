@@ -160,7 +160,7 @@ def memory(editor: Editor, prog, edit, device: str) -> dict:
 
 
 def profile_class(editor: Editor, terms: str, steps: int, repeats: int, before: bool, device: str,
-                  memory_too: bool, guide_every: int = 1) -> dict:
+                  memory_too: bool, guide_every: int | None = None) -> dict:
     prog = dsl.compile(script(terms, steps))
 
     def edit():
@@ -245,7 +245,8 @@ def main(argv=None) -> int:
     classes = {k: v for k, v in CLASSES.items() if not args.only or k in args.only}
     result = {"model": args.model, "model_mb": weights_bytes(editor) / 2**20, "steps": args.steps, "repeats": args.repeats, "machine": machine(args.device), "classes": {}}
     for name, terms in classes.items():
-        versions = [("before", True, 1), ("after", False, 1)] if args.compare else [("", False, 1)]
+        # before: every step guided, as before issue 21; after: the terms' own `every` defaults
+        versions = [("before", True, 1), ("after", False, None)] if args.compare else [("", False, None)]
         if args.guide_every:
             versions.append((f"every {args.guide_every}", False, args.guide_every))
         result["classes"][name] = {label: profile_class(editor, terms, args.steps, args.repeats, before,
