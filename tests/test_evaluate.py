@@ -42,3 +42,22 @@ def test_the_detector_reads_world_images_at_64_pixels():
     for i in range(20):
         s = W.make_scene(300 + i, 64)
         assert W.matches_caption(W.detect(s.image), s.caption) == (True, True)
+
+
+def test_the_card_lists_stages_notes_and_what_was_tried(monkeypatch):
+    """The model card reads the training record: per-stage batch and machine, notes, and the
+    ablation rows (what was tried, what it measured, what it bought)."""
+    from types import SimpleNamespace
+
+    from sampler.shapes.card import model_card
+
+    record = {"commands": ["python -m sampler.shapes.train unet"], "seed": 0, "unet_steps": 10, "unet_minutes": 1.0, "unet_batch": 64,
+              "unet_machine": "CPU", "notes": ["a note"],
+              "ablation": [{"change": "Min-SNR 5", "measured": "loss curve", "bought": "faster convergence"}]}
+    b = SimpleNamespace(model=SimpleNamespace(card={"training": record}))
+    import sampler.shapes.card as C
+
+    monkeypatch.setattr(C, "describe", lambda b: "DESCRIPTION")
+    text = model_card({"seconds": 1, "steps": 25, "split": "report", "fidelity": {}}, b, "cmd")
+    assert "UNet + text encoder: 10 steps at batch 64 in 1.0 min (CPU)" in text and "- a note" in text
+    assert "| Min-SNR 5 | loss curve | faster convergence |" in text

@@ -51,6 +51,10 @@ def model_card(r: dict, b, command: str) -> str:
         for note in training.get("notes", []):
             L.append(f"- {note}")
         L += [""]
+        if training.get("ablation"):  # rows the trainer's operator measured: what was tried, what it bought
+            L += ["### What was tried", "", "| change | measured | what it bought |", "| --- | --- | --- |"]
+            L += [f"| {a['change']} | {a['measured']} | {a['bought']} |" for a in training["ablation"]]
+            L += [""]
     L += ["## Measured", "", f"Reproduce with `{command}` ({r['seconds']} s). Samples use {r['steps']} DDIM steps; sampling seeds",
           f"of the `{r['split']}` split (settings are chosen on the `tune` split; training draws neither).", "",
           "### Caption fidelity (the world's detector on samples)", "",
