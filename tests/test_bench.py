@@ -622,3 +622,24 @@ def test_bench_refuses_a_directions_folder_without_direction_files(tmp_path, sha
     assert main(["bench", "--model", shapes_path, "--quick", "--out", str(tmp_path / "o"), "--task", "fine-tuned recolour",
                  "--directions", str(tmp_path / "empty")]) == 2
     assert "no direction files" in capsys.readouterr().err
+
+
+def test_two_runs_side_by_side_and_runs_that_do_not_compare_refused(tmp_path, capsys):
+    from sampler.bench import compare
+
+    a = json.loads(json.dumps(_synthetic_results(), default=float))
+    b = json.loads(json.dumps(a))
+    b["meta"]["model"] = "shapes-flow"
+    b["tasks"]["move"]["success"].update({"all": 0.5, "k_all": 5})
+    for name, r in (("a", a), ("b", b)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(r))
+    out = tmp_path / "side.md"
+    assert compare.main([str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--names", "UNet", "flow", "--out", str(out)]) == 0
+    text = out.read_text()
+    move = next(line for line in text.splitlines() if line.startswith("| move |"))
+    assert "| 80% (8/10); right sources 89% (8/9) | 50% (5/10);" in move and "within 0.1 80%" in move
+    assert "| remove | not run: unknown statement 'remove' |" in text
+    b["meta"]["split"] = "tune"
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    assert compare.main([str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 2
+    assert "differ in split" in capsys.readouterr().err
