@@ -252,10 +252,10 @@ def main(argv=None):
         return
     args.out = args.out or Path("docs/shapes-model.json")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    card = args.out.with_suffix(".md")
-    card.write_text(model_card(report, b, command))
-    print(card.read_text())
+    atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
+    text = model_card(report, b, command)
+    atomic_write(args.out.with_suffix(".md"), lambda tmp: tmp.write_text(text))
+    print(text)
 
 
 if __name__ == "__main__":
