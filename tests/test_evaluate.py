@@ -36,6 +36,10 @@ def test_fidelity_counts_each_object_by_shape_and_colour():
     assert wrong["all_right"] == 0.0 and wrong["colours_right"] == 1.0
     shapes = [wrong["per_object"][k] for k in W.SHAPES if k in wrong["per_object"]]
     assert sum(v["right"] * v["n"] for v in shapes) / sum(v["n"] for v in shapes) == 0.5, "the first object of each is missed"
+    assert right["failures"] == []
+    listed = E.fidelity(images, [other_shape(s.caption) for s in scenes], seeds=list(range(6)))["failures"]
+    assert [f["seed"] for f in listed] == list(range(6))
+    assert listed[0]["found"] == sorted(o.phrase for o in W.detect(images[0])) or set(listed[0]["found"]) == {o.phrase for o in scenes[0].objects}
 
 
 def test_the_detector_reads_world_images_at_64_pixels():

@@ -69,6 +69,11 @@ def model_card(r: dict, b, command: str) -> str:
     for cfg, f in r["fidelity"].items():
         per = f["two_objects"]["per_object"]
         L.append(f"| {cfg} | " + " | ".join(_pct(per[k]) for k in (*W.SHAPES, *W.COLOURS)) + " |")
+    for cfg, f in r["fidelity"].items():
+        wrong = [x for part in ("one_object", "two_objects") for x in f[part].get("failures", [])]
+        if wrong:
+            L += ["", f"What the detector found where a caption was not drawn right, at cfg {cfg} ({len(wrong)} images):", ""]
+            L += [f"- {x['caption']} (seed {x.get('seed', '?')}): " + (", ".join(x["found"]) or "nothing") for x in wrong]
     if "localisation" in r:
         L += ["", "### Cross-attention localisation", "",
               "World images with two objects, noised to t; for a word, the top-k cells of its attention map (k = its object's",

@@ -92,23 +92,28 @@ def sample(b: ShapesBackbone, captions: list[str], seeds: list[int], steps: int,
     return np.concatenate(out)
 
 
-def fidelity(images: np.ndarray, captions: list[str]) -> dict:
+def fidelity(images: np.ndarray, captions: list[str], seeds=None) -> dict:
     """Whole-caption figures, and per object of the caption (by its shape and by its colour):
-    an object counts as drawn when the detector finds an object of its colour and shape."""
+    an object counts as drawn when the detector finds an object of its colour and shape. Every
+    caption not drawn right is listed (with its seed, when given) with what the detector found."""
     colours = exact = 0
     per: dict[str, list[bool]] = {}
-    for im, cap in zip(images, captions):
+    failures = []
+    for k, (im, cap) in enumerate(zip(images, captions)):
         found = W.detect(im)
         c, a = W.matches_caption(found, cap)
         colours += c
         exact += a
+        if not a:
+            failures.append({"caption": cap, **({"seed": int(seeds[k])} if seeds is not None else {}),
+                             "found": [o.phrase for o in found]})
         for colour, shape in W.parse_caption(cap):
             hit = W.find(found, colour, shape) is not None
             per.setdefault(shape, []).append(hit)
             per.setdefault(colour, []).append(hit)
     n = len(captions)
     return {"n": n, "colours_right": colours / n, "all_right": exact / n,
-            "per_object": {k: {"n": len(v), "right": float(np.mean(v))} for k, v in per.items()}}
+            "per_object": {k: {"n": len(v), "right": float(np.mean(v))} for k, v in per.items()}, "failures": failures}
 
 
 @torch.no_grad()
@@ -229,8 +234,8 @@ def main(argv=None):
     two_seeds = [s + 100_000 for s in two_seeds]
     for cfg in tqdm(args.cfg or [d["cfg"]], desc="fidelity"):
         report["fidelity"][str(cfg)] = {
-            "one_object": fidelity(sample(b, ones, one_seeds, steps, cfg, progress=True), ones),
-            "two_objects": fidelity(sample(b, twos, two_seeds, steps, cfg, progress=True), twos),
+            "one_object": fidelity(sample(b, ones, one_seeds, steps, cfg, progress=True), ones, one_seeds),
+            "two_objects": fidelity(sample(b, twos, two_seeds, steps, cfg, progress=True), twos, two_seeds),
         }
     if args.only != "fidelity":
         report["localisation"] = localisation(b)
