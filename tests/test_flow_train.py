@@ -88,3 +88,24 @@ def test_the_block_measurement_scores_each_joint_block(work):
     mask = world.make_scene(0, size=64, n_objects=1).objects[0].mask
     perfect = torch.nn.functional.interpolate(torch.from_numpy(mask.astype(np.float32))[None, None], size=(16, 16), mode="area")[0, 0]
     assert flow_blocks.map_iou(perfect, mask) == 1.0 and flow_blocks.map_iou(1 - perfect, mask) == 0.0
+
+
+def test_a_resumed_run_keeps_the_text_encoder_it_started_with(work, tmp_path):
+    """The text encoder is frozen and read from --init-from at the start; a later --init-from
+    (a newer snapshot of the UNet model) must not swap it under a half-trained transformer."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    run = tmp_path / "run"
+    shutil.copytree(work, run)
+    before = load_file(run / "ema" / "text_encoder" / "model.safetensors")
+    other = tmp_path / "other"
+    shutil.copytree(run / "ema", other)
+    weights = load_file(other / "text_encoder" / "model.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({k: v + 1 for k, v in weights.items()}, other / "text_encoder" / "model.safetensors")
+    flow_train.main(["--work", str(run), "--steps", "3", *TINY, "--init-from", str(other)])
+    after = load_file(run / "ema" / "text_encoder" / "model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)

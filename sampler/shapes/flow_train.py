@@ -75,6 +75,10 @@ def text_encoder_from(folder: Path):
 def train(args) -> dict:
     torch.manual_seed(args.seed)
     source = M.resolve(args.init_from)
+    ckpt = args.work / "flow.ckpt.safetensors"
+    own = args.work / "ema"  # a run keeps the text encoder it started with, whatever --init-from holds now
+    if ckpt.is_file() and not args.restart and (own / "text_encoder").is_dir():
+        source = own
     tokenizer, text_encoder = text_encoder_from(source)
     vae = load_vae(args.work, args.init_from)
     transformer = FM.build_transformer(num_layers=args.layers, num_attention_heads=args.heads, attention_head_dim=args.head_dim)
@@ -84,7 +88,6 @@ def train(args) -> dict:
     params = list(transformer.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     ema = T.ema_of(modules)
-    ckpt = args.work / "flow.ckpt.safetensors"
     recipe = {"layers": args.layers, "heads": args.heads, "head_dim": args.head_dim, "seed": args.seed, "batch": args.batch}
     start, elapsed = 0, 0.0
     resumed = None if args.restart else T.resume(ckpt, recipe)
