@@ -145,7 +145,7 @@ def localisation(b: ShapesBackbone, n: int = 96, timesteps=(100, 300, 500, 700, 
                     top = np.zeros(a.size, bool)
                     top[np.argsort(a.ravel())[-k:]] = True
                     top = top.reshape(a.shape)
-                    for key in (f"{word} word", f"{word} word, {o.shape}"):
+                    for key in (f"{word} word", f"{word} word, {o.shape}", f"{word} word, {('first', 'second')[j]} object"):
                         own, other = acc.setdefault(key, ([], []))
                         own.append(W.mask_iou(top, o.mask))
                         other.append(W.mask_iou(top, s.objects[1 - j].mask))
