@@ -72,3 +72,17 @@ def test_the_autoencoder_reconstructs_world_images(shapes_path):
     assert min(values) > 28 and sum(values) / len(values) > 32, values
     for s, img in zip(scenes, y.permute(0, 2, 3, 1).numpy()):
         assert sorted(o.phrase for o in W.detect(img)) == sorted(o.phrase for o in s.objects)
+
+
+def test_a_half_precision_snapshot_loads_in_fp32_and_edits():
+    """sampler/shapes/next is stored in fp16 to stay small; loaded, it runs in fp32 like the shipped model."""
+    import torch
+    from pathlib import Path
+
+    from sampler.editor import Editor
+
+    path = Path(M.__file__).parent / "next"
+    m = M.load(path)
+    assert all(p.dtype == torch.float32 for mod in (m.unet, m.text_encoder, m.clip) for p in mod.parameters())
+    r = Editor(path).run(dsl.compile('prompt "a red circle"\nsteps 3'), progress=False)
+    assert r.image.shape == (64, 64, 3) and np.isfinite(r.image).all()

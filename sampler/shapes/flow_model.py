@@ -77,7 +77,7 @@ def load(name_or_path="shapes-flow", device="cpu") -> ShapesFlowModel:
         raise FileNotFoundError(f"{path} is not a shapes flow model folder (no {CARD}); train one with "
                                 "`python -m sampler.shapes.flow_train`")
     tokenizer, text_encoder, vae, clip, card = M.load_parts(path, CARD, device)
-    transformer = SD3Transformer2DModel.from_pretrained(path / "transformer", use_safetensors=True).to(device).eval().requires_grad_(False)
+    transformer = SD3Transformer2DModel.from_pretrained(path / "transformer", use_safetensors=True).to(device, torch.float32).eval().requires_grad_(False)
     scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(path / "scheduler")
     return ShapesFlowModel(tokenizer, text_encoder, transformer, vae, scheduler, clip, path, card)
 

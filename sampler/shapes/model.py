@@ -201,8 +201,8 @@ def load_parts(path: Path, card_file: str, device, with_clip: bool = True):
     vae = AutoencoderKL.from_pretrained(path / "vae", use_safetensors=True) if (path / "vae").is_dir() else None
     clip = CLIPModel.from_pretrained(path / "clip", use_safetensors=True) if with_clip and (path / "clip").is_dir() else None
     for m in (text_encoder, vae, clip):
-        if m is not None:
-            m.to(device).eval().requires_grad_(False)
+        if m is not None:  # fp32 whatever was stored (a snapshot keeps fp16 to stay small)
+            m.to(device, torch.float32).eval().requires_grad_(False)
     return tokenizer, text_encoder, vae, clip, json.loads((path / card_file).read_text())
 
 
@@ -228,7 +228,7 @@ def load(name_or_path: str | Path = "shapes", device: str | torch.device = "cpu"
     from diffusers import DDIMScheduler, UNet2DConditionModel
 
     tokenizer, text_encoder, vae, clip, card = load_parts(path, "steer_shapes.json", device, with_clip)
-    unet = UNet2DConditionModel.from_pretrained(path / "unet", use_safetensors=True).to(device).eval().requires_grad_(False)
+    unet = UNet2DConditionModel.from_pretrained(path / "unet", use_safetensors=True).to(device, torch.float32).eval().requires_grad_(False)
     scheduler = DDIMScheduler.from_pretrained(path / "scheduler")
     return ShapesModel(tokenizer, text_encoder, unet, scheduler, clip, path, card, vae)
 
