@@ -4,6 +4,7 @@ loads offline as a backbone that edits."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -109,3 +110,16 @@ def test_a_resumed_run_keeps_the_text_encoder_it_started_with(work, tmp_path):
     flow_train.main(["--work", str(run), "--steps", "3", *TINY, "--init-from", str(other)])
     after = load_file(run / "ema" / "text_encoder" / "model.safetensors")
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_the_evaluation_samples_the_flow_model_for_caption_fidelity(work, capsys):
+    """`python -m sampler.shapes.evaluate --model FLOW --only fidelity`: the flow model's pooled
+    embeddings reach it; anything but fidelity is refused with the tool that measures it."""
+    from sampler.shapes import evaluate as E
+
+    b = ShapesFlowBackbone(str(work / "ema"))
+    images = E.sample(b, ["a red circle", "a blue square and a green triangle"], [0, 1], 2, 3.0)
+    assert images.shape == (2, *b.image_size(), 3) and np.isfinite(images).all()
+    with pytest.raises(SystemExit):
+        E.main(["--model", str(work / "ema")])
+    assert "flow_blocks" in capsys.readouterr().err

@@ -34,13 +34,14 @@ from tqdm.auto import tqdm
 from energies import program as P
 from energies.files import atomic_write
 
-from ..backbones import ShapesBackbone
+from ..backbones import ShapesBackbone, ShapesFlowBackbone
 from ..editor import Editor
 from ..feature_models import projected_features
 from ..guided import classifier_free, sample_ddim
 from ..images import load_image, write_png
 from ..inversion import psnr
 from ..probes import ProbeStore, cross_attention_layers, probing
+from . import flow_model as FM
 from . import model as M
 from . import world as W
 from .card import model_card
@@ -70,21 +71,23 @@ def caption_grid(captions: list[str], per_caption: int, split: str) -> tuple[lis
 
 
 @torch.no_grad()
-def sample(b: ShapesBackbone, captions: list[str], seeds: list[int], steps: int, cfg: float, batch: int = 32,
+def sample(b, captions: list[str], seeds: list[int], steps: int, cfg: float, batch: int = 32,
            progress: bool = False) -> np.ndarray:
-    """Plain CFG DDIM samples, one per (caption, seed), batched. Returns (N, H, W, 3) in [0, 1]."""
+    """Plain CFG DDIM samples, one per (caption, seed), batched, from a shapes backbone (the UNet
+    model, or the flow model through its velocity-as-eps wrapper). Returns (N, H, W, 3) in [0, 1]."""
     assert len(captions) == len(seeds), f"{len(captions)} captions but {len(seeds)} seeds"
     out = []
     ts = b.timesteps(steps)
     alphas, final = b.schedule()
     for k in tqdm(range(0, len(captions), batch), disable=not progress, desc=f"sample cfg {cfg:g}", leave=False):
         caps, sds = captions[k : k + batch], seeds[k : k + batch]
-        cond = torch.cat([b.encode_prompt(c).cond for c in caps])
-        uncond = b.encode_prompt("").cond.expand_as(cond)
+        conds = [b.encode_prompt(c) for c in caps]  # the flow model's pooled embeddings ride in `added`
+        context = torch.cat([c.uncond for c in conds] + [c.cond for c in conds])
+        added = {k: torch.cat([c.added_uncond[k] for c in conds] + [c.added[k] for c in conds]) for k in conds[0].added}
         z = torch.cat([torch.randn((1, *b.latent_shape()), generator=torch.Generator().manual_seed(s)) for s in sds])
 
         def denoise(i, t, z, eps_cond=None, eps_uncond=None):
-            eps_u, eps_c = b.eps(torch.cat([z, z]), t, torch.cat([uncond, cond])).chunk(2)
+            eps_u, eps_c = b.eps(torch.cat([z, z]), t, context, added).chunk(2)
             return classifier_free(eps_u, eps_c, cfg)
 
         z = sample_ddim(denoise, z, ts, alphas, final, disable=True, clip=b.clip_x0)
@@ -224,7 +227,13 @@ def main(argv=None):
                    "with --only, the report is printed and written only where --out names)")
     args = p.parse_args(argv)
     torch.manual_seed(0)
-    b = ShapesBackbone(args.model)
+    if args.model == "shapes-flow" or FM.is_flow_folder(FM.resolve(args.model)):
+        if args.only != "fidelity":  # localisation and inversion here read a UNet
+            p.error("a shapes flow model is measured here with --only fidelity; its blocks' localisation: "
+                    "python -m sampler.shapes.flow_blocks")
+        b = ShapesFlowBackbone(args.model)
+    else:
+        b = ShapesBackbone(args.model)
     d = b.sampling_defaults
     steps = args.steps or d["steps"]
     report = {"model": args.model, "split": args.split, "steps": steps, "image_size": list(b.image_size()), "fidelity": {}}
