@@ -29,12 +29,13 @@ def denoiser(backbone, cond, cfg: float, readout=None, record: list | None = Non
 
     def denoise(i, t, z, eps_cond=None, eps_uncond=None):
         c = cond_at(i)
-        if eps_cond is not None and (eps_uncond is not None or cfg == 1):
-            eps_u, eps_c = (eps_uncond if cfg != 1 else eps_cond), eps_cond
-        elif eps_cond is not None:
-            eps_c = eps_cond
-            with record_function("steer.uncond_forward"):
-                eps_u = b.eps(z, t, c.uncond_at(i), c.added_uncond)
+        if eps_cond is not None:
+            eps_c = eps_u = eps_cond  # cfg 1 needs no other half
+            if cfg != 1 and eps_uncond is not None:
+                eps_u = eps_uncond
+            elif cfg != 1:
+                with record_function("steer.uncond_forward"):
+                    eps_u = b.eps(z, t, c.uncond_at(i), c.added_uncond)
         elif record is not None and what:  # source pass: probe the conditional half of the batch
             eps_u, eps_c, f = recorded_forward(b, readout, z, t, c, i, what)
             record.append(f)

@@ -34,14 +34,13 @@ from tqdm.auto import tqdm
 from energies import program as P
 from energies.files import atomic_write
 
-from ..backbones import ShapesBackbone, ShapesFlowBackbone
+from ..backbones import ShapesBackbone, ShapesFlowBackbone, flow_kind, load_backbone
 from ..editor import Editor
 from ..feature_models import projected_features
 from ..guided import classifier_free, sample_ddim
 from ..images import load_image, write_png
 from ..inversion import psnr
 from ..probes import ProbeStore, cross_attention_layers, probing
-from . import flow_model as FM
 from . import model as M
 from . import world as W
 from .card import model_card
@@ -227,13 +226,11 @@ def main(argv=None):
                    "with --only, the report is printed and written only where --out names)")
     args = p.parse_args(argv)
     torch.manual_seed(0)
-    if args.model == "shapes-flow" or FM.is_flow_folder(FM.resolve(args.model)):
-        if args.only != "fidelity":  # localisation and inversion here read a UNet
-            p.error("a shapes flow model is measured here with --only fidelity; its blocks' localisation: "
-                    "python -m sampler.shapes.flow_blocks")
-        b = ShapesFlowBackbone(args.model)
-    else:
-        b = ShapesBackbone(args.model)
+    flow = flow_kind(args.model) == ShapesFlowBackbone.kind
+    if flow and args.only != "fidelity":  # localisation and inversion here read a UNet
+        p.error("a shapes flow model is measured here with --only fidelity; its blocks' localisation: "
+                "python -m sampler.shapes.flow_blocks")
+    b = load_backbone(args.model) if flow else ShapesBackbone(args.model)
     d = b.sampling_defaults
     steps = args.steps or d["steps"]
     report = {"model": args.model, "split": args.split, "steps": steps, "image_size": list(b.image_size()), "fidelity": {}}

@@ -74,11 +74,11 @@ def text_encoder_from(folder: Path):
 
 def train(args) -> dict:
     torch.manual_seed(args.seed)
-    source = M.resolve(args.init_from)
     ckpt = args.work / "flow.ckpt.safetensors"
-    own = args.work / "ema"  # a run keeps the text encoder it started with, whatever --init-from holds now
-    if ckpt.is_file() and not args.restart and (own / "text_encoder").is_dir():
-        source = own
+    recipe = {"layers": args.layers, "heads": args.heads, "head_dim": args.head_dim, "seed": args.seed, "batch": args.batch}
+    resumed = None if args.restart else T.resume(ckpt, recipe)
+    own = args.work / "ema"  # a resumed run keeps the text encoder it started with, whatever --init-from holds now
+    source = own if resumed is not None and (own / "text_encoder").is_dir() else M.resolve(args.init_from)
     tokenizer, text_encoder = text_encoder_from(source)
     vae = load_vae(args.work, args.init_from)
     transformer = FM.build_transformer(num_layers=args.layers, num_attention_heads=args.heads, attention_head_dim=args.head_dim)
@@ -88,9 +88,7 @@ def train(args) -> dict:
     params = list(transformer.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     ema = T.ema_of(modules)
-    recipe = {"layers": args.layers, "heads": args.heads, "head_dim": args.head_dim, "seed": args.seed, "batch": args.batch}
     start, elapsed = 0, 0.0
-    resumed = None if args.restart else T.resume(ckpt, recipe)
     if resumed is not None:
         tensors, state = resumed
         T.restore_models(tensors, state, modules, ema, opt)
