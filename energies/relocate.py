@@ -63,14 +63,16 @@ def relocate(z: torch.Tensor, z_src: torch.Tensor, x0_src: torch.Tensor, a_t, ma
     scaled by `scale` about the mask's centroid, pasted over z; the vacated region refilled with
     the background x0 noised with the source's own noise at this step (so the noise level and
     seed-noise there stay what the sampler expects). Pixels under `protect` (the objects the edit
-    does not move) are left alone: a moved object goes behind them, never over them."""
+    does not move) are left alone: a moved object goes behind them, never over them, and none of
+    them is carried along (a generous mask that reaches into a neighbour copies none of it)."""
     a_t = torch.as_tensor(a_t, dtype=z.dtype, device=z.device)
+    free = torch.ones_like(mask) if protect is None else (protect < 0.5).to(mask.dtype)
+    mask = mask * free
     about = tuple(float(v) for v in centroid(mask))
     moved = transform(z_src, shift, scale, about)
     moved_mask = transform(mask[None], shift, scale, about)[0]
     eps_src = (z_src - a_t.sqrt() * x0_src) / (1 - a_t).sqrt()
     bg = background(x0_src, mask).view(-1, 1, 1)
     hole = a_t.sqrt() * bg + (1 - a_t).sqrt() * eps_src
-    free = torch.ones_like(mask) if protect is None else (protect < 0.5).to(mask.dtype)
-    out = torch.where((mask * free)[None] > 0.5, hole, z)
+    out = torch.where(mask[None] > 0.5, hole, z)
     return torch.where((moved_mask * free)[None] > 0.5, moved, out)

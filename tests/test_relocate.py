@@ -84,3 +84,19 @@ def test_a_removed_object_leaves_only_background():
     hole = (1 - a).sqrt() * eps  # the background (0) at the source's noise
     assert torch.allclose(out[:, 4:8, 4:8], hole[:, 4:8, 4:8], atol=1e-6)
     assert torch.equal(out[:, 9:, 9:], z_src[:, 9:, 9:]), "nothing else changed"
+
+
+def test_a_mask_that_reaches_into_a_protected_neighbour_carries_none_of_it():
+    """A generous copy mask (a low threshold on a map that leaks into the other object) moves
+    only the unprotected part: the neighbour is neither copied to the target nor holed."""
+    a_t = torch.tensor(0.5)
+    x0 = torch.zeros(4, 16, 16)
+    x0[:, 2:6, 2:6] = 1.0  # the moved object
+    x0[:, 2:6, 7:10] = -1.0  # its neighbour, which the edit keeps
+    z_src = a_t.sqrt() * x0 + (1 - a_t).sqrt() * torch.randn(4, 16, 16, generator=torch.Generator().manual_seed(1))
+    mask = square_mask(2, 2, 6, 9)  # reaches two columns into the neighbour
+    protect = square_mask(2, 7, 6, 10)
+    out = R.relocate(z_src.clone(), z_src, x0, a_t, mask, shift=(0, 8 / 16), protect=protect)
+    assert torch.equal(out[:, 10:14, 2:6], z_src[:, 2:6, 2:6])  # the object arrived
+    assert torch.equal(out[:, 10:14, 7:9], z_src[:, 10:14, 7:9])  # none of the neighbour came with it
+    assert torch.equal(out[:, 2:6, 7:10], z_src[:, 2:6, 7:10])  # and the neighbour is whole

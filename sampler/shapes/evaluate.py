@@ -221,7 +221,8 @@ def main(argv=None):
     p.add_argument("--per-caption", type=int, default=3, help="seeds per two-object caption (108 captions); one-object captions get 8")
     p.add_argument("--cfg", type=float, nargs="*", default=None, help="cfg scales to compare (default: the model's)")
     p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--only", choices=["fidelity"], help="just the caption fidelity (a quick check during training)")
+    p.add_argument("--only", choices=["fidelity", "localisation"],
+                   help="just the caption fidelity, or just the cross-attention localisation (quick checks during training)")
     p.add_argument("--out", type=Path, default=None, help="the report (default: docs/shapes-model.json, and the card beside it; "
                    "with --only, the report is printed and written only where --out names)")
     args = p.parse_args(argv)
@@ -238,13 +239,14 @@ def main(argv=None):
     ones, one_seeds = caption_grid(one_object_captions(), 8, args.split)
     twos, two_seeds = caption_grid(two_object_captions(), args.per_caption, args.split)
     two_seeds = [s + 100_000 for s in two_seeds]
-    for cfg in tqdm(args.cfg or [d["cfg"]], desc="fidelity"):
+    for cfg in tqdm(args.cfg or [d["cfg"]] if args.only != "localisation" else [], desc="fidelity"):
         report["fidelity"][str(cfg)] = {
             "one_object": fidelity(sample(b, ones, one_seeds, steps, cfg, progress=True), ones, one_seeds),
             "two_objects": fidelity(sample(b, twos, two_seeds, steps, cfg, progress=True), twos, two_seeds),
         }
     if args.only != "fidelity":
         report["localisation"] = localisation(b)
+    if not args.only:
         gen_caps = two_object_captions()[::9][:12] + one_object_captions()[::3][:4]  # every colour pair, both orders
         generated = sample(b, gen_caps, [SPLITS[args.split] + 200_000 + i for i in range(len(gen_caps))], steps, d["cfg"])
         world_scenes = [W.make_scene(HELD_OUT + 700_000 + i, b.image_size()[0]) for i in range(16)]
