@@ -65,3 +65,17 @@ def test_the_card_lists_stages_notes_and_what_was_tried(monkeypatch):
     text = model_card({"seconds": 1, "steps": 25, "split": "report", "fidelity": {}}, b, "cmd")
     assert "UNet + text encoder: 10 steps at batch 64 in 1.0 min (CPU)" in text and "- a note" in text
     assert "| Min-SNR 5 | loss curve | faster convergence |" in text
+
+
+def test_only_localisation_measures_the_maps_and_samples_nothing(tmp_path, shapes_path, capsys):
+    import json
+
+    from sampler.shapes import evaluate
+
+    evaluate.main(["--model", str(shapes_path), "--only", "localisation", "--out", str(tmp_path / "loc.json")])
+    report = json.loads((tmp_path / "loc.json").read_text())
+    assert report["fidelity"] == {} and "inversion" not in report
+    rows = report["localisation"]
+    for key in ("shape word, first object", "colour word, second object", "shape word, triangle"):
+        assert set(rows[key]) == {"100", "300", "500", "700", "900"}
+        assert all(0 <= r["own_object"] <= 1 and r["n"] > 0 for r in rows[key].values())

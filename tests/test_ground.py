@@ -91,6 +91,9 @@ def test_the_finetune_resumes_exactly_and_keeps_the_text_encoder(base_model, tmp
     after = M.load(resumed / "ema", with_clip=False)  # the EMA folder loads as a shapes model
     assert all(torch.equal(p, q) for p, q in zip(before.text_encoder.parameters(), after.text_encoder.parameters()))
     assert any(not torch.equal(p, q) for p, q in zip(before.unet.parameters(), after.unet.parameters()))
+    # the finished run writes a model folder whose card carries the base's record and the fine-tune's
+    card = M.load(resumed / "model", with_clip=False).card["training"]
+    assert card["ground_steps"] == 3 and card["unet_steps"] == 1 and card["commands"][-1].startswith("python -m sampler.shapes.ground")
 
 
 def test_the_finetune_refuses_to_continue_another_recipe(base_model, tmp_path):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -151,6 +152,26 @@ def finetune(args) -> dict:
             "ground_final_denoise_loss": float(d), "ground_final_token_loss": float(gr)}
 
 
+def assemble(work: Path, init_from: str, out: Path, figures: dict, dtype=torch.float32):
+    """Write the fine-tuned model folder: the EMA's UNet, the init's text encoder, autoencoder,
+    scheduler and CLIP, and a card whose training record is the init's with the grounding stage
+    added. dtype float16 keeps the UNet, text encoder and CLIP small (the autoencoder stays fp32;
+    every folder loads in fp32)."""
+    ema = M.load(work / "ema", with_clip=False)
+    init = M.load(init_from)
+    training = {**init.card.get("training", {}), **figures}
+    training["commands"] = training.get("commands", []) + [figures["ground_command"]]
+
+    def write(tmp):
+        M.save(tmp, ema.tokenizer, ema.text_encoder, ema.unet, M.build_scheduler(), init.clip, card={"training": training}, dtype=dtype)
+        init.vae.float().save_pretrained(tmp / "vae", safe_serialization=True)
+        if (out / "directions").is_dir():  # learned directions live beside the weights: keep them
+            shutil.copytree(out / "directions", tmp / "directions")
+
+    atomic_write(out, write)
+    print(f"wrote {out}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m sampler.shapes.ground", description=__doc__.split("\n")[0])
     p.add_argument("--init-from", required=True, help="the finished shapes model folder to fine-tune (or 'shapes')")
@@ -164,6 +185,8 @@ def main(argv=None):
     p.add_argument("--weight", type=float, default=0.1, help="weight of the token loss beside the denoising loss")
     p.add_argument("--ground-below", type=int, default=800, help="ground the maps at timesteps t < this only")
     p.add_argument("--min-snr", type=float, default=5.0)
+    p.add_argument("--out", type=Path, help="where the finished model goes (default: WORK/model)")
+    p.add_argument("--half", action="store_true", help="store the UNet, text encoder and CLIP in fp16 (a shipped folder)")
     T.add_run_arguments(p)
     args = p.parse_args(argv)
     if args.threads:
@@ -175,6 +198,8 @@ def main(argv=None):
     record.update(figures, ground_command="python -m sampler.shapes.ground " + " ".join(argv if argv is not None else __import__("sys").argv[1:]))
     atomic_write(record_path, lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
     print(json.dumps(figures))
+    if figures["ground_steps"] >= args.steps:
+        assemble(args.work, args.init_from, args.out or args.work / "model", record, torch.float16 if args.half else torch.float32)
 
 
 if __name__ == "__main__":
