@@ -3,6 +3,7 @@ hand-made detections right, a statement the language lacks is reported as not ru
 (results.json, results.md, the docs' Status lines) is well-formed. `steer bench --quick` with
 every task and the cost classes is marked slow."""
 
+import dataclasses
 import json
 import math
 from collections import Counter
@@ -409,11 +410,11 @@ def test_a_quick_run_writes_well_formed_results(tmp_path, shapes_editor, shapes_
     from sampler.bench.run import run_bench
 
     names = ["move", "resize x1.5", "recolour to a word"]
-    results = run_bench(shapes_path, quick=True, out=tmp_path, steps=2, per_task=2, progress=False, tasks=names, cost=False,
+    results = run_bench(shapes_path, quick=True, out=tmp_path, steps=8, per_task=2, progress=False, tasks=names, cost=False,
                         editor=shapes_editor)
     data = json.loads((tmp_path / "results.json").read_text())
     meta = data["meta"]
-    assert meta["split"] == "report" and meta["quick"] is True and meta["per_task"] == 2 and meta["image_size"] == 32
+    assert meta["split"] == "report" and meta["quick"] is True and meta["per_task"] == 2 and meta["image_size"] == 64
     assert meta["seeds"]["first"] >= SPLITS["report"] and meta["weights"] == [0.0, 1.0]
     assert list(data["tasks"]) == names
     for name in ("move", "resize x1.5"):
@@ -569,6 +570,16 @@ def test_a_degraded_world_source_is_written_and_judged_not_clean(tmp_path):
     assert not ok and f["clean"] and not f["same_objects"]
 
 
+def _renamed(pose):
+    """A task's pose with its fine-tuned directions renamed to ones no folder has."""
+
+    def posed(*a, **k):
+        p = pose(*a, **k)
+        return dataclasses.replace(p, script=p.script.replace("_ft", "_ft_missing")) if isinstance(p, Posed) else p
+
+    return posed
+
+
 def _tiny_fine_tunes(folder, shapes_path, work):
     """Both fine-tuned directions the tasks name, learned at the smallest settings (seconds)."""
     from sampler.learn import main as learn
@@ -606,11 +617,16 @@ def test_the_fine_tuned_tasks_run_with_a_directions_folder_and_are_not_run_witho
     md = (tmp_path / "with" / "results.md").read_text()
     assert "fine-tuned colour + shape" in md and "## Per-case sweeps" in md
     assert "| weight | 0 | 0.25 | 0.5 | 0.75 | 1 |" in md and f"| hue distance | {sweep['hue_g0']:.0f} |" in md
-    # Without the folder: the fine-tuned rows are not run (found before sampling), the return step's is.
-    data = run_bench(shapes_path, per_task=1, out=tmp_path / "without", steps=4, progress=False, task_list=tasks, cost=False,
+    # Without a folder naming them, a direction the model does not have leaves its rows not run (found
+    # before sampling), while the return step's runs. (The shipped model now ships both fine-tuned
+    # directions, so the rows are renamed to ones it lacks.)
+    missing = [dataclasses.replace(t, name=t.name + " (missing)", script=t.script.replace("_ft", "_ft_missing"),
+                                   pose=_renamed(t.pose)) for t in tasks if t.name in FT_TASKS[:3]]
+    data = run_bench(shapes_path, per_task=1, out=tmp_path / "without", steps=4, progress=False,
+                     task_list=missing + [t for t in tasks if t.name == "unseen-domain translation"], cost=False,
                      curves=False, editor=shapes_editor, split="tune")
-    for name in FT_TASKS[:3]:
-        assert data["tasks"][name]["status"].startswith("not run: unknown direction 'red_to_green_ft'")
+    for t in missing:
+        assert data["tasks"][t.name]["status"].startswith("not run: unknown direction 'red_to_green_ft_missing'"), data["tasks"][t.name]
     assert data["tasks"]["unseen-domain translation"]["status"] == "run"
     assert [r["task"] for r in data["runs"]] == ["unseen-domain translation"]
 

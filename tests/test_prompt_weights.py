@@ -79,7 +79,7 @@ def test_the_weight_reaches_the_embedding_row_of_its_token(shapes):
     w, p = shapes.encode_prompt(WEIGHTED).cond, shapes.encode_prompt(PLAIN).cond
     assert w.shape == p.shape == (1, 16, p.shape[-1])  # the positions attention maps index do not move
     moved = (w - p)[0].norm(dim=-1)
-    assert moved[red] > 1.0
+    assert moved[red] > 0.05  # (the shapes text encoder's rows share most of their norm: 0.15 of 10 here)
     assert torch.cat([moved[:red], moved[red + 1:]]).max() < 1e-4 * moved[red]
 
 

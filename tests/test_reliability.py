@@ -442,7 +442,7 @@ def test_repl_values_are_checked_by_the_language_and_save_always_parses(tmp_path
 def test_repl_checks_a_direction_as_it_is_added(tmp_path, monkeypatch, capsys):
     from dsl.repl import Repl
 
-    copy_direction("circle_to_square", tmp_path, "small", lambda t: t.update(delta_h=torch.zeros(64, 4, 4)))
+    copy_direction("circle_to_square", tmp_path, "small", lambda t: t.update(delta_h=torch.zeros(7, 3, 3)))
     repl = Repl(str(write(tmp_path, "r.edit", SCENE)), out=str(tmp_path / "r.png"))
     repl.handle(":auto off")
     with pytest.raises(SteerCompileError) as e:

@@ -44,3 +44,16 @@ def test_the_new_fine_tuned_directions_are_learned_for_a_new_model_from_their_re
     # A shipped file's own recipe wins over NEW's, and --only picks among both.
     assert set(reship.to_learn(SHIPPED)) == set(reship.shipped(SHIPPED)) | set(reship.NEW)
     assert set(reship.to_learn(SHIPPED, ["red_to_green_ft", "green"])) == {"red_to_green_ft", "green"}
+
+
+def test_choose_runs_each_candidate_where_scripts_find_it(shapes_editor, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(reship, "PROMPTS", ["a red circle"])
+    monkeypatch.setattr(reship, "SEEDS", (0,))
+    folder = tmp_path / "noiseclr" / "directions"  # as main writes NoiseCLR's candidates
+    folder.mkdir(parents=True)
+    candidate = folder / "noiseclr_07.safetensors"  # a name no other folder on the search path has
+    shutil.copyfile(SHIPPED / "directions" / "green.safetensors", candidate)
+    best, scores = reship.choose(shapes_editor, [candidate], "green")
+    assert best == candidate and set(scores) == {"noiseclr_07"} and 0 <= scores["noiseclr_07"] <= 1

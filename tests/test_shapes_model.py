@@ -32,7 +32,7 @@ def test_loads_offline_and_samples(no_network, shapes_path):
     from sampler.editor import Editor
 
     editor = Editor(shapes_path)
-    r = editor.run(dsl.compile('prompt "a red circle"\nsteps 5'), progress=False)
+    r = editor.run(dsl.compile('prompt "a red circle"'), progress=False)  # the model's default steps and cfg
     assert r.image.shape == (*editor.backbone.image_size(), 3) and np.isfinite(r.image).all()
     assert [o.phrase for o in W.detect(r.image)] == ["a red circle"]  # what it drew, by the world's detector
 

@@ -43,7 +43,9 @@ def world_image(scene) -> torch.Tensor:
 def one_object_scenes(n=16, start=5000):
     from sampler.shapes import world as W
 
-    return [W.make_scene(start + i, n_objects=1) for i in range(n)]
+    from sampler.shapes import model as M
+
+    return [W.make_scene(start + i, M.IMAGE_SIZE, n_objects=1) for i in range(n)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -163,7 +165,7 @@ def check_extractor(vk: FM.ViTKeys, x: torch.Tensor, tokens: int, hidden: int, l
 
 def test_vit_keys_on_shapes_clip(shapes):
     vk = FM.load_vit("shapes", shapes)
-    assert vk.size == 32 and vk.mean == V.SHAPES_MEAN
+    assert vk.size == shapes.clip.config.vision_config.image_size == 64 and vk.mean == V.SHAPES_MEAN
     layer = vk.tower.encoder.layers[-1]
     x = torch.cat([world_image(s) for s in one_object_scenes(2)])
     check_extractor(vk, x, 1 + 8 * 8, 96, layer.layer_norm1, layer.self_attn.k_proj)
@@ -252,7 +254,7 @@ def test_direction_energy_on_recoloured_world_images(shapes):
     sc = FM.ClipScorer.for_shapes(shapes)
     from sampler.shapes import world as W
 
-    reds = [s for s in (W.make_scene(7000 + i, n_objects=1) for i in range(60)) if s.objects[0].colour == "red"][:6]
+    reds = [s for s in (W.make_scene(7000 + i, 64, n_objects=1) for i in range(60)) if s.objects[0].colour == "red"][:6]
     assert len(reds) >= 4
     wins = 0
     for s in reds:

@@ -19,7 +19,9 @@ class ShapesBackbone(Backbone):
 
         m = shapes_model.load(name_or_path, device=device)
         self.model = m
-        self.name = str(name_or_path)
+        # The shipped folder is "shapes" however it was named: a direction learned on it by path
+        # (reship passes the folder) records the same backbone as one learned on "shapes".
+        self.name = "shapes" if shapes_model.resolve(name_or_path).resolve() == shapes_model.SHIPPED.resolve() else str(name_or_path)
         self.tokenizer, self.text_encoder, self.unet, self.scheduler = m.tokenizer, m.text_encoder, m.unet, m.scheduler
         self.clip = m.clip
         self.vae = m.vae

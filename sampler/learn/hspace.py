@@ -61,7 +61,7 @@ class ClipFeatures:
                 raise UsageError(str(e)) from None
 
     def image(self, x0: torch.Tensor) -> torch.Tensor:
-        if self.b.kind == "shapes":
+        if self.b.kind == "shapes" and self.b.vae is None:  # a pixel-space shapes model: x0 is the image
             return self.scorer.image(x0.clamp(-1.5, 1.5))
         return self.scorer.image(self.b.decode(x0) * 2 - 1)  # decode keeps the graph; [0, 1] -> [-1, 1]
 

@@ -116,8 +116,10 @@ SCHEDULER_CONFIG = dict(
     prediction_type="epsilon",
 )
 
-# Default sampling settings of the shapes model, chosen by the evaluation in the model card.
-DEFAULTS = dict(steps=25, cfg=3.0)
+# Default sampling settings of the shapes model, chosen on the tune split (the model card): for the
+# grounded model cfg 2 draws two-object captions right 76.5% of the time, cfg 3 73.8% (324 images
+# each); higher cfg draws more duplicated objects.
+DEFAULTS = dict(steps=25, cfg=2.0)
 
 
 def clip_config(tokenizer):

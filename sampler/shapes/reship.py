@@ -98,7 +98,7 @@ def choose(editor, candidates: list[Path], promise: str) -> tuple[Path, dict]:
         for prompt in PROMPTS:
             for seed in SEEDS:
                 program = dsl.compile(f'prompt "{prompt}"\nseed {seed}\ndirection {path.stem}')
-                r = editor.run(program, progress=False, script_dir=path.parent)
+                r = editor.run(program, progress=False, script_dir=path.parent.parent)  # scripts find directions in SCRIPT_DIR/directions
                 values.append(PROMISES[promise](W.detect(r.source_image), W.detect(r.image)))
         scores[path.stem] = float(np.mean(values))
     best = max(scores, key=scores.get)
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     if noiseclr:  # one NoiseCLR run serves every shipped name: they came from one run too
         recipe = next(iter(noiseclr.values()))["recipe"]
         images = world_images(args.work / "world16", 16, size)
-        out = args.work / "noiseclr"
+        out = args.work / "noiseclr" / "directions"  # where `choose`'s scripts look for the candidates
         command = relearn_command(recipe, args.model, out)
         command[command.index("--images") + 1] = str(images)
         if learn(command) != 0:
