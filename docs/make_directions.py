@@ -26,7 +26,7 @@ for name in DIRECTIONS:
     cells = []
     for seed in SEEDS:
         r = editor.run(dsl.compile(f'prompt "a red circle and a blue square"\nseed {seed}\ndirection {name.replace(" + ", chr(10))}'), progress=False)
-        cells += [r.source_image, np.ones((32, 1, 3), np.float32), r.image, np.ones((32, 4, 3), np.float32)]
+        cells += [r.source_image, np.ones((r.image.shape[0], 1, 3), np.float32), r.image, np.ones((r.image.shape[0], 4, 3), np.float32)]
     rows += [np.concatenate(cells, axis=1), np.ones((4, sum(c.shape[1] for c in cells), 3), np.float32)]
 grid = np.concatenate(rows, axis=0)
 out = root / "docs" / "images" / "directions.png"
