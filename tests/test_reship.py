@@ -27,6 +27,7 @@ def test_the_promises_rank_what_a_direction_did():
     shrunk = [W.WorldObject(o.shape, o.colour, o.mask, o.centroid, o.area / 2) for o in src]
     assert reship.PROMISES["green"](src, turned) == 1.0 and reship.PROMISES["green"](src, src) == 0.0
     assert reship.PROMISES["smaller"](src, shrunk) > reship.PROMISES["smaller"](src, src)
+    assert reship.PROMISES["smaller"](src, []) <= reship.PROMISES["smaller"](src, src), "erasing is not shrinking"
 
 
 def test_the_new_fine_tuned_directions_are_learned_for_a_new_model_from_their_recipes(tmp_path):

@@ -26,7 +26,8 @@ from . import world as W
 # maximise. Objects are the detector's, matched by position.
 PROMISES = {
     "green": lambda src, out: float(np.mean([o.colour == "green" for o in out])) if out else 0.0,
-    "smaller": lambda src, out: -_area_ratio(src, out),
+    # Smaller, not gone: a direction that erases objects (area ratio 0) keeps no promise at all.
+    "smaller": lambda src, out: -_area_ratio(src, out) if len(out) >= len(src) else -1.0,
 }
 PROMPTS = ["a red circle and a blue square", "a yellow triangle and a red circle", "a blue square and a yellow circle",
            "a red triangle"]
@@ -115,6 +116,8 @@ def main(argv=None) -> int:
     p.add_argument("--work", type=Path, default=Path("runs/reship"))
     args = p.parse_args(argv)
     metas = to_learn(args.model, args.only)
+    # The shipped folder is named "shapes" in the recipes the new files record, not by this machine's path.
+    named = Path("shapes") if args.model.resolve() == (Path(__file__).parent / "weights").resolve() else args.model
     editor = Editor(str(args.model))
     size = editor.backbone.image_size()[0]
     report = {}
@@ -123,7 +126,7 @@ def main(argv=None) -> int:
         if name in noiseclr:
             continue
         out = args.work / name
-        command = relearn_command(meta["recipe"], args.model, out)
+        command = relearn_command(meta["recipe"], named, out)
         if learn(command) != 0:
             raise SystemExit(f"re-learning {name} failed: steer learn {shlex.join(command)}")
         report[name] = {"command": "steer learn " + shlex.join(command)}
@@ -131,7 +134,7 @@ def main(argv=None) -> int:
         recipe = next(iter(noiseclr.values()))["recipe"]
         images = world_images(args.work / "world16", 16, size)
         out = args.work / "noiseclr" / "directions"  # where `choose`'s scripts look for the candidates
-        command = relearn_command(recipe, args.model, out)
+        command = relearn_command(recipe, named, out)
         command[command.index("--images") + 1] = str(images)
         if learn(command) != 0:
             raise SystemExit(f"NoiseCLR failed: steer learn {shlex.join(command)}")
