@@ -12,7 +12,7 @@ from sampler.shapes import model as M
 def test_each_colour_and_shape_word_gets_its_own_objects_mask():
     scenes = [world.make_scene(i, M.IMAGE_SIZE, n_objects=n) for i, n in ((1, 2), (2, 1), (3, 2))]
     captions = [scenes[0].caption, scenes[1].caption, ""]  # the third caption was dropped (CFG)
-    masks, grounded = ground.word_masks(scenes, captions, (M.LATENT_SIZE, M.LATENT_SIZE))
+    masks, grounded = ground.word_masks(scenes, captions)
     tok = M.build_tokenizer()
     words = tok.convert_ids_to_tokens(tok(captions[0]).input_ids)
     first, second = scenes[0].objects
@@ -48,7 +48,7 @@ def test_the_token_loss_moves_a_words_attention_into_its_object():
     unet = M.build_unet()
     layers = cross_attention_layers(unet, ground.GROUNDED)
     scenes = [world.make_scene(i, M.IMAGE_SIZE, n_objects=2) for i in range(4)]
-    masks, grounded = ground.word_masks(scenes, [s.caption for s in scenes], (M.LATENT_SIZE, M.LATENT_SIZE))
+    masks, grounded = ground.word_masks(scenes, [s.caption for s in scenes])
     x, cond = torch.randn(4, 4, M.LATENT_SIZE, M.LATENT_SIZE), torch.randn(4, M.MAX_LENGTH, M.TEXT_WIDTH)
     opt = torch.optim.Adam(unet.parameters(), lr=3e-3)
     losses = []

@@ -21,7 +21,7 @@ class ShapesBackbone(Backbone):
         self.model = m
         # The shipped folder is "shapes" however it was named: a direction learned on it by path
         # (reship passes the folder) records the same backbone as one learned on "shapes".
-        self.name = "shapes" if shapes_model.resolve(name_or_path).resolve() == shapes_model.SHIPPED.resolve() else str(name_or_path)
+        self.name = "shapes" if shapes_model.is_shipped(name_or_path) else str(name_or_path)
         self.tokenizer, self.text_encoder, self.unet, self.scheduler = m.tokenizer, m.text_encoder, m.unet, m.scheduler
         self.clip = m.clip
         self.vae = m.vae

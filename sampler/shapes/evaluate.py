@@ -239,7 +239,8 @@ def main(argv=None):
     ones, one_seeds = caption_grid(one_object_captions(), 8, args.split)
     twos, two_seeds = caption_grid(two_object_captions(), args.per_caption, args.split)
     two_seeds = [s + 100_000 for s in two_seeds]
-    for cfg in tqdm(args.cfg or [d["cfg"]] if args.only != "localisation" else [], desc="fidelity"):
+    cfgs = [] if args.only == "localisation" else (args.cfg or [d["cfg"]])
+    for cfg in tqdm(cfgs, desc="fidelity"):
         report["fidelity"][str(cfg)] = {
             "one_object": fidelity(sample(b, ones, one_seeds, steps, cfg, progress=True), ones, one_seeds),
             "two_objects": fidelity(sample(b, twos, two_seeds, steps, cfg, progress=True), twos, two_seeds),

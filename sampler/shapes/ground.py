@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -45,7 +44,7 @@ from .train import encode, export_ema, images_to_tensor, lr_at
 GROUNDED = ("down_blocks", "up_blocks")  # cross-attention layers the loss acts on
 
 
-def word_masks(scenes, captions: list[str], latent_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def word_masks(scenes, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T, H, W) the mask of each token's object (zeros for tokens that name none) at image
     size, and (B, T) which tokens are grounded. A caption "a red circle and a blue square" is
     "<bos> a red circle and a blue square <eos>": object j's colour word at 2 + 4j, its shape word
@@ -78,16 +77,10 @@ def token_loss(attn: dict[str, torch.Tensor], masks: torch.Tensor, grounded: tor
 
 
 def finetune(args) -> dict:
-    from transformers import CLIPTextModel
-
     torch.manual_seed(args.seed)
-    init = M.load(args.init_from, with_clip=False)
-    tokenizer, scheduler, vae = init.tokenizer, M.build_scheduler(), init.vae.eval().requires_grad_(False)
-    text_encoder = CLIPTextModel(init.text_encoder.config)
-    text_encoder.load_state_dict(init.text_encoder.state_dict())
-    text_encoder.eval().requires_grad_(False)
-    unet = M.build_unet()
-    unet.load_state_dict(init.unet.state_dict())
+    init = M.load(args.init_from, with_clip=False)  # frozen, in eval mode: the text encoder and autoencoder stay so
+    tokenizer, text_encoder, vae, scheduler = init.tokenizer, init.text_encoder, init.vae, M.build_scheduler()
+    unet = init.unet.train().requires_grad_(True)
     modules = {"unet": unet, "text_encoder": text_encoder}
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.01)
     ema = T.ema_of(modules)
@@ -117,7 +110,7 @@ def finetune(args) -> dict:
             cond = encode(tokenizer, text_encoder, captions)
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch,), generator=g)
-        masks, grounded = word_masks(scenes, captions, x0.shape[-2:])
+        masks, grounded = word_masks(scenes, captions)
         grounded &= (t < args.ground_below)[:, None]
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
@@ -162,13 +155,11 @@ def assemble(work: Path, init_from: str, out: Path, figures: dict, dtype=torch.f
     training = {**init.card.get("training", {}), **figures}
     training["commands"] = training.get("commands", []) + [figures["ground_command"]]
 
-    def write(tmp):
+    def fill(tmp):
         M.save(tmp, ema.tokenizer, ema.text_encoder, ema.unet, M.build_scheduler(), init.clip, card={"training": training}, dtype=dtype)
         init.vae.float().save_pretrained(tmp / "vae", safe_serialization=True)
-        if (out / "directions").is_dir():  # learned directions live beside the weights: keep them
-            shutil.copytree(out / "directions", tmp / "directions")
 
-    atomic_write(out, write)
+    M.write_folder(out, fill)
     print(f"wrote {out}")
 
 

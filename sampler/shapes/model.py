@@ -14,10 +14,13 @@ A folder without vae/ is a first-generation pixel-space model (32x32, the "laten
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from energies.files import atomic_write
 
 from . import world
 
@@ -185,6 +188,22 @@ def resolve(name_or_path: str | Path) -> Path:
     if str(name_or_path) == "shapes":
         return SHIPPED
     return Path(name_or_path)
+
+
+def is_shipped(name_or_path: str | Path) -> bool:
+    """Whether a name or folder is the shipped model, however it is spelled ("shapes", a path)."""
+    return resolve(name_or_path).resolve() == SHIPPED.resolve()
+
+
+def write_folder(out: Path, fill):
+    """Write a model folder atomically: `fill(tmp)` writes the weights; learned directions
+    already beside the old weights (out/directions) are carried over."""
+    def write(tmp):
+        fill(tmp)
+        if (out / "directions").is_dir():
+            shutil.copytree(out / "directions", tmp / "directions")
+
+    atomic_write(out, write)
 
 
 def is_shapes_folder(path: Path) -> bool:

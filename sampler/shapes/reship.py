@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import model as M
 from . import world as W
 
 # What each shipped NoiseCLR name promises, as a score of (source objects, edited objects) to
@@ -117,7 +118,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     metas = to_learn(args.model, args.only)
     # The shipped folder is named "shapes" in the recipes the new files record, not by this machine's path.
-    named = Path("shapes") if args.model.resolve() == (Path(__file__).parent / "weights").resolve() else args.model
+    named = Path("shapes") if M.is_shipped(args.model) else args.model
     editor = Editor(str(args.model))
     size = editor.backbone.image_size()[0]
     report = {}

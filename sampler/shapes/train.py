@@ -353,12 +353,8 @@ def assemble(args, record: dict):
         clip,
     )
 
-    def write(tmp):
-        M.save(tmp, *models, card={"training": record}, vae=AutoencoderKL.from_pretrained(src / "vae", use_safetensors=True))
-        if (out / "directions").is_dir():  # learned directions live beside the weights: keep them
-            shutil.copytree(out / "directions", tmp / "directions")
-
-    atomic_write(out, write)
+    vae = AutoencoderKL.from_pretrained(src / "vae", use_safetensors=True)
+    M.write_folder(out, lambda tmp: M.save(tmp, *models, card={"training": record}, vae=vae))
     print(f"wrote {out}")
 
 
