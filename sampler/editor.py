@@ -180,6 +180,7 @@ class Editor:
                 disable=not progress,
                 desc="edit",
                 clip=src.clip,
+                offsets=src.offsets,  # a photo's drift correction: with nothing to do, the edit gives back the photo
                 generator=torch.Generator().manual_seed(settings.seed + 1),  # for steps that ask for eta > 0
                 callback=lambda d: edit_latents.append(d["z"].detach()),
             )

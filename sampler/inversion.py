@@ -35,9 +35,16 @@ def forward_noise(z0: torch.Tensor, t: int, alphas: torch.Tensor, noise: torch.T
 
 
 @torch.no_grad()
-def invert_ddim(eps_fn, z0, timesteps, alphas, final_alpha, fixed_point: int = 0, disable=None, callback=None):
+def invert_ddim(eps_fn, z0, timesteps, alphas, final_alpha, fixed_point: int = 0, disable=None, callback=None,
+                tol: float = 1e-5):
     """Invert z0 through `timesteps` (in sampling order, high t first). Returns [z at each t] in
-    sampling order; the first element is the inverted noise to start sampling from."""
+    sampling order; the first element is the inverted noise to start sampling from.
+
+    Each step's fixed-point iterations are safeguarded: the iterate whose generative step lands
+    closest to z is kept, and a step that lands farther than the best one halves the update. Plain
+    iteration diverges where the model's ODE is unstable (images drawn at cfg > 1, inverted at 1).
+    `fixed_point` is the most iterations a step takes; it stops once it lands within `tol` of z
+    (relative to z's norm)."""
     a = step_alphas(alphas, timesteps, final_alpha)  # sampling step i goes from a[i] to a[i + 1]
     z = z0
     out = []
@@ -46,14 +53,48 @@ def invert_ddim(eps_fn, z0, timesteps, alphas, final_alpha, fixed_point: int = 0
         t = timesteps[i]
         eps = eps_fn(z, t)  # the plain inversion step: eps at the current point
         z_next = ddim_step(pred_x0(z, eps, a[i + 1]), eps, a[i])
+        best, best_eps, best_miss, rate = z_next, eps, float("inf"), 1.0
         for _ in range(fixed_point):  # make the generative step from z_next land exactly on z
             eps = eps_fn(z_next, t)
-            z_next = ddim_step(pred_x0(z, eps, a[i + 1]), eps, a[i])
+            miss = (ddim_step(pred_x0(z_next, eps, a[i]), eps, a[i + 1]) - z).norm().item()
+            if miss < best_miss:
+                best, best_eps, best_miss = z_next, eps, miss
+                if miss < tol * z.norm().item():
+                    break
+            else:
+                rate /= 2
+            z_next = best + rate * (ddim_step(pred_x0(z, best_eps, a[i + 1]), best_eps, a[i]) - best)
+        if fixed_point and best is not z_next:  # the last update is checked too: the kept iterate is the best seen
+            eps = eps_fn(z_next, t)
+            if (ddim_step(pred_x0(z_next, eps, a[i]), eps, a[i + 1]) - z).norm().item() < best_miss:
+                best = z_next
+            z_next = best
         z = z_next
         out.append(z)
         if callback is not None:
             callback({"k": k, "t": t, "z": z})
     return out[::-1]
+
+
+@torch.no_grad()
+def offsets_along(denoise, trajectory, z0, timesteps, alphas, final_alpha, callback=None, disable=None, desc="source"):
+    """Direct inversion's source branch (Ju et al. 2024, "PnP Inversion", arXiv 2310.01506): from
+    each inverted latent take the plain DDIM step, and keep by how much it misses the next one
+    (the image's latent z0 after the last step). The edit pass adds these offsets to its own
+    steps, so an edit with nothing to do gives back the image however unstable the model's ODE is
+    around it, and the source's recorded features are those of the image's own trajectory.
+    `trajectory` is invert_ddim's output; `denoise(i, t, z)` the pass's CFG epsilon."""
+    a = step_alphas(alphas, timesteps, final_alpha)
+    targets = list(trajectory[1:]) + [z0]
+    offsets = []
+    for i in tqdm(range(len(timesteps)), disable=disable, desc=desc, leave=False, dynamic_ncols=True):
+        t, z = timesteps[i], trajectory[i]
+        eps = denoise(i, t, z)
+        x0 = pred_x0(z, eps, a[i])
+        offsets.append(targets[i] - ddim_step(x0, eps, a[i + 1]))
+        if callback is not None:
+            callback({"i": i, "t": t, "z": z, "x0": x0, "eps": eps})
+    return offsets
 
 
 def null_text(backbone, cond, trajectory, z0, timesteps, cfg, alphas, final_alpha, inner: int = 10, lr: float = 1e-2, disable=None):

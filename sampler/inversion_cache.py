@@ -2,8 +2,9 @@
 user edits the same photo many times.
 
 An entry is one safetensors file named by the hash of everything the inversion depends on (the
-model, the photo's bytes, prompt, steps, cfg, method and this code's version), holding z_T and,
-for null-text inversion, one unconditional embedding per step.
+model, the photo's bytes, prompt, steps, cfg, method and this code's version), holding z_T, the
+inverted latent at every later step and the photo's own (the edit pass's drift correction is
+taken along them), and for null-text inversion one unconditional embedding per step.
 
 The cache only ever saves work: an entry that cannot be read, or does not hold what it should
 (its metadata, every tensor in its shape, finite numbers), is reported, removed and redone; a
@@ -22,7 +23,7 @@ import torch
 from energies.errors import warn
 from energies.files import atomic_write
 
-VERSION = 1  # bump when the inversion changes, so cached inversions are redone
+VERSION = 2  # bump when the inversion changes, so cached inversions are redone
 
 
 def folder() -> Path:

@@ -25,9 +25,9 @@ from . import inversion_cache
 from .denoiser import RECORDABLE, denoiser, recorded_forward
 from .guided import sample_ddim
 from .images import file_hash, load_image
-from .inversion import forward_noise, invert_ddim, null_text, returning
+from .inversion import forward_noise, invert_ddim, null_text, offsets_along, returning
 
-INVERSION_FIXED_POINT = 3  # fixed-point refinements per inversion step (sampler/inversion.py)
+INVERSION_FIXED_POINT = 20  # at most this many fixed-point refinements per inversion step (sampler/inversion.py)
 
 
 def run_timesteps(backbone, settings: P.Settings) -> list[int]:
@@ -50,6 +50,7 @@ class SourcePass:
     recorded: frozenset = RECORDABLE  # what `features` holds at every step: "attn" (maps, layers), "features"
     timesteps: list[int] = field(default_factory=list)
     filler: object = None  # (pass, what) -> records `what` at the kept latents (SourcePasses.fill)
+    offsets: list | None = None  # an inverted photo's per-step drift correction, which the edit pass adds too
 
     def require(self, needs) -> "SourcePass":
         """This pass, once its features hold what `needs` (terms' NEEDS words) asks of the source:
@@ -125,10 +126,11 @@ class SourcePasses:
         cond = b.encode_prompt(settings.prompt, settings.negative)
         timesteps = run_timesteps(b, settings)
         clip = b.clip_x0
+        trajectory = None
         if image_path is None:
             noise = self.noise(settings.seed)
         else:
-            noise, cond = self._inverted(settings, image_path, image_key, cond, timesteps, progress)
+            noise, cond, trajectory = self._inverted(settings, image_path, image_key, cond, timesteps, progress)
             if settings.invert != "noise":  # SDEdit's noised image is not an inversion: it samples as a seed's noise does
                 clip = None  # the inversion inverts the unclipped step; clipping would not land back on the image
         latents: list[torch.Tensor] = []
@@ -139,11 +141,17 @@ class SourcePasses:
             x0s.append(d["x0"].detach())
 
         what, features = frozenset(record), []
-        final = sample_ddim(denoiser(b, cond, settings.cfg, self.readout, features, what), noise, timesteps, *b.schedule(),
-                            callback=keep, disable=not progress, desc="source", clip=clip)
+        denoise = denoiser(b, cond, settings.cfg, self.readout, features, what)
+        offsets = None
+        if trajectory is None:
+            final = sample_ddim(denoise, noise, timesteps, *b.schedule(), callback=keep, disable=not progress, desc="source", clip=clip)
+        else:  # a photo's pass walks its own inverted trajectory (direct inversion) and ends on the photo
+            offsets = offsets_along(denoise, trajectory[:-1], trajectory[-1], timesteps, *b.schedule(), callback=keep,
+                                    disable=not progress)
+            final = trajectory[-1]
         with torch.no_grad():
             image = b.decode(final)[0].permute(1, 2, 0).cpu().numpy()
-        src = SourcePass(key, noise, latents, features, final, image, cond, clip, x0s, what, timesteps, self.fill)
+        src = SourcePass(key, noise, latents, features, final, image, cond, clip, x0s, what, timesteps, self.fill, offsets)
         self._passes[key] = src
         while len(self._passes) > self.keep:  # oldest first: dicts keep insertion order
             self._passes.pop(next(iter(self._passes)))
@@ -164,7 +172,9 @@ class SourcePasses:
         src.recorded = src.recorded | what
 
     def _inverted(self, settings: P.Settings, path: Path, image_key: str, cond, timesteps, progress: bool):
-        """(z_T, conditioning) for a real image, from the on-disk cache or by inverting it now.
+        """(z_T, conditioning, trajectory) for a real image, from the on-disk cache or by inverting
+        it now; the trajectory holds the inverted latent at every step and then the image's own
+        (None for SDEdit's noising, which has none).
 
         DDIM inversion runs with the prompt at cfg 1, each step refined by fixed-point iterations
         so that regeneration lands back on the image; `invert null-text` then fits one
@@ -176,7 +186,7 @@ class SourcePasses:
             image = load_image(path, b.image_size(), span)
             with torch.no_grad():
                 z0 = b.encode(torch.from_numpy(image).permute(2, 0, 1)[None])
-            return forward_noise(z0, timesteps[0], b.schedule()[0], self.noise(settings.seed)), cond
+            return forward_noise(z0, timesteps[0], b.schedule()[0], self.noise(settings.seed)), cond, None
         meta = {"model": b.name, "image": image_key, "prompt": settings.prompt, "negative": settings.negative or "",
                 "steps": settings.steps, "cfg": settings.cfg, "invert": mode, "size": list(b.image_size())}
         if getattr(b, "sampler", "ddim") != "ddim":  # a flow model's inversion is its own (DDIM entries keep their keys)
@@ -186,25 +196,28 @@ class SourcePasses:
         cached = inversion_cache.load(meta, b.device, self._cache_layout(mode, cond, len(timesteps)))
         if cached is not None:
             steps = [cached[f"uncond.{i}"] for i in range(len(timesteps))] if mode == "null-text" else None
-            return cached["noise"], dataclasses.replace(cond, uncond_steps=steps)
+            trajectory = [cached["noise"]] + [cached[f"latent.{i}"] for i in range(1, len(timesteps))] + [cached["clean"]]
+            return cached["noise"], dataclasses.replace(cond, uncond_steps=steps), trajectory
         image = load_image(path, b.image_size(), span)
         alphas, final = b.schedule()
         with torch.no_grad():
             z0 = b.encode(torch.from_numpy(image).permute(2, 0, 1)[None])
             trajectory = invert_ddim(lambda z, t: b.eps(z, t, cond.cond, cond.added), z0, timesteps, alphas, final,
                                      fixed_point=INVERSION_FIXED_POINT, disable=not progress)
-        tensors = {"noise": trajectory[0]}
+        tensors = {"noise": trajectory[0], "clean": z0, **{f"latent.{i}": z for i, z in enumerate(trajectory[1:], 1)}}
         steps = None
         if mode == "null-text":
             steps = null_text(b, cond, trajectory, z0, timesteps, settings.cfg, alphas, final, disable=not progress)
             tensors.update({f"uncond.{i}": u for i, u in enumerate(steps)})
         inversion_cache.save(meta, tensors)
-        return trajectory[0], dataclasses.replace(cond, uncond_steps=steps)
+        return trajectory[0], dataclasses.replace(cond, uncond_steps=steps), trajectory + [z0]
 
     def _cache_layout(self, mode: str, cond, steps: int) -> dict[str, tuple]:
-        """What a cached inversion holds: z_T, and for null-text one unconditional embedding per
-        step; name -> shape, which inversion_cache checks an entry against."""
-        layout = {"noise": (1, *self.backbone.latent_shape())}
+        """What a cached inversion holds: z_T, the inverted latent at every later step and the
+        image's own ("clean"), and for null-text one unconditional embedding per step; name ->
+        shape, which inversion_cache checks an entry against."""
+        shape = (1, *self.backbone.latent_shape())
+        layout = {"noise": shape, "clean": shape, **{f"latent.{i}": shape for i in range(1, steps)}}
         if mode == "null-text":
             layout.update({f"uncond.{i}": tuple(cond.uncond.shape) for i in range(steps)})
         return layout

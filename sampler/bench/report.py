@@ -272,10 +272,12 @@ def markdown(results: dict, curves_png: bool = False, title: str | None = None) 
         lines += ["## Cost", *_cost_lines(results["cost"])]
     inversion = results.get("inversion")
     if inversion:
-        lines += ["| inversion (`source \"image.png\"`, DDIM, regenerated) | images | mean PSNR | min PSNR | >= 30 dB |",
-                  "| --- | --- | --- | --- | --- |"]
+        lines += ["| inversion (`source \"image.png\"`, DDIM, an edit with nothing to do) | images | mean PSNR | min PSNR | >= 30 dB "
+                  "| from z_T alone, mean |", "| --- | --- | --- | --- | --- | --- |"]
         for kind, r in inversion.items():
-            lines.append(f"| {kind} | {r['n']} | {r['mean_psnr']:.1f} dB | {r['min_psnr']:.1f} dB | {r['share_at_least_30db']:.0%} |")
+            alone = r.get("from_noise_alone_mean_psnr")
+            lines.append(f"| {kind} | {r['n']} | {r['mean_psnr']:.1f} dB | {r['min_psnr']:.1f} dB | {r['share_at_least_30db']:.0%} | "
+                         + (f"{alone:.1f} dB |" if alone is not None else "|"))
         lines.append("")
     return "\n".join(lines) + "\n"
 

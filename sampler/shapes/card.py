@@ -85,13 +85,20 @@ def model_card(r: dict, b, command: str) -> str:
     if "inversion" in r:
         inv = r["inversion"]
         L += ["", "### Inversion and regeneration through `source \"image.png\"`", "",
-              "Each image saved as a PNG and given to the editor as its `source`: encoded, DDIM-inverted at cfg 1 with the",
-              "editor's fixed-point refinement, sampled back and decoded; PSNR against the PNG.", "",
-              "| images | steps | mean PSNR | min PSNR | share >= 30 dB | share < 25 dB |", "| --- | --- | --- | --- | --- | --- |"]
+              "Each image saved as a PNG and given to the editor as its `source` with nothing to edit: encoded, DDIM-inverted",
+              "at cfg 1 with the editor's safeguarded fixed-point refinement, the source pass walked along the inverted",
+              "latents, the edit pass sampled with their offsets (direct inversion), decoded; PSNR against the PNG. Beside it,",
+              "plain sampling from the inverted noise alone, without offsets: how well the inversion itself is undone.", "",
+              "| images | steps | through `source`: mean PSNR | min | share >= 30 dB | share < 25 dB "
+              "| from z_T alone: mean PSNR | min | share < 25 dB |", "| --- |" + " --- |" * 8]
         for k, name in (("generated", "generated samples"), ("generated_50", "generated samples"), ("world", "world images")):
+            if k not in inv:
+                continue
             v = inv[k]
-            L.append(f"| {name} (n={v['n']}) | {v['steps']} | {v['mean_psnr']:.1f} dB | {v['min_psnr']:.1f} dB | "
-                     f"{v['share_at_least_30db']:.0%} | {v['share_under_25db']:.0%} |")
+            row = f"| {name} (n={v['n']}) | {v['steps']} | {v['mean_psnr']:.1f} dB | {v['min_psnr']:.1f} dB | " \
+                  f"{v['share_at_least_30db']:.0%} | {v['share_under_25db']:.0%} |"
+            a = v.get("from_noise_alone")
+            L.append(row + (f" {a['mean_psnr']:.1f} dB | {a['min_psnr']:.1f} dB | {a['share_under_25db']:.0%} |" if a else " | | |"))
     c = r.get("clip") or {}
     if c:
         L += ["", "### Shapes CLIP", "", f"Zero-shot caption retrieval on {c['n']} held-out scenes among all {c['candidates']} captions of the",
