@@ -27,7 +27,7 @@ class TermDefaults:
 # energy only holds it, and `steer bench` on the shapes model (16 seeds, target (0.75, 0.5),
 # relocation with the protected square) found that any weight above ~1 costs the other objects
 # (kept IoU 0.83 at 0.4, 0.76 at 10, 0.64 at 40) without placing the moved one better (within
-# 0.1: 62%, 56%, 62%). So 0.4 (tuned); size_to and shape_from, which do not relocate, keep
+# 0.1: 62%, 56%, 62%). So 0.4 (tuned); shape_from, which does not relocate, keeps
 # Self-Guidance's scale.
 TERMS = {
     "move": TermDefaults(weight=0.4, window=(0.0, 0.7), placement="eps"),
@@ -35,7 +35,7 @@ TERMS = {
     "move_to": TermDefaults(weight=0.4, window=(0.0, 0.7), placement="eps"),  # a move whose target the source gives
     "resize": TermDefaults(weight=0.4, window=(0.0, 0.7), placement="eps"),
     "size_like": TermDefaults(weight=0.4, window=(0.0, 0.7), placement="eps"),  # a resize whose factor the source gives
-    "size_to": TermDefaults(weight=40.0, window=(0.0, 0.7), placement="eps"),
+    "size_to": TermDefaults(weight=0.4, window=(0.0, 0.7), placement="eps"),  # a resize whose factor the area gives
     "shape_from": TermDefaults(weight=40.0, window=(0.0, 0.7), placement="eps"),
     "appearance_from": TermDefaults(weight=20.0, window=(0.0, 0.9), placement="eps"),
     "keep_appearance": TermDefaults(weight=10.0, window=(0.0, 0.9), placement="eps"),
@@ -94,7 +94,7 @@ PROMPT_DIRECTION_WINDOW = (0.0, 1.0)
 
 # Layout terms also relocate their object's source region once, at this fraction of sampling
 # (energies/relocate.py), with a mask from the source's maps over the steps after MASK_FROM.
-RELOCATE = frozenset({"move", "shift", "move_to", "resize", "size_like", "remove"})
+RELOCATE = frozenset({"move", "shift", "move_to", "resize", "size_like", "size_to", "remove"})
 RELOCATE_AT = 0.3
 RELOCATE_MASK_FROM = 0.8
 # The copy mask: the late maps min-max normalised and thresholded. Generous on purpose: the rim an

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from .attention import centroid, minmax, resize
 
 
+SCALE_MARGIN = 1  # latent cells around the copy mask that a resize scales with the object
 GONE = 4.0  # a shift (image units) that carries a region out of the image: what `remove` relocates by
 
 
@@ -58,21 +59,80 @@ def background(x0: torch.Tensor, mask: torch.Tensor, ring: int = 2) -> torch.Ten
 
 
 def relocate(z: torch.Tensor, z_src: torch.Tensor, x0_src: torch.Tensor, a_t, mask: torch.Tensor,
-             shift=(0.0, 0.0), scale: float = 1.0, protect: torch.Tensor | None = None) -> torch.Tensor:
+             shift=(0.0, 0.0), scale: float = 1.0, protect: torch.Tensor | None = None, codec=None) -> torch.Tensor:
     """The latent z with the source object moved: z_src under `mask`, shifted by `shift` and
     scaled by `scale` about the mask's centroid, pasted over z; the vacated region refilled with
     the background x0 noised with the source's own noise at this step (so the noise level and
     seed-noise there stay what the sampler expects). Pixels under `protect` (the objects the edit
     does not move) are left alone: a moved object goes behind them, never over them, and none of
-    them is carried along (a generous mask that reaches into a neighbour copies none of it)."""
+    them is carried along (a generous mask that reaches into a neighbour copies none of it).
+
+    A scale other than 1 is made in pixels when `codec` ((decode, encode) between a (C, h, w)
+    latent and a (3, H, W) image in [0, 1]) is given: scaling a few latent cells (an object of
+    the shapes model spans four) by nearest sampling changes nothing at 1.2, and scaled noise is
+    no longer white noise (scaled_in_pixels). The region scaled is the mask and SCALE_MARGIN cells
+    around it, so that a shrunk object leaves no rim for the model to regrow it from."""
     a_t = torch.as_tensor(a_t, dtype=z.dtype, device=z.device)
     free = torch.ones_like(mask) if protect is None else (protect < 0.5).to(mask.dtype)
     mask = mask * free
     about = tuple(float(v) for v in centroid(mask))
-    moved = transform(z_src, shift, scale, about)
-    moved_mask = transform(mask[None], shift, scale, about)[0]
     eps_src = (z_src - a_t.sqrt() * x0_src) / (1 - a_t).sqrt()
+    if scale != 1.0 and codec is not None:  # the whole object is scaled, not its map's core: one cell more
+        region = dilate(mask, SCALE_MARGIN) * free
+        x0_new, cells = scaled_in_pixels(x0_src, region, shift, scale, about, codec)
+        noise = torch.where(cells[None] > 0.5, transform(eps_src, shift, 1.0, about), eps_src)
+        return torch.where((torch.maximum(region, cells) * free)[None] > 0.5, a_t.sqrt() * x0_new + (1 - a_t).sqrt() * noise, z)
     bg = background(x0_src, mask).view(-1, 1, 1)
     hole = a_t.sqrt() * bg + (1 - a_t).sqrt() * eps_src
     out = torch.where(mask[None] > 0.5, hole, z)
+    moved = transform(z_src, shift, scale, about)
+    moved_mask = transform(mask[None], shift, scale, about)[0]
     return torch.where((moved_mask * free)[None] > 0.5, moved, out)
+
+
+def scaled_in_pixels(x0_src, mask, shift, scale, about, codec) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0 latent, latent mask) of the object under `mask` scaled and shifted in pixels: the
+    source's predicted image decoded, the region painted out with the colour of the ring around
+    it, the region's pixels resampled (bilinear) over it, encoded back. The mask holds every
+    latent cell the scaled region touches. The caller noises it with the source's noise (shifted,
+    never scaled, so that it stays white)."""
+    decode, encode = codec
+    image = decode(x0_src).float()
+    H, W = image.shape[-2:]
+    m_px = F.interpolate(mask[None, None].float(), size=(H, W), mode="nearest")[0, 0].to(image.device)
+    ring = dilate(m_px, max(1, H // mask.shape[-1])) - m_px
+    sel = ring > 0.5 if ring.sum() > 0 else m_px < 0.5
+    paint = image[:, sel].median(1).values.view(-1, 1, 1) if sel.any() else image.mean((1, 2), keepdim=True)
+    painted = torch.where(m_px[None] > 0.5, paint, image)
+    obj = _resample(image, shift, scale, about)
+    obj_mask = _resample(m_px[None], shift, scale, about)[0] > 0.5
+    composite = torch.where(obj_mask[None], obj, painted)
+    cells = F.adaptive_max_pool2d(obj_mask[None, None].float(), mask.shape[-2:])[0, 0].to(mask)
+    return encode(composite.clamp(0, 1)).to(x0_src), cells
+
+
+def object_area(image: torch.Tensor, mask: torch.Tensor, distance: float = 0.25) -> float:
+    """The area (fraction of the image) of the object under a latent `mask`, counted in pixels of
+    `image` (3, H, W) in [0, 1]: within the mask and SCALE_MARGIN cells around it, the pixels whose
+    colour is farther than `distance` from the ring around that region (its background). A map's
+    thresholded cells say where an object is, not how big: on the shapes model a 0.1-threshold mask
+    covers about 60% of a square. Falls back to the mask's own share where nothing stands out."""
+    H, W = image.shape[-2:]
+    region = F.interpolate(dilate(mask.float(), SCALE_MARGIN)[None, None], size=(H, W), mode="nearest")[0, 0].to(image.device)
+    ring = dilate(region, max(1, H // mask.shape[-1])) - region
+    if ring.sum() == 0:
+        return float(mask.float().mean())
+    bg = image[:, ring > 0.5].median(1).values.view(-1, 1, 1)
+    fg = ((image - bg).norm(dim=0) > distance) & (region > 0.5)
+    return float(fg.float().mean()) if fg.any() else float(mask.float().mean())
+
+
+def _resample(x: torch.Tensor, shift, scale: float, about) -> torch.Tensor:
+    """transform's geometry with bilinear sampling: for images, whose values may be blended."""
+    h, w = x.shape[-2:]
+    ys = (torch.arange(h, dtype=torch.float32, device=x.device) + 0.5) / h
+    xs = (torch.arange(w, dtype=torch.float32, device=x.device) + 0.5) / w
+    gy, gx = torch.meshgrid((about[1] + (ys - about[1] - shift[1]) / scale) * 2 - 1,
+                            (about[0] + (xs - about[0] - shift[0]) / scale) * 2 - 1, indexing="ij")
+    grid = torch.stack([gx, gy], -1)[None].to(x.dtype)
+    return F.grid_sample(x[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]

@@ -35,7 +35,7 @@ class BoundTerm:
     direction: object = None  # a direction term's file (energies.directions.Direction), read when binding
     edit_prompt: str | None = None  # recolour, remove: the prompt as the edit makes it (binding writes it)
     target: tuple[float, float] | None = None  # move_to: the absolute target, from the source (the editor resolves it)
-    factor: float | None = None  # size_like: the area factor, from the source (the editor resolves it)
+    factor: float | None = None  # size_like, size_to: the area factor, from the source (the editor resolves it)
     reach: float = 1.0  # layout terms: how far the relocation carries the object, the script's weight in [0, 1]
     state: object = None  # what the editor prepares before sampling: ClipText, StyleReference, a direction kind's state
 
@@ -131,7 +131,11 @@ def resize(b: BoundTerm, now: Features, src: Features) -> torch.Tensor:
 
 
 def size_to(b: BoundTerm, now: Features, src: Features) -> torch.Tensor:
-    return A.size_energy(now.token(b.token), b.term.area)
+    """A resize by the factor the editor found (the area asked over the object's, in pixels): the
+    map's own size is no measure of the object's area, so it is held relative to the source."""
+    if b.factor is None:  # not resolved against a source (energies used on their own)
+        return A.size_energy(now.token(b.token), b.term.area)
+    return A.resize_energy(now.token(b.token), src.token(b.token), b.factor, D.SILHOUETTE)
 
 
 def shape_from(b: BoundTerm, now: Features, src: Features) -> torch.Tensor:

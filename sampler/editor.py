@@ -41,7 +41,7 @@ from .guided import SHIFTS, Guidance, require_finite, sample_ddim
 from .images import load_image
 from .preflight import check_program, refuse_return_without_source
 from .probes import Readout, TrajectoryMaps
-from .regions import plan_relocations, relocating, resolve_relative, within_regions
+from .regions import codec_of, plan_relocations, relocating, resolve_relative, within_regions
 from .result import EditResult  # noqa: F401  (part of the editor's API)
 from .source import SourceMaps, SourcePass, SourcePasses, recordable, run_timesteps
 
@@ -168,7 +168,7 @@ class Editor:
             denoise, guide = plan.wrap(denoise, guide, src.cond)
         relocations = plan_relocations(b, others, src, steps, settings.prompt, plan)
         if relocations:  # first the copies, then the drag's optimisation, then the energies
-            guide = timed_as("steer.relocation_and_guide", relocating(guide, relocations, src, b.schedule()[0]))
+            guide = timed_as("steer.relocation_and_guide", relocating(guide, relocations, src, b.schedule()[0], codec_of(b)))
         edit_latents: list[torch.Tensor] = []  # each step's z_t, whose maps the pictures ask for (TrajectoryMaps)
         with record_function("steer.edit_pass"):  # the loop alone, for the profile (sampler/bench/profile.py)
             final = sample_ddim(

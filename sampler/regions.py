@@ -61,7 +61,7 @@ def moved_by(x: BoundTerm, mask: torch.Tensor) -> tuple[tuple[float, float], flo
         return (k * float(to[0] - c[0]), k * float(to[1] - c[1])), 1.0
     if x.kind == "shift":
         return (k * float(x.term.by[0]), k * float(x.term.by[1])), 1.0
-    if x.kind in ("resize", "size_like"):
+    if x.kind in ("resize", "size_like", "size_to"):
         return (0.0, 0.0), float(x.term.factor if x.kind == "resize" else x.factor) ** (0.5 * k)
     if x.kind == "remove":
         return (R.GONE, R.GONE), 1.0  # carried out of the image: only the refilled hole stays
@@ -70,7 +70,8 @@ def moved_by(x: BoundTerm, mask: torch.Tensor) -> tuple[tuple[float, float], flo
 
 def resolve_relative(backbone, bound: list[BoundTerm], src):
     """Targets given relative to another object, made absolute from where the source has both:
-    move_to's target (the other's centre + the offset), size_like's factor (area over area)."""
+    move_to's target (the other's centre + the offset); size_like's and size_to's factor (the
+    other's area, or the script's, over the object's; areas counted in pixels, relocate.object_area)."""
     hw = backbone.latent_shape()[1:]
     for x in bound:
         if x.kind == "move_to":
@@ -79,21 +80,47 @@ def resolve_relative(backbone, bound: list[BoundTerm], src):
                 other = src.object_mask(x.other, hw)
             c = R.centroid(other) if other.sum() > 0 else torch.tensor([0.5, 0.5])
             x.target = (min(1.0, max(0.0, float(c[0]) + x.term.offset[0])), min(1.0, max(0.0, float(c[1]) + x.term.offset[1])))
-        elif x.kind == "size_like":
-            own, other = src.object_mask(x.token, hw), src.object_mask(x.other, hw)
-            x.factor = float(other.sum() / own.sum()) if own.sum() > 0 and other.sum() > 0 else 1.0
+        elif x.kind in ("size_like", "size_to"):  # area over area, both counted in the source image's pixels
+            image = torch.from_numpy(src.image).permute(2, 0, 1).float()
+            own = src.object_mask(x.token, hw)
+            if own.sum() == 0:
+                x.factor = 1.0
+                continue
+            if x.kind == "size_to":
+                want = x.term.area
+            else:
+                other = src.object_mask(x.other, hw)
+                want = R.object_area(image, other) if other.sum() > 0 else None
+            have = R.object_area(image, own)
+            x.factor = float(want / have) if want and have > 0 else 1.0
 
 
-def relocating(guide, relocations: dict[int, list], src, alphas):
+def codec_of(backbone):
+    """(decode, encode) between one (C, h, w) latent and one (3, H, W) image in [0, 1], without a
+    graph: what a relocation that scales its object uses to scale it in pixels."""
+
+    @torch.no_grad()
+    def decode(z):
+        return backbone.decode(z[None])[0]
+
+    @torch.no_grad()
+    def encode(image):
+        return backbone.encode(image[None])[0]
+
+    return decode, encode
+
+
+def relocating(guide, relocations: dict[int, list], src, alphas, codec=None):
     """The guide with the copies of `relocations` (step -> [(mask, shift, scale, protect)]) made
-    first: at those steps z_t is moved (energies/relocate.py) and the guide runs at the moved z_t."""
+    first: at those steps z_t is moved (energies/relocate.py) and the guide runs at the moved z_t.
+    `codec` (codec_of): resizes are made in pixels."""
 
     def guide_(i, t, z):
         if i not in relocations:
             return guide(i, t, z) if guide is not None else Guidance()
         moved = z[0]
         for mask, shift, scale, protect in relocations[i]:
-            moved = R.relocate(moved, src.latents[i][0], src.x0s[i][0], alphas[t], mask, shift, scale, protect)
+            moved = R.relocate(moved, src.latents[i][0], src.x0s[i][0], alphas[t], mask, shift, scale, protect, codec)
         moved = moved[None]
         g = guide(i, t, moved) if guide is not None else Guidance()
         return after_move(g, z, moved)  # z_t <- z_t - latent: first the copy, then the guide's own step

@@ -100,3 +100,41 @@ def test_a_mask_that_reaches_into_a_protected_neighbour_carries_none_of_it():
     assert torch.equal(out[:, 10:14, 2:6], z_src[:, 2:6, 2:6])  # the object arrived
     assert torch.equal(out[:, 10:14, 7:9], z_src[:, 10:14, 7:9])  # none of the neighbour came with it
     assert torch.equal(out[:, 2:6, 7:10], z_src[:, 2:6, 7:10])  # and the neighbour is whole
+
+
+def pooled_codec(f=4):
+    """A stand-in autoencoder: a latent cell is the mean of f x f pixels (decode repeats it), so an
+    object a few cells wide can only be scaled finely in pixels, as on the shapes model."""
+    decode = lambda z: ((z[:3] + 1) / 2).repeat_interleave(f, -1).repeat_interleave(f, -2)  # noqa: E731
+    encode = lambda im: torch.nn.functional.avg_pool2d(im[None] * 2 - 1, f)[0]  # noqa: E731
+    return decode, encode
+
+
+def object_pixels(z, f=4):
+    """The red object's area in pixels, partly covered cells counted by their coverage."""
+    return pooled_codec(f)[0](z)[0].clamp(0, 1).sum().item()
+
+
+@pytest.mark.parametrize("scale", [0.7, 1.25, 1.5])
+def test_a_resize_with_a_codec_scales_the_whole_object_in_pixels(scale):
+    """Nearest scaling of a 4-cell object by 1.2 changes nothing; through the codec the object's
+    pixel area follows scale^2, and a shrunk object leaves no rim behind (the region scaled is the
+    mask and a cell around it, since a map's mask covers an object's core only)."""
+    a_t = torch.tensor(1.0 - 1e-6)  # all signal: the pasted x0 is what the test sees
+    x0 = -torch.ones(3, 16, 16)
+    x0[0, 6:10, 6:10] = 1.0  # a red square, 4 x 4 cells = 16 x 16 pixels
+    z_src = x0.clone()
+    core = square_mask(7, 7, 9, 9)  # the map's core: half the object's side
+    plain = R.relocate(z_src.clone(), z_src, x0, a_t, core, scale=scale)
+    through = R.relocate(z_src.clone(), z_src, x0, a_t, core, scale=scale, codec=pooled_codec())
+    area = object_pixels(x0)
+    assert object_pixels(through) == pytest.approx(area * scale**2, rel=0.2)
+    assert abs(object_pixels(plain) - area * scale**2) > abs(object_pixels(through) - area * scale**2)
+
+
+def test_object_area_counts_the_pixels_that_differ_from_the_surrounding_background():
+    image = torch.zeros(3, 64, 64)
+    image[1, 20:42, 10:32] = 1.0  # a green square, 22 x 22 pixels
+    core = square_mask(3, 5, 7, 10)  # a map's mask over part of it (latent cells of 4 pixels)
+    assert R.object_area(image, core) == pytest.approx(22 * 22 / 64**2, rel=0.05)
+    assert R.object_area(torch.zeros(3, 64, 64), core) == pytest.approx(core.mean().item())  # nothing stands out
