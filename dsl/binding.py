@@ -15,7 +15,7 @@ from energies.errors import SteerCompileError, SteerWarning
 from energies.terms import LAYOUT_KINDS, BoundTerm
 
 from .printer import term as term_text
-from .resolve import prompt_objects, recoloured, token_indices, without
+from .resolve import describing_words, prompt_objects, recoloured, token_indices, without
 from . import weights
 
 
@@ -85,8 +85,12 @@ def bind(program: P.Program, prompt: str, tokenizer, direction_paths=(), backbon
         elif t.kind == "remove":
             b.edit_prompt = without(prompt, tokenizer, b.token)
         out.append(b)
-        if t.kind == "recolour" and not holds:  # Pix2Pix-Zero's pairing: the maps held where they were
-            out.append(_hold_for(b, backbone))
+        if t.kind == "appearance_from":  # the other's describing words too, where the prompt has them
+            words = describing_words(prompt, tokenizer, b.other)
+            if words and words != describing_words(prompt, tokenizer, b.token):
+                out.append(_recolour_for(b, words, recoloured(prompt, tokenizer, b.token, words), backbone))
+        if t.kind in ("recolour", "appearance_from") and out[-1].kind == "recolour" and not holds:
+            out.append(_hold_for(b, backbone))  # Pix2Pix-Zero's pairing: the maps held where they were
             holds = True
     for x in out:
         if x.kind == "keep_attention" and moved and not x.objects:  # the hold a recolour brought along
@@ -119,6 +123,19 @@ def conflicts(bound: list[BoundTerm]) -> list[SteerWarning]:
                     hint="narrow the keep (a window that ends before the change, or one object), or drop it",
                     notes=[(other.term.span, f"`{other.label}` is here")]))
     return out
+
+
+def _recolour_for(b: BoundTerm, words: str, edit_prompt: str, backbone: str | None) -> BoundTerm:
+    """The recolour an appearance transfer brings along: the object's describing words swapped for
+    the other's ("a red circle and a blue square": circle's "red" for "blue"), as `appearance(token
+    "circle") -> "blue"` does, at the transfer's weight and position. On the shapes model the
+    appearance energy alone took the colour on 0 of 12 (tune split); the words carry it."""
+    d = D.term_defaults("recolour", backbone)
+    term = P.Recolour(token=b.term.token, to=words, span=b.term.span)
+    r = BoundTerm(term=term, label=f"{b.label} (as the words {words!r})", weight=d.weight * b.term.weight, window=d.window,
+                  placement=d.placement, token=b.token)
+    r.edit_prompt = edit_prompt
+    return r
 
 
 def _hold_for(recolour: BoundTerm, backbone: str | None) -> BoundTerm:

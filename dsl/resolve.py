@@ -125,6 +125,11 @@ def recoloured(prompt: str, tokenizer, token: list[int], words: str) -> str:
     return prompt[:start] + words + ("" if len(ph) > 1 else " ") + prompt[end:]
 
 
+def describing_words(prompt: str, tokenizer, token: list[int]) -> str:
+    """The object's phrase but its head: "a red circle and a blue square", square -> "blue"."""
+    return " ".join(w for w, _, _ in _phrase_of(prompt, tokenizer, token)[:-1])
+
+
 JOINERS = ("and", "with")
 
 

@@ -146,9 +146,10 @@ def ddim_step(x0: torch.Tensor, eps: torch.Tensor, a_prev: torch.Tensor, sigma=0
 
 @torch.no_grad()
 def sample_ddim(denoise, z, timesteps, alphas, final_alpha, guide=None, callback=None, disable=None, eta=0.0, generator=None,
-                desc="sampling", clip=None, offsets=None):
+                desc="sampling", clip=None, offsets=None, blend=None):
     """Run DDIM from z at timesteps[0] down to t = 0 and return the final sample. `offsets`, one
-    per step, are added to each step's result: a photo's drift correction (inversion.offsets_along)."""
+    per step, are added to each step's result: a photo's drift correction (inversion.offsets_along);
+    `blend(i, z)` then replaces it: a local blend with the source (regions.local_blend)."""
     a = step_alphas(alphas, timesteps, final_alpha)
     for i in tqdm(range(len(timesteps)), disable=disable, desc=desc, leave=False, dynamic_ncols=True):
         t, a_t, a_prev = timesteps[i], a[i], a[i + 1]
@@ -183,6 +184,8 @@ def sample_ddim(denoise, z, timesteps, alphas, final_alpha, guide=None, callback
             z_prev = z_prev - g.mean  # guidance on the posterior mean
         if offsets is not None:
             z_prev = z_prev + offsets[i]  # direct inversion: where the source's own step missed its inverted latent
+        if blend is not None:
+            z_prev = blend(i, z_prev)
         require_finite(z_prev, "z", i, t, g.culprits())  # finite shifts can still overflow together
         if callback is not None:
             callback({"i": i, "t": t, "z": z, "x0": x0, "eps": eps, "guidance": g})

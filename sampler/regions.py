@@ -16,7 +16,7 @@ import dsl
 from energies import defaults as D
 from energies import drag as G
 from energies import relocate as R
-from energies.terms import BoundTerm
+from energies.terms import LAYOUT_KINDS, BoundTerm
 
 from .guided import Guidance, after_move
 
@@ -126,6 +126,32 @@ def relocating(guide, relocations: dict[int, list], src, alphas, codec=None):
         return after_move(g, z, moved)  # z_t <- z_t - latent: first the copy, then the guide's own step
 
     return guide_
+
+
+def local_blend(backbone, bound: list[BoundTerm], src):
+    """Prompt-to-Prompt's local blend (Hertz et al. 2022, section 3.3) for scripts that change how
+    objects look and nowhere where they are: after every step, outside the recoloured objects'
+    regions (their source masks and LOCAL_BLEND_MARGIN latent cells around them) the latent is
+    the source trajectory's own, so nothing else changes and the object cannot drift. Returns
+    (i, z after step i) -> the blended z, or None where the script has nothing to blend."""
+    if not D.LOCAL_BLEND or any(x.kind in LAYOUT_KINDS for x in bound):
+        return None
+    tokens = [x.token for x in bound if x.kind in D.LOCAL_BLEND and x.weight != 0 and x.token]
+    if not tokens:
+        return None
+    hw = backbone.latent_shape()[1:]
+    region = sum((R.dilate(src.object_mask(t, hw), D.LOCAL_BLEND_MARGIN) for t in tokens), torch.zeros(hw)).clamp(max=1)
+    if region.sum() == 0:
+        return None
+    region = region.to(backbone.device)
+    after = list(src.latents[1:]) + [src.final]  # the source's z after each of its steps
+
+    start = round(D.LOCAL_BLEND_FROM * len(after))
+
+    def blend(i, z):
+        return region * z + (1 - region) * after[i] if i >= start else after[i]
+
+    return blend
 
 
 def within_regions(backbone, terms: list[BoundTerm], src) -> dict[int, torch.Tensor | None]:

@@ -1,6 +1,7 @@
 """Recolour to words, targets relative to another object, remove: language and effect."""
 
 import pytest
+import torch
 
 import dsl
 from dsl.resolve import recoloured, token_indices, without
@@ -81,6 +82,38 @@ def test_a_recolour_brings_the_attention_hold_once(tokenizer):
     assert [x.kind for x in one] == ["recolour", "keep_attention"] and one[0].edit_prompt == "a green circle and a blue square"
     own = bind(dsl.compile(PROMPT + 'appearance(token "circle") -> "green"\nkeep attention * 2'), "a red circle and a blue square", tokenizer)
     assert [x.kind for x in own] == ["recolour", "keep_attention"], "the script's own hold is the only one"
+
+
+def test_an_appearance_transfer_brings_the_others_words_and_one_hold(tokenizer):
+    from dsl.binding import bind
+
+    prompt = "a red circle and a blue square"
+    out = bind(dsl.compile(PROMPT + 'appearance(token "circle") -> appearance(token "square")'), prompt, tokenizer)
+    assert [x.kind for x in out] == ["appearance_from", "recolour", "keep_attention"]
+    assert out[1].edit_prompt == "a blue circle and a blue square" and out[1].token == out[0].token
+    bare = bind(dsl.compile('prompt "a circle and a square"\nappearance(token "circle") -> appearance(token "square")'),
+                "a circle and a square", tokenizer)
+    assert [x.kind for x in bare] == ["appearance_from"], "no describing words: the energy alone"
+
+
+def test_a_recolour_blends_locally_everything_else_is_the_source(shapes_editor):
+    """Prompt-to-Prompt's local blend: outside the recoloured object's region the edit's latent is
+    the source's at every step, so the final latents agree there exactly; inside they differ."""
+    from energies import relocate as R
+    from sampler.regions import local_blend
+
+    prog = dsl.compile(PROMPT + 'steps 8\nseed 3\nappearance(token "circle") -> "green"')
+    r = shapes_editor.run(prog, progress=False)
+    src = shapes_editor.source(shapes_editor.settings(prog), progress=False)
+    bound = shapes_editor.bind(prog, None, [])
+    hw = shapes_editor.backbone.latent_shape()[1:]
+    region = R.dilate(src.object_mask(bound[0].token, hw), 1)
+    assert local_blend(shapes_editor.backbone, bound, src) is not None
+    assert 0 < region.sum() < region.numel() / 2
+    assert torch.equal(r.latent[0][:, region == 0], src.final[0][:, region == 0])
+    assert not torch.allclose(r.latent[0][:, region > 0], src.final[0][:, region > 0])
+    with_move = shapes_editor.bind(dsl.compile(PROMPT + 'centroid(token "circle") -> (0.7, 0.5)\nappearance(token "circle") -> "green"'), None, [])
+    assert local_blend(shapes_editor.backbone, with_move, src) is None, "the moved object's new place is outside its source region"
 
 
 # ----------------------------------------------------------------------------------------------

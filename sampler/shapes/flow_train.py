@@ -183,6 +183,7 @@ def main(argv=None):
     p.add_argument("--logit-std", type=float, default=1.0)
     p.add_argument("--latent-pool", type=int, default=0, help="draw batches from N scenes encoded once (latent_pool.py)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--half", action="store_true", help="with --out: store the transformer, text encoder and CLIP in fp16 (the shipped folder)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     T.add_run_arguments(p)
     args = p.parse_args(argv)
@@ -195,15 +196,24 @@ def main(argv=None):
     record.update(commands=record.get("commands", []) + [command], seed=args.seed, batch=args.batch, torch=torch.__version__,
                   machine=f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                           f"{'GPU' if torch.cuda.is_available() else 'CPU'}")
-    record.update(train(args))
+    record.update({k: v for k, v in train(args).items() if v is not None})  # a run with no steps left keeps the last loss
     record["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     write_record(record_path, record)
     if record["flow_steps"] < args.steps:
         print(f"the flow model is at step {record['flow_steps']} of {args.steps}; {args.work / 'ema'} holds its EMA so far")
         return
     if args.out is not None:
-        atomic_write(args.out, lambda tmp: shutil.copytree(args.work / "ema", tmp))
+        atomic_write(args.out, lambda tmp: ship(args.work / "ema", tmp, record, torch.float16 if args.half else torch.float32))
         print(f"wrote {args.out}")
+
+
+def ship(ema: Path, out: Path, record: dict, dtype):
+    """The EMA's folder written again as a model to hand out: the sampling defaults of this code
+    (FM.DEFAULTS, chosen on the tune split), the training record in its card, weights in `dtype`."""
+    m = FM.load(ema)
+    card = {**m.card, "defaults": FM.DEFAULTS, "training": {k: v for k, v in record.items() if k != "commands"},
+            "commands": record.get("commands", [])}
+    FM.save(out, m.tokenizer, m.text_encoder, m.transformer, m.vae, m.scheduler, m.clip, card, dtype)
 
 
 if __name__ == "__main__":
