@@ -16,7 +16,7 @@ import dsl
 from energies import defaults as D
 from energies import drag as G
 from energies import relocate as R
-from energies.terms import LAYOUT_KINDS, BoundTerm
+from energies.terms import BoundTerm
 
 from .guided import Guidance, after_move
 
@@ -129,23 +129,30 @@ def relocating(guide, relocations: dict[int, list], src, alphas, codec=None):
 
 
 def local_blend(backbone, bound: list[BoundTerm], src):
-    """Prompt-to-Prompt's local blend (Hertz et al. 2022, section 3.3) for scripts that change how
-    objects look and nowhere where they are: after every step, outside the recoloured objects'
-    regions (their source masks and LOCAL_BLEND_MARGIN latent cells around them) the latent is
-    the source trajectory's own, so nothing else changes and the object cannot drift. Returns
-    (i, z after step i) -> the blended z, or None where the script has nothing to blend."""
-    if not D.LOCAL_BLEND or any(x.kind in LAYOUT_KINDS for x in bound):
-        return None
-    tokens = [x.token for x in bound if x.kind in D.LOCAL_BLEND and x.weight != 0 and x.token]
-    if not tokens:
-        return None
+    """Prompt-to-Prompt's local blend (Hertz et al. 2022, section 3.3) for scripts whose every
+    change is local and leaves layout alone (recolours, appearance transfers, directions `within`
+    a token or box; keeps beside them): after every step, outside the changed regions (the
+    objects' source masks and LOCAL_BLEND_MARGIN latent cells around them; a box itself) the
+    latent is the source trajectory's own, so nothing else changes and the object cannot drift.
+    Returns (i, z after step i) -> the blended z, or None where the script has nothing to blend."""
+    changes = [x for x in bound if not x.kind.startswith("keep") and x.weight != 0]
     hw = backbone.latent_shape()[1:]
-    region = sum((R.dilate(src.object_mask(t, hw), D.LOCAL_BLEND_MARGIN) for t in tokens), torch.zeros(hw)).clamp(max=1)
+    regions = []
+    for x in changes:
+        if x.kind in D.LOCAL_BLEND and x.token:
+            regions.append(R.dilate(src.object_mask(x.token, hw), D.LOCAL_BLEND_MARGIN))
+        elif x.kind == "direction" and D.LOCAL_BLEND_WITHIN and (x.token or x.term.box is not None):
+            regions.append(G.box_mask(x.term.box, hw) if x.term.box is not None
+                           else R.dilate(src.object_mask(x.token, hw), D.LOCAL_BLEND_MARGIN))
+        else:
+            return None  # a change that is not local (a layout statement, a global direction, a CLIP or style term)
+    if not regions:
+        return None
+    region = sum(regions, torch.zeros(hw)).clamp(max=1)
     if region.sum() == 0:
         return None
     region = region.to(backbone.device)
     after = list(src.latents[1:]) + [src.final]  # the source's z after each of its steps
-
     start = round(D.LOCAL_BLEND_FROM * len(after))
 
     def blend(i, z):
