@@ -79,3 +79,23 @@ def test_only_localisation_measures_the_maps_and_samples_nothing(tmp_path, shape
     for key in ("shape word, first object", "colour word, second object", "shape word, triangle"):
         assert set(rows[key]) == {"100", "300", "500", "700", "900"}
         assert all(0 <= r["own_object"] <= 1 and r["n"] > 0 for r in rows[key].values())
+
+
+def test_only_inversion_measures_it_again_into_the_existing_card(tmp_path, shapes_path, monkeypatch):
+    import json
+
+    from sampler.shapes import evaluate
+
+    monkeypatch.setattr(evaluate, "INVERSION_IMAGES", 3)
+    out = tmp_path / "card.json"
+    out.write_text(json.dumps({"model": "shapes", "split": "report", "steps": 4, "seconds": 9, "fidelity": {},
+                               "command": "python -m sampler.shapes.evaluate --split report"}))
+    evaluate.main(["--model", str(shapes_path), "--only", "inversion", "--steps", "4", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["command"] == "python -m sampler.shapes.evaluate --split report", "the card's own command stays"
+    inv = report["inversion"]
+    assert inv["generated"]["n"] == 3 and inv["world"]["n"] == 1 and "--only inversion" in inv["command"]
+    assert 0 < inv["generated"]["from_noise_alone"]["mean_psnr"] <= 100
+    assert inv["generated"]["mean_psnr"] > 25, "through source, an edit with nothing to do gives the image back"
+    card = out.with_suffix(".md").read_text()
+    assert "Measured again with `python -m sampler.shapes.evaluate" in card and "Reproduce with `python -m sampler.shapes.evaluate --split report`" in card

@@ -142,6 +142,11 @@ def measure_cost(editor: Editor, steps: int, seeds: list[int], device: str, mode
     edits = {k: v for k, v in COST_EDITS.items() if names is None or k in names}
     out = {}
     for name, terms in tqdm(edits.items(), desc="cost", disable=not progress, leave=False):
+        try:  # a class this model cannot run (a shipped direction it lacks) is reported, not fatal
+            editor.bind(dsl.compile(header + terms))
+        except dsl.SteerCompileError as e:
+            out[name] = {"not_run": e.message}
+            continue
         t_plain = t_source = t_guided = m_plain = m_guided = 0.0
         for s in seeds:
             editor.sources.clear()

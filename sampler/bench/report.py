@@ -226,6 +226,9 @@ def _cost_lines(cost: dict) -> list[str]:
     for name, c in cost.items():
         if name == "repl_rerun":
             continue
+        if "not_run" in c:
+            lines.append(f"| {name} | not run: {c['not_run']} | | | | | |")
+            continue
         lines.append(f"| {name} | {c['time_ratio']:.2f} | {c['time_ratio_with_source']:.2f} | {c['total_memory_ratio']:.2f} "
                      f"(model {c['model_mb']:.0f} MB) | {c['guided_peak_mb']:.1f} / {c['plain_peak_mb']:.1f} MB | "
                      f"{c['plain_seconds_per_image']:.2f} | {c['guided_seconds_per_image']:.2f} |")

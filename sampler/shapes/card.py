@@ -88,7 +88,8 @@ def model_card(r: dict, b, command: str) -> str:
               "Each image saved as a PNG and given to the editor as its `source` with nothing to edit: encoded, DDIM-inverted",
               "at cfg 1 with the editor's safeguarded fixed-point refinement, the source pass walked along the inverted",
               "latents, the edit pass sampled with their offsets (direct inversion), decoded; PSNR against the PNG. Beside it,",
-              "plain sampling from the inverted noise alone, without offsets: how well the inversion itself is undone.", "",
+              "plain sampling from the inverted noise alone, without offsets: how well the inversion itself is undone."
+              + (f" Measured again with `{inv['command']}` ({inv['seconds']} s)." if inv.get("command") else ""), "",
               "| images | steps | through `source`: mean PSNR | min | share >= 30 dB | share < 25 dB "
               "| from z_T alone: mean PSNR | min | share < 25 dB |", "| --- |" + " --- |" * 8]
         for k, name in (("generated", "generated samples"), ("generated_50", "generated samples"), ("world", "world images")):

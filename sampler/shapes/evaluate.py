@@ -209,6 +209,9 @@ def clip_retrieval(b: ShapesBackbone, n: int = 256) -> dict:
     return {"n": n, "candidates": len(caps), "top1": float(np.mean(right)), "top1_one_object": float(np.mean(one)), "top1_two_objects": float(np.mean(two))}
 
 
+INVERSION_IMAGES = 96  # generated images inverted (and a third as many world images)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m sampler.shapes.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="shapes")
@@ -216,8 +219,10 @@ def main(argv=None):
     p.add_argument("--per-caption", type=int, default=3, help="seeds per two-object caption (108 captions); one-object captions get 8")
     p.add_argument("--cfg", type=float, nargs="*", default=None, help="cfg scales to compare (default: the model's)")
     p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--only", choices=["fidelity", "localisation"],
-                   help="just the caption fidelity, or just the cross-attention localisation (quick checks during training)")
+    p.add_argument("--only", choices=["fidelity", "localisation", "inversion"],
+                   help="just the caption fidelity, or just the cross-attention localisation (quick checks during training); "
+                        "inversion: re-measure only that section of an existing report (--out, default docs/shapes-model.json) "
+                        "and rewrite its card")
     p.add_argument("--out", type=Path, default=None, help="the report (default: docs/shapes-model.json, and the card beside it; "
                    "with --only, the report is printed and written only where --out names)")
     args = p.parse_args(argv)
@@ -234,25 +239,35 @@ def main(argv=None):
     ones, one_seeds = caption_grid(one_object_captions(), 8, args.split)
     twos, two_seeds = caption_grid(two_object_captions(), args.per_caption, args.split)
     two_seeds = [s + 100_000 for s in two_seeds]
-    cfgs = [] if args.only == "localisation" else (args.cfg or [d["cfg"]])
+    cfgs = [] if args.only in ("localisation", "inversion") else (args.cfg or [d["cfg"]])
     for cfg in tqdm(cfgs, desc="fidelity"):
         report["fidelity"][str(cfg)] = {
             "one_object": fidelity(sample(b, ones, one_seeds, steps, cfg, progress=True), ones, one_seeds),
             "two_objects": fidelity(sample(b, twos, two_seeds, steps, cfg, progress=True), twos, two_seeds),
         }
-    if args.only != "fidelity":
+    if args.only in (None, "localisation"):
         report["localisation"] = localisation(b)
-    if not args.only:
-        gen_caps = two_object_captions()[::9][:12] * 7 + one_object_captions()  # 96: every colour pair, both orders
+    if args.only in (None, "inversion"):
+        gen_caps = (two_object_captions()[::9][:12] * 7 + one_object_captions())[:INVERSION_IMAGES]  # every colour pair, both orders
         generated = sample(b, gen_caps, [SPLITS[args.split] + 200_000 + i for i in range(len(gen_caps))], steps, d["cfg"])
-        world_scenes = [W.make_scene(HELD_OUT + 700_000 + i, b.image_size()[0]) for i in range(32)]
+        world_scenes = [W.make_scene(HELD_OUT + 700_000 + i, b.image_size()[0]) for i in range(INVERSION_IMAGES // 3)]
         report["inversion"] = {
             "generated": inversion(b, generated, gen_caps, steps),
             "world": inversion(b, np.stack([s.image for s in world_scenes]), [s.caption for s in world_scenes], steps),
         }
+    if not args.only:
         report["clip"] = clip_retrieval(b)
     report["seconds"] = round(time.time() - t0)
     command = " ".join(["python -m sampler.shapes.evaluate", *(argv if argv is not None else __import__("sys").argv[1:])])
+    if args.only == "inversion":  # one section of the card's report measured again, with its own command
+        args.out = args.out or Path("docs/shapes-model.json")
+        full = json.loads(args.out.read_text())
+        full["inversion"] = {**report["inversion"], "command": command, "seconds": report["seconds"]}
+        atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(full, indent=2) + "\n"))
+        text = model_card(full, b, full.get("command", command))
+        atomic_write(args.out.with_suffix(".md"), lambda tmp: tmp.write_text(text))
+        print(text)
+        return
     if args.only:
         print(json.dumps(report, indent=2))
         if args.out:
@@ -260,6 +275,7 @@ def main(argv=None):
         return
     args.out = args.out or Path("docs/shapes-model.json")
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    report["command"] = command
     atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
     text = model_card(report, b, command)
     atomic_write(args.out.with_suffix(".md"), lambda tmp: tmp.write_text(text))
