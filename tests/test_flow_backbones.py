@@ -252,15 +252,21 @@ def test_prompt_weights_move_only_their_words_t5_positions(sd3):
     assert [pieces[i] for i in moved] == ["▁cir", "cle"]  # the CLIP part and every other T5 position unchanged
 
 
-def test_the_shapes_flow_name_says_how_to_train_it_until_it_ships():
-    from energies.errors import SteerUsageError
-    from sampler.shapes import flow_model
+def test_the_shipped_shapes_flow_model_loads_by_name_offline_and_draws_at_64_px():
+    """The second shipped model: found by its name, safetensors only, its card's defaults, and
+    a few Euler steps give a 64 x 64 image of the world (not a blank one)."""
+    import numpy as np
 
-    if flow_model.is_flow_folder(flow_model.SHIPPED):
-        pytest.skip("the shapes flow model has shipped")
-    with pytest.raises(SteerUsageError, match="not trained yet") as e:
-        load_backbone("shapes-flow", device="cpu")
-    assert "sampler.shapes.flow_train" in e.value.hint
+    from sampler.shapes import flow_model
+    from sampler.shapes import world as W
+    from sampler.shapes.evaluate import sample
+
+    assert flow_model.is_flow_folder(flow_model.SHIPPED)
+    b = load_backbone("shapes-flow", device="cpu")
+    assert b.image_size() == (64, 64) and b.sampling_defaults == flow_model.DEFAULTS
+    image = sample(b, ["a red circle"], [1000000], 8, b.sampling_defaults["cfg"])[0]
+    assert image.shape == (64, 64, 3) and np.isfinite(image).all()
+    assert len(W.detect(image)) >= 1, "a few steps already draw an object"
 
 
 # --- full-size architectures, on the meta device (shapes only, no memory, no weights) -------------
