@@ -106,12 +106,11 @@ RELOCATE_MASK_THRESHOLD = 0.1
 RELOCATE_CENTRE_THRESHOLD = 0.85  # the object's centre, for the shift, from the map's core (tuned: 0.5 / 0.7 / 0.85 / 0.95 gave 9 / 10 / 11 / 10 of 16 seeds moved within 0.1 with the square kept)
 
 # Edits that change how objects look and nowhere where they are (every change of the script is
-# one of these, or a direction `within` a region) blend: outside the edited objects' source masks (threshold RELOCATE_MASK_THRESHOLD, plus a
-# margin) each step's latent is the source's (sampler/regions.py local_blend).
+# one of these, or a direction `within` a region) blend: outside the edited objects' source masks
+# (threshold RELOCATE_MASK_THRESHOLD, plus a margin; a `within` region as it is) each step's
+# latent is the source's (sampler/regions.py local_blend).
 LOCAL_BLEND = frozenset({"recolour", "appearance_from"})
 LOCAL_BLEND_MARGIN = 1
-LOCAL_BLEND_WITHIN = True  # a direction `within` a token or box blends too
-LOCAL_BLEND_FROM = 0.0  # before this share of the steps the whole latent is the source's
 
 # DragNoise (sampler/drag.py, energies/drag.py): Adam lr 0.01, at most 60 iterations (the UI's
 # n_pix_step); tracking within r_p = 3; lambda = 0.1 on the region term. The patch radii are per

@@ -31,9 +31,10 @@ def object_mask(maps: list[torch.Tensor], hw, threshold: float = 0.5) -> torch.T
     return (resize(m, hw) > threshold).float()
 
 
-def transform(x: torch.Tensor, shift=(0.0, 0.0), scale: float = 1.0, about=(0.5, 0.5)) -> torch.Tensor:
+def transform(x: torch.Tensor, shift=(0.0, 0.0), scale: float = 1.0, about=(0.5, 0.5), mode: str = "nearest") -> torch.Tensor:
     """Move (C, H, W) by `shift` (image units) and scale by `scale` about `about`, nearest
-    sampling: values are carried, never blended, so noise keeps its statistics. Zeros outside."""
+    sampling: values are carried, never blended, so noise keeps its statistics (`mode`
+    "bilinear" for images, whose values may be blended). Zeros outside."""
     h, w = x.shape[-2:]
     ys = (torch.arange(h, dtype=torch.float32, device=x.device) + 0.5) / h
     xs = (torch.arange(w, dtype=torch.float32, device=x.device) + 0.5) / w
@@ -41,7 +42,7 @@ def transform(x: torch.Tensor, shift=(0.0, 0.0), scale: float = 1.0, about=(0.5,
     src_y = about[1] + (ys - about[1] - shift[1]) / scale
     gy, gx = torch.meshgrid(src_y * 2 - 1, src_x * 2 - 1, indexing="ij")
     grid = torch.stack([gx, gy], -1)[None].to(x.dtype)
-    return F.grid_sample(x[None], grid, mode="nearest", padding_mode="zeros", align_corners=False)[0]
+    return F.grid_sample(x[None], grid, mode=mode, padding_mode="zeros", align_corners=False)[0]
 
 
 def dilate(mask: torch.Tensor, r: int) -> torch.Tensor:
@@ -98,14 +99,10 @@ def scaled_in_pixels(x0_src, mask, shift, scale, about, codec) -> tuple[torch.Te
     never scaled, so that it stays white)."""
     decode, encode = codec
     image = decode(x0_src).float()
-    H, W = image.shape[-2:]
-    m_px = F.interpolate(mask[None, None].float(), size=(H, W), mode="nearest")[0, 0].to(image.device)
-    ring = dilate(m_px, max(1, H // mask.shape[-1])) - m_px
-    sel = ring > 0.5 if ring.sum() > 0 else m_px < 0.5
-    paint = image[:, sel].median(1).values.view(-1, 1, 1) if sel.any() else image.mean((1, 2), keepdim=True)
-    painted = torch.where(m_px[None] > 0.5, paint, image)
-    obj = _resample(image, shift, scale, about)
-    obj_mask = _resample(m_px[None], shift, scale, about)[0] > 0.5
+    m_px = _in_pixels(mask, image)
+    painted = torch.where(m_px[None] > 0.5, background(image, m_px, _ring(mask, image)).view(-1, 1, 1), image)
+    obj = transform(image, shift, scale, about, mode="bilinear")
+    obj_mask = transform(m_px[None], shift, scale, about, mode="bilinear")[0] > 0.5
     composite = torch.where(obj_mask[None], obj, painted)
     cells = F.adaptive_max_pool2d(obj_mask[None, None].float(), mask.shape[-2:])[0, 0].to(mask)
     return encode(composite.clamp(0, 1)).to(x0_src), cells
@@ -117,22 +114,20 @@ def object_area(image: torch.Tensor, mask: torch.Tensor, distance: float = 0.25)
     colour is farther than `distance` from the ring around that region (its background). A map's
     thresholded cells say where an object is, not how big: on the shapes model a 0.1-threshold mask
     covers about 60% of a square. Falls back to the mask's own share where nothing stands out."""
-    H, W = image.shape[-2:]
-    region = F.interpolate(dilate(mask.float(), SCALE_MARGIN)[None, None], size=(H, W), mode="nearest")[0, 0].to(image.device)
-    ring = dilate(region, max(1, H // mask.shape[-1])) - region
-    if ring.sum() == 0:
+    region = _in_pixels(dilate(mask.float(), SCALE_MARGIN), image)
+    r = _ring(mask, image)
+    if (dilate(region, r) - region).sum() == 0:
         return float(mask.float().mean())
-    bg = image[:, ring > 0.5].median(1).values.view(-1, 1, 1)
+    bg = background(image, region, r).view(-1, 1, 1)
     fg = ((image - bg).norm(dim=0) > distance) & (region > 0.5)
     return float(fg.float().mean()) if fg.any() else float(mask.float().mean())
 
 
-def _resample(x: torch.Tensor, shift, scale: float, about) -> torch.Tensor:
-    """transform's geometry with bilinear sampling: for images, whose values may be blended."""
-    h, w = x.shape[-2:]
-    ys = (torch.arange(h, dtype=torch.float32, device=x.device) + 0.5) / h
-    xs = (torch.arange(w, dtype=torch.float32, device=x.device) + 0.5) / w
-    gy, gx = torch.meshgrid((about[1] + (ys - about[1] - shift[1]) / scale) * 2 - 1,
-                            (about[0] + (xs - about[0] - shift[0]) / scale) * 2 - 1, indexing="ij")
-    grid = torch.stack([gx, gy], -1)[None].to(x.dtype)
-    return F.grid_sample(x[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+def _in_pixels(mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """A latent (h, w) mask at the image's (H, W), each cell its block of pixels."""
+    return F.interpolate(mask[None, None].float(), size=tuple(image.shape[-2:]), mode="nearest")[0, 0].to(image.device)
+
+
+def _ring(mask: torch.Tensor, image: torch.Tensor) -> int:
+    """The width, in pixels, of one latent cell: the ring whose colour is a region's background."""
+    return max(1, image.shape[-2] // mask.shape[-1])

@@ -140,23 +140,20 @@ def local_blend(backbone, bound: list[BoundTerm], src):
     regions = []
     for x in changes:
         if x.kind in D.LOCAL_BLEND and x.token:
-            regions.append(R.dilate(src.object_mask(x.token, hw), D.LOCAL_BLEND_MARGIN))
-        elif x.kind == "direction" and D.LOCAL_BLEND_WITHIN and (x.token or x.term.box is not None):
-            regions.append(G.box_mask(x.term.box, hw) if x.term.box is not None
-                           else R.dilate(src.object_mask(x.token, hw), D.LOCAL_BLEND_MARGIN))
+            regions.append(R.dilate(src.object_mask(x.token, hw), D.LOCAL_BLEND_MARGIN).to(backbone.device))
+        elif x.kind == "direction" and (x.token or x.term.box is not None):
+            regions.append(within_regions(backbone, [x], src)[id(x)])
         else:
             return None  # a change that is not local (a layout statement, a global direction, a CLIP or style term)
     if not regions:
         return None
-    region = sum(regions, torch.zeros(hw)).clamp(max=1)
+    region = torch.stack(regions).amax(0)
     if region.sum() == 0:
         return None
-    region = region.to(backbone.device)
     after = list(src.latents[1:]) + [src.final]  # the source's z after each of its steps
-    start = round(D.LOCAL_BLEND_FROM * len(after))
 
     def blend(i, z):
-        return region * z + (1 - region) * after[i] if i >= start else after[i]
+        return region * z + (1 - region) * after[i]
 
     return blend
 

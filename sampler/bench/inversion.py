@@ -4,6 +4,7 @@ ground-truth images."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -22,6 +23,21 @@ from ..images import load_image, write_png
 from ..inversion import psnr
 from ..shapes import world as W
 from .scene import PROMPT
+
+
+@contextlib.contextmanager
+def cache_in(folder: Path):
+    """Inversions kept in `folder` for the block: a measurement neither reads nor fills the
+    user's inversion cache."""
+    old = os.environ.get("STEER_CACHE")
+    os.environ["STEER_CACHE"] = str(folder)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("STEER_CACHE", None)
+        else:
+            os.environ["STEER_CACHE"] = old
 
 
 def regenerate(editor: Editor, image: np.ndarray, caption: str, folder: Path, name: str, steps: int) -> tuple[float, float]:
@@ -47,22 +63,14 @@ def measure_inversion(editor: Editor, seeds: list[int], steps: int, progress: bo
     rows = {"generated": [], "world": []}
     alone = {"generated": [], "world": []}
     size = editor.backbone.image_size()[0]  # world images at the model's own size
-    old = os.environ.get("STEER_CACHE")
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ["STEER_CACHE"] = tmp  # a bench must not read (or fill) the user's inversion cache
-        try:
-            for s in tqdm(seeds, desc="inversion", disable=not progress, leave=False):
-                scene = W.make_scene(10**7 + s, size)
-                plain = editor.source(editor.settings(dsl.compile(f'prompt "{PROMPT}"\nseed {s}\nsteps {steps}')), progress=False)
-                for kind, image, caption in (("generated", plain.image, PROMPT), ("world", scene.image, scene.caption)):
-                    through, free = regenerate(editor, image, caption, Path(tmp), f"{kind}-{s}", steps)
-                    rows[kind].append(through)
-                    alone[kind].append(free)
-        finally:
-            if old is None:
-                os.environ.pop("STEER_CACHE", None)
-            else:
-                os.environ["STEER_CACHE"] = old
+    with tempfile.TemporaryDirectory() as tmp, cache_in(Path(tmp)):
+        for s in tqdm(seeds, desc="inversion", disable=not progress, leave=False):
+            scene = W.make_scene(10**7 + s, size)
+            plain = editor.source(editor.settings(dsl.compile(f'prompt "{PROMPT}"\nseed {s}\nsteps {steps}')), progress=False)
+            for kind, image, caption in (("generated", plain.image, PROMPT), ("world", scene.image, scene.caption)):
+                through, free = regenerate(editor, image, caption, Path(tmp), f"{kind}-{s}", steps)
+                rows[kind].append(through)
+                alone[kind].append(free)
     return {kind: {"n": len(v), "mean_psnr": float(np.mean(v)), "min_psnr": float(np.min(v)),
                    "share_at_least_30db": float(np.mean(np.array(v) >= 30)),
                    "from_noise_alone_mean_psnr": float(np.mean(alone[kind]))} for kind, v in rows.items()}

@@ -92,9 +92,7 @@ def model_card(r: dict, b, command: str) -> str:
               + (f" Measured again with `{inv['command']}` ({inv['seconds']} s)." if inv.get("command") else ""), "",
               "| images | steps | through `source`: mean PSNR | min | share >= 30 dB | share < 25 dB "
               "| from z_T alone: mean PSNR | min | share < 25 dB |", "| --- |" + " --- |" * 8]
-        for k, name in (("generated", "generated samples"), ("generated_50", "generated samples"), ("world", "world images")):
-            if k not in inv:
-                continue
+        for k, name in (("generated", "generated samples"), ("world", "world images")):
             v = inv[k]
             row = f"| {name} (n={v['n']}) | {v['steps']} | {v['mean_psnr']:.1f} dB | {v['min_psnr']:.1f} dB | " \
                   f"{v['share_at_least_30db']:.0%} | {v['share_under_25db']:.0%} |"

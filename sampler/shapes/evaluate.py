@@ -19,10 +19,8 @@ scenes are drawn from tuple seeds.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -35,7 +33,7 @@ from tqdm.auto import tqdm
 from energies.files import atomic_write
 
 from ..backbones import ShapesBackbone, ShapesFlowBackbone, flow_kind, load_backbone
-from ..bench.inversion import regenerate
+from ..bench.inversion import cache_in, regenerate
 from ..editor import Editor
 from ..feature_models import projected_features
 from ..guided import classifier_free, sample_ddim
@@ -155,27 +153,13 @@ def localisation(b: ShapesBackbone, n: int = 96, timesteps=(100, 300, 500, 700, 
     return rows
 
 
-@contextlib.contextmanager
-def _cache_in(folder: Path):
-    """Keep the evaluation's inversions out of the user's cache."""
-    old = os.environ.get("STEER_CACHE")
-    os.environ["STEER_CACHE"] = str(folder)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("STEER_CACHE", None)
-        else:
-            os.environ["STEER_CACHE"] = old
-
-
 def inversion(b: ShapesBackbone, images: np.ndarray, captions: list[str], steps: int = 50) -> dict:
     """Regenerate each image through the editor's `source` path (DDIM inversion at cfg 1 with
     safeguarded fixed-point refinement, then an edit with nothing to do); PSNR against the input,
     through `source` and from the inverted noise alone."""
     editor = Editor(b)
     through, alone = [], []
-    with tempfile.TemporaryDirectory() as d, _cache_in(Path(d) / "cache"):
+    with tempfile.TemporaryDirectory() as d, cache_in(Path(d) / "cache"):
         for i, (im, cap) in enumerate(zip(tqdm(images, desc="inversion", leave=False), captions)):
             a, f = regenerate(editor, im, cap, Path(d), f"im{i}", steps)
             through.append(a)
