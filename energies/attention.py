@@ -135,11 +135,20 @@ def shape_from_energy(a: torch.Tensor, src: torch.Tensor, other_src: torch.Tenso
     return shape_energy(a, warp(hard_mask(other_src), shift=shift.detach()))
 
 
+# L1's gradient has the same size however small the difference: an object that already looks as
+# its target does is still pushed, in the direction of float rounding (the guided forward and the
+# source pass's batched one differ in the last bits). Below this share of the target vector's mean
+# magnitude the energy is quadratic (Huber), so its gradient fades to zero there; above, it is L1's.
+APPEARANCE_DEADBAND = 0.01
+
+
 def appearance_energy(feats, a, target_feats, target_a) -> torch.Tensor:
-    """L1 between appearance vectors: features pooled under this token now vs a target token."""
+    """L1 between appearance vectors (features pooled under this token now vs a target token),
+    quadratic within APPEARANCE_DEADBAND of the target so that a kept object is left alone."""
     mine = appearance(feats, hard_mask(a).detach())
     theirs = appearance(target_feats, hard_mask(target_a)).detach()
-    return (mine - theirs).abs().mean()
+    beta = float(APPEARANCE_DEADBAND * theirs.abs().mean())
+    return F.smooth_l1_loss(mine, theirs, beta=beta) if beta > 0 else (mine - theirs).abs().mean()
 
 
 def attention_keep_energy(layer_maps, src_layer_maps, positions=None) -> torch.Tensor:

@@ -88,6 +88,23 @@ def test_appearance_pools_features_under_the_mask():
     assert e_same == pytest.approx(0.0, abs=1e-6) and e_diff > 0.3
 
 
+def test_appearance_gradient_fades_at_the_target_and_is_l1s_beyond_it():
+    """A kept object that already looks as it did is not pushed by float rounding (L1's gradient
+    would have full size at a difference of 1e-7); a real difference gets L1's gradient."""
+    target = torch.rand(8, 6, 6) + 0.5
+    mask = torch.zeros(16, 16)
+    mask[:8] = 1.0
+
+    def grad_at(offset):
+        feats = (target + offset).requires_grad_(True)
+        (g,) = torch.autograd.grad(A.appearance_energy(feats, mask, target, mask), feats)
+        return g.abs().sum().item()
+
+    full = grad_at(1.0)  # far outside the deadband: L1's sign gradient
+    assert grad_at(1e-7) < 1e-4 * full
+    assert grad_at(0.5) == pytest.approx(full, rel=1e-4)
+
+
 def test_attention_keep_energy_is_zero_at_the_source_and_has_gradient():
     ref = [torch.rand(4, 8, 8), torch.rand(4, 4, 4)]
     assert A.attention_keep_energy(ref, ref) == 0
