@@ -9,6 +9,7 @@ shapes model (see the bench notes in the README).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from dataclasses import replace as dataclass_replace
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,23 @@ TERMS = {
 # red_to_green prompt direction on 16 seeds of "a red circle and a blue square" (25 steps, the
 # world's detector), the green circle stayed within 0.05 of the red one on 1 of 16 seeds at
 # Pix2Pix-Zero's lr 0.1, on 14 / 15 / 16 at 1.0 / 2.0 / 3.0 (0 of 16 without the guidance).
+# The shapes flow model (grounded, sampler/shapes/flow_ground.py), tune split, 8 cases a task,
+# each weight set here in turn and `steer bench --split tune --per-task 8 --model shapes-flow`
+# run: at the UNet's weights its energies' gradients wreck the scene (move 12%, keep
+# appearance beside a move 12%). Relocation does a move's work on this model; its energy, at the
+# UNet's 0.4, pushes the other object away: move 12 / 38 / 50% at 0.4 / 0.04 / 0.01 (0.002: as
+# 0.01); keep appearance's weight made no difference at 10, 1 or 0.1 (0.1 kept); keep layout 0 /
+# 25 / 75% at keep-shape weights 2 / 0.2 / 0.02; recolour 50 / 50 / 25% at keep-attention weights
+# 1 / 3 / 10 (colour taken 75 / 50 / 25%).
+_FLOW_LAYOUT = 0.01
 BACKBONE_TERMS = {
     "shapes": {"keep_attention": TermDefaults(weight=3.0, window=(0.0, 1.0), placement="latent")},
+    "shapes-flow": {
+        **{k: dataclass_replace(TERMS[k], weight=_FLOW_LAYOUT) for k in ("move", "shift", "move_to", "resize", "size_like", "size_to")},
+        "keep_appearance": dataclass_replace(TERMS["keep_appearance"], weight=0.1),
+        "keep_shape": dataclass_replace(TERMS["keep_shape"], weight=0.02),
+        "keep_attention": TermDefaults(weight=1.0, window=(0.0, 1.0), placement="latent"),
+    },
 }
 
 
@@ -150,6 +166,7 @@ class BackboneDefaults:
     drag_scale: float  # the drag's feature map, as a fraction of the image side (DragNoise: half the image)
     drag_patch_radius: int = 1  # r_m of the motion supervision (DragNoise: 1)
     drag_track_patch: int = 0  # tracking compares (2r+1)^2 patches; 0: single features (DragDiffusion)
+    mask_threshold: float = RELOCATE_MASK_THRESHOLD  # object masks from its maps: the cut (see RELOCATE_MASK_THRESHOLD)
 
 
 BACKBONES = {
@@ -181,16 +198,24 @@ BACKBONES = {
     "sdxl": BackboneDefaults(attn_layers=("up_blocks.0.attentions.1",), map_res=32, appearance_features="up_blocks.2",
                              drag_features="up_blocks.1", drag_scale=0.25),
     # Rectified-flow transformers (sampler/backbones/flow.py): the joint attention of the middle
-    # third of the joint blocks (probes.joint_attention_layers: a documented default, not yet a
-    # measurement; the shapes flow model is where it gets measured), maps at 32x32 (SD3 and FLUX at
+    # third of the joint blocks (probes.joint_attention_layers: a documented default, unmeasured on
+    # real SD3 and FLUX weights, which this machine has not; on the shapes flow model the middle
+    # third was not the best, see below), maps at 32x32 (SD3 and FLUX at
     # 1024 px have 64x64 image tokens); appearance pools the last joint block's image stream.
     # No drag: DragNoise optimises a UNet's bottleneck, which a transformer does not have.
     "sd3": BackboneDefaults(attn_layers=("transformer_blocks",), map_res=32, appearance_features="transformer_blocks.-1",
                             drag_features="", drag_scale=0.0),
     "flux": BackboneDefaults(attn_layers=("transformer_blocks",), map_res=32, appearance_features="transformer_blocks.-1",
                              drag_features="", drag_scale=0.0),
-    "shapes-flow": BackboneDefaults(attn_layers=("transformer_blocks",), map_res=16, appearance_features="transformer_blocks.-1",
-                                    drag_features="", drag_scale=0.0),
+    # The shapes flow model (grounding fine-tune, sampler/shapes/flow_ground.py): blocks 2, 4 and 5,
+    # the three whose maps matched their objects best (mean IoU 0.60 / 0.57 / 0.60 over s = 0.3..0.9,
+    # 0.32-0.47 for the others; `python -m sampler.shapes.flow_blocks --scenes 48 --at 0.3 0.5 0.7 0.9`).
+    "shapes-flow": BackboneDefaults(attn_layers=("transformer_blocks.2", "transformer_blocks.4", "transformer_blocks.5"),
+                                    map_res=16, appearance_features="transformer_blocks.-1",
+                                    drag_features="", drag_scale=0.0,
+                                    # its maps are less sharp than the grounded UNet's: at 0.1 a mask
+                                    # covered most of the image; 0.5: resize x1.5 88% (0.3: 75%), tune split
+                                    mask_threshold=0.5),
 }
 
 # Words whose attention maps are too diffuse to stand for an object; "every object" terms skip them.

@@ -157,12 +157,19 @@ def is_transformer(model) -> bool:
 
 
 def joint_attention_layers(transformer, prefixes=("transformer_blocks",)) -> list[str]:
-    """The joint attention modules of the middle third of the joint (double-stream) blocks under
-    `prefixes`. Which blocks localise objects is a measured choice; on random weights it cannot be
-    measured, so the default is the middle, where DiT probing studies find the most semantic maps,
-    until the shipped flow model measures it. FLUX's single-stream blocks are not probed."""
+    """The joint attention modules to probe. Prefixes naming blocks ("transformer_blocks.2"): those
+    blocks' (a measured choice: the shapes flow model's in energies/defaults.py). The family's
+    prefix alone ("transformer_blocks"): the middle third of its joint (double-stream) blocks, where
+    DiT probing studies find the most semantic maps, as the default for models nobody measured
+    (on random weights it cannot be measured), and for a model that has none of the named blocks
+    (a shallower one trained from the same family). FLUX's single-stream blocks are not probed."""
     names = [n[: -len(".processor")] for n in transformer.attn_processors
              if n.startswith("transformer_blocks.") and n.endswith(".attn.processor")]
+    named = [n for n in names if any(n.startswith(p + ".") for p in prefixes if p != "transformer_blocks")]
+    if named:
+        return named
+    if all(p != "transformer_blocks" for p in prefixes):  # the measured blocks of a deeper model: the default here
+        prefixes = ("transformer_blocks",)
     names = [n for n in names if any(n.startswith(p) for p in prefixes)]
     k = len(names)
     return names[k // 3: max(k // 3 + 1, (2 * k) // 3)]

@@ -51,6 +51,7 @@ class SourcePass:
     timesteps: list[int] = field(default_factory=list)
     filler: object = None  # (pass, what) -> records `what` at the kept latents (SourcePasses.fill)
     offsets: list | None = None  # an inverted photo's per-step drift correction, which the edit pass adds too
+    mask_threshold: float = D.RELOCATE_MASK_THRESHOLD  # object masks' cut (the backbone's own, BackboneDefaults)
 
     def require(self, needs) -> "SourcePass":
         """This pass, once its features hold what `needs` (terms' NEEDS words) asks of the source:
@@ -66,10 +67,12 @@ class SourcePass:
         self.require({"attn"})
         return self.features[int(D.RELOCATE_MASK_FROM * len(self.features)):] or self.features[-1:]
 
-    def object_mask(self, token, hw, threshold: float = D.RELOCATE_MASK_THRESHOLD) -> torch.Tensor:
+    def object_mask(self, token, hw, threshold: float | None = None) -> torch.Tensor:
         """(H, W) mask of the object of `token` (its positions), from the late attention maps: what
-        relocation copies, what drags and `within` terms act in."""
-        return R.object_mask([f.token(list(token)) for f in self.late_features()], hw, threshold)
+        relocation copies, what drags and `within` terms act in; cut at the backbone's threshold
+        unless another is given."""
+        cut = self.mask_threshold if threshold is None else threshold
+        return R.object_mask([f.token(list(token)) for f in self.late_features()], hw, cut)
 
 
 def recordable(needs) -> frozenset:
@@ -151,7 +154,8 @@ class SourcePasses:
             final = trajectory[-1]
         with torch.no_grad():
             image = b.decode(final)[0].permute(1, 2, 0).cpu().numpy()
-        src = SourcePass(key, noise, latents, features, final, image, cond, clip, x0s, what, timesteps, self.fill, offsets)
+        src = SourcePass(key, noise, latents, features, final, image, cond, clip, x0s, what, timesteps, self.fill, offsets,
+                         self.backbone.defaults.mask_threshold)
         self._passes[key] = src
         while len(self._passes) > self.keep:  # oldest first: dicts keep insertion order
             self._passes.pop(next(iter(self._passes)))

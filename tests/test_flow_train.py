@@ -123,3 +123,37 @@ def test_the_evaluation_samples_the_flow_model_for_caption_fidelity(work, capsys
     with pytest.raises(SystemExit):
         E.main(["--model", str(work / "ema")])
     assert "flow_blocks" in capsys.readouterr().err
+
+
+def test_the_grounding_fine_tune_resumes_and_ships_a_loadable_model(work, tmp_path):
+    """sampler/shapes/flow_ground.py: the token loss on every joint block's maps beside the flow
+    loss; a run stopped at its checkpoint resumes to the same weights as one that never stopped,
+    and the finished run writes a model folder that loads as a backbone."""
+    from sampler.shapes import flow_ground
+
+    args = ["--init-from", str(work / "ema"), "--batch", "2", "--warmup", "1", "--cooldown", "1", "--ckpt-every", "1",
+            "--threads", "1", "--no-bf16"]
+    flow_ground.main([*args, "--work", str(tmp_path / "once"), "--steps", "2", "--out", str(tmp_path / "shipped")])
+    flow_ground.main([*args, "--work", str(tmp_path / "twice"), "--steps", "2", "--max-minutes", "1e-9"])  # stops after step 1
+    assert json.loads((tmp_path / "twice" / "record.json").read_text())["ground_steps"] == 1
+    flow_ground.main([*args, "--work", str(tmp_path / "twice"), "--steps", "2"])
+    record = json.loads((tmp_path / "once" / "record.json").read_text())
+    assert record["ground_steps"] == 2 and 0 < record["ground_final_token_loss"] <= 1
+    once, twice = FM.load(tmp_path / "once" / "ema"), FM.load(tmp_path / "twice" / "ema")
+    for (name, a), (_, b) in zip(once.transformer.state_dict().items(), twice.transformer.state_dict().items()):
+        assert torch.equal(a, b), name
+    shipped = FM.load(tmp_path / "shipped")
+    assert shipped.card["training"]["ground_steps"] == 2 and sum("flow_ground" in c for c in shipped.card["commands"]) == 1
+    b = ShapesFlowBackbone(tmp_path / "shipped")
+    assert b.latent_shape() == ShapesFlowBackbone(work / "ema").latent_shape()
+
+
+def test_named_joint_blocks_are_probed_as_named_and_the_family_default_is_the_middle_third():
+    from sampler.probes import joint_attention_layers
+
+    t = FM.build_transformer(num_layers=12, num_attention_heads=2, attention_head_dim=8)
+    assert joint_attention_layers(t) == [f"transformer_blocks.{i}.attn" for i in range(4, 8)]
+    named = ("transformer_blocks.1", "transformer_blocks.10")  # ".1" is block 1, not 10 and 11 too
+    assert joint_attention_layers(t, named) == ["transformer_blocks.1.attn", "transformer_blocks.10.attn"]
+    shallow = FM.build_transformer(num_layers=3, num_attention_heads=2, attention_head_dim=8)
+    assert joint_attention_layers(shallow, ("transformer_blocks.4", "transformer_blocks.5")) == ["transformer_blocks.1.attn"]
