@@ -4,9 +4,9 @@
         --steps 800 --batch 32 --threads 1 --out sampler/shapes/flow --half
 
 The flow transformer drew captions without *attending* to their words where their objects are:
-on world scenes noised to s = 0.3 / 0.5 / 0.7, the top-k IoU of a shape word's map with its own
-object was 0.21-0.27 for every block and every mix of blocks (`python -m
-sampler.shapes.flow_blocks`), so relocation's masks covered most of the image and every
+on world scenes noised to s = 0.3 / 0.5 / 0.7, the IoU of a shape word's map with its own
+object was at most 0.21 for every block (`python -m sampler.shapes.flow_blocks`; as top-k IoU,
+0.16-0.27, for every mix of blocks tried too), so relocation's masks covered most of the image and every
 attention edit read background. The UNet model had the same defect and the same cure
 (shapes/ground.py): TokenCompose's token loss (Wang et al. 2024) beside the training objective,
 
