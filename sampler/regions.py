@@ -22,9 +22,11 @@ from .guided import Guidance, after_move
 
 
 def plan_relocations(backbone, bound: list[BoundTerm], src, steps: int, prompt: str, drag_plan=None) -> dict[int, list]:
-    """step -> [(mask, shift, scale, protect)]: where layout terms copy their object's source
+    """step -> [(mask, shift, scale, protect, own)]: where layout terms copy their object's source
     region, at the step D.RELOCATE_AT of sampling if the term is active then; and where drags
-    within a token copy theirs, at the drag's step (sampler/drag.py)."""
+    within a token copy theirs, at the drag's step (sampler/drag.py). `own`: the object is also
+    restyled (a recolour, an appearance transfer), so the copy is of the edit's own latent there,
+    which already carries the new look, not of the source's."""
     at = min(steps - 1, round(D.RELOCATE_AT * steps))
     hw = backbone.latent_shape()[1:]
     plans: dict[int, list] = {}
@@ -35,8 +37,9 @@ def plan_relocations(backbone, bound: list[BoundTerm], src, steps: int, prompt: 
     moved_tokens = {i for x in movers for i in x.token} | {i for token in copies for i in token}
     staying = [o.head for o in dsl.prompt_objects(prompt, backbone.tokenizer) if not set(o.tokens) & moved_tokens]
     protect = sum((src.object_mask(h, hw) for h in staying), torch.zeros(hw)).clamp(max=1).to(backbone.device)
+    restyled = {i for x in bound if x.kind in D.LOCAL_BLEND and x.token and x.weight > 0 for i in x.token}
     for mask, shift in copies.values():
-        plans.setdefault(drag_plan.step, []).append((mask, shift, 1.0, protect))
+        plans.setdefault(drag_plan.step, []).append((mask, shift, 1.0, protect, False))
     by_object: dict[tuple, list[BoundTerm]] = {}  # a move and a resize of one object make one relocation
     for x in movers:
         by_object.setdefault(tuple(x.token), []).append(x)
@@ -49,7 +52,7 @@ def plan_relocations(backbone, bound: list[BoundTerm], src, steps: int, prompt: 
         for x in terms:  # where the object is: the centre of the map's core, not of the generous copy mask
             (dx, dy), k = moved_by(x, core if core.sum() > 0 else mask)
             shift, scale = (shift[0] + dx, shift[1] + dy), scale * k
-        plans.setdefault(at, []).append((mask.to(backbone.device), shift, scale, protect))
+        plans.setdefault(at, []).append((mask.to(backbone.device), shift, scale, protect, bool(set(token) & restyled)))
     return plans
 
 
@@ -119,8 +122,14 @@ def relocating(guide, relocations: dict[int, list], src, alphas, codec=None):
         if i not in relocations:
             return guide(i, t, z) if guide is not None else Guidance()
         moved = z[0]
-        for mask, shift, scale, protect in relocations[i]:
-            moved = R.relocate(moved, src.latents[i][0], src.x0s[i][0], alphas[t], mask, shift, scale, protect, codec)
+        a_t = alphas[t]
+        for mask, shift, scale, protect, own in relocations[i]:
+            z_from, x0_from = src.latents[i][0], src.x0s[i][0]
+            if own:  # the edit's own object, noised as the source's: its x0 under the source's noise
+                eps_src = (z_from - a_t.sqrt() * x0_from) / (1 - a_t).sqrt()
+                z_from = moved
+                x0_from = (z_from - (1 - a_t).sqrt() * eps_src) / a_t.sqrt()
+            moved = R.relocate(moved, z_from, x0_from, a_t, mask, shift, scale, protect, codec)
         moved = moved[None]
         g = guide(i, t, moved) if guide is not None else Guidance()
         return after_move(g, z, moved)  # z_t <- z_t - latent: first the copy, then the guide's own step

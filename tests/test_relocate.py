@@ -138,3 +138,30 @@ def test_object_area_counts_the_pixels_that_differ_from_the_surrounding_backgrou
     core = square_mask(3, 5, 7, 10)  # a map's mask over part of it (latent cells of 4 pixels)
     assert R.object_area(image, core) == pytest.approx(22 * 22 / 64**2, rel=0.05)
     assert R.object_area(torch.zeros(3, 64, 64), core) == pytest.approx(core.mean().item())  # nothing stands out
+
+
+def test_a_restyled_object_is_copied_from_the_edits_own_latent():
+    """A move of an object the script also recolours copies what the edit pass drew there (the new
+    colour), noised as the source is; an object only moved is copied from the source."""
+    from types import SimpleNamespace
+
+    from sampler.regions import relocating
+
+    hw = (8, 8)
+    mask = torch.zeros(hw)
+    mask[2:4, 2:4] = 1
+    a = torch.tensor(0.5)
+    x0_src = torch.zeros(1, 1, *hw)
+    x0_src[..., 2:4, 2:4] = 1.0  # the source's object: value 1
+    eps = torch.full((1, 1, *hw), 0.3)  # uniform, so that the noise carried along with the copy is the same
+    z_src = a.sqrt() * x0_src + (1 - a).sqrt() * eps
+    z_edit = z_src + a.sqrt() * 2.0 * (x0_src > 0)  # the edit's object: value 3, same noise
+    src = SimpleNamespace(latents=[z_src], x0s=[x0_src])
+    alphas = {500: a}
+    for own, value in ((False, 1.0), (True, 3.0)):
+        plan = {0: [(mask, (0.5, 0.0), 1.0, None, own)]}
+        g = relocating(None, plan, src, alphas)(0, 500, z_edit)
+        moved = z_edit - g.latent
+        x0_moved = (moved - (1 - a).sqrt() * eps) / a.sqrt()
+        assert x0_moved[0, 0, 2:4, 6:8] == pytest.approx(torch.full((2, 2), value), abs=1e-5)  # the copy, 4 cells right
+        assert x0_moved[0, 0, 2:4, 2:4].abs().max() < 1e-5  # the hole: background
