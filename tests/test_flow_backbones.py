@@ -269,6 +269,26 @@ def test_the_shipped_shapes_flow_model_loads_by_name_offline_and_draws_at_64_px(
     assert len(W.detect(image)) >= 1, "a few steps already draw an object"
 
 
+def test_a_move_on_the_shipped_flow_model_lands_and_leaves_the_other_object():
+    """The edit path on the grounded flow model, at 10 Euler steps, judged by the world's detector:
+    the circle goes to its target, the square stays where it was."""
+    import numpy as np
+
+    from sampler.editor import Editor
+    from sampler.shapes import world as W
+
+    r = Editor("shapes-flow").run(dsl.compile('prompt "a red circle and a blue square"\nseed 0\nsteps 10\n'
+                                              'centroid(token "circle") -> (0.75, 0.25)\nkeep appearance'), progress=False)
+    before, after = W.detect(r.source_image), W.detect(r.image)
+    circle, square = W.find(before, "red", "circle"), W.find(before, "blue", "square")
+    assert circle is not None and square is not None, "the source draws both objects"
+    moved, kept = W.find(after, "red", "circle"), W.find(after, "blue", "square")
+    assert moved is not None and kept is not None
+    target = np.array([0.75, 0.25])
+    assert np.abs(np.array(moved.centroid) - target).max() < 0.1 < np.abs(np.array(circle.centroid) - target).max()
+    assert np.abs(np.array(kept.centroid) - np.array(square.centroid)).max() < 0.05
+
+
 # --- full-size architectures, on the meta device (shapes only, no memory, no weights) -------------
 
 @pytest.mark.parametrize("arch", ["sd3.5-medium", "flux.1-dev"])
