@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("energies", "dsl", "sampler")
-TOOLS = ("dsl.cli", "dsl.repl", "dsl.__main__", "dsl.batch", "dsl.notebook", "dsl.ui", "sampler.shapes.reship", "sampler.bench", "sampler.learn", "sampler.shapes.train", "sampler.shapes.ground", "sampler.shapes.flow_train", "sampler.shapes.flow_blocks", "sampler.shapes.evaluate")
+TOOLS = ("dsl.cli", "dsl.repl", "dsl.__main__", "dsl.batch", "dsl.notebook", "dsl.ui", "sampler.shapes.reship", "sampler.bench", "sampler.learn", "sampler.shapes.train", "sampler.shapes.ground", "sampler.shapes.flow_train", "sampler.shapes.flow_ground", "sampler.shapes.flow_blocks", "sampler.shapes.evaluate")
 
 
 def modules() -> dict[str, Path]:
