@@ -15,7 +15,7 @@ from energies.errors import SteerCompileError, SteerWarning
 from energies.terms import LAYOUT_KINDS, BoundTerm
 
 from .printer import term as term_text
-from .resolve import describing_words, prompt_objects, recoloured, token_indices, without
+from .resolve import describing_words, head_word, prompt_objects, recoloured, reshaped, token_indices, without
 from . import weights
 
 
@@ -89,7 +89,11 @@ def bind(program: P.Program, prompt: str, tokenizer, direction_paths=(), backbon
             words = describing_words(prompt, tokenizer, b.other)
             if words and words != describing_words(prompt, tokenizer, b.token):
                 out.append(_recolour_for(b, words, recoloured(prompt, tokenizer, b.token, words), backbone))
-        if t.kind in ("recolour", "appearance_from") and out[-1].kind == "recolour" and not holds:
+        if t.kind == "shape_from":  # the other's head word too: "a red circle ..." -> "a red square ..."
+            head = head_word(prompt, tokenizer, b.other)
+            if head != head_word(prompt, tokenizer, b.token):
+                out.append(_recolour_for(b, head, reshaped(prompt, tokenizer, b.token, head), backbone, what="word"))
+        if t.kind in ("recolour", "appearance_from", "shape_from") and out[-1].kind == "recolour" and not holds:
             out.append(_hold_for(b, backbone))  # Pix2Pix-Zero's pairing: the maps held where they were
             holds = True
     for x in out:
@@ -125,14 +129,16 @@ def conflicts(bound: list[BoundTerm]) -> list[SteerWarning]:
     return out
 
 
-def _recolour_for(b: BoundTerm, words: str, edit_prompt: str, backbone: str | None) -> BoundTerm:
-    """The recolour an appearance transfer brings along: the object's describing words swapped for
-    the other's ("a red circle and a blue square": circle's "red" for "blue"), as `appearance(token
-    "circle") -> "blue"` does, at the transfer's weight and position. On the shapes model the
-    appearance energy alone took the colour on 0 of 12 (tune split); the words carry it."""
+def _recolour_for(b: BoundTerm, words: str, edit_prompt: str, backbone: str | None, what: str = "words") -> BoundTerm:
+    """The word swap an appearance or shape transfer brings along: the object's describing words
+    swapped for the other's ("a red circle and a blue square": circle's "red" for "blue"), as
+    `appearance(token "circle") -> "blue"` does, or its head word for the other's (circle's
+    "circle" for "square"), at the transfer's weight and position. On the shapes model the
+    appearance energy alone took the colour on 0 of 12 (tune split), the shape energy alone the
+    shape on 0 of 48 (report split); the words carry them."""
     d = D.term_defaults("recolour", backbone)
     term = P.Recolour(token=b.term.token, to=words, span=b.term.span)
-    r = BoundTerm(term=term, label=f"{b.label} (as the words {words!r})", weight=d.weight * b.term.weight, window=d.window,
+    r = BoundTerm(term=term, label=f"{b.label} (as the {what} {words!r})", weight=d.weight * b.term.weight, window=d.window,
                   placement=d.placement, token=b.token)
     r.edit_prompt = edit_prompt
     return r

@@ -125,6 +125,18 @@ def recoloured(prompt: str, tokenizer, token: list[int], words: str) -> str:
     return prompt[:start] + words + ("" if len(ph) > 1 else " ") + prompt[end:]
 
 
+def reshaped(prompt: str, tokenizer, token: list[int], head: str) -> str:
+    """The prompt with the object's head word replaced by `head`: "a red circle and a blue square",
+    circle, "square" -> "a red square and a blue square"."""
+    ph = _phrase_of(prompt, tokenizer, token)
+    return prompt[: ph[-1][1]] + head + prompt[ph[-1][2]:]
+
+
+def head_word(prompt: str, tokenizer, token: list[int]) -> str:
+    """The object's head word: "a red circle and a blue square", square -> "square"."""
+    return _phrase_of(prompt, tokenizer, token)[-1][0]
+
+
 def describing_words(prompt: str, tokenizer, token: list[int]) -> str:
     """The object's phrase but its head: "a red circle and a blue square", square -> "blue"."""
     return " ".join(w for w, _, _ in _phrase_of(prompt, tokenizer, token)[:-1])

@@ -96,6 +96,23 @@ def test_an_appearance_transfer_brings_the_others_words_and_one_hold(tokenizer):
     assert [x.kind for x in bare] == ["appearance_from"], "no describing words: the energy alone"
 
 
+def test_a_shape_transfer_brings_the_others_head_word_and_one_hold(tokenizer):
+    from dsl.binding import bind
+    from dsl.resolve import head_word, reshaped
+
+    prompt = "a red circle and a blue square"
+    circle = token_indices(TokenRef(word="circle"), prompt, tokenizer)
+    assert head_word(prompt, tokenizer, circle) == "circle"
+    assert reshaped(prompt, tokenizer, circle, "square") == "a red square and a blue square"
+    out = bind(dsl.compile(PROMPT + 'shape(token "circle") -> shape(token "square"); keep appearance'), prompt, tokenizer)
+    assert [x.kind for x in out] == ["shape_from", "recolour", "keep_attention", "keep_appearance"]
+    assert out[1].edit_prompt == "a red square and a blue square" and out[1].token == out[0].token
+    assert set(circle).isdisjoint(out[2].objects[0]), "the hold leaves the reshaped object's words free"
+    same = bind(dsl.compile('prompt "a red circle and a blue circle"\nshape(token "circle") -> shape(token "circle"#2)'),
+                "a red circle and a blue circle", tokenizer)
+    assert [x.kind for x in same] == ["shape_from"], "the same word: the energy alone"
+
+
 def test_a_recolour_blends_locally_everything_else_is_the_source(shapes_editor):
     """Prompt-to-Prompt's local blend: outside the recoloured object's region the edit's latent is
     the source's at every step, so the final latents agree there exactly; inside they differ."""
@@ -133,6 +150,16 @@ def test_recolour_to_a_word_changes_the_colour_in_place(shapes_editor):
     src, out = _run(shapes_editor, 'appearance(token "circle") -> "green"')
     before, after = W.find(src, "red", "circle"), W.find(out, "green", "circle")
     assert before is not None and after is not None and W.find(out, "red") is None
+    assert abs(after.centroid[0] - before.centroid[0]) < 0.08 and abs(after.centroid[1] - before.centroid[1]) < 0.08
+    assert W.find(out, "blue", "square") is not None
+
+
+def test_a_shape_transfer_takes_the_others_shape_in_place(shapes_editor):
+    from sampler.shapes import world as W
+
+    src, out = _run(shapes_editor, 'shape(token "circle") -> shape(token "square"); keep appearance')
+    before, after = W.find(src, "red", "circle"), W.find(out, "red", "square")
+    assert before is not None and after is not None and W.find(out, "red", "circle") is None
     assert abs(after.centroid[0] - before.centroid[0]) < 0.08 and abs(after.centroid[1] - before.centroid[1]) < 0.08
     assert W.find(out, "blue", "square") is not None
 
