@@ -80,3 +80,15 @@ def test_shape_classifier_on_clean_silhouettes(shape):
 def test_bad_caption_is_rejected():
     with pytest.raises(ValueError):
         W.parse_caption("a purple circle")
+
+
+def test_same_colour_pairs_are_drawn_only_when_asked():
+    """p_same 0 is the world as it always was (every old seed, the same scene); p_same 1 gives every
+    two-object scene one colour, captioned so and found so by the detector."""
+    for seed in range(40):
+        a, b = W.make_scene(seed, 64, p_one=0.3), W.make_scene(seed, 64, p_one=0.3, p_same=0.0)
+        assert a.caption == b.caption and (a.image == b.image).all()
+    same = [W.make_scene(seed, 64, n_objects=2, p_same=1.0) for seed in range(20)]
+    assert all(s.objects[0].colour == s.objects[1].colour for s in same)
+    assert all(W.matches_caption(W.detect(s.image), s.caption)[1] for s in same)
+    assert all(len({o.colour for o in W.make_scene(seed, 64, n_objects=2).objects}) == 2 for seed in range(20))

@@ -87,6 +87,8 @@ def finetune(args) -> dict:
     ckpt = args.work / "ground.ckpt.safetensors"
     start, elapsed = 0, 0.0
     recipe = {k: getattr(args, k) for k in ("seed", "batch", "lr", "weight", "ground_below", "init_from")}
+    if args.p_same:  # a recipe without it is the run before the flag, which drew none
+        recipe["p_same"] = args.p_same
     resumed = None if args.restart else T.resume(ckpt, recipe)
     if resumed is not None:
         tensors, state = resumed
@@ -101,7 +103,7 @@ def finetune(args) -> dict:
     bar = T.progress(start, args.steps, "ground")
     history: list[tuple[float, float]] = []
     for step in bar:
-        scenes = world.scene_batch(args.seed + 13, step, args.batch, size=M.IMAGE_SIZE, p_one=args.p_one)
+        scenes = world.scene_batch(args.seed + 13, step, args.batch, size=M.IMAGE_SIZE, p_one=args.p_one, p_same=args.p_same)
         drop = np.random.default_rng((args.seed, step, 1 << 21)).random(args.batch) < args.p_uncond
         captions = ["" if d else s.caption for s, d in zip(scenes, drop)]
         g = torch.Generator().manual_seed(args.seed * 1_000_033 + step)
@@ -176,6 +178,9 @@ def main(argv=None):
     p.add_argument("--weight", type=float, default=0.1, help="weight of the token loss beside the denoising loss")
     p.add_argument("--ground-below", type=int, default=800, help="ground the maps at timesteps t < this only")
     p.add_argument("--min-snr", type=float, default=5.0)
+    p.add_argument("--p-same", type=float, default=0.0,
+                   help="share of two-object scenes whose objects share a colour (the world's default draws none; "
+                        "an appearance transfer makes them)")
     p.add_argument("--out", type=Path, help="where the finished model goes (default: WORK/model)")
     p.add_argument("--half", action="store_true", help="store the UNet, text encoder and CLIP in fp16 (a shipped folder)")
     T.add_run_arguments(p)

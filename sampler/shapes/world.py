@@ -98,11 +98,17 @@ def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
     return out
 
 
-def make_scene(seed, size: int = 32, n_objects: int | None = None, p_one: float = 0.5) -> Scene:
-    """The scene for `seed` (an int or a sequence of ints). Same seed, same scene."""
+def make_scene(seed, size: int = 32, n_objects: int | None = None, p_one: float = 0.5, p_same: float = 0.0) -> Scene:
+    """The scene for `seed` (an int or a sequence of ints). Same seed, same scene. Two objects have
+    two colours, except in a share p_same of two-object scenes, which give both one colour (an
+    appearance transfer's result: "a red circle and a red square"); p_same 0 draws exactly the
+    scenes this world always drew."""
     rng = np.random.default_rng(seed)
     n = n_objects if n_objects is not None else (1 if rng.random() < p_one else 2)
-    colours = rng.choice(list(COLOURS), size=n, replace=False)
+    if n == 2 and p_same > 0 and rng.random() < p_same:
+        colours = np.array([rng.choice(list(COLOURS))] * 2)
+    else:
+        colours = rng.choice(list(COLOURS), size=n, replace=False)
     shapes = rng.choice(SHAPES, size=n)
     for _ in range(100):  # a first object in the middle can leave no room: lay out again
         objects = _place(rng, shapes, colours, size)
@@ -130,9 +136,9 @@ def _place(rng, shapes, colours, size) -> list[WorldObject] | None:
     return objects
 
 
-def scene_batch(seed, step: int, batch: int, size: int = 32, p_one: float = 0.5) -> list[Scene]:
+def scene_batch(seed, step: int, batch: int, size: int = 32, p_one: float = 0.5, p_same: float = 0.0) -> list[Scene]:
     """The training batch for one step: scene i of step s has seed (seed, s, i)."""
-    return [make_scene((seed, step, i), size, p_one=p_one) for i in range(batch)]
+    return [make_scene((seed, step, i), size, p_one=p_one, p_same=p_same) for i in range(batch)]
 
 
 # ----------------------------------------------------------------------------------------------
