@@ -30,11 +30,17 @@ from .probes import ProbeStore, probing
 LOSS_SCALE = 1000.0  # Self-Guidance's fp16 energy scale (sg_loss_rescale)
 
 
+class ProbesDone(Exception):
+    """Raised inside a forward (graph_until with stop) once every probed module has run: the rest
+    of the network computes nothing anyone reads."""
+
+
 @contextlib.contextmanager
-def graph_until(model, names):
+def graph_until(model, names, stop: bool = False):
     """Inside the block, a forward of `model` records autograd's graph only until each module in
     `names` has run (once): then grad mode goes off for the rest of that forward, and is restored
-    when the block ends. `fired` counts the modules that ran, for tests."""
+    when the block ends; with `stop`, the forward ends there instead (ProbesDone, which the
+    caller catches). `fired` counts the modules that ran, for tests."""
     left = set(names)
     state = {"fired": 0}
     was = torch.is_grad_enabled()
@@ -45,6 +51,8 @@ def graph_until(model, names):
             left.discard(name)
             if not left:
                 torch.set_grad_enabled(False)
+                if stop:
+                    raise ProbesDone
 
         return ran
 
@@ -101,15 +109,21 @@ class EnergyGuide:
             feature_modules = [self.readout.feature_module] if "features" in needs else []
             attn = self.readout.attn_layers if needs & {"attn", "layers", "features"} else []
             batched = cfg is not None and cfg != 1 and not attn and not feature_modules and self._off_graph(active)
-            with record_function("steer.guided_forward"), probing(b.unet, store, attn, feature_modules), \
-                    self._graph(active, needs, [*attn, *feature_modules]):
-                if batched:  # plain sampling's forward: the x0 terms' gradient never enters the UNet
-                    eps_u, eps_c = b.eps_both(z_, t, cond, i)
-                else:
-                    eps_c = b.eps(z_, t, cond.cond, cond.added)
+            stop = self._stops_at_probes(active, needs) and bool(attn or feature_modules)
+            eps_c = None
+            try:
+                with record_function("steer.guided_forward"), probing(b.unet, store, attn, feature_modules), \
+                        self._graph(active, needs, [*attn, *feature_modules], stop):
+                    if batched:  # plain sampling's forward: the x0 terms' gradient never enters the UNet
+                        eps_u, eps_c = b.eps_both(z_, t, cond, i)
+                    else:
+                        eps_c = b.eps(z_, t, cond.cond, cond.added)
+            except ProbesDone:  # every term moves z_t: the denoiser runs afresh at the new z_t anyway
+                pass
             # a prompt direction's shift can make the prediction itself non-finite: name it, not the
             # energy terms that read the prediction
-            require_finite(eps_c.detach(), "prediction", i, t, cond.by)
+            if eps_c is not None:
+                require_finite(eps_c.detach(), "prediction", i, t, cond.by)
             with record_function("steer.energies"):
                 now, x0, total, by = self._energies(active, needs, store, attn, z_, eps_c, i, t, src, curves)
             grads = {}
@@ -123,21 +137,28 @@ class EnergyGuide:
         if now.maps is not None:
             last_maps["maps"] = now.maps.detach()
         return Guidance(eps=grads.get("eps"), latent=grads.get("latent"), mean=grads.get("mean"), x0=grads.get("x0"),
-                        eps_cond=eps_c.detach(), eps_uncond=None if eps_u is None else eps_u.detach(),
+                        eps_cond=None if eps_c is None else eps_c.detach(), eps_uncond=None if eps_u is None else eps_u.detach(),
                         by={p: tuple(terms) for p, terms in by.items()})
 
-    def _graph(self, active: list[BoundTerm], needs: set[str], probes: list[str]):
+    def _graph(self, active: list[BoundTerm], needs: set[str], probes: list[str], stop: bool = False):
         """How much of the guided forward autograd records: nothing when every term acts via x0
         (its gradient is taken w.r.t. the predicted x0, which pred_x0 makes from z_t outside the
         forward); all of it when a term reads the predicted image via another placement (the
-        gradient crosses eps_c); else up to the last probe (graph_until)."""
+        gradient crosses eps_c); else up to the last probe (graph_until), and with `stop` nothing
+        after it at all."""
         if not self.cut_graph:
             return contextlib.nullcontext()
         if self._off_graph(active):
             return torch.no_grad()
         if "image" in needs:
             return contextlib.nullcontext()
-        return graph_until(self.backbone.unet, probes)
+        return graph_until(self.backbone.unet, probes, stop)
+
+    def _stops_at_probes(self, active: list[BoundTerm], needs: set[str]) -> bool:
+        """True when nothing reads the guided forward's output: every term moves z_t itself (via
+        latent, Pix2Pix-Zero's placement), so the denoiser predicts afresh at the moved z_t, and
+        none reads the predicted image. The forward can end at its last probe."""
+        return self.cut_graph and "image" not in needs and all(x.placement == "latent" for x in active)
 
     def _off_graph(self, active: list[BoundTerm]) -> bool:
         """True when the guided forward needs no graph at all: every term acts via x0."""

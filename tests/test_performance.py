@@ -84,6 +84,40 @@ def test_graph_ends_at_the_last_probe(editor):
     assert torch.equal(grads[0], grads[1])  # and the same gradient, bit for bit
 
 
+def test_a_forward_nobody_reads_ends_at_its_last_probe(editor):
+    """keep attention moves z_t itself (via latent): the denoiser predicts afresh at the moved z_t,
+    so the guided forward stops once its probes ran; the gradient is the whole forward's."""
+    from sampler.guidance import ProbesDone
+
+    b, readout = editor.backbone, editor.readout
+    cond = b.encode_prompt("a red circle and a blue square")
+    z = editor.sources.noise(0).requires_grad_(True)
+    t = b.timesteps(4)[1]
+    tail = []
+    handle = b.unet.conv_out.register_forward_hook(lambda *a: tail.append(1))
+    grads = []
+    try:
+        for stop in (False, True):
+            store = ProbeStore(b.latent_shape()[1:])
+            with torch.enable_grad(), probing(b.unet, store, readout.attn_layers):
+                try:
+                    with graph_until(b.unet, readout.attn_layers, stop=stop):
+                        b.eps(z, t, cond.cond, cond.added)
+                except ProbesDone:
+                    assert stop
+                grads.append(torch.autograd.grad(readout.features(store).maps.square().sum(), z)[0])
+    finally:
+        handle.remove()
+    assert len(tail) == 1, "the stopped forward never reached the output convolution"
+    assert torch.equal(grads[0], grads[1])
+    prog = program(DIRECTION_KEEP)
+    bound = editor.bind(prog, None, [])
+    src = editor.source(editor.settings(prog), progress=False)
+    active = [x for x in bound if x.kind == "keep_attention"]
+    g = editor.energies.step(active, src.noise, 0, b.timesteps(4)[0], src, src.cond, {x.label: [] for x in active}, {})
+    assert g.latent is not None and g.eps_cond is None
+
+
 def test_source_pass_records_what_the_terms_read(editor):
     def needs(terms):
         return set(source_needs(editor.bind(program(terms))))
