@@ -268,11 +268,11 @@ def test_x0_placed_terms_run_one_batched_forward_off_the_graph(editor):
     sizes, handle = unet_batches(editor)
     try:
         editor.energies.cut_graph = False  # the old path
-        old = editor.run(prog, progress=False)
+        old = editor.run(prog, progress=False, guide_every=1)  # every step guided (the x0 terms' own default is 2)
         old_calls = sizes.copy()
         sizes.clear()
         editor.energies.cut_graph = True
-        new = editor.run(prog, progress=False)
+        new = editor.run(prog, progress=False, guide_every=1)
         new_sizes = sizes.copy()
     finally:
         editor.energies.cut_graph = True
