@@ -119,7 +119,7 @@ def conflicts(bound: list[BoundTerm]) -> list[SteerWarning]:
     (The every-object keeps leave changed objects alone, so they never conflict.)"""
     out = []
     for keep in (x for x in bound if x.kind in CHANGES and x.term.token is not None):
-        for other in (x for x in bound if x.kind in CHANGES[keep.kind] and x.token):
+        for other in (x for x in bound if x.kind in CHANGES[keep.kind] and x.token and x.swaps != "head"):  # a noun swap keeps the look
             overlap = keep.window[0] < other.window[1] and other.window[0] < keep.window[1]
             if set(keep.token) & set(other.token) and overlap and other.weight != 0 and keep.weight != 0:
                 out.append(SteerWarning(
@@ -139,7 +139,7 @@ def _recolour_for(b: BoundTerm, words: str, edit_prompt: str, backbone: str | No
     d = D.term_defaults("recolour", backbone)
     term = P.Recolour(token=b.term.token, to=words, span=b.term.span)
     r = BoundTerm(term=term, label=f"{b.label} (as the {what} {words!r})", weight=d.weight * b.term.weight, window=d.window,
-                  placement=d.placement, token=b.token)
+                  placement=d.placement, token=b.token, swaps="head" if what == "word" else "words")
     r.edit_prompt = edit_prompt
     return r
 

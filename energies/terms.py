@@ -34,6 +34,7 @@ class BoundTerm:
     objects: list[list[int]] = field(default_factory=list)  # heads of the objects a keep term covers
     direction: object = None  # a direction term's file (energies.directions.Direction), read when binding
     edit_prompt: str | None = None  # recolour, remove: the prompt as the edit makes it (binding writes it)
+    swaps: str = "words"  # recolour: what its prompt swaps, "words" (describing words) or "head" (a shape transfer's noun)
     target: tuple[float, float] | None = None  # move_to: the absolute target, from the source (the editor resolves it)
     factor: float | None = None  # size_like, size_to: the area factor, from the source (the editor resolves it)
     reach: float = 1.0  # layout terms: how far the relocation carries the object, the script's weight in [0, 1]

@@ -236,6 +236,10 @@ def test_a_keep_of_what_another_statement_changes_warns_at_both(tokenizer):
     assert rendered.count("^") == 2 and len(bound) == 3, "both statements still run"
     _, none = _bind(PROMPT + 'centroid(token "circle") += (0.2, 0) @ 0.5..1\nkeep shape(token "circle") @ 0..0.5\n', tokenizer)
     assert none == [], "windows that do not overlap do not conflict"
+    _, none = _bind(PROMPT + 'shape(token "circle") -> shape(token "square")\nkeep appearance(token "circle")\n', tokenizer)
+    assert none == [], "a shape transfer's word swap leaves the look alone"
+    _, (w,) = _bind(PROMPT + 'shape(token "circle") -> shape(token "square")\nkeep shape(token "circle")\n', tokenizer)
+    assert "pull against each other" in w.render()
 
 
 def test_a_weight_below_one_moves_part_of_the_way():
