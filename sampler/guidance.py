@@ -124,6 +124,9 @@ class EnergyGuide:
             # energy terms that read the prediction
             if eps_c is not None:
                 require_finite(eps_c.detach(), "prediction", i, t, cond.by)
+            else:  # the forward stopped at its probes: what they read is what the shift could spoil
+                for value in (*store.attn.values(), *store.features.values()):
+                    require_finite(value.detach(), "features", i, t, cond.by)
             with record_function("steer.energies"):
                 now, x0, total, by = self._energies(active, needs, store, attn, z_, eps_c, i, t, src, curves)
             grads = {}

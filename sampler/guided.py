@@ -66,6 +66,7 @@ SHIFTS = ("latent", "eps_models", "eps", "x0_eps", "x0", "mean")  # the Guidance
 WHAT = {  # each checked quantity as an error names it
     "latent": "the shift of z_t",
     "prediction": "the model's prediction",
+    "features": "the model's attention maps and features",
     "eps_models": "the fine-tuned models' prediction",
     "eps": "the shift of epsilon",
     "x0_eps": "the h-shifted prediction",

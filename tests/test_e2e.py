@@ -87,7 +87,7 @@ def test_predicted_x0_terms_lower_their_energy_on_the_shipped_model(shapes_edito
     def curve(weight):
         r = shapes_editor.run(dsl.compile(
             f'prompt "a red circle and a blue square"\nseed 6\nsteps 8\n'
-            f'centroid(token "circle") -> (0.75, 0.5)\n{term} * {weight}'), progress=False, script_dir=tmp_path)
+            f'centroid(token "circle") -> (0.75, 0.5)\n{term} * {weight} every 1'), progress=False, script_dir=tmp_path)  # every step's energy
         c = [v for k, v in r.energies.items() if not k.startswith("centroid")][0]
         return np.array([e for _, e in c]) / weight
 

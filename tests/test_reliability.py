@@ -123,7 +123,8 @@ def test_a_huge_direction_weight_stops_at_its_statement_and_writes_nothing(tmp_p
 
 def test_a_prompt_direction_is_blamed_not_the_keep_attention_that_reads_it(tmp_path, capsys):
     script = write(tmp_path, "p.edit", SCENE + "direction red_to_green * 1e30\nkeep attention\n")
-    err = refused(capsys, ["run", script, "-q"], "`direction red_to_green * 1e+30` made the model's prediction not finite at step 0",
+    # keep attention moves z_t, so its forward stops at the probes (sampler/guidance.py): the maps are checked
+    err = refused(capsys, ["run", script, "-q"], "`direction red_to_green * 1e+30` made the model's attention maps and features not finite at step 0",
                   [script], at=f"{script}:4:1")
     assert "keep attention" not in err.splitlines()[0]
     assert not (tmp_path / "p.png").exists()
