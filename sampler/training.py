@@ -137,6 +137,17 @@ def ema_update(ema: dict, modules: dict, decay: float):
                 e.copy_(v)
 
 
+def optimise(loss: torch.Tensor, opt: torch.optim.Optimizer, params, ema: dict, modules: dict, step: int, ema_max: float):
+    """One training step after the loss: backward, gradients clipped to norm 1, the optimiser's
+    step, then the EMA, whose decay starts short (a short average while the weights move fast)
+    and grows to `ema_max`. What every trainer of the shapes models does the same way."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    ema_update(ema, modules, decay=min(ema_max, (1 + step) / (10 + step)))
+
+
 # ----------------------------------------------------------------------------------------------
 # Progress and the time limit
 

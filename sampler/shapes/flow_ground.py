@@ -92,11 +92,7 @@ def finetune(args) -> dict:
         flow = (v.float() - (noise - x0)).pow(2).mean()
         ground = token_loss(store.attn, masks, grounded)
         loss = flow + args.weight * ground
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
-        opt.step()
-        T.ema_update(ema, modules, decay=min(args.ema, (1 + step) / (10 + step)))
+        T.optimise(loss, opt, transformer.parameters(), ema, modules, step, args.ema)
         history.append((flow.item(), ground.item()))
         if step % 10 == 0:
             f, gr = np.mean(history[-100:], axis=0)

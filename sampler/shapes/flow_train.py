@@ -143,11 +143,7 @@ def train(args) -> dict:
             group["lr"] = lr_at(step, args.steps, args.lr, args.warmup, "wsd", args.cooldown)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16):
             loss = flow_matching_loss(transformer, x0.to(dev), states, pooled, g, args.logit_mean, args.logit_std)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        T.ema_update(ema, modules, decay=min(args.ema, (1 + step) / (10 + step)))
+        T.optimise(loss, opt, params, ema, modules, step, args.ema)
         losses.append(loss.item())
         if step % 20 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-200:]):.4f}", lr=f"{opt.param_groups[0]['lr']:.1e}")

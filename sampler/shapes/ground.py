@@ -124,11 +124,7 @@ def finetune(args) -> dict:
         denoise = (weight_of_t[t] * (pred.float() - noise).pow(2).mean((1, 2, 3))).mean()
         ground = token_loss(store.attn, masks, grounded)
         loss = denoise + args.weight * ground
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        T.ema_update(ema, modules, decay=min(args.ema, (1 + step) / (10 + step)))
+        T.optimise(loss, opt, unet.parameters(), ema, modules, step, args.ema)
         history.append((denoise.item(), ground.item()))
         if step % 10 == 0:
             d, gr = np.mean(history[-100:], axis=0)

@@ -249,12 +249,7 @@ def train_unet(args) -> dict:
             cond = encode(tokenizer, text_encoder, captions)
             pred = unet(xt, t, cond).sample
         loss = (weight_of_t[t] * (pred.float() - noise).pow(2).mean((1, 2, 3))).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-
-        T.ema_update(ema, modules, decay=min(args.ema, (1 + step) / (10 + step)))  # a short average while the weights move fast
+        T.optimise(loss, opt, params, ema, modules, step, args.ema)
         losses.append(loss.item())
         if step % 20 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-200:]):.4f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
