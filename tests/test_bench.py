@@ -119,9 +119,10 @@ def test_targets_are_inside_and_clear_of_the_other_object(size):
         t = T.pick_target(scene.objects, s, rng)
         if t is not None:
             assert _placed(s, (t[0] - s.centroid[0], t[1] - s.centroid[1]), o, size) == (True, True)
-        dx = T.pick_beside(scene.objects, s, o, rng)
-        if dx is not None:
-            v = (o.centroid[0] + dx - s.centroid[0], o.centroid[1] - s.centroid[1])
+        d = T.pick_beside(scene.objects, s, o, rng)
+        if d is not None:
+            assert 0.0 in d  # beside, above or below: one axis only
+            v = (o.centroid[0] + d[0] - s.centroid[0], o.centroid[1] + d[1] - s.centroid[1])
             assert _placed(s, v, o, size) == (True, True)
     assert posed >= 35  # a free place almost always exists
 
@@ -140,6 +141,15 @@ def test_no_target_where_the_object_cannot_move():
         t = T.pick_target([s, o], s, np.random.default_rng(k), grow=1.5)
         if t is not None:
             assert abs(t[0] - s.centroid[0]) + abs(t[1] - s.centroid[1]) > 0.1
+
+
+def test_beside_goes_above_or_below_where_neither_side_has_room():
+    s, o = _obj("square", "red", 0, 22, 8), _obj("square", "blue", 9, 0, 14)  # o wide, mid-image, at the top
+    for k in range(4):
+        d = T.pick_beside([s, o], s, o, np.random.default_rng(k))
+        assert d is not None and d[0] == 0.0 and d[1] > 0  # below it: above is outside the image
+        v = (o.centroid[0] - s.centroid[0], o.centroid[1] + d[1] - s.centroid[1])
+        assert _placed(s, v, o, 32) == (True, True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -178,8 +188,8 @@ def test_relative_moves_and_sizes_read_the_other_object():
     src = _scene(circle_at=(4, 22))
     beside = _scene(circle_at=(6, 12))  # level with the square, left of it
     dx = beside[0].centroid[0] - src[1].centroid[0]
-    assert _judge("move beside the other", src, beside, dx=dx)[0]
-    assert not _judge("move beside the other", src, src, dx=dx)[0]
+    assert _judge("move beside the other", src, beside, offset=(dx, 0.0))[0]
+    assert not _judge("move beside the other", src, src, offset=(dx, 0.0))[0]
     big = [_obj("circle", "red", 2, 12, 9), src[1]]  # 69 px, the square 64
     assert _judge("resize to the other's size", src, big)[0]
     small = [_obj("circle", "red", 4, 22, 6), src[1]]

@@ -113,13 +113,13 @@ def shift(src, out, item: Item, delta) -> dict:
     return move(src, out, item, (s.centroid[0] + delta[0], s.centroid[1] + delta[1]))
 
 
-def beside(src, out, item: Item, dx: float) -> dict:
-    """`centroid(S1) -> centroid(S2) + (dx, 0)`: the subject within 0.1 of the other's detected
-    source centroid + (dx, 0)."""
+def beside(src, out, item: Item, offset: tuple[float, float]) -> dict:
+    """`centroid(S1) -> centroid(S2) + (dx, dy)`: the subject within 0.1 of the other's detected
+    source centroid + (dx, dy)."""
     other = other_of(src, item)
     if other is None:
         return _missing(within_0_1=False)
-    return move(src, out, item, (other.centroid[0] + dx, other.centroid[1]))
+    return move(src, out, item, (other.centroid[0] + offset[0], other.centroid[1] + offset[1]))
 
 
 def _ratio(src, out, item: Item, want_area: float, k: float | None = None) -> dict:

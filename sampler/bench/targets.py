@@ -84,23 +84,27 @@ def pick_target(objects, subject, rng: np.random.Generator, grow: float = 1.0) -
     return round(subject.centroid[0] + v[0], 3), round(subject.centroid[1] + v[1], 3)
 
 
-BESIDE = (0.3, 0.35, 0.25, 0.4, 0.2, 0.45)  # offsets tried for `centroid(S1) -> centroid(S2) + (dx, 0)`
+BESIDE = (0.3, 0.35, 0.25, 0.4, 0.2, 0.45)  # offset lengths tried for `centroid(S1) -> centroid(S2) + (dx, dy)`
 
 
-def pick_beside(objects, subject, other, rng: np.random.Generator) -> float | None:
-    """dx for `centroid(token S1) -> centroid(token S2) + (dx, 0)`: the subject with its centroid at
-    the other's centroid + (dx, 0) lies inside the image and clear of the other. The sign is drawn
-    with `rng`; the offsets are tried in BESIDE's order. None where none fits."""
+def pick_beside(objects, subject, other, rng: np.random.Generator) -> tuple[float, float] | None:
+    """(dx, dy) for `centroid(token S1) -> centroid(token S2) + (dx, dy)`: the subject with its
+    centroid at the other's centroid + (dx, dy) lies inside the image and clear of the other.
+    Beside it first (dy = 0, the lengths in BESIDE's order, the sign drawn with `rng`), then above
+    or below it (dx = 0) where neither side fits: an object near an edge, or a wide one, has no
+    room on one side, and a horizontal offset alone left a quarter of the report split's sources
+    without a target. None where nothing fits."""
     size = subject.mask.shape[0]
     blocked = blocked_by(objects, subject, size)
     signs = (1, -1) if rng.random() < 0.5 else (-1, 1)
-    for length in BESIDE:
-        for sign in signs:
-            dx = sign * length
-            tx, ty = other.centroid[0] + dx, other.centroid[1]
-            px, py = round((tx - subject.centroid[0]) * size), round((ty - subject.centroid[1]) * size)
-            if fits(subject.mask, blocked, px, py):
-                return dx
+    for axis in (0, 1):
+        for length in BESIDE:
+            for sign in signs:
+                d = (sign * length, 0.0) if axis == 0 else (0.0, sign * length)
+                tx, ty = other.centroid[0] + d[0], other.centroid[1] + d[1]
+                px, py = round((tx - subject.centroid[0]) * size), round((ty - subject.centroid[1]) * size)
+                if fits(subject.mask, blocked, px, py):
+                    return d
     return None
 
 

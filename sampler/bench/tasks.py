@@ -117,10 +117,10 @@ def pose_beside(it: Item, src, rng):
     s, o = _subject(src, it), K.other_of(src, it)
     if s is None or o is None:
         return "the source lacks one of the objects"
-    dx = T.pick_beside(src, s, o, rng)
-    if dx is None:
+    d = T.pick_beside(src, s, o, rng)
+    if d is None:
         return "no free place beside the other object"
-    return Posed(f"centroid({it.token()}) -> centroid({it.other_token()}) + ({_f(dx)}, 0)\nkeep appearance", {"dx": dx})
+    return Posed(f"centroid({it.token()}) -> centroid({it.other_token()}) + ({_f(d[0])}, {_f(d[1])})\nkeep appearance", {"offset": d})
 
 
 def pose_drag(via: str = ""):
@@ -300,7 +300,7 @@ def _suite() -> list[Task]:
         Task("move", "move", move_script, pose_move(), K.move, MOVE, {"success": 0.9}),
         Task("shift", "shift", 'centroid(token "S") += (dx, dy); keep appearance', pose_shift, K.shift, MOVE, {"success": 0.9}),
         Task("move beside the other", "move to another object (relative)",
-             'centroid(token "S1") -> centroid(token "S2") + (dx, 0); keep appearance', pose_beside, K.beside, ("within_0_1",),
+             'centroid(token "S1") -> centroid(token "S2") + (dx, dy); keep appearance', pose_beside, K.beside, ("within_0_1",),
              {"success": 0.9}),
         *[Task(f"resize x{k:g}", "resize", f'size(token "S") *= {k:g}; keep appearance', pose_resize(k),
                K.resize, ("ratio_ok",), {"success": 0.85}) for k in (0.5, 1.5, 2.0)],
