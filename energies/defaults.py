@@ -41,13 +41,19 @@ class TermDefaults:
 # with them in a script the smallest k rules (sampler/editor.py, `reusing`).
 EVERY = 8
 X0_EVERY = 2  # the predicted image's terms (below)
+# The relocating terms' energy starts with their relocation (RELOCATE_AT below): before it, it
+# did nothing measurable. Tune split, 48 cases each, windows (0, 0.7) vs (0.3, 0.7): move 83% /
+# 83% (each criterion the same), resize x0.5 79% / 77%; 94 of the 96 cases gave the same figure.
+# Starting at 0.3, nothing in a move or resize script acts before that step, so the edit pass
+# starts there from the source's z_t (sampler/editor.py first_change): 30% fewer guided steps.
+LAYOUT_WINDOW = (0.3, 0.7)
 TERMS = {
-    "move": TermDefaults(weight=0.4, window=(0.0, 0.7), placement="eps", every=EVERY),
-    "shift": TermDefaults(weight=0.4, window=(0.0, 0.7), placement="eps", every=EVERY),
-    "move_to": TermDefaults(weight=0.4, window=(0.0, 0.7), placement="eps", every=EVERY),  # a move whose target the source gives
-    "resize": TermDefaults(weight=0.4, window=(0.0, 0.7), placement="eps", every=EVERY),
-    "size_like": TermDefaults(weight=0.4, window=(0.0, 0.7), placement="eps", every=EVERY),  # a resize whose factor the source gives
-    "size_to": TermDefaults(weight=0.4, window=(0.0, 0.7), placement="eps", every=EVERY),  # a resize whose factor the area gives
+    "move": TermDefaults(weight=0.4, window=LAYOUT_WINDOW, placement="eps", every=EVERY),
+    "shift": TermDefaults(weight=0.4, window=LAYOUT_WINDOW, placement="eps", every=EVERY),
+    "move_to": TermDefaults(weight=0.4, window=LAYOUT_WINDOW, placement="eps", every=EVERY),  # a move whose target the source gives
+    "resize": TermDefaults(weight=0.4, window=LAYOUT_WINDOW, placement="eps", every=EVERY),
+    "size_like": TermDefaults(weight=0.4, window=LAYOUT_WINDOW, placement="eps", every=EVERY),  # a resize whose factor the source gives
+    "size_to": TermDefaults(weight=0.4, window=LAYOUT_WINDOW, placement="eps", every=EVERY),  # a resize whose factor the area gives
     "shape_from": TermDefaults(weight=40.0, window=(0.0, 0.7), placement="eps"),
     "appearance_from": TermDefaults(weight=20.0, window=(0.0, 0.9), placement="eps"),
     "keep_appearance": TermDefaults(weight=10.0, window=(0.0, 0.9), placement="eps", every=EVERY),

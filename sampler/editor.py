@@ -58,6 +58,18 @@ def source_needs(bound: list[BoundTerm]) -> frozenset:
     return recordable(needs)
 
 
+def first_change(bound: list[BoundTerm], steps: int, relocations: dict) -> int:
+    """The first step at which an edit can leave its source's trajectory: where a statement that
+    changes something (anything but a keep) is first active, or a relocation copies. Until then
+    the edit's z_t is the source's, every keep reads exactly what it holds (its gradient is zero)
+    and the conditioning is the source's, so the edit pass starts there, from the source's z_t:
+    a move or resize, whose energy starts with its relocation, skips that share of its steps.
+    `steps` where nothing acts (every weight 0): the edit is the source."""
+    changes = [x for x in bound if not x.kind.startswith("keep") and x.weight != 0]
+    starts = [next((i for i in range(steps) if x.active(i / steps)), steps) for x in changes]
+    return min([steps, *starts, *relocations])
+
+
 def features_kind(backbone) -> str:
     """Which ViT and CLIP a backbone's x0 terms read: the shapes CLIP on either shapes model, DINO
     and OpenAI's CLIP on Stable Diffusion and the flow transformers (SD3, FLUX)."""
@@ -169,11 +181,12 @@ class Editor:
         relocations = plan_relocations(b, others, src, steps, settings.prompt, plan)
         if relocations:  # first the copies, then the drag's optimisation, then the energies
             guide = timed_as("steer.relocation_and_guide", relocating(guide, relocations, src, b.schedule()[0], codec_of(b)))
-        edit_latents: list[torch.Tensor] = []  # each step's z_t, whose maps the pictures ask for (TrajectoryMaps)
+        first = first_change(bound, steps, relocations)
+        edit_latents: list[torch.Tensor] = list(src.latents[:first])  # each step's z_t, whose maps the pictures ask for (TrajectoryMaps)
         with record_function("steer.edit_pass"):  # the loop alone, for the profile (sampler/bench/profile.py)
-            final = sample_ddim(
+            final = src.final if first == steps else sample_ddim(
                 denoise,
-                src.noise,
+                src.latents[first],
                 timesteps,
                 *b.schedule(),
                 guide=guide,
@@ -184,6 +197,7 @@ class Editor:
                 blend=local_blend(b, bound, src),
                 generator=torch.Generator().manual_seed(settings.seed + 1),  # for steps that ask for eta > 0
                 callback=lambda d: edit_latents.append(d["z"].detach()),
+                start=first,
             )
         with torch.no_grad():  # a finite latent can still decode to NaN (an fp16 VAE overflows)
             image = require_finite(b.decode(final), "the decoded image", steps, 0)[0].permute(1, 2, 0).cpu().numpy()

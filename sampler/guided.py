@@ -147,12 +147,14 @@ def ddim_step(x0: torch.Tensor, eps: torch.Tensor, a_prev: torch.Tensor, sigma=0
 
 @torch.no_grad()
 def sample_ddim(denoise, z, timesteps, alphas, final_alpha, guide=None, callback=None, disable=None, eta=0.0, generator=None,
-                desc="sampling", clip=None, offsets=None, blend=None):
-    """Run DDIM from z at timesteps[0] down to t = 0 and return the final sample. `offsets`, one
-    per step, are added to each step's result: a photo's drift correction (inversion.offsets_along);
-    `blend(i, z)` then replaces it: a local blend with the source (regions.local_blend)."""
+                desc="sampling", clip=None, offsets=None, blend=None, start: int = 0):
+    """Run DDIM from z at timesteps[start] (0: the first) down to t = 0 and return the final
+    sample; steps keep their numbers i, so a run that starts later is the tail of a whole one.
+    `offsets`, one per step, are added to each step's result: a photo's drift correction
+    (inversion.offsets_along); `blend(i, z)` then replaces it: a local blend with the source
+    (regions.local_blend)."""
     a = step_alphas(alphas, timesteps, final_alpha)
-    for i in tqdm(range(len(timesteps)), disable=disable, desc=desc, leave=False, dynamic_ncols=True):
+    for i in tqdm(range(start, len(timesteps)), disable=disable, desc=desc, leave=False, dynamic_ncols=True):
         t, a_t, a_prev = timesteps[i], a[i], a[i + 1]
         g = checked(guide(i, t, z), i, t) if guide is not None else Guidance()
         if g.latent is not None:

@@ -276,3 +276,34 @@ def test_steer_check_and_run_print_warnings_and_still_succeed(tmp_path, shapes_p
     assert f"{script}:4:1: warning:" in err and f"{script}:3:1: note:" in err
     assert main(["run", str(script), "--model", shapes_path, "-q"]) == 0
     assert f"{script}:4:1: warning:" in capsys.readouterr().err
+
+
+def test_an_edit_pass_starts_where_its_first_statement_acts(tokenizer):
+    from energies import defaults as D
+    from sampler.editor import first_change
+
+    move, _ = _bind(PROMPT + 'centroid(token "circle") -> (0.7, 0.5)\nkeep appearance\n', tokenizer)
+    assert move[0].window[0] == D.RELOCATE_AT == D.LAYOUT_WINDOW[0]
+    assert first_change(move, 25, {}) == 8  # 8 / 25 = 0.32, the first step at or past 0.3
+    assert first_change(move, 25, {5: []}) == 5, "a relocation copies at its own step"
+    early, _ = _bind(PROMPT + 'centroid(token "circle") -> (0.7, 0.5) @ 0..0.7\n', tokenizer)
+    assert first_change(early, 25, {}) == 0
+    keeps, _ = _bind(PROMPT + 'keep appearance\n', tokenizer)
+    assert first_change(keeps, 25, {}) == 25, "nothing changes: the edit is the source"
+    off, _ = _bind(PROMPT + 'centroid(token "circle") -> (0.7, 0.5) * 0\n', tokenizer)
+    assert first_change(off, 25, {}) == 25
+
+
+def test_starting_late_gives_the_edit_a_whole_pass_gives(shapes_editor, monkeypatch):
+    """The skipped steps are the source's own: the edit that starts at the move's first step ends
+    where one run from pure noise ends."""
+    import sampler.editor as E
+
+    prog = dsl.compile(PROMPT + 'steps 10\nseed 3\ncentroid(token "circle") -> (0.7, 0.5)\n')
+    late = shapes_editor.run(prog, progress=False)
+    src = shapes_editor.source(shapes_editor.settings(prog), progress=False)
+    assert E.first_change(shapes_editor.bind(prog, None, []), 10, {}) == 3
+    monkeypatch.setattr(E, "first_change", lambda bound, steps, relocations: 0)
+    whole = shapes_editor.run(prog, progress=False)
+    assert torch.allclose(late.latent, whole.latent, atol=1e-4)
+    assert not torch.allclose(late.latent, src.final, atol=1e-2), "the move did something"

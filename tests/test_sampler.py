@@ -141,11 +141,12 @@ def test_v_prediction_backbone_edits_like_an_epsilon_one(tmp_path):
 
 
 def test_non_finite_energy_names_the_term(editor):
-    prog = dsl.compile(dsl.parse(PROMPT + 'keep shape(token "square") * 1e308', "bad.edit"))
+    # beside a move: a keep alone has nothing to hold against, and the edit is the source
+    prog = dsl.compile(dsl.parse(PROMPT + 'centroid(token "circle") -> (0.7, 0.5)\nkeep shape(token "square") * 1e308', "bad.edit"))
     with pytest.raises(dsl.SteerRuntimeError) as info:
         editor.run(prog, progress=False)
     e = info.value
-    assert "keep shape" in e.message and (e.file, e.line) == ("bad.edit", 3)
+    assert "keep shape" in e.message and (e.file, e.line) == ("bad.edit", 4)
 
 
 def test_missing_prompt_is_a_user_error(editor):
@@ -174,7 +175,7 @@ TERMS = [
 def test_every_term_guides_the_latent_pipeline(editor, term):
     """Each construct's energy is computed, has a gradient, and changes the result. A keep term
     is zero while the image equals the source, so it is tested against a move it must resist."""
-    base = 'centroid(token "circle") -> (0.9, 0.9) * 5\n' if term.startswith("keep") else ""
+    base = 'centroid(token "circle") -> (0.9, 0.9) * 5 @ 0..0.7\n' if term.startswith("keep") else ""  # from the first of its 4 steps
     weight = " * 50" if term.startswith("keep") else ""
     with_term = editor.run(dsl.compile(PROMPT + "seed 1\n" + base + term + weight), progress=False)
     without = editor.run(dsl.compile(PROMPT + "seed 1\n" + base), progress=False)

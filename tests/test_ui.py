@@ -26,7 +26,7 @@ def test_check_gives_the_terms_sliders():
     c = S.check(SCRIPT)
     assert c.ok and c.message() == "ok (3 terms)"
     assert [(s.label, s.weight, s.window, s.window_set) for s in c.slots] == [
-        ('centroid(token "circle") -> (0.7, 0.5)', 1.0, (0.0, 0.7), False),  # its default window, from energies/defaults.py
+        ('centroid(token "circle") -> (0.7, 0.5)', 1.0, (0.3, 0.7), False),  # its default window, from energies/defaults.py
         ("keep appearance", 2.0, (0.0, 0.5), True),
         ("keep layout", 1.0, (0.0, 0.7), False),
     ]
