@@ -58,16 +58,18 @@ def source_needs(bound: list[BoundTerm]) -> frozenset:
     return recordable(needs)
 
 
-def first_change(bound: list[BoundTerm], steps: int, relocations: dict) -> int:
+def first_change(bound: list[BoundTerm], steps: int, relocations: dict, drag_step: int | None = None) -> int:
     """The first step at which an edit can leave its source's trajectory: where a statement that
     changes something (anything but a keep) is first active, or a relocation copies. Until then
     the edit's z_t is the source's, every keep reads exactly what it holds (its gradient is zero)
     and the conditioning is the source's, so the edit pass starts there, from the source's z_t:
     a move or resize, whose energy starts with its relocation, skips that share of its steps.
-    `steps` where nothing acts (every weight 0): the edit is the source."""
+    A relocation's step and a drag's (`drag_step`) are rounded, so they can come a step before
+    their term is first active (0.3 of 4 steps: step 1, active from step 2). `steps` where
+    nothing acts (every weight 0): the edit is the source."""
     changes = [x for x in bound if not x.kind.startswith("keep") and x.weight != 0]
     starts = [next((i for i in range(steps) if x.active(i / steps)), steps) for x in changes]
-    return min([steps, *starts, *relocations])
+    return min([steps, *starts, *relocations, *([] if drag_step is None else [drag_step])])
 
 
 def features_kind(backbone) -> str:
@@ -181,7 +183,7 @@ class Editor:
         relocations = plan_relocations(b, others, src, steps, settings.prompt, plan)
         if relocations:  # first the copies, then the drag's optimisation, then the energies
             guide = timed_as("steer.relocation_and_guide", relocating(guide, relocations, src, b.schedule()[0], codec_of(b)))
-        first = first_change(bound, steps, relocations)
+        first = first_change(bound, steps, relocations, plan.step if plan is not None else None)
         edit_latents: list[torch.Tensor] = list(src.latents[:first])  # each step's z_t, whose maps the pictures ask for (TrajectoryMaps)
         with record_function("steer.edit_pass"):  # the loop alone, for the profile (sampler/bench/profile.py)
             final = src.final if first == steps else sample_ddim(

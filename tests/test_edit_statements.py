@@ -286,6 +286,7 @@ def test_an_edit_pass_starts_where_its_first_statement_acts(tokenizer):
     assert move[0].window[0] == D.RELOCATE_AT == D.LAYOUT_WINDOW[0]
     assert first_change(move, 25, {}) == 8  # 8 / 25 = 0.32, the first step at or past 0.3
     assert first_change(move, 25, {5: []}) == 5, "a relocation copies at its own step"
+    assert first_change(move, 25, {}, drag_step=6) == 6, "and a drag optimises at its own"
     early, _ = _bind(PROMPT + 'centroid(token "circle") -> (0.7, 0.5) @ 0..0.7\n', tokenizer)
     assert first_change(early, 25, {}) == 0
     keeps, _ = _bind(PROMPT + 'keep appearance\n', tokenizer)
@@ -303,7 +304,7 @@ def test_starting_late_gives_the_edit_a_whole_pass_gives(shapes_editor, monkeypa
     late = shapes_editor.run(prog, progress=False)
     src = shapes_editor.source(shapes_editor.settings(prog), progress=False)
     assert E.first_change(shapes_editor.bind(prog, None, []), 10, {}) == 3
-    monkeypatch.setattr(E, "first_change", lambda bound, steps, relocations: 0)
+    monkeypatch.setattr(E, "first_change", lambda *args: 0)
     whole = shapes_editor.run(prog, progress=False)
     assert torch.allclose(late.latent, whole.latent, atol=1e-4)
     assert not torch.allclose(late.latent, src.final, atol=1e-2), "the move did something"
