@@ -167,6 +167,22 @@ def say_stopping(step: int, max_minutes: float):
     print(f"stopping at step {step}: --max-minutes {max_minutes} reached (resume to continue)")
 
 
+def checkpoint_or_stop(step: int, total: int, every: int, max_minutes: float, started: float, save, export=None) -> bool:
+    """After optimiser step `step` (counted from 0) of `total`: a checkpoint, `save(state)` with the
+    step count and the time spent, every `every` steps, at the last step and when --max-minutes
+    has run out, each followed by `export()` where the trainer exports its EMA model. True when
+    the time is out: the caller stops, and a rerun resumes from that checkpoint."""
+    done = step + 1 == total
+    stop = not done and out_of_time(started, max_minutes)
+    if (step + 1) % every == 0 or done or stop:
+        save({"step": step + 1, "elapsed": time.time() - started})
+        if export is not None:
+            export()
+    if stop:
+        say_stopping(step + 1, max_minutes)
+    return stop
+
+
 # ----------------------------------------------------------------------------------------------
 # The options every model trainer takes
 

@@ -147,13 +147,9 @@ def train(args) -> dict:
         losses.append(loss.item())
         if step % 20 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-200:]):.4f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
-        if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
-            T.save_models(ckpt, modules, ema, opt, {"step": step + 1, "elapsed": time.time() - t0, "recipe": recipe})
-            export(args.work / "ema")
-        if T.out_of_time(t0, args.max_minutes):
-            T.save_models(ckpt, modules, ema, opt, {"step": step + 1, "elapsed": time.time() - t0, "recipe": recipe})
-            export(args.work / "ema")
-            T.say_stopping(step + 1, args.max_minutes)
+        if T.checkpoint_or_stop(step, args.steps, args.ckpt_every, args.max_minutes, t0,
+                                lambda state: T.save_models(ckpt, modules, ema, opt, {**state, "recipe": recipe}),
+                                lambda: export(args.work / "ema")):
             break
     bar.close()
     return {"flow_steps": step + 1, "flow_minutes": round((time.time() - t0) / 60, 1),

@@ -129,13 +129,9 @@ def finetune(args) -> dict:
         if step % 10 == 0:
             d, gr = np.mean(history[-100:], axis=0)
             bar.set_postfix(denoise=f"{d:.4f}", token=f"{gr:.3f}")
-        done = step + 1 == args.steps
-        stop = not done and T.out_of_time(t0, args.max_minutes)
-        if (step + 1) % args.ckpt_every == 0 or done or stop:
-            T.save_models(ckpt, modules, ema, opt, {"step": step + 1, "elapsed": time.time() - t0, "recipe": recipe})
-            export_ema(args.work / "ema", tokenizer, text_encoder, unet, scheduler, ema, vae)
-        if stop:
-            T.say_stopping(step + 1, args.max_minutes)
+        if T.checkpoint_or_stop(step, args.steps, args.ckpt_every, args.max_minutes, t0,
+                                lambda state: T.save_models(ckpt, modules, ema, opt, {**state, "recipe": recipe}),
+                                lambda: export_ema(args.work / "ema", tokenizer, text_encoder, unet, scheduler, ema, vae)):
             break
     bar.close()
     d, gr = np.mean(history[-100:], axis=0) if history else (float("nan"), float("nan"))

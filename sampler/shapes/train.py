@@ -128,13 +128,9 @@ def train_vae(args) -> dict:
         scores.append(psnr_db(rec.detach(), x))
         if step % 20 == 0:
             bar.set_postfix(psnr=f"{np.mean(scores[-100:]):.1f}dB", kl=f"{kl.item():.0f}")
-        done = step + 1 == args.vae_steps
-        stop = not done and T.out_of_time(t0, args.max_minutes)
-        if (step + 1) % args.ckpt_every == 0 or done or stop:
-            T.save_models(ckpt, {"vae": vae}, {}, opt, {"step": step + 1, "elapsed": time.time() - t0})
-        if stop:  # the process ends here, so `all` does not go on to a UNet stage without an autoencoder
-            T.say_stopping(step + 1, args.max_minutes)
-            raise SystemExit(0)
+        if T.checkpoint_or_stop(step, args.vae_steps, args.ckpt_every, args.max_minutes, t0,
+                                lambda state: T.save_models(ckpt, {"vae": vae}, {}, opt, state)):
+            raise SystemExit(0)  # the process ends here, so `all` does not go on to a UNet stage without an autoencoder
     bar.close()
     vae.eval().to("cpu")
     scale, shift, held_out = measure_latents(vae)
@@ -253,12 +249,9 @@ def train_unet(args) -> dict:
         losses.append(loss.item())
         if step % 20 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-200:]):.4f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
-        if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
-            T.save_models(ckpt, modules, ema, opt, {"step": step + 1, "elapsed": time.time() - t0})
-            export_ema(args.work / "ema", tokenizer, text_encoder, unet, scheduler, ema, vae)
-        if T.out_of_time(t0, args.max_minutes):
-            T.save_models(ckpt, modules, ema, opt, {"step": step + 1, "elapsed": time.time() - t0})
-            T.say_stopping(step + 1, args.max_minutes)
+        if T.checkpoint_or_stop(step, args.steps, args.ckpt_every, args.max_minutes, t0,
+                                lambda state: T.save_models(ckpt, modules, ema, opt, state),
+                                lambda: export_ema(args.work / "ema", tokenizer, text_encoder, unet, scheduler, ema, vae)):
             break
     bar.close()
     steps_done = step + 1
