@@ -118,7 +118,7 @@ STATEMENTS = [
     'appearance(token "circle") -> appearance(token "square")',
     'appearance(token "circle") -> "green"',
     'remove token "circle"',
-    'keep attention * 0.5 via latent\nkeep appearance(token "square")\nkeep shape(token "square")',
+    'centroid(token "circle") += (0.1, 0)\nkeep attention * 0.5 via latent\nkeep appearance(token "square")\nkeep shape(token "square")',
     'keep pixels outside token "circle"\ncentroid(token "circle") += (0.1, 0) @ 0..0.5',
 ]
 
