@@ -121,7 +121,7 @@ def test_targets_are_inside_and_clear_of_the_other_object(size):
             assert _placed(s, (t[0] - s.centroid[0], t[1] - s.centroid[1]), o, size) == (True, True)
         d = T.pick_beside(scene.objects, s, o, rng)
         if d is not None:
-            assert 0.0 in d  # beside, above or below: one axis only
+            assert d[0] == 0.0 or d[1] == 0.0 or abs(d[0]) == abs(d[1])  # beside, above, below, or diagonally
             v = (o.centroid[0] + d[0] - s.centroid[0], o.centroid[1] + d[1] - s.centroid[1])
             assert _placed(s, v, o, size) == (True, True)
     assert posed >= 35  # a free place almost always exists

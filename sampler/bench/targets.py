@@ -91,16 +91,18 @@ def pick_beside(objects, subject, other, rng: np.random.Generator) -> tuple[floa
     """(dx, dy) for `centroid(token S1) -> centroid(token S2) + (dx, dy)`: the subject with its
     centroid at the other's centroid + (dx, dy) lies inside the image and clear of the other.
     Beside it first (dy = 0, the lengths in BESIDE's order, the sign drawn with `rng`), then above
-    or below it (dx = 0) where neither side fits: an object near an edge, or a wide one, has no
-    room on one side, and a horizontal offset alone left a quarter of the report split's sources
-    without a target. None where nothing fits."""
+    or below it (dx = 0), then diagonally off it (both, each of the length): an object near an
+    edge, or a wide one, has no room on one side, and a horizontal offset alone left a quarter of
+    the report split's sources without a target (with above and below too, a sixth). None where
+    nothing fits."""
     size = subject.mask.shape[0]
     blocked = blocked_by(objects, subject, size)
     signs = (1, -1) if rng.random() < 0.5 else (-1, 1)
-    for axis in (0, 1):
+    rounds = ([(s, 0) for s in signs], [(0, s) for s in signs], [(sx, sy) for sx in signs for sy in signs])
+    for ways in rounds:
         for length in BESIDE:
-            for sign in signs:
-                d = (sign * length, 0.0) if axis == 0 else (0.0, sign * length)
+            for ux, uy in ways:
+                d = (float(ux * length), float(uy * length))
                 tx, ty = other.centroid[0] + d[0], other.centroid[1] + d[1]
                 px, py = round((tx - subject.centroid[0]) * size), round((ty - subject.centroid[1]) * size)
                 if fits(subject.mask, blocked, px, py):
