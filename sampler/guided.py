@@ -154,7 +154,8 @@ def sample_ddim(denoise, z, timesteps, alphas, final_alpha, guide=None, callback
     (inversion.offsets_along); `blend(i, z)` then replaces it: a local blend with the source
     (regions.local_blend)."""
     a = step_alphas(alphas, timesteps, final_alpha)
-    for i in tqdm(range(start, len(timesteps)), disable=disable, desc=desc, leave=False, dynamic_ncols=True):
+    for i in tqdm(range(start, len(timesteps)), initial=start, total=len(timesteps), disable=disable, desc=desc, leave=False,
+                  dynamic_ncols=True):  # a late start shows as the steps it did not need to run
         t, a_t, a_prev = timesteps[i], a[i], a[i + 1]
         g = checked(guide(i, t, z), i, t) if guide is not None else Guidance()
         if g.latent is not None:
