@@ -41,12 +41,14 @@ class TermDefaults:
 # with them in a script the smallest k rules (sampler/editor.py, `reusing`).
 EVERY = 8
 X0_EVERY = 2  # the predicted image's terms (below)
-# The relocating terms' energy starts with their relocation (RELOCATE_AT below): before it, it
-# did nothing measurable. Tune split, 48 cases each, windows (0, 0.7) vs (0.3, 0.7): move 83% /
+# Layout terms relocate their object once, at this fraction of sampling (RELOCATE below).
+RELOCATE_AT = 0.3
+# The relocating terms' energy starts with their relocation: before it, it did nothing
+# measurable. Tune split, 48 cases each, windows (0, 0.7) vs (0.3, 0.7): move 83% /
 # 83% (each criterion the same), resize x0.5 79% / 77%; 94 of the 96 cases gave the same figure.
 # Starting at 0.3, nothing in a move or resize script acts before that step, so the edit pass
 # starts there from the source's z_t (sampler/editor.py first_change): 30% fewer guided steps.
-LAYOUT_WINDOW = (0.3, 0.7)
+LAYOUT_WINDOW = (RELOCATE_AT, 0.7)
 TERMS = {
     "move": TermDefaults(weight=0.4, window=LAYOUT_WINDOW, placement="eps", every=EVERY),
     "shift": TermDefaults(weight=0.4, window=LAYOUT_WINDOW, placement="eps", every=EVERY),
@@ -138,10 +140,9 @@ NOISE_DIRECTION_WINDOW = (0.0, 1.0)
 # prompt (Pix2Pix-Zero): the edit pass conditions on c + s * delta_c at every step.
 PROMPT_DIRECTION_WINDOW = (0.0, 1.0)
 
-# Layout terms also relocate their object's source region once, at this fraction of sampling
+# Layout terms also relocate their object's source region once, at RELOCATE_AT (above)
 # (energies/relocate.py), with a mask from the source's maps over the steps after MASK_FROM.
 RELOCATE = frozenset({"move", "shift", "move_to", "resize", "size_like", "size_to", "remove"})
-RELOCATE_AT = 0.3
 RELOCATE_MASK_FROM = 0.8
 # The copy mask: the late maps min-max normalised and thresholded. Generous on purpose: the rim an
 # object's map leaves under a high threshold stays behind and the model regrows the object from it
