@@ -58,6 +58,13 @@ class ViTKeys:
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, 3, H, W) in [-1, 1] -> (keys (B, N, D), cls (B, D))."""
+        keys, cls, _ = self.with_pooled(x)
+        return keys, cls
+
+    def with_pooled(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(keys, cls, the tower's pooled output or None) of one forward: a CLIP tower's pooled
+        output is what ClipScorer.from_pooled projects, so a script with both kinds of term runs
+        the tower once (ClipScorer.shares_tower)."""
         pixels = preprocess(x, self.size, self.mean, self.std)
         p = next(self.tower.parameters())
         pixels = pixels.to(device=p.device, dtype=p.dtype)
@@ -65,7 +72,7 @@ class ViTKeys:
         captured = []
         with forward_hook(self.key_module, lambda mod, inp, out: captured.append(out)):
             out = self.tower(pixel_values=pixels, output_hidden_states=True, **kwargs)
-        return captured[-1], out.hidden_states[-1][:, 0]
+        return captured[-1], out.hidden_states[-1][:, 0], getattr(out, "pooler_output", None)
 
     def _resized(self, pixels) -> bool:
         native = self.tower.config.image_size
@@ -189,6 +196,16 @@ class ClipScorer:
         native = self.clip.config.vision_config.image_size
         kw = {"interpolate_pos_encoding": True} if tuple(pixels.shape[-2:]) != (native, native) else {}
         return F.normalize(projected_features(self.clip.get_image_features(pixel_values=pixels, **kw)), dim=-1)
+
+    def shares_tower(self, vit: "ViTKeys") -> bool:
+        """True when `vit` is this CLIP's own vision tower fed the same pixels (the shapes model's
+        ViT is its CLIP's tower): its pooled output then gives this scorer's image features."""
+        return (vit.tower is getattr(self.clip, "vision_model", None) and vit.size == self.size
+                and tuple(vit.mean) == tuple(self.mean) and tuple(vit.std) == tuple(self.std))
+
+    def from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The tower's pooled output -> (B, D) unit features: get_image_features' projection."""
+        return F.normalize(self.clip.visual_projection(pooled), dim=-1)
 
     def direction_energy(self, x0, src_x0, target: str, source: str) -> torch.Tensor:
         """directional_clip_energy of x0 against the source image, along source text -> target text."""

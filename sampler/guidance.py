@@ -78,11 +78,15 @@ class EnergyGuide:
     def image_features(self, image: torch.Tensor, needs: set[str], f: Features) -> Features:
         """Fill the x0 family's fields of `f` from a decoded image (1, 3, H, W) in [-1, 1]."""
         f.image = image[0]
+        pooled = None
         if "vit" in needs:
-            keys, cls = self.vit()(image)
+            shared = "clip" in needs and self.clip().shares_tower(self.vit())
+            keys, cls, pooled = self.vit().with_pooled(image)
             f.vit_keys, f.vit_cls = keys[0], cls[0]
-        if "clip" in needs:
-            f.clip_image = self.clip().image(image)[0]
+            if not shared:
+                pooled = None
+        if "clip" in needs:  # one tower forward for both where the ViT is CLIP's own tower
+            f.clip_image = (self.clip().image(image) if pooled is None else self.clip().from_pooled(pooled))[0]
         return f
 
     def source_features(self, src, i: int, needs: set[str]) -> Features:

@@ -20,7 +20,7 @@ from sampler.probes import ProbeStore, probing
 HEADER = 'prompt "a red circle and a blue square"\nseed 3\nsteps 4\n'
 MOVE_KEEP = 'centroid(token "circle") -> (0.75, 0.5)\nkeep appearance'
 DIRECTION_KEEP = "direction red_to_green\nkeep attention"
-X0 = 'clip "a green circle and a blue square"\nkeep structure'
+X0 = 'clip "a green circle and a blue square"\nkeep structure @ 0..1'  # every step of 4 guided, whatever the default window
 
 
 @pytest.fixture(scope="module")

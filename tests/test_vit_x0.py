@@ -223,6 +223,22 @@ def test_clip_scorer_features_are_the_training_ones(shapes):
     assert x.grad.abs().sum() > 0
 
 
+def test_one_tower_pass_gives_the_vit_and_clip_features_of_two(shapes):
+    """The shapes ViT is its CLIP's tower: the structure energy's keys and the CLIP term's image
+    features come from one forward (sampler/guidance.py), equal to the two separate calls, with
+    gradients that reach the image; a ViT that is not the CLIP's tower does not share."""
+    sc, vk = FM.ClipScorer.for_shapes(shapes), FM.load_vit("shapes", shapes)
+    assert sc.shares_tower(vk)
+    x = torch.cat([world_image(s) for s in one_object_scenes(2)]).requires_grad_(True)
+    keys, cls, pooled = vk.with_pooled(x)
+    assert torch.allclose(keys, vk(x)[0], atol=1e-6) and torch.allclose(cls, vk(x)[1], atol=1e-6)
+    assert torch.allclose(sc.from_pooled(pooled), sc.image(x), atol=1e-6)
+    sc.from_pooled(pooled).sum().backward()
+    assert x.grad.abs().sum() > 0
+    other = FM.ViTKeys(shapes.clip, size=32, mean=V.SHAPES_MEAN, std=V.SHAPES_STD)  # same tower, other pixels
+    assert not sc.shares_tower(other)
+
+
 def test_clip_scorer_text_cache_and_templates(shapes):
     sc = FM.ClipScorer.for_shapes(shapes)
     a = sc.text(["a red circle", "a blue square", "a red circle"])

@@ -25,6 +25,11 @@ class ShapesBackbone(Backbone):
         self.tokenizer, self.text_encoder, self.unet, self.scheduler = m.tokenizer, m.text_encoder, m.unet, m.scheduler
         self.clip = m.clip
         self.vae = m.vae
+        if m.vae is not None and torch.device(device).type == "cpu":
+            # channels-last convolutions: the decoder that x0 terms backpropagate through at every
+            # guided step runs 10-20% faster on the CPU (docs/performance.md, section 10); the
+            # UNet does not gain, so it stays as it is
+            m.vae.to(memory_format=torch.channels_last)
         self.vae_scale = 1 if m.vae is None else 2 ** (len(m.vae.config.block_out_channels) - 1)
         self.clip_x0 = 1.0 if m.vae is None else None  # pixel-space images live in [-1, 1]
         self.device = torch.device(device)
