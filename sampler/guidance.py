@@ -80,13 +80,12 @@ class EnergyGuide:
         f.image = image[0]
         pooled = None
         if "vit" in needs:
-            shared = "clip" in needs and self.clip().shares_tower(self.vit())
             keys, cls, pooled = self.vit().with_pooled(image)
             f.vit_keys, f.vit_cls = keys[0], cls[0]
-            if not shared:
-                pooled = None
         if "clip" in needs:  # one tower forward for both where the ViT is CLIP's own tower
-            f.clip_image = (self.clip().image(image) if pooled is None else self.clip().from_pooled(pooled))[0]
+            clip = self.clip()
+            shared = pooled is not None and clip.shares_tower(self.vit())
+            f.clip_image = (clip.from_pooled(pooled) if shared else clip.image(image))[0]
         return f
 
     def source_features(self, src, i: int, needs: set[str]) -> Features:
