@@ -202,6 +202,7 @@ class BackboneDefaults:
     drag_patch_radius: int = 1  # r_m of the motion supervision (DragNoise: 1)
     drag_track_patch: int = 0  # tracking compares (2r+1)^2 patches; 0: single features (DragDiffusion)
     mask_threshold: float = RELOCATE_MASK_THRESHOLD  # object masks from its maps: the cut (see RELOCATE_MASK_THRESHOLD)
+    hold_layers: tuple[str, ...] | None = None  # the attn2 layers `keep attention` holds one by one (None: attn_layers)
 
 
 BACKBONES = {
@@ -219,8 +220,17 @@ BACKBONES = {
     # and single-feature tracking is fooled by a stretched object. Patches of radius 4 (9x9 px, about
     # an object) for both make the trailing edge part of the loss (tuned: within 0.1 on 4/8 seeds, r_m
     # = 1: 0/8, via latent, `within token`).
+    # Keep attention holds the encoder's layers (16x16 and 8x8), not the decoder's: a forward for
+    # the hold alone then ends halfway through the UNet, and its backward starts there (prompt
+    # direction + keep attention 1.87x -> 1.38x plain, docs/performance.md, section 11). Tune split,
+    # 48 cases a task, hold on up_blocks.1 / down_blocks / down_blocks + mid_block / down_blocks.1
+    # (weight 3): direction red_to_green + keep attention 33 / 48 / 48 / 42%, circle_to_square_p2p
+    # + keep attention 81 / 73 / 75 / 71% (stayed within 0.05 83 / 75 / 77 / 71%: the shape change
+    # drifts a little more), recolour to a word 71 / 75 / - / 75%; down_blocks.1 at weight 6: 40 /
+    # 62 / 73%. The mid block alone held nothing (red_to_green stayed 9%).
     "shapes": BackboneDefaults(attn_layers=("up_blocks.1",), map_res=16, appearance_features="up_blocks.2",
-                               drag_features="up_blocks.1", drag_scale=1.0, drag_patch_radius=4, drag_track_patch=4),
+                               drag_features="up_blocks.1", drag_scale=1.0, drag_patch_radius=4, drag_track_patch=4,
+                               hold_layers=("down_blocks",)),
     # SD 1.x/2.x at 512 px: the Self-Guidance demo reads the lowest-resolution decoder stage that
     # still has 1/32 of the image side (16x16 here: up_blocks.1); appearance pools up_blocks[-1].
     # Drag: DragNoise's own choice, up_blocks[2] (640x64x64 at 512 px) upsampled to half the image.

@@ -66,7 +66,7 @@ NEEDS = {
     "appearance_from": {"attn", "features"},
     "keep_appearance": {"attn", "features"},
     "keep_shape": {"attn"},
-    "keep_attention": {"attn", "layers"},
+    "keep_attention": {"layers"},  # each held layer's maps (Readout.hold_layers), not the averaged token maps
     # the predicted-x0 family: the decoded x0 ("image"), and what a ViT or CLIP sees in it
     "keep_structure": {"image", "vit"},
     "style": {"image", "vit"},

@@ -58,7 +58,7 @@ def recorded_forward(b, readout, z, t, c, i, what=RECORDABLE):
     """(eps_u, eps_c, Features) of one batched CFG forward whose conditional half is probed for
     `what` ("attn": the token maps; "features": the decoder block's output)."""
     store = ProbeStore(b.latent_shape()[1:], cond=slice(1, 2), detach=True)
-    attn = readout.attn_layers if "attn" in what else []
+    attn = readout.probed({"attn", "layers"}) if "attn" in what else []  # the maps and the held layers
     feature_modules = [readout.feature_module] if "features" in what else []
     with record_function("steer.recorded_forward"), probing(b.unet, store, attn, feature_modules):
         eps_u, eps_c = b.eps_both(z, t, c, i)

@@ -110,7 +110,7 @@ class EnergyGuide:
         with torch.enable_grad():
             z_ = z.detach().requires_grad_(True)
             feature_modules = [self.readout.feature_module] if "features" in needs else []
-            attn = self.readout.attn_layers if needs & {"attn", "layers", "features"} else []
+            attn = self.readout.probed(needs)
             batched = cfg is not None and cfg != 1 and not attn and not feature_modules and self._off_graph(active)
             stop = self._stops_at_probes(active, needs) and bool(attn or feature_modules)
             eps_c = None

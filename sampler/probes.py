@@ -57,11 +57,13 @@ class ProbeStore:
         out = out[self.cond]
         self.features[name] = out.detach() if self.detach else out
 
-    def token_maps(self, res: int) -> torch.Tensor:
-        """Every token's map, averaged over the probed layers at res x res: (B, T, res, res)."""
-        if not self.attn:
+    def token_maps(self, res: int, names=None) -> torch.Tensor:
+        """Every token's map, averaged over the probed layers (those of `names` only, if given) at
+        res x res: (B, T, res, res)."""
+        probed = [a for n, a in self.attn.items() if names is None or n in names]
+        if not probed:
             raise RuntimeError("no attention layer was probed")
-        maps = [F.interpolate(a.float(), size=(res, res), mode="bilinear", align_corners=False) for a in self.attn.values()]
+        maps = [F.interpolate(a.float(), size=(res, res), mode="bilinear", align_corners=False) for a in probed]
         return torch.stack(maps).mean(0)
 
 
@@ -219,7 +221,8 @@ def probing(unet, store: ProbeStore, attn_layers=(), feature_modules=()):
 
 class Readout:
     """What the terms of an edit read from a forward: the backbone's attention layers (averaged
-    into token maps at map_res) and one decoder block's output (appearance)."""
+    into token maps at map_res), the layers `keep attention` holds one by one (hold_layers: the
+    same ones unless the backbone says otherwise) and one decoder block's output (appearance)."""
 
     def __init__(self, backbone):
         d = backbone.defaults
@@ -227,16 +230,27 @@ class Readout:
         self.attn_layers = cross_attention_layers(backbone.unet, d.attn_layers)
         if not self.attn_layers:
             raise ValueError(f"no cross-attention layer under {d.attn_layers} in this UNet")
+        held = getattr(d, "hold_layers", None)
+        self.hold_layers = cross_attention_layers(backbone.unet, held) if held else self.attn_layers
+        if not self.hold_layers:
+            raise ValueError(f"no cross-attention layer under {held} in this UNet")
         self.feature_module = resolve_module(backbone.unet, d.appearance_features)
         backbone.unet.get_submodule(self.feature_module)  # fail early if the layout is not what we expect
 
+    def probed(self, needs) -> list[str]:
+        """The attention layers a forward probes for terms that need `needs`: the token maps' for
+        "attn" (and "features", pooled under them), the held layers for "layers"."""
+        names = (self.attn_layers if needs & {"attn", "features"} else []) + (self.hold_layers if "layers" in needs else [])
+        return list(dict.fromkeys(names))
+
     def features(self, store: ProbeStore, detach: bool = False):
         """The store's contents as the terms' Features (the batch's first conditional row); no
-        maps where no attention layer was probed (a source pass recording features only)."""
+        maps where none of their layers was probed (a source pass recording features only, a
+        forward for keep attention alone)."""
 
-        maps = store.token_maps(self.map_res)[0] if store.attn else None
+        maps = store.token_maps(self.map_res, self.attn_layers)[0] if any(n in store.attn for n in self.attn_layers) else None
         feats = store.features.get(self.feature_module)
-        layers = [a[0] for a in store.attn.values()]
+        layers = [store.attn[n][0] for n in self.hold_layers if n in store.attn]
         if detach:  # the source pass is kept for many runs: keep it small
             maps, layers = (maps.cpu() if maps is not None else None), [l.cpu() for l in layers]
             feats = feats[0].to("cpu", torch.float16 if feats.numel() > 2**20 else torch.float32) if feats is not None else None
@@ -263,5 +277,5 @@ class TrajectoryMaps:
             store = ProbeStore(b.latent_shape()[1:], detach=True)
             with torch.no_grad(), probing(b.unet, store, self.readout.attn_layers):
                 b.eps(self.latents[i], self.timesteps[i], c.cond, c.added)
-            self._made[i] = store.token_maps(self.readout.map_res)[0].float().cpu()
+            self._made[i] = store.token_maps(self.readout.map_res, self.readout.attn_layers)[0].float().cpu()
         return self._made[i]
