@@ -26,6 +26,7 @@ from energies.terms import ENERGIES, BoundTerm, Features
 from .guided import Guidance, pred_x0, require_finite
 from .hooks import forward_hook
 from .probes import ProbeStore, probing
+from .recompute import recomputing
 
 LOSS_SCALE = 1000.0  # Self-Guidance's fp16 energy scale (sg_loss_rescale)
 
@@ -70,6 +71,7 @@ class EnergyGuide:
     (`vit()` and `clip()` load them on first use)."""
 
     cut_graph = True  # graph_until the last probe (False: the whole forward, as before; for the profile's comparison)
+    recompute = False  # recompute the probe-free sub-blocks in the backward (sampler/recompute.py; Editor(low_memory=True))
 
     def __init__(self, backbone, readout, vit, clip):
         self.backbone, self.readout = backbone, readout
@@ -116,7 +118,8 @@ class EnergyGuide:
             eps_c = None
             try:
                 with record_function("steer.guided_forward"), probing(b.unet, store, attn, feature_modules), \
-                        self._graph(active, needs, [*attn, *feature_modules], stop):
+                        self._graph(active, needs, [*attn, *feature_modules], stop), \
+                        recomputing(b.unet, enabled=self.recompute):
                     if batched:  # plain sampling's forward: the x0 terms' gradient never enters the UNet
                         eps_u, eps_c = b.eps_both(z_, t, cond, i)
                     else:
@@ -179,7 +182,10 @@ class EnergyGuide:
             x0 = pred_x0(z_, eps_c.float(), b.schedule()[0][t].to(z_.device))
             if src.clip is not None:
                 x0 = x0.clamp(-src.clip, src.clip)
-            self.image_features(b.decode(x0) * 2 - 1, needs, now)
+            towers = [self.vit().tower] if "vit" in needs else []
+            towers += [self.clip().clip] if "clip" in needs else []
+            with recomputing(getattr(b, "vae", None), *towers, enabled=self.recompute):
+                self.image_features(b.decode(x0) * 2 - 1, needs, now)
         ref = self.source_features(src, i, needs)
         total: dict[str, torch.Tensor] = {}
         by: dict[str, list[BoundTerm]] = {}

@@ -245,7 +245,9 @@ def test_profile_command(shapes_path, tmp_path, capsys):
     parts = row["profiled_ms_per_step"]
     assert parts["forward with probes"] > 0 and parts["backward"] > 0  # keep attention is guided at both steps
     assert sum(parts[c] for c in COLUMNS) == pytest.approx(parts["total"], rel=1e-6)
-    assert row["guided_over_plain"] > 1 and row["guided_peak_mb"] > row["plain_peak_mb"]
+    assert row["guided_over_plain"] > 1 and row["guided_peak_mb"] >= row["plain_peak_mb"]
+    assert row["plain_peak_mb"] > 1  # plain sampling's decode is in its call, as the guided run's is
+    assert row["held_peak_over_plain"] <= row["total_peak_over_plain"]  # more weights held: a smaller ratio
     assert "| prompt direction + keep attention |" in capsys.readouterr().out
 
 

@@ -80,8 +80,7 @@ class FlowBackbone(Backbone):
         for m in (transformer, vae, *self.encoders()):
             m.requires_grad_(False).eval()  # frozen; and a T5 built from its config is in training mode (dropout 0.1)
         transformer.steer_map_tokens = self.map_tokens  # read by probes.JointAttentionProbe
-        if low_memory:
-            transformer.enable_gradient_checkpointing()
+        self.low_memory = low_memory  # the guided backward recomputes activations (sampler/recompute.py)
 
     def encoders(self) -> list[torch.nn.Module]:
         return [self.text_encoder]

@@ -33,7 +33,9 @@ def load_backbone(model=None, device: str = "auto", dtype: str = "fp32", low_mem
                   config: str | None = None) -> Backbone:
     """"shapes" (default), a shapes model folder, a Stable Diffusion model id / folder, a
     single-file .safetensors checkpoint, or a diffusers pipeline object already loaded.
-    `dtype` and `low_memory` apply to Stable Diffusion; the shapes model always runs in fp32.
+    `dtype` applies to Stable Diffusion (the shapes model always runs in fp32); `low_memory`
+    (the Editor recomputes the guided backward's activations) to every model, and Stable
+    Diffusion also slices its attention.
     `config` is a local diffusers folder of a single-file checkpoint's architecture (offline use).
     A model that cannot be found or read, or a device that is not there, is a SteerUsageError."""
     from ..shapes import flow_model

@@ -29,8 +29,11 @@ class StableDiffusionBackbone(Backbone):
         self.sampling_defaults = {"steps": 50, "cfg": 7.5}
         for m in (self.text_encoder, self.unet, self.vae):
             m.requires_grad_(False)
-        if low_memory:  # trade time for memory: recompute activations in backward, slice attention
-            self.unet.enable_gradient_checkpointing()
+        # low_memory: the guided backward recomputes activations (the Editor's sampler/recompute.py;
+        # diffusers' own block checkpointing recomputes probed blocks without their probes, which
+        # torch refuses), and attention is sliced
+        self.low_memory = low_memory
+        if low_memory:
             pipe.enable_attention_slicing()
 
     @classmethod

@@ -17,7 +17,14 @@ a prompt direction + keep attention; a drag), in one process:
 - peak memory, plain vs guided (source pass cached), above what was allocated before the call:
   on CUDA the allocator's peak, on the CPU from torch.profiler's allocation events
   (allocated_peak). This is tensor memory: the model's weights and the cached source pass are
-  not in it (the bench's cost table measures the whole process).
+  not in it (the bench's cost table measures the whole process). Plain sampling's call ends
+  with its decode, as every guided run's does (the image is what either gives). Two ratios add
+  weights back: the denoiser's alone (the stricter), and every model a run holds, as a GPU's
+  allocator counts them (the denoiser, autoencoder and text encoders for both; the ViT and CLIP
+  that an x0 edit loads, for the guided run only).
+
+--low-memory measures the editor as `steer --low-memory` runs it: the guided steps recompute
+activations in their backward (sampler/recompute.py).
 
 --compare adds each class "before" the exact optimisations of docs/performance.md (the whole
 guided forward on the graph, the source pass recording everything) beside "after", and
@@ -152,10 +159,11 @@ def allocated_peak(fn, device: str) -> int:
 
 
 def memory(editor: Editor, prog, edit, device: str) -> dict:
-    """Peak bytes above the start of plain sampling and of the guided pass (source cached)."""
+    """Peak bytes above the start of plain sampling (with its decode) and of the guided pass
+    (source cached)."""
     settings = editor.settings(prog)
     edit()  # the source pass, cached
-    return {"plain": allocated_peak(lambda: editor.sample_plain(settings), device),
+    return {"plain": allocated_peak(lambda: editor.backbone.decode(editor.sample_plain(settings)), device),
             "guided": allocated_peak(edit, device)}
 
 
@@ -182,15 +190,39 @@ def profile_class(editor: Editor, terms: str, steps: int, repeats: int, before: 
     })
     if peaks is not None:
         weights = weights_bytes(editor)
+        held, loaded = held_bytes(editor)
         row.update({"plain_peak_mb": peaks["plain"] / 2**20, "guided_peak_mb": peaks["guided"] / 2**20,
                     "peak_over_plain": peaks["guided"] / peaks["plain"] if peaks["plain"] else float("nan"),
-                    "total_peak_over_plain": (weights + peaks["guided"]) / (weights + peaks["plain"])})
+                    "total_peak_over_plain": (weights + peaks["guided"]) / (weights + peaks["plain"]),
+                    "held_peak_over_plain": (held + loaded + peaks["guided"]) / (held + peaks["plain"]),
+                    "loaded_for_edit_mb": loaded / 2**20})
     return row
+
+
+def _bytes(modules) -> int:
+    """Bytes of the distinct parameters and buffers of `modules` (shared storage counted once)."""
+    seen, total = set(), 0
+    for m in modules:
+        for t in (*m.parameters(), *m.buffers()):
+            key = t.untyped_storage().data_ptr()
+            if key not in seen:
+                seen.add(key)
+                total += t.untyped_storage().nbytes()
+    return total
 
 
 def weights_bytes(editor: Editor) -> int:
     """Bytes of the backbone's denoiser weights (the UNet or transformer; not its text encoders or VAE)."""
     return sum(p.numel() * p.element_size() for p in editor.backbone.unet.parameters())
+
+
+def held_bytes(editor: Editor) -> tuple[int, int]:
+    """(bytes of every model the backbone holds: denoiser, autoencoder, text encoders; bytes of
+    the models loaded for x0 terms so far, the ViT and CLIP, beyond those)."""
+    backbone = [m for m in vars(editor.backbone).values() if isinstance(m, torch.nn.Module)]
+    extra = [m for m in (getattr(editor._vit, "tower", None), getattr(editor._clip, "clip", None)) if m is not None]
+    held = _bytes(backbone)
+    return held, _bytes(backbone + extra) - held
 
 
 def machine(device: str) -> str:
@@ -204,18 +236,20 @@ def machine(device: str) -> str:
 def markdown(result: dict) -> str:
     rows = result["classes"]
     lines = [f"Profile: model {result['model']}, {result['steps']} steps, fastest of {result['repeats']} interleaved "
-             f"repeats, on {result['machine']}. Peak memory: tensors allocated above the start of the call; "
-             f"with the model's {result['model_mb']:.1f} MB of weights added, guided / plain is the last column.", "",
+             f"repeats, on {result['machine']}{', --low-memory' if result.get('low_memory') else ''}. Peak memory: tensors "
+             f"allocated above the start of the call (plain sampling's with its decode); guided / plain with the "
+             f"denoiser's {result['model_mb']:.1f} MB of weights added, and with every model's the run holds "
+             f"({result.get('held_mb', float('nan')):.1f} MB; the ViT and CLIP an x0 edit loads count for it alone).", "",
              "| edit class | | plain ms/step | guided ms/step | guided / plain | first run / plain | peak MB plain | "
-             "peak MB guided | peak guided / plain | with the weights |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "peak MB guided | peak guided / plain | with the denoiser's weights | with every model's |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, versions in rows.items():
         for version, r in versions.items():
             mem = [f"{r[k]:.1f}" if k in r else "-" for k in ("plain_peak_mb", "guided_peak_mb")]
-            ratios = [f"{r[k]:.2f}" if k in r else "-" for k in ("peak_over_plain", "total_peak_over_plain")]
+            ratios = [f"{r[k]:.2f}" if k in r else "-" for k in ("peak_over_plain", "total_peak_over_plain", "held_peak_over_plain")]
             lines.append(f"| {name} | {version} | {r['plain_ms_per_step']:.1f} | {r['guided_ms_per_step']:.1f} | "
                          f"{r['guided_over_plain']:.2f}x | {r['first_run_over_plain']:.2f}x | {mem[0]} | {mem[1]} | "
-                         f"{ratios[0]} | {ratios[1]} |")
+                         f"{ratios[0]} | {ratios[1]} | {ratios[2]} |")
     lines += ["", "Where a guided step's time goes (one guided pass, source cached, under torch.profiler: "
               "ms per step, and the share of the step):", "",
               "| edit class | | " + " | ".join(COLUMNS) + " |", "| --- | --- | " + " | ".join("---:" for _ in COLUMNS) + " |"]
@@ -238,12 +272,14 @@ def main(argv=None) -> int:
     p.add_argument("--guide-every", type=int, metavar="K",
                    help="each class also guided every K-th step, the gradient reused between (Editor.run's opt-in guide_every)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak memory (one more profiled run of each)")
+    p.add_argument("--low-memory", action="store_true", help="the guided steps recompute activations in their backward (sampler/recompute.py)")
     p.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args(argv)
-    editor = Editor(args.model, device=args.device)
+    editor = Editor(args.model, device=args.device, low_memory=args.low_memory)
     editor.sample_plain(editor.settings(dsl.compile(script("", 1))))  # first-call allocations
     classes = {k: v for k, v in CLASSES.items() if not args.only or k in args.only}
-    result = {"model": args.model, "model_mb": weights_bytes(editor) / 2**20, "steps": args.steps, "repeats": args.repeats, "machine": machine(args.device), "classes": {}}
+    result = {"model": args.model, "model_mb": weights_bytes(editor) / 2**20, "held_mb": held_bytes(editor)[0] / 2**20,
+              "low_memory": args.low_memory, "steps": args.steps, "repeats": args.repeats, "machine": machine(args.device), "classes": {}}
     for name, terms in classes.items():
         # before: every step guided, as before issue 21; after: the terms' own `every` defaults
         versions = [("before", True, 1), ("after", False, None)] if args.compare else [("", False, None)]
