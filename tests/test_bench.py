@@ -323,6 +323,23 @@ def test_a_row_counts_all_sources_and_right_sources_per_shape_and_colour_against
     assert rows["remove"]["status"] == "not run: unknown statement 'remove'" and rows["remove"]["n"] == 0
 
 
+def test_a_statement_the_model_refuses_is_not_run_even_where_a_case_could_not_be_posed():
+    """The flow model's drag row read "0% (0/1)": 47 cases refused at compile time (no bottleneck),
+    one whose source lacked the object counted as a failure. No case reached the model."""
+    from sampler.bench.report import summarise
+
+    drag = BY_NAME["drag within the object"]
+    refused = "drag cannot run on a rectified-flow transformer"
+    outs = [_outcome(drag, 0, item(0), False, right=False, figures={"posed": False})]
+    outs += [Outcome(Case(drag, "report", k, k, item(k), SPLITS["report"] + k), "s", {}, None, True, 1.0, not_run=refused)
+             for k in range(1, 5)]
+    row = summarise([drag], outs)["drag within the object"]
+    assert row["status"] == f"not run: {refused}" and row["n"] == 0
+    outs[0] = _outcome(drag, 0, item(0), False, right=True)  # posed and run: a partly run row, as before
+    row = summarise([drag], outs)["drag within the object"]
+    assert row["status"].startswith("partly run: 4 of 5") and row["n"] == 1
+
+
 def test_results_md_opens_with_the_summary_then_shapes_colours_curves():
     from sampler.bench.report import markdown
 

@@ -324,7 +324,9 @@ class ShapesFlowBackbone(StableDiffusion3Backbone):
         self.clip = m.clip
         self.map_tokens = slice(0, m.tokenizer.model_max_length)
         self.sample_size = int(m.transformer.config.sample_size)
-        self._setup(None, m.transformer, m.vae, m.scheduler, str(folder), False)
+        # the shipped model goes by its name in messages and records, not by this machine's path
+        name = "shapes-flow" if flow_model.resolve(folder) == flow_model.SHIPPED else str(folder)
+        self._setup(None, m.transformer, m.vae, m.scheduler, name, False)
         self.sampling_defaults = m.card.get("defaults", {"steps": 20, "cfg": 4.0})
 
     def encoders(self):

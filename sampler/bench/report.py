@@ -67,7 +67,10 @@ def summarise(tasks: list[Task], outcomes: list[Outcome], not_run: dict | None =
         skipped = [o for o in all_outs if o.not_run is not None]
         row = {"statement": task.statement, "script": task.script, "objects": task.objects, "criteria": list(task.criteria),
                "bars": dict(task.bars), "cost_class": task.cost, **({"sweep": list(task.sweep)} if task.sweep else {})}
-        if task.name in not_run or (skipped and not outs):
+        # every case the model was given refused the statement (a drag on a transformer): the
+        # cases whose script could not be written never reached it, so the row was not run
+        posed = [o for o in outs if o.figures.get("posed", True)]
+        if task.name in not_run or (skipped and not posed):
             msg = not_run.get(task.name) or skipped[0].not_run
             rows[task.name] = {**row, "status": f"not run: {msg}", "not_run": msg, "n": 0, "met": None, "met_right": None}
             continue
