@@ -274,7 +274,8 @@ def window_value(start: ast.Number, end: ast.Number) -> P.Window:
 
 def every_value(k: ast.Number) -> int:
     """`every k`: a whole number of steps, 1 or more."""
-    if k.value != int(k.value) or k.value < 1 or k.value > 1000:
+    # the range test first: int() of an infinite value (a numeral of 300 digits) raises
+    if not 1 <= k.value <= 1000 or k.value != int(k.value):
         raise SteerCompileError(f"every {_short(k.text)} is not a whole number of steps from 1 to 1000", k.span,
                                 hint="every 2 takes the term's gradient at every 2nd step and reuses it in between")
     return int(k.value)

@@ -151,6 +151,7 @@ ERRORS = [
     ("keep structur", 1, 6, "did you mean 'structure'"),
     ("keep appearance every 0", 1, 23, "every 2"),
     ("keep appearance every 1.5", 1, 23, "every 2"),
+    ("keep appearance every " + "9" * 400, 1, 23, "every 2"),  # an infinite float: int() of it raised OverflowError
     ("keep appearance via eps every 2", 1, 25, None),  # modifiers come in their order
     ("direction smile every 2", 1, 23, "energy terms"),
 ]
