@@ -4,8 +4,9 @@ A guided step's backward needs the activations its forward saved, and the model'
 frozen, so those activations are the whole of an edit's extra memory over plain sampling: on the
 shapes model a move + keep appearance kept 10 MB of them (every block from the encoder to the
 decoder block that keep appearance reads), an x0 edit 16 MB (the VAE decoder at image size and
-the ViT). Inside `recomputing(...)`, the probe-free sub-blocks of the given models (resnets,
-feed-forwards, self-attention, up/down samplers; a ViT's MLPs) run under torch's non-reentrant
+the ViT). Inside `recomputing(...)`, the probe-free blocks of the given models (a UNet's whole
+down, mid and up blocks where no probe is in them, else their resnets, samplers, feed-forwards
+and unprobed attention; an MMDiT's blocks; a ViT's MLPs) run under torch's non-reentrant
 checkpoint when autograd records them: they keep only their inputs, and the backward runs each
 of them again to get the rest. The values are the same computation done twice, so the gradients
 are the same bits (tested); the price is one more forward of those sub-blocks per guided step,
@@ -13,8 +14,8 @@ where the memory falls by half or more (docs/performance.md, section 13).
 
 Only modules whose recomputation is the same computation are wrapped: none that is, or holds, a
 module with a probe processor or a forward hook installed when the block is entered (a hook that
-shifts an output and is gone by the backward would make the recomputation differ), and none of
-the cross-attention (`attn2`) layers that probes replace. Install it innermost, after the probes
+shifts an output and is gone by the backward would make the recomputation differ; a probed
+layer's processor is restored before the backward too). Install it innermost, after the probes
 and hooks of the call. Plain sampling never records a graph and so never recomputes anything.
 """
 
