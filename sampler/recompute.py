@@ -42,9 +42,10 @@ def _probe_free(modules) -> bool:
 def recomputable(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The outermost probe-free units of `model`, in forward order. Units are the blocks worth
     recomputing whole: a UNet's down, mid or up block, a transformer (Transformer2DModel,
-    BasicTransformerBlock, an MMDiT's joint or single block), an attention layer, a feed-forward or MLP (transformers' CLIP and DINO towers),
-    a resnet, an up/down sampler. A unit holding a probe is not wrapped; its probe-free units
-    inside it are (a probed transformer block gives its feed-forward and self-attention)."""
+    BasicTransformerBlock, an MMDiT's joint or single block), an attention layer, a feed-forward
+    or MLP (transformers' CLIP and DINO towers), a resnet, an up/down sampler. A unit holding a
+    probe is not wrapped; its probe-free units inside it are (a probed transformer block gives
+    its feed-forward and self-attention)."""
     picked: list[torch.nn.Module] = []
     covered: set[int] = set()
     for unit, below in _units(model):
@@ -59,9 +60,9 @@ _UNITS: "weakref.WeakKeyDictionary[torch.nn.Module, list]" = weakref.WeakKeyDict
 
 
 def _units(model: torch.nn.Module) -> list[tuple[torch.nn.Module, tuple]]:
-    """(unit, the unit and the modules under it) in pre-order, found once per model: walking a UNet's
-    ~700 modules at every guided step cost 3 ms on the shapes model. Which units are probe-free
-    changes with each call's probes, so that is checked at each install."""
+    """(unit, the unit and the modules under it) in pre-order, found once per model: walking a
+    UNet's ~700 modules at every guided step cost 3 ms on the shapes model. Which units are
+    probe-free changes with each call's probes, so that is checked at each install."""
     if model not in _UNITS:
         _UNITS[model] = [(m, tuple(m.modules())) for m in model.modules() if _is_unit(m)]
     return _UNITS[model]
