@@ -340,8 +340,9 @@ def _model_flags(p: argparse.ArgumentParser):
     p.add_argument("--model", help='"shapes" (default), a shapes model folder, a Stable Diffusion model id / folder, or a .safetensors checkpoint')
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps ...")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="Stable Diffusion weights (the shapes model is fp32)")
-    p.add_argument("--low-memory", action="store_true", help="guided steps recompute activations in their backward instead of keeping them: "
-                   "the same image, about half the edit's extra memory, some more time (Stable Diffusion also slices attention)")
+    p.add_argument("--low-memory", action="store_true", help="every guided step recomputes activations in their backward instead of keeping them "
+                   "(by default only those whose graph would keep more than 15%% of the denoiser's weights): the same image, "
+                   "less memory, more time (Stable Diffusion also slices attention)")
 
 
 def _run_flags(p: argparse.ArgumentParser):

@@ -44,7 +44,7 @@ class SteerMagics(Magics):
     @argument("--steps", type=int, help="replaces the cell's steps")
     @argument("--device", default="auto", help="cuda, mps, cpu or auto (default)")
     @argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"), help="Stable Diffusion's weights")
-    @argument("--low-memory", action="store_true", help="attention slicing and VAE tiling (Stable Diffusion)")
+    @argument("--low-memory", action="store_true", help="every guided step recomputes its backward's activations (Stable Diffusion also slices attention)")
     @cell_magic
     def steer(self, line: str, cell: str):
         """Run the cell, a script of the steer language, and show source and edit side by side."""

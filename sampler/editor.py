@@ -89,9 +89,10 @@ class Editor:
         self.readout = Readout(self.backbone)
         self.sources = SourcePasses(self.backbone, self.readout, self.keep_sources)
         self.energies = EnergyGuide(self.backbone, self.readout, self.vit, self.clip)
-        # low_memory: the guided steps' backward recomputes activations instead of keeping them
-        # (sampler/recompute.py): the same gradients, less memory, a little more time
-        self.energies.recompute = low_memory or getattr(self.backbone, "low_memory", False)
+        # low_memory: every guided step's backward recomputes activations instead of keeping them
+        # (sampler/recompute.py): the same gradients, less memory, more time. Without it, only
+        # the graphs that would keep more than a budget do ("auto", EnergyGuide._recomputes)
+        self.energies.recompute = True if low_memory or getattr(self.backbone, "low_memory", False) else "auto"
         self._vit = self._clip = None  # loaded on first use: only scripts with ViT or CLIP terms pay for them
 
     def vit(self):

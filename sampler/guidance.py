@@ -26,7 +26,7 @@ from energies.terms import ENERGIES, BoundTerm, Features
 from .guided import Guidance, pred_x0, require_finite
 from .hooks import forward_hook
 from .probes import ProbeStore, probing
-from .recompute import recomputing
+from .recompute import GRAPH_BUDGET, graph_bytes, recomputing
 
 LOSS_SCALE = 1000.0  # Self-Guidance's fp16 energy scale (sg_loss_rescale)
 
@@ -71,11 +71,16 @@ class EnergyGuide:
     (`vit()` and `clip()` load them on first use)."""
 
     cut_graph = True  # graph_until the last probe (False: the whole forward, as before; for the profile's comparison)
-    recompute = False  # recompute the probe-free sub-blocks in the backward (sampler/recompute.py; Editor(low_memory=True))
+    # recompute the probe-free sub-blocks in the backward (sampler/recompute.py): True always
+    # (Editor(low_memory=True)), False never, "auto" where the graph would keep more than
+    # GRAPH_BUDGET of the denoiser's weights (measured once per graph, _recomputes)
+    recompute: bool | str = "auto"
 
     def __init__(self, backbone, readout, vit, clip):
         self.backbone, self.readout = backbone, readout
         self.vit, self.clip = vit, clip
+        self._graph_sizes: dict[tuple, int] = {}  # "auto": bytes each guided graph keeps, by its probes and shape
+        self._weights_bytes: int | None = None
 
     def image_features(self, image: torch.Tensor, needs: set[str], f: Features) -> Features:
         """Fill the x0 family's fields of `f` from a decoded image (1, 3, H, W) in [-1, 1]."""
@@ -116,10 +121,19 @@ class EnergyGuide:
             batched = cfg is not None and cfg != 1 and not attn and not feature_modules and self._off_graph(active)
             stop = self._stops_at_probes(active, needs) and bool(attn or feature_modules)
             eps_c = None
+            probes = [*attn, *feature_modules]
+
+            def forward_counted():  # the guided forward below up to its last probe (no graph after it), for _recomputes
+                try:
+                    with probing(b.unet, ProbeStore(b.latent_shape()[1:]), attn, feature_modules), self._graph(active, needs, probes, True):
+                        b.eps(z.detach().requires_grad_(True), t, cond.cond, cond.added)
+                except ProbesDone:
+                    pass
+
+            recompute = self._recomputes(active, needs, probes, z, forward_counted)
             try:
                 with record_function("steer.guided_forward"), probing(b.unet, store, attn, feature_modules), \
-                        self._graph(active, needs, [*attn, *feature_modules], stop), \
-                        recomputing(b.unet, enabled=self.recompute):
+                        self._graph(active, needs, probes, stop), recomputing(b.unet, enabled=recompute):
                     if batched:  # plain sampling's forward: the x0 terms' gradient never enters the UNet
                         eps_u, eps_c = b.eps_both(z_, t, cond, i)
                     else:
@@ -163,6 +177,28 @@ class EnergyGuide:
             return contextlib.nullcontext()
         return graph_until(self.backbone.unet, probes, stop)
 
+    def _recomputes(self, active: list[BoundTerm], needs: set[str], probes: list[str], z, forward) -> bool:
+        """Whether the guided forward's probe-free blocks recompute in the backward. "auto": a
+        graph through the predicted image always does (the decoder at image size and the towers
+        keep more than the shapes UNet's weights weigh, 16 MB); a graph that ends in the UNet does
+        when it would keep more than GRAPH_BUDGET of the denoiser's weights, counted once per
+        probe set and latent shape by running `forward` to its last probe with a graph that keeps
+        nothing (graph_bytes). Recomputing a small graph costs more than it saves: prompt direction + keep
+        attention keeps 2.4 MB on the shapes model and recomputing it cost 1.35x -> 1.59x plain."""
+        if self.recompute != "auto":
+            return bool(self.recompute)
+        if self._off_graph(active):
+            return False  # no graph in the UNet at all
+        if "image" in needs:
+            return True
+        key = (tuple(probes), self.cut_graph, tuple(z.shape), z.dtype)
+        if key not in self._graph_sizes:
+            with torch.enable_grad():
+                self._graph_sizes[key] = graph_bytes(forward, self.backbone.unet)
+        if self._weights_bytes is None:
+            self._weights_bytes = sum(p.numel() * p.element_size() for p in self.backbone.unet.parameters())
+        return self._graph_sizes[key] > GRAPH_BUDGET * self._weights_bytes
+
     def _stops_at_probes(self, active: list[BoundTerm], needs: set[str]) -> bool:
         """True when nothing reads the guided forward's output: every term moves z_t itself (via
         latent, Pix2Pix-Zero's placement), so the denoiser predicts afresh at the moved z_t, and
@@ -184,7 +220,7 @@ class EnergyGuide:
                 x0 = x0.clamp(-src.clip, src.clip)
             towers = [self.vit().tower] if "vit" in needs else []
             towers += [self.clip().clip] if "clip" in needs else []
-            with recomputing(getattr(b, "vae", None), *towers, enabled=self.recompute):
+            with recomputing(getattr(b, "vae", None), *towers, enabled=self.recompute in (True, "auto")):
                 self.image_features(b.decode(x0) * 2 - 1, needs, now)
         ref = self.source_features(src, i, needs)
         total: dict[str, torch.Tensor] = {}

@@ -27,6 +27,12 @@ import weakref
 import torch
 from torch.utils.checkpoint import checkpoint
 
+# By default (EnergyGuide.recompute "auto") a guided graph that ends in the denoiser recomputes
+# only when it would keep more than this share of the denoiser's weights. It is the project's
+# memory bar read as a budget: a graph within it keeps a guided run's peak, weights included,
+# within 1.15 of plain sampling's; above it, the recomputation is worth its time.
+GRAPH_BUDGET = 0.15
+
 
 def _probe_free(modules) -> bool:
     """No forward hook, pre-hook or steer probe processor on any of `modules` (a unit and
@@ -113,3 +119,30 @@ def recomputing(*models: torch.nn.Module | None, enabled: bool = True):
     finally:
         for m in wrapped:
             del m.forward  # back to the class's method
+
+
+def graph_bytes(run, frozen: torch.nn.Module) -> int:
+    """Bytes of the activations autograd would keep for run()'s backward: each tensor its ops
+    save, counted once (a storage saved twice while alive is one), the frozen model's weights not
+    counted. Nothing is kept: the count is taken as each tensor is saved and the tensor dropped,
+    so run() costs a forward without a graph's memory, and its graph can never be walked back."""
+    weights = {t.untyped_storage().data_ptr() for t in (*frozen.parameters(), *frozen.buffers())}
+    alive: dict[int, weakref.ref] = {}
+    total = 0
+
+    def pack(t: torch.Tensor):
+        nonlocal total
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        if key in weights or (key in alive and alive[key]() is not None):
+            return None
+        alive[key] = weakref.ref(t)  # dead once freed, so an address the allocator reuses counts again
+        total += storage.nbytes()
+        return None
+
+    def unpack(_):
+        raise RuntimeError("graph_bytes' graph keeps nothing and cannot be walked back")
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        run()
+    return total

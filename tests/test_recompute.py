@@ -11,21 +11,24 @@ import torch
 
 import dsl
 from sampler.probes import ProbeStore, cross_attention_layers, probing
-from sampler.recompute import recomputable, recomputing
+from sampler.recompute import GRAPH_BUDGET, graph_bytes, recomputable, recomputing
 
 MOVE = 'prompt "a red circle and a blue square"\nseed 0\nsteps 4\ncentroid(token "circle") -> (0.7, 0.5)\nkeep appearance'
+PROMPT_DIRECTION = 'prompt "a red circle and a blue square"\nseed 0\nsteps 4\ndirection red_to_green\nkeep attention'
 X0 = 'prompt "a red circle and a blue square"\nseed 0\nsteps 4\nclip "a green circle and a blue square"\nkeep structure'
 
 
-def kept_bytes(run) -> tuple[object, int]:
+def kept_bytes(run, frozen: torch.nn.Module | None = None) -> tuple[object, int]:
     """run()'s result, and the bytes of the activations autograd keeps for backwards during it
-    (not the frozen weights, which every backward shares)."""
+    (not the frozen weights, which every backward shares: the parameters, and with `frozen` every
+    storage of its weights, views such as a transposed weight too)."""
     kept, seen = 0, set()
+    weights = {p.untyped_storage().data_ptr() for p in frozen.parameters()} if frozen is not None else set()
 
     def pack(t):
         nonlocal kept
         key = t.untyped_storage().data_ptr()
-        if not isinstance(t, torch.nn.Parameter) and key not in seen:
+        if not isinstance(t, torch.nn.Parameter) and key not in seen and key not in weights:
             seen.add(key)
             kept += t.untyped_storage().nbytes()
         return t
@@ -110,3 +113,61 @@ def test_low_memory_on_flow_transformers_gives_the_same_edit(kind, request):
     with recompute(editor, True):
         low = editor.run(program, progress=False).image
     assert np.array_equal(plain, low)
+
+
+def test_graph_bytes_counts_what_a_graph_keeps_and_keeps_none_of_it(shapes_editor):
+    unet = shapes_editor.backbone.unet
+    z = torch.randn(1, *shapes_editor.backbone.latent_shape())
+    cond = shapes_editor.backbone.encode_prompt("a red circle and a blue square")
+
+    def forward():
+        with torch.enable_grad():
+            return unet(z.requires_grad_(True), 500, encoder_hidden_states=cond.cond).sample.sum()
+
+    _, kept = kept_bytes(forward, unet)
+    counted = graph_bytes(forward, unet)
+    assert kept > 0 and abs(counted - kept) < 0.05 * kept, (counted, kept)
+    loss = [None]
+    graph_bytes(lambda: loss.__setitem__(0, forward()), unet)
+    with pytest.raises(RuntimeError, match="keeps nothing"):  # nothing was kept to walk back through
+        loss[0].backward()
+
+
+def test_auto_recomputes_the_large_graph_and_not_the_small_one(shapes_editor, monkeypatch):
+    """By default a graph recomputes only where it would keep more than GRAPH_BUDGET of the UNet's
+    weights: the move's graph reaches the decoder (10 MB, measured), prompt direction + keep
+    attention's ends in the encoder (2.4 MB). Either way the image is the same bits."""
+    import sampler.guidance as guidance
+
+    assert shapes_editor.energies.recompute == "auto"
+    unet = shapes_editor.backbone.unet
+    weights = sum(p.numel() * p.element_size() for p in unet.parameters())
+    calls = []
+
+    def spy(*models, enabled=True):
+        if unet in models:
+            calls.append(enabled)
+        return recomputing(*models, enabled=enabled)
+
+    monkeypatch.setattr(guidance, "recomputing", spy)
+    for text, recomputes in ((MOVE, True), (PROMPT_DIRECTION, False)):
+        program = dsl.compile(dsl.parse(text))
+        shapes_editor.energies._graph_sizes.clear()
+        shapes_editor.run(program, progress=False)  # the source pass, and auto's count of each graph
+        sizes = list(shapes_editor.energies._graph_sizes.values())
+        assert sizes and all((size > GRAPH_BUDGET * weights) == recomputes for size in sizes), (text, sizes, weights)
+        calls.clear()
+        auto, kept_auto = kept_bytes(lambda: shapes_editor.run(program, progress=False), unet)
+        assert calls and all(on == recomputes for on in calls), (text, calls)
+        with recompute(shapes_editor, False):
+            never, kept_never = kept_bytes(lambda: shapes_editor.run(program, progress=False), unet)
+        assert np.array_equal(auto.image, never.image)
+        if recomputes:
+            assert kept_auto < 0.6 * kept_never, (kept_auto, kept_never)
+
+
+def test_low_memory_means_always_and_the_default_auto():
+    from sampler.editor import Editor
+
+    assert Editor("shapes").energies.recompute == "auto"
+    assert Editor("shapes", low_memory=True).energies.recompute is True

@@ -23,8 +23,9 @@ a prompt direction + keep attention; a drag), in one process:
   allocator counts them (the denoiser, autoencoder and text encoders for both; the ViT and CLIP
   that an x0 edit loads, for the guided run only).
 
---low-memory measures the editor as `steer --low-memory` runs it: the guided steps recompute
-activations in their backward (sampler/recompute.py).
+--recompute chooses when the guided steps recompute activations in their backward
+(sampler/recompute.py): auto, the editor's default (where a graph would keep more than its budget),
+always (as `steer --low-memory` runs; --low-memory says the same) or never (as before auto).
 
 --compare adds each class "before" the exact optimisations of docs/performance.md (the whole
 guided forward on the graph, the source pass recording everything) beside "after", and
@@ -65,6 +66,8 @@ SECTIONS = {
     "steer.plain_forward": "CFG forward (unguided steps)",
     "steer.energies": "energies",
 }
+RECOMPUTE = {"auto": "auto", "always": True, "never": False}  # --recompute -> EnergyGuide.recompute
+
 COLUMNS = [*SECTIONS.values(), "relocation, drag", "other", "run setup + decode"]
 
 
@@ -236,7 +239,7 @@ def machine(device: str) -> str:
 def markdown(result: dict) -> str:
     rows = result["classes"]
     lines = [f"Profile: model {result['model']}, {result['steps']} steps, fastest of {result['repeats']} interleaved "
-             f"repeats, on {result['machine']}{', --low-memory' if result.get('low_memory') else ''}. Peak memory: tensors "
+             f"repeats, on {result['machine']}, recompute {result.get('recompute', 'auto')}. Peak memory: tensors "
              f"allocated above the start of the call (plain sampling's with its decode); guided / plain with the "
              f"denoiser's {result['model_mb']:.1f} MB of weights added, and with every model's the run holds "
              f"({result.get('held_mb', float('nan')):.1f} MB; the ViT and CLIP an x0 edit loads count for it alone).", "",
@@ -272,14 +275,19 @@ def main(argv=None) -> int:
     p.add_argument("--guide-every", type=int, metavar="K",
                    help="each class also guided every K-th step, the gradient reused between (Editor.run's opt-in guide_every)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak memory (one more profiled run of each)")
-    p.add_argument("--low-memory", action="store_true", help="the guided steps recompute activations in their backward (sampler/recompute.py)")
+    p.add_argument("--recompute", choices=list(RECOMPUTE), default="auto",
+                   help="when the guided steps recompute activations in their backward (sampler/recompute.py)")
+    p.add_argument("--low-memory", action="store_true", help="as `steer --low-memory`: the same as --recompute always")
     p.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args(argv)
-    editor = Editor(args.model, device=args.device, low_memory=args.low_memory)
+    if args.low_memory:
+        args.recompute = "always"
+    editor = Editor(args.model, device=args.device, low_memory=args.recompute == "always")
+    editor.energies.recompute = RECOMPUTE[args.recompute]
     editor.sample_plain(editor.settings(dsl.compile(script("", 1))))  # first-call allocations
     classes = {k: v for k, v in CLASSES.items() if not args.only or k in args.only}
     result = {"model": args.model, "model_mb": weights_bytes(editor) / 2**20, "held_mb": held_bytes(editor)[0] / 2**20,
-              "low_memory": args.low_memory, "steps": args.steps, "repeats": args.repeats, "machine": machine(args.device), "classes": {}}
+              "recompute": args.recompute, "steps": args.steps, "repeats": args.repeats, "machine": machine(args.device), "classes": {}}
     for name, terms in classes.items():
         # before: every step guided, as before issue 21; after: the terms' own `every` defaults
         versions = [("before", True, 1), ("after", False, None)] if args.compare else [("", False, None)]
