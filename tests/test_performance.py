@@ -340,3 +340,18 @@ def test_keep_attention_holds_its_own_layers_and_its_forward_ends_there(shapes_p
     f, f_before = src.features[2], src_before.features[2]
     assert len(f.layers) == 1 and f.layers[0].shape[-2:] == (8, 8) and len(f_before.layers) == 2
     assert torch.allclose(f.maps, f_before.maps, atol=1e-4)  # the decoder's maps (one more probed layer rounds apart)
+
+
+def test_profile_measures_a_repl_rerun(shapes_path, tmp_path, capsys):
+    """The attention class's profile adds a REPL re-run after a weight change against a first
+    run; the re-run reuses the cached source pass, so it is the cheaper of the two."""
+    import json
+
+    from sampler.bench.profile import REPL_CLASS, main
+
+    out = tmp_path / "profile.json"
+    assert main(["--model", shapes_path, "--steps", "6", "--repeats", "1", "--only", REPL_CLASS, "--no-memory",
+                 "--out", str(out)]) == 0
+    repl = json.loads(out.read_text())["repl"]
+    assert 0 < repl["rerun_over_first"] < 1 and repl["rerun_s"] < repl["first_s"]
+    assert "REPL re-run after a weight change" in capsys.readouterr().out
