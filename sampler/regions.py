@@ -47,6 +47,8 @@ def plan_relocations(backbone, bound: list[BoundTerm], src, steps: int, prompt: 
         mask = src.object_mask(token, hw)
         if mask.sum() == 0:
             continue
+        if any(x.kind == "remove" for x in terms):  # the map's mask misses the object's rim, which grows back
+            mask = R.dilate(mask, D.REMOVE_MARGIN)
         core = src.object_mask(token, hw, D.RELOCATE_CENTRE_THRESHOLD)
         shift, scale = (0.0, 0.0), 1.0
         for x in terms:  # where the object is: the centre of the map's core, not of the generous copy mask

@@ -308,3 +308,14 @@ def test_starting_late_gives_the_edit_a_whole_pass_gives(shapes_editor, monkeypa
     whole = shapes_editor.run(prog, progress=False)
     assert torch.allclose(late.latent, whole.latent, atol=1e-4)
     assert not torch.allclose(late.latent, src.final, atol=1e-2), "the move did something"
+
+
+def test_remove_takes_a_large_object_away_rim_and_all(shapes_editor):
+    """The object's map covers its core, not its rim; a removal that carried out only the map's
+    mask left the rim, from which the object grew back (this square stayed whole). The removed
+    region is the mask grown by D.REMOVE_MARGIN cells."""
+    from sampler.shapes import world as W
+
+    r = shapes_editor.run(dsl.compile('prompt "a blue square"\nseed 500010\nremove token "square"'), progress=False)
+    assert W.find(W.detect(r.source_image), "blue", "square") is not None
+    assert W.detect(r.image) == []
