@@ -175,6 +175,12 @@ LOCAL_BLEND_MARGIN = 1
 # back into the object or a small one of its colour. Tune split, 24 cases each, margin 0 / 1 / 2:
 # remove 71 / 88 / 83% (other kept 96 / 96 / 92%), remove (one object) 71 / 100 / 100%.
 REMOVE_MARGIN = 1  # (sampler/regions.py plan_relocations)
+# Tried for moves and resizes too, not taken: the same one-cell margin on every relocation, tune
+# split, 24 cases each, margin 0 / 1 (2 on the first four): move 21 / 21 / 21, shift 19 / 23 / 22,
+# resize x0.5 20 / 22 / 20, x2 20 / 20 / 20, x1.5 21 / 22, to an area 21 / 20, to the other's size
+# 19 / 18, move beside 19 / 20, keep layout beside a move 21 / 21, keep appearance beside 21 / 20,
+# move + resize + recolour 5 / 3, one-object move 22 / 24, resize x1.5 24 / 24: 253 -> 258 of 312,
+# up on 7 tasks and down on 4, within the split's noise.
 # Tried and dropped: Prompt-to-Prompt's cross-attention injection (the source's per-head
 # probabilities in the edit's conditional rows for the first tau of the steps) beside the word
 # swap of a recolour. On the shapes model it kept the colour from changing: recolour to a word,
