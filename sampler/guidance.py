@@ -26,7 +26,7 @@ from energies.terms import ENERGIES, BoundTerm, Features
 from .guided import Guidance, pred_x0, require_finite
 from .hooks import forward_hook
 from .probes import ProbeStore, probing
-from .recompute import GRAPH_BUDGET, graph_bytes, recomputing
+from .recompute import GRAPH_BUDGET, graph_bytes, recomputing, weights_bytes
 
 LOSS_SCALE = 1000.0  # Self-Guidance's fp16 energy scale (sg_loss_rescale)
 
@@ -196,7 +196,7 @@ class EnergyGuide:
             with torch.enable_grad():
                 self._graph_sizes[key] = graph_bytes(forward, self.backbone.unet)
         if self._weights_bytes is None:
-            self._weights_bytes = sum(p.numel() * p.element_size() for p in self.backbone.unet.parameters())
+            self._weights_bytes = weights_bytes(self.backbone.unet)
         return self._graph_sizes[key] > GRAPH_BUDGET * self._weights_bytes
 
     def _stops_at_probes(self, active: list[BoundTerm], needs: set[str]) -> bool:

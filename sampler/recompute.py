@@ -121,6 +121,11 @@ def recomputing(*models: torch.nn.Module | None, enabled: bool = True):
             del m.forward  # back to the class's method
 
 
+def weights_bytes(model: torch.nn.Module) -> int:
+    """Bytes of a model's parameters: what GRAPH_BUDGET is a share of (the denoiser's)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
 def graph_bytes(run, frozen: torch.nn.Module) -> int:
     """Bytes of the activations autograd would keep for run()'s backward: each tensor its ops
     save, counted once (a storage saved twice while alive is one), the frozen model's weights not

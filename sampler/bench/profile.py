@@ -48,6 +48,7 @@ import dsl
 
 from ..denoiser import RECORDABLE
 from ..editor import Editor
+from ..recompute import weights_bytes
 from .scene import GREEN_PROMPT, PROMPT
 
 CLASSES = {
@@ -212,7 +213,7 @@ def profile_class(editor: Editor, terms: str, steps: int, repeats: int, before: 
         "profiled_ms_per_step": {k: 1000 * v / steps for k, v in parts.items()},
     })
     if peaks is not None:
-        weights = weights_bytes(editor)
+        weights = denoiser_bytes(editor)
         held, loaded = held_bytes(editor)
         row.update({"plain_peak_mb": peaks["plain"] / 2**20, "guided_peak_mb": peaks["guided"] / 2**20,
                     "peak_over_plain": peaks["guided"] / peaks["plain"] if peaks["plain"] else float("nan"),
@@ -234,9 +235,9 @@ def _bytes(modules) -> int:
     return total
 
 
-def weights_bytes(editor: Editor) -> int:
+def denoiser_bytes(editor: Editor) -> int:
     """Bytes of the backbone's denoiser weights (the UNet or transformer; not its text encoders or VAE)."""
-    return sum(p.numel() * p.element_size() for p in editor.backbone.unet.parameters())
+    return weights_bytes(editor.backbone.unet)
 
 
 def held_bytes(editor: Editor) -> tuple[int, int]:
@@ -310,7 +311,7 @@ def main(argv=None) -> int:
     editor.energies.recompute = RECOMPUTE[args.recompute]
     editor.sample_plain(editor.settings(dsl.compile(script("", 1))))  # first-call allocations
     classes = {k: v for k, v in CLASSES.items() if not args.only or k in args.only}
-    result = {"model": args.model, "model_mb": weights_bytes(editor) / 2**20, "held_mb": held_bytes(editor)[0] / 2**20,
+    result = {"model": args.model, "model_mb": denoiser_bytes(editor) / 2**20, "held_mb": held_bytes(editor)[0] / 2**20,
               "recompute": args.recompute, "steps": args.steps, "repeats": args.repeats, "machine": machine(args.device), "classes": {}}
     for name, terms in classes.items():
         # before: every step guided, as before issue 21; after: the terms' own `every` defaults
