@@ -187,6 +187,14 @@ REMOVE_MARGIN = 1  # (sampler/regions.py plan_relocations)
 # tune split, 16 cases, 69% without it, 19% at each of tau 0.8 / 0.4 / 0.2 (the object
 # darkened or kept its colour); this model decides colour early and reads it from where the
 # colour word is attended, which the injection freezes.
+# Tried and dropped: Plug-and-Play's self-attention injection (Tumanyan et al. 2023: the source's
+# queries and keys in the edit's attn1 layers for the first steps, the edit's values) beside a
+# recolour's word swap and local blend. Recolour to a word, tune split, 16 cases, 12 of 16 without
+# it; decoder layers for 30% / 60% of the steps: 12 / 12 (no image changed visibly); every attn1
+# layer for 12% / 30% / 60%: 12 / 12 / 12 (one vanished triangle came back in place, two cases that
+# were within 0.05 moved out); encoder and mid only, 30%: 11. Return steps (the source's own z_t at
+# 0.5 or 0.7 of the way, then the swapped prompt) kept the old colour: this model has decided the
+# colour by then.
 
 # DragNoise (sampler/drag.py, energies/drag.py): Adam lr 0.01, at most 60 iterations (the UI's
 # n_pix_step); tracking within r_p = 3; lambda = 0.1 on the region term. The patch radii are per
