@@ -100,3 +100,22 @@ def test_the_finetune_refuses_to_continue_another_recipe(base_model, tmp_path):
     finetune(base_model, tmp_path, 1)
     with pytest.raises(T.SettingsChanged, match="weight"):
         finetune(base_model, tmp_path, 2, "--weight", "1.0")
+
+
+def test_a_second_grounding_stage_keeps_the_firsts_time_and_machine(base_model, tmp_path):
+    """The card must give every stage's training time and machine: a fine-tune of a fine-tuned model
+    lists both stages, oldest first, and the card writes a line for each."""
+    from sampler.shapes.card import training_section
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    finetune(base_model, first, 2)
+    finetune(first / "model", second, 1)
+    training = M.load(second / "model", with_clip=False).card["training"]
+    stages = training["ground_stages"]
+    assert [s["steps"] for s in stages] == [2, 1]
+    assert all(s["machine"].endswith("CPU") and s["batch"] == 2 and s["minutes"] >= 0 for s in stages)
+    assert str(first) in stages[0]["command"] and str(second) in stages[1]["command"]
+    assert sum(c.startswith("python -m sampler.shapes.ground") for c in training["commands"]) == 2
+
+    lines = training_section(training)
+    assert sum(line.startswith("- grounding stage") for line in lines) == 2

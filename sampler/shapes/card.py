@@ -35,26 +35,36 @@ def _pct(v: dict) -> str:
     return f"{v['right']:.0%} (n={v['n']})"
 
 
+def training_section(training: dict) -> list[str]:
+    """The card's Training section from a model folder's training record (empty without one)."""
+    if not training:
+        return []
+    L: list[str] = []
+    L += ["- commands, in order (a resumed run continues the same seeded schedule): "
+          + "; ".join(f"`{c}`" for c in training.get("commands", [training.get("command", "?")])),
+          f"- seed {training.get('seed')}; torch {training.get('torch')}; date {training.get('date')}"]
+    for stage, what in (("vae", "autoencoder"), ("unet", "UNet + text encoder"), ("clip", "shapes CLIP")):
+        if f"{stage}_steps" in training:  # the first generation's record has one batch and machine for all
+            batch, machine = (training.get(f"{stage}_{k}", training.get(k)) for k in ("batch", "machine"))
+            L.append(f"- {what}: {training[f'{stage}_steps']} steps at batch {batch} in {training.get(f'{stage}_minutes')} min"
+                     f" ({machine})")
+    for k, stage in enumerate(training.get("ground_stages", []), 1):  # each grounding fine-tune, in order
+        L.append(f"- grounding stage {k}: {stage.get('steps')} steps at batch {stage.get('batch')} in {stage.get('minutes')} min"
+                 f" ({stage.get('machine')}): `{stage.get('command')}`")
+    for note in training.get("notes", []):
+        L.append(f"- {note}")
+    L += [""]
+    if training.get("ablation"):  # rows the trainer's operator measured: what was tried, what it bought
+        L += ["### What was tried", "", "| change | measured | what it bought |", "| --- | --- | --- |"]
+        L += [f"| {a['change']} | {a['measured']} | {a['bought']} |" for a in training["ablation"]]
+        L += [""]
+    return L
+
+
 def model_card(r: dict, b, command: str) -> str:
     """The model card: how the shipped model was made and what it measures."""
     training = b.model.card.get("training", {})
-    L = ["# The shapes model", "", describe(b), "", "## Training", ""]
-    if training:
-        L += ["- commands, in order (a resumed run continues the same seeded schedule): "
-              + "; ".join(f"`{c}`" for c in training.get("commands", [training.get("command", "?")])),
-              f"- seed {training.get('seed')}; torch {training.get('torch')}; date {training.get('date')}"]
-        for stage, what in (("vae", "autoencoder"), ("unet", "UNet + text encoder"), ("clip", "shapes CLIP")):
-            if f"{stage}_steps" in training:  # the first generation's record has one batch and machine for all
-                batch, machine = (training.get(f"{stage}_{k}", training.get(k)) for k in ("batch", "machine"))
-                L.append(f"- {what}: {training[f'{stage}_steps']} steps at batch {batch} in {training.get(f'{stage}_minutes')} min"
-                         f" ({machine})")
-        for note in training.get("notes", []):
-            L.append(f"- {note}")
-        L += [""]
-        if training.get("ablation"):  # rows the trainer's operator measured: what was tried, what it bought
-            L += ["### What was tried", "", "| change | measured | what it bought |", "| --- | --- | --- |"]
-            L += [f"| {a['change']} | {a['measured']} | {a['bought']} |" for a in training["ablation"]]
-            L += [""]
+    L = ["# The shapes model", "", describe(b), "", "## Training", "", *training_section(training)]
     L += ["## Measured", "", f"Reproduce with `{command}` ({r['seconds']} s). Samples use {r['steps']} DDIM steps; sampling seeds",
           f"of the `{r['split']}` split (settings are chosen on the `tune` split; training draws neither).", "",
           "### Caption fidelity (the world's detector on samples)", "",

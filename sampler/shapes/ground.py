@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import time
 from pathlib import Path
 
@@ -135,8 +136,26 @@ def finetune(args) -> dict:
             break
     bar.close()
     d, gr = np.mean(history[-100:], axis=0) if history else (float("nan"), float("nan"))
+    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, CPU"
     return {"ground_steps": step + 1 if history else start, "ground_minutes": round((time.time() - t0) / 60, 1),
+            "ground_batch": args.batch, "ground_machine": machine,
             "ground_final_denoise_loss": float(d), "ground_final_token_loss": float(gr)}
+
+
+STAGE_KEYS = ("command", "steps", "minutes", "machine", "batch", "final_denoise_loss", "final_token_loss")
+
+
+def stage_of(record: dict) -> dict:
+    """One grounding stage's figures (its `ground_*` keys, without the prefix)."""
+    return {k: record[f"ground_{k}"] for k in STAGE_KEYS if f"ground_{k}" in record}
+
+
+def ground_stages(training: dict) -> list[dict]:
+    """The grounding stages an init model's record holds, oldest first. A record from before stages
+    were listed holds its last stage's `ground_*` keys only; that stage is its one entry."""
+    if "ground_stages" in training:
+        return list(training["ground_stages"])
+    return [stage_of(training)] if "ground_steps" in training else []
 
 
 def assemble(work: Path, init_from: str, out: Path, figures: dict, dtype=torch.float32):
@@ -146,8 +165,10 @@ def assemble(work: Path, init_from: str, out: Path, figures: dict, dtype=torch.f
     every folder loads in fp32)."""
     ema = M.load(work / "ema", with_clip=False)
     init = M.load(init_from)
-    training = {**init.card.get("training", {}), **figures}
-    training["commands"] = training.get("commands", []) + [figures["ground_command"]]
+    before = init.card.get("training", {})
+    training = {**before, **figures}
+    training["commands"] = before.get("commands", []) + [figures["ground_command"]]
+    training["ground_stages"] = ground_stages(before) + [stage_of(figures)]
 
     def fill(tmp):
         M.save(tmp, ema.tokenizer, ema.text_encoder, ema.unet, M.build_scheduler(), init.clip, card={"training": training}, dtype=dtype)
