@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import time
 from pathlib import Path
 
@@ -185,6 +186,11 @@ def checkpoint_or_stop(step: int, total: int, every: int, max_minutes: float, st
 
 # ----------------------------------------------------------------------------------------------
 # The options every model trainer takes
+
+
+def machine(device: str = "CPU") -> str:
+    """What a training record says a stage ran on: the processor, torch's threads, CPU or GPU."""
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {device}"
 
 
 def add_run_arguments(p: argparse.ArgumentParser):

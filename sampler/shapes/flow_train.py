@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import time
 from datetime import datetime, timezone
@@ -186,8 +185,7 @@ def main(argv=None):
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     command = "python -m sampler.shapes.flow_train " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
     record.update(commands=record.get("commands", []) + [command], seed=args.seed, batch=args.batch, torch=torch.__version__,
-                  machine=f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                          f"{'GPU' if torch.cuda.is_available() else 'CPU'}")
+                  machine=T.machine("GPU" if torch.cuda.is_available() else "CPU"))
     record.update({k: v for k, v in train(args).items() if v is not None})  # a run with no steps left keeps the last loss
     record["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     write_record(record_path, record)

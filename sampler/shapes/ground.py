@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -136,9 +135,8 @@ def finetune(args) -> dict:
             break
     bar.close()
     d, gr = np.mean(history[-100:], axis=0) if history else (float("nan"), float("nan"))
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, CPU"
     return {"ground_steps": step + 1 if history else start, "ground_minutes": round((time.time() - t0) / 60, 1),
-            "ground_batch": args.batch, "ground_machine": machine,
+            "ground_batch": args.batch, "ground_machine": T.machine(),
             "ground_final_denoise_loss": float(d), "ground_final_token_loss": float(gr)}
 
 

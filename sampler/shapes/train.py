@@ -17,7 +17,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
 import time
 from datetime import datetime, timezone
@@ -396,7 +395,7 @@ def main(argv=None):
     for per_stage in ("batch", "machine"):  # recorded per stage now: an assemble must not overwrite a stage's
         record.pop(per_stage, None)
     device = "GPU" if torch.device(args.device).type == "cuda" else "CPU"
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {device}"
+    machine = T.machine(device)
 
     def stage_done(stage: str, figures: dict, batch: int):
         record.update(figures, **{f"{stage}_batch": batch, f"{stage}_machine": machine})
