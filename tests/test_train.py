@@ -203,3 +203,14 @@ def test_a_latent_pool_is_built_once_resumes_and_feeds_the_unet(tmp_path):
     train.main(["assemble", "--work", str(tmp_path)])  # a later command with other defaults
     record = json.loads((tmp_path / "record.json").read_text())
     assert record["unet_batch"] == 2 and "CPU" in record["unet_machine"] and "batch" not in record  # kept per stage
+
+
+def test_bf16_autocast_follows_the_flag_else_the_hardware(monkeypatch):
+    from sampler import training as T
+
+    assert T.bf16_autocast(True) is True and T.bf16_autocast(False, "cpu") is False
+    # Unset: a CPU that would emulate bf16 trains in fp32 (10x faster there), one with bf16 units in bf16.
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert T.bf16_autocast(None, "cpu") is False
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert T.bf16_autocast(None, torch.device("cpu")) is True

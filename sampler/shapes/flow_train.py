@@ -140,7 +140,7 @@ def train(args) -> dict:
             states, pooled = text_states(tokenizer, text_encoder, captions)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, args.warmup, "wsd", args.cooldown)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=T.bf16_autocast(args.bf16, dev)):
             loss = flow_matching_loss(transformer, x0.to(dev), states, pooled, g, args.logit_mean, args.logit_std)
         T.optimise(loss, opt, params, ema, modules, step, args.ema)
         losses.append(loss.item())

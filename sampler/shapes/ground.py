@@ -119,7 +119,7 @@ def finetune(args) -> dict:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, args.warmup, "wsd", args.cooldown)
         store = ProbeStore(tuple(x0.shape[-2:]))
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16), probing(unet, store, layers):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=T.bf16_autocast(args.bf16, "cpu")), probing(unet, store, layers):
             pred = unet(xt, t, cond).sample
         denoise = (weight_of_t[t] * (pred.float() - noise).pow(2).mean((1, 2, 3))).mean()
         ground = token_loss(store.attn, masks, grounded)

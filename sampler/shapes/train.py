@@ -114,7 +114,7 @@ def train_vae(args) -> dict:
         x = vae_augment(images_to_tensor(scenes), g).to(dev)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.vae_steps, args.vae_lr, 100)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=T.bf16_autocast(args.bf16, dev)):
             d = vae.encode(x).latent_dist
             z = d.mean + d.std * torch.randn(d.mean.shape, generator=g).to(dev)
             rec = vae.decode(z).sample.float()
@@ -240,7 +240,7 @@ def train_unet(args) -> dict:
 
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, args.warmup, args.schedule, args.cooldown)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=T.bf16_autocast(args.bf16, dev)):
             cond = encode(tokenizer, text_encoder, captions)
             pred = unet(xt, t, cond).sample
         loss = (weight_of_t[t] * (pred.float() - noise).pow(2).mean((1, 2, 3))).mean()
