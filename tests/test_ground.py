@@ -1,5 +1,7 @@
 """The grounding fine-tune: word masks in caption order, TokenCompose's token loss, a seeded resumable run."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -65,6 +67,32 @@ def test_the_token_loss_moves_a_words_attention_into_its_object():
     assert losses[-1] < 0.8 * losses[0]
 
 
+def test_the_pixel_loss_asks_each_objects_pixels_to_read_its_own_words():
+    n = 16  # <bos> a red circle and a blue square <eos>: object 0's words at 2, 3; object 1's at 6, 7
+    masks = torch.zeros(1, n, 8, 8)
+    masks[0, 2:4, :4, :4] = 1  # object 0 in the top-left quarter
+    masks[0, 6:8, 4:, 4:] = 1  # object 1 in the bottom-right
+    grounded = torch.zeros(1, n, dtype=torch.bool)
+    grounded[0, [2, 3, 6, 7]] = True
+
+    def attention(read_own: float) -> torch.Tensor:
+        """Each pixel of an object puts `read_own` on its two words, the rest on <eos>; the
+        background reads <eos> alone (every pixel's attention sums to 1 over the tokens)."""
+        a = torch.zeros(1, n, 8, 8)
+        a[0, 8] = 1.0
+        for (w0, w1), (ys, xs) in (((2, 3), (slice(0, 4), slice(0, 4))), ((6, 7), (slice(4, 8), slice(4, 8)))):
+            a[0, w0, ys, xs] = a[0, w1, ys, xs] = read_own / 2
+            a[0, 8, ys, xs] = 1 - read_own
+        return a
+
+    losses = [ground.pixel_loss({"l": attention(r)}, masks, grounded).item() for r in (0.04, 0.5, 0.99)]
+    assert losses[0] > losses[1] > losses[2] and losses[2] < 0.1
+    assert ground.word_share({"l": attention(0.04)}, masks, grounded) == pytest.approx(0.04)
+    assert ground.word_share({"l": attention(0.5)}, masks, grounded) == pytest.approx(0.5)
+    nothing = torch.zeros(1, n, dtype=torch.bool)  # an empty (CFG) caption grounds nothing
+    assert ground.pixel_loss({"l": attention(0.5)}, masks, nothing).item() == 0.0
+
+
 @pytest.fixture(scope="module")
 def base_model(tmp_path_factory):
     work = tmp_path_factory.mktemp("base")
@@ -100,6 +128,16 @@ def test_the_finetune_refuses_to_continue_another_recipe(base_model, tmp_path):
     finetune(base_model, tmp_path, 1)
     with pytest.raises(T.SettingsChanged, match="weight"):
         finetune(base_model, tmp_path, 2, "--weight", "1.0")
+    with pytest.raises(T.SettingsChanged, match="pixel_weight"):
+        finetune(base_model, tmp_path, 2, "--pixel-weight", "0.1")
+
+
+def test_the_pixel_loss_trains_and_its_share_is_recorded(base_model, tmp_path):
+    finetune(base_model, tmp_path, 2, "--pixel-weight", "0.1")
+    record = json.loads((tmp_path / "record.json").read_text())
+    assert 0 <= record["ground_final_word_share"] <= 1
+    stage = M.load(tmp_path / "model", with_clip=False).card["training"]["ground_stages"][-1]
+    assert "--pixel-weight 0.1" in stage["command"] and stage["final_word_share"] == record["ground_final_word_share"]
 
 
 def test_a_second_grounding_stage_keeps_the_firsts_time_and_machine(base_model, tmp_path):
