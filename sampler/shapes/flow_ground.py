@@ -44,6 +44,7 @@ from .train import images_to_tensor, lr_at
 
 def finetune(args) -> dict:
     torch.manual_seed(args.seed)
+    bf16 = T.bf16_autocast(args.bf16, "cpu")
     init = FM.load(args.init_from)
     tokenizer, text_encoder, vae, scheduler = init.tokenizer, init.text_encoder, init.vae, init.scheduler
     transformer = init.transformer.train().requires_grad_(True)
@@ -87,7 +88,7 @@ def finetune(args) -> dict:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, args.warmup, "wsd", args.cooldown)
         store = ProbeStore(tuple(x0.shape[-2:]))
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=T.bf16_autocast(args.bf16, "cpu")), probing(transformer, store, layers):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), probing(transformer, store, layers):
             v = transformer(hidden_states=x_s, encoder_hidden_states=states, pooled_projections=pooled, timestep=s * 1000).sample
         flow = (v.float() - (noise - x0)).pow(2).mean()
         ground = token_loss(store.attn, masks, grounded)

@@ -83,6 +83,7 @@ def train(args) -> dict:
     transformer = FM.build_transformer(num_layers=args.layers, num_attention_heads=args.heads, attention_head_dim=args.head_dim)
     scheduler = FM.build_scheduler()
     dev = torch.device(args.device)
+    bf16 = T.bf16_autocast(args.bf16, dev)
     modules = {"transformer": transformer}
     params = list(transformer.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
@@ -140,7 +141,7 @@ def train(args) -> dict:
             states, pooled = text_states(tokenizer, text_encoder, captions)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, args.warmup, "wsd", args.cooldown)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=T.bf16_autocast(args.bf16, dev)):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             loss = flow_matching_loss(transformer, x0.to(dev), states, pooled, g, args.logit_mean, args.logit_std)
         T.optimise(loss, opt, params, ema, modules, step, args.ema)
         losses.append(loss.item())

@@ -82,6 +82,13 @@ def object_shares(a: torch.Tensor) -> torch.Tensor:
     return a[:, 2::4] + a[:, 3::4]
 
 
+def shares_and_masks(attn: dict[str, torch.Tensor], masks: torch.Tensor):
+    """Per probed layer: (object_shares, each object's mask area-averaged to the layer's grid),
+    both (B, objects, h, w) in fp32."""
+    for a in attn.values():
+        yield object_shares(a).float(), F.adaptive_avg_pool2d(masks[:, 2::4], a.shape[-2:]).float()
+
+
 def pixel_loss(attn: dict[str, torch.Tensor], masks: torch.Tensor, grounded: torch.Tensor) -> torch.Tensor:
     """TokenCompose's pixel loss, per object: binary cross-entropy between the share of each
     pixel's attention on the object's words and the object's mask, averaged over grounded objects,
@@ -94,10 +101,8 @@ def pixel_loss(attn: dict[str, torch.Tensor], masks: torch.Tensor, grounded: tor
     if not objects.any():
         return torch.zeros(())
     losses = []
-    for a in attn.values():
-        m = F.adaptive_avg_pool2d(masks[:, 2::4], a.shape[-2:]).to(torch.float32)
-        share = object_shares(a).float().clamp(1e-6, 1 - 1e-6)
-        bce = F.binary_cross_entropy(share, m, reduction="none").mean((2, 3))  # (B, objects)
+    for share, m in shares_and_masks(attn, masks):
+        bce = F.binary_cross_entropy(share.clamp(1e-6, 1 - 1e-6), m, reduction="none").mean((2, 3))  # (B, objects)
         losses.append(bce[objects].mean())
     return torch.stack(losses).mean()
 
@@ -110,15 +115,15 @@ def word_share(attn: dict[str, torch.Tensor], masks: torch.Tensor, grounded: tor
     if not objects.any():
         return float("nan")
     out = []
-    for a in attn.values():
-        m = F.adaptive_avg_pool2d(masks[:, 2::4], a.shape[-2:]).to(torch.float32)
-        share = (object_shares(a).float() * m).sum((2, 3)) / m.sum((2, 3)).clamp(min=1e-8)
-        out.append(share[objects].mean())
+    for share, m in shares_and_masks(attn, masks):
+        inside = (share * m).sum((2, 3)) / m.sum((2, 3)).clamp(min=1e-8)
+        out.append(inside[objects].mean())
     return torch.stack(out).mean().item()
 
 
 def finetune(args) -> dict:
     torch.manual_seed(args.seed)
+    bf16 = T.bf16_autocast(args.bf16, "cpu")
     init = M.load(args.init_from, with_clip=False)  # frozen, in eval mode: the text encoder and autoencoder stay so
     tokenizer, text_encoder, vae, scheduler = init.tokenizer, init.text_encoder, init.vae, M.build_scheduler()
     unet = init.unet.train().requires_grad_(True)
@@ -162,7 +167,7 @@ def finetune(args) -> dict:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, args.warmup, "wsd", args.cooldown)
         store = ProbeStore(tuple(x0.shape[-2:]))
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=T.bf16_autocast(args.bf16, "cpu")), probing(unet, store, layers):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), probing(unet, store, layers):
             pred = unet(xt, t, cond).sample
         denoise = (weight_of_t[t] * (pred.float() - noise).pow(2).mean((1, 2, 3))).mean()
         ground = token_loss(store.attn, masks, grounded)

@@ -92,6 +92,7 @@ def train_vae(args) -> dict:
     torch.manual_seed(args.seed + 2)
     vae = M.build_vae()
     dev = torch.device(args.device)
+    bf16 = T.bf16_autocast(args.bf16, dev)
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     ckpt = args.work / "vae.ckpt.safetensors"
     start, elapsed = 0, 0.0
@@ -114,7 +115,7 @@ def train_vae(args) -> dict:
         x = vae_augment(images_to_tensor(scenes), g).to(dev)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.vae_steps, args.vae_lr, 100)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=T.bf16_autocast(args.bf16, dev)):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             d = vae.encode(x).latent_dist
             z = d.mean + d.std * torch.randn(d.mean.shape, generator=g).to(dev)
             rec = vae.decode(z).sample.float()
@@ -179,6 +180,7 @@ def train_unet(args) -> dict:
     scheduler = M.build_scheduler()
     vae = load_vae(args.work, args.init_from)
     dev = torch.device(args.device)
+    bf16 = T.bf16_autocast(args.bf16, dev)
     modules = {"unet": unet, "text_encoder": text_encoder}
     if args.freeze_text:  # keep the text encoder (and so the attention maps' keys) as they are: train the UNet alone
         text_encoder.requires_grad_(False)
@@ -240,7 +242,7 @@ def train_unet(args) -> dict:
 
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, args.warmup, args.schedule, args.cooldown)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=T.bf16_autocast(args.bf16, dev)):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             cond = encode(tokenizer, text_encoder, captions)
             pred = unet(xt, t, cond).sample
         loss = (weight_of_t[t] * (pred.float() - noise).pow(2).mean((1, 2, 3))).mean()
