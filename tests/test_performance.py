@@ -291,10 +291,13 @@ def test_x0_placed_terms_run_one_batched_forward_off_the_graph(editor):
         handle.remove()
     assert new_sizes == [2, 2, 2, 2]  # 4 steps, one batched call each
     assert old_calls.count(1) == 8  # a conditional and an unconditional call per step
-    np.testing.assert_allclose(new.image, old.image, atol=2e-3)  # x0 terms decode through the VAE, which magnifies rounding (half an 8-bit level)
+    # x0 terms decode through the VAE and step along gradients, which magnify batching's rounding:
+    # within one 8-bit level (what a saved PNG can show), energies within 0.5%. On the grounded
+    # shapes model half a level and 0.1% failed about one run in two (max 0.0016 / 0.17% seen).
+    np.testing.assert_allclose(new.image, old.image, atol=1 / 255)
     assert new.energies.keys() == old.energies.keys()
     for label in old.energies:
-        assert [e for _, e in new.energies[label]] == pytest.approx([e for _, e in old.energies[label]], rel=1e-3, abs=1e-5)
+        assert [e for _, e in new.energies[label]] == pytest.approx([e for _, e in old.energies[label]], rel=5e-3, abs=1e-5)
 
 
 def test_guide_every_is_a_whole_number(editor):
