@@ -125,11 +125,12 @@ def unseen(editor, work: Path, scenes: int):
     from sampler.shapes import world as W
 
     counts = {}
+    size = editor.backbone.image_size()[0]  # scenes at the model's size, so the detector compares like with like
     for how in ("noise", "blur"):
         for invert in ("input", "noise", "ddim"):
             counts[(how, invert)] = 0
         for k in range(scenes):
-            scene = W.make_scene(1000 + k)
+            scene = W.make_scene(1000 + k, size)
             path = work / f"{how}_{k}.png"
             degraded = (degrade(scene.image, how) * 255).round().astype(np.uint8)
             Image.fromarray(degraded).save(path)
