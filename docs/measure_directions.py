@@ -14,7 +14,7 @@ import dsl
 from sampler.editor import Editor
 from sampler.shapes import world as W
 
-# name -> (the statements, what the red circle should become: (colour, shape), None = unchanged)
+# name -> (the statements, what the red circle should become: (colour, shape))
 CASES = {
     "red_to_green + keep attention": ("direction red_to_green\nkeep attention", ("green", "circle")),
     "circle_to_square_p2p + keep attention": ("direction circle_to_square_p2p\nkeep attention", ("red", "square")),

@@ -171,10 +171,11 @@ def test_drag_within_a_token_copies_the_object_then_refines(shapes_editor):
     (a triangle at seed 3 on the grounded model; `steer bench --task drag` measures the rate)."""
     from sampler.shapes import world as W
 
-    landed = []
+    landed, circles = [], []
     for seed in (3, 4, 5):
         script = SCRIPT.replace("seed 3", f"seed {seed}")
-        _, _, square, drag, target = _circle_drag(shapes_editor, script)
+        _, circle, square, drag, target = _circle_drag(shapes_editor, script)
+        circles.append(circle)
         r = shapes_editor.run(dsl.compile(f'{script}{drag} within token "circle"'), progress=False)
         assert r.drag.iterations == 0 and r.drag.handles[0] == pytest.approx(target, abs=0.05)
         found = W.detect(r.image)
@@ -182,7 +183,7 @@ def test_drag_within_a_token_copies_the_object_then_refines(shapes_editor):
         landed.append(moved is not None and moved.shape == "circle" and np.hypot(*np.subtract(moved.centroid, target)) < 0.1)
         assert kept is not None and (kept.mask & square.mask).sum() / (kept.mask | square.mask).sum() > 0.7, seed
     assert sum(landed) >= 2, landed
-    _, circle, _, _, _ = _circle_drag(shapes_editor, SCRIPT)
+    circle = circles[0]  # SCRIPT's own seed, for the two drags below
     # Two drags that pull the circle apart: the copy takes their mean, the optimisation the rest.
     x, y = circle.centroid
     two = (f'drag ({x:.3f}, {y:.3f}) -> ({x:.3f}, {y - 0.1:.3f}) within token "circle"\n'
