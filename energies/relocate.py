@@ -115,12 +115,49 @@ def object_area(image: torch.Tensor, mask: torch.Tensor, distance: float = 0.25)
     thresholded cells say where an object is, not how big: on the shapes model a 0.1-threshold mask
     covers about 60% of a square. Falls back to the mask's own share where nothing stands out."""
     region = _in_pixels(dilate(mask.float(), SCALE_MARGIN), image)
-    r = _ring(mask, image)
-    if (dilate(region, r) - region).sum() == 0:
-        return float(mask.float().mean())
-    bg = background(image, region, r).view(-1, 1, 1)
+    found = standing_out(image, region, _ring(mask, image), distance)
+    return float(found.mean()) if found is not None else float(mask.float().mean())
+
+
+def standing_out(image: torch.Tensor, region: torch.Tensor, ring: int, distance: float = 0.25) -> torch.Tensor | None:
+    """(H, W) float mask of the pixels of `region` (a pixel mask) whose colour is farther than
+    `distance` from the background (the colour of a `ring`-pixel band around the region), or None
+    where the band is empty or nothing stands out."""
+    if (dilate(region, ring) - region).sum() == 0:
+        return None
+    bg = background(image, region, ring).view(-1, 1, 1)
     fg = ((image - bg).norm(dim=0) > distance) & (region > 0.5)
-    return float(fg.float().mean()) if fg.any() else float(mask.float().mean())
+    return fg.float() if fg.any() else None
+
+
+def settle(image: torch.Tensor, source: torch.Tensor, mask: torch.Tensor, scale_too: bool = True,
+           distance: float = 0.25) -> tuple[tuple[float, float], float, torch.Tensor] | None:
+    """How to put the object under a latent `mask` of `image` back where and as large as `source`
+    has it: (shift, scale, its pixels in `image`), both images (3, H, W) in [0, 1], measured on the
+    pixels that stand out from the region's background (standing_out). Scale 1 unless `scale_too`
+    (an object whose shape changes may change its area). None where either image shows nothing there."""
+    region = _in_pixels(mask.float(), image)
+    ring = _ring(mask, image)
+    have, want = standing_out(image, region, ring, distance), standing_out(source, region, ring, distance)
+    if have is None or want is None:
+        return None
+    shift = tuple(float(v) for v in centroid(want) - centroid(have))
+    scale = float((want.sum() / have.sum()).sqrt()) if scale_too else 1.0
+    return shift, scale, have
+
+
+def moved_in_pixels(image: torch.Tensor, pixels: torch.Tensor, shift, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`image` (3, H, W) with the object on `pixels` (an (H, W) mask) shifted and scaled about its
+    centroid: its old place (and a pixel around it, the anti-aliased rim) painted with the colour
+    around it, the object resampled (bilinear) over that. Returns (image, pixels it touched)."""
+    about = tuple(float(v) for v in centroid(pixels))
+    rim = dilate(pixels, 1)
+    painted = torch.where(rim[None] > 0.5, background(image, rim, 2).view(-1, 1, 1), image)
+    obj = transform(image, shift, scale, about, mode="bilinear")
+    obj_mask = transform(rim[None], shift, scale, about, mode="bilinear")[0]
+    inside = transform(pixels[None], shift, scale, about, mode="bilinear")[0] > 0.5
+    out = torch.where(inside[None], obj, painted)
+    return out, torch.maximum(rim, (obj_mask > 0).float())
 
 
 def _in_pixels(mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:

@@ -41,7 +41,7 @@ from .guided import SHIFTS, Guidance, require_finite, sample_ddim
 from .images import load_image
 from .preflight import check_program, refuse_return_without_source
 from .probes import Readout, TrajectoryMaps
-from .regions import codec_of, local_blend, plan_relocations, relocating, resolve_relative, within_regions
+from .regions import codec_of, local_blend, plan_relocations, relocating, resolve_relative, settling, within_regions
 from .result import EditResult  # noqa: F401  (part of the editor's API)
 from .source import SourceMaps, SourcePass, SourcePasses, recordable, run_timesteps
 
@@ -187,6 +187,7 @@ class Editor:
         relocations = plan_relocations(b, others, src, steps, settings.prompt, plan)
         if relocations:  # first the copies, then the drag's optimisation, then the energies
             guide = timed_as("steer.relocation_and_guide", relocating(guide, relocations, src, b.schedule()[0], codec_of(b)))
+        guide = settling(guide, b, others, src, steps, settings.prompt, denoise)  # a restyled object back in its place, before any copy
         first = first_change(bound, steps, relocations, plan.step if plan is not None else None)
         edit_latents: list[torch.Tensor] = list(src.latents[:first])  # each step's z_t, whose maps the pictures ask for (TrajectoryMaps)
         with record_function("steer.edit_pass"):  # the loop alone, for the profile (sampler/bench/profile.py)

@@ -11,6 +11,7 @@ maps (SourcePass.object_mask).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 import dsl
 from energies import defaults as D
@@ -18,7 +19,7 @@ from energies import drag as G
 from energies import relocate as R
 from energies.terms import BoundTerm
 
-from .guided import Guidance, after_move
+from .guided import Guidance, after_move, pred_x0
 
 
 def plan_relocations(backbone, bound: list[BoundTerm], src, steps: int, prompt: str, drag_plan=None) -> dict[int, list]:
@@ -135,6 +136,57 @@ def relocating(guide, relocations: dict[int, list], src, alphas, codec=None):
         moved = moved[None]
         g = guide(i, t, moved) if guide is not None else Guidance()
         return after_move(g, z, moved)  # z_t <- z_t - latent: first the copy, then the guide's own step
+
+    return guide_
+
+
+def settling(guide, backbone, bound: list[BoundTerm], src, steps: int, prompt: str, denoise):
+    """The guide with each restyled object (a recolour, an appearance or shape transfer) put back
+    where the source has it, once, at the step D.SETTLE_AT: the edit's prompt draws the object
+    anew from the same noise, and on the shapes model it came out shifted by 0.05-0.3 and 0.5-1.5x
+    as large on a third of recolours, a drift fixed within the first few steps and kept to the end
+    (docs/methods.md). Its predicted x0 there and the source's are decoded; within the object's
+    source region the pixels that stand out from the background say where each has it
+    (relocate.settle); the edit's object is moved and scaled in pixels to the source's place and
+    size (shape transfers: moved only) and z_t is rebuilt there from that x0 and the edit's noise.
+    `denoise(i, t, z)`: the edit's own prediction (its x0 is read from it, not from the source's
+    noise: at that step a small difference in the noise is a large one in x0).
+    Returns the guide unchanged where the script restyles nothing or the backbone has no codec."""
+    objects = [(tuple(x.token), x.kind != "shape_from") for x in bound if x.kind in D.SETTLE and x.token and x.weight > 0]
+    if not objects or not hasattr(backbone, "decode"):
+        return guide
+    at = min(steps - 1, round(D.SETTLE_AT * steps))
+    hw = backbone.latent_shape()[1:]
+    a_bar = backbone.schedule()[0]
+    decode, encode = codec_of(backbone)
+    staying = [o.head for o in dsl.prompt_objects(prompt, backbone.tokenizer) if not set(o.tokens) & {i for t, _ in objects for i in t}]
+    protect = sum((src.object_mask(h, hw) for h in staying), torch.zeros(hw)).clamp(max=1).to(backbone.device)
+
+    def guide_(i, t, z):
+        if i != at:
+            return guide(i, t, z) if guide is not None else Guidance()
+        a_t = a_bar[t]
+        with torch.no_grad():
+            eps = denoise(i, t, z)[0]
+        x0 = pred_x0(z[0], eps, a_t)
+        image, source = decode(x0).float(), decode(src.x0s[i][0]).float()
+        touched = torch.zeros(image.shape[-2:], device=image.device)
+        for token, scale_too in {o: None for o in objects}:  # each object once
+            region = R.dilate(src.object_mask(list(token), hw), D.LOCAL_BLEND_MARGIN + 1) * (protect < 0.5)
+            found = R.settle(image, source, region, scale_too)
+            if found is None:
+                continue
+            shift, scale, pixels = found
+            if max(abs(shift[0]), abs(shift[1])) * image.shape[-1] < D.SETTLE_MIN_PIXELS and abs(scale - 1) < D.SETTLE_MIN_SCALE:
+                continue
+            image, where = R.moved_in_pixels(image, pixels, shift, scale)
+            touched = torch.maximum(touched, where)
+        if touched.sum() == 0:
+            return guide(i, t, z) if guide is not None else Guidance()
+        cells = F.adaptive_max_pool2d(touched[None, None], tuple(hw))[0, 0] > 0.5
+        settled = torch.where(cells[None], a_t.sqrt() * encode(image.clamp(0, 1)).to(z) + (1 - a_t).sqrt() * eps, z[0])[None]
+        g = guide(i, t, settled) if guide is not None else Guidance()
+        return after_move(g, z, settled)
 
     return guide_
 

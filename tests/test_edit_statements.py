@@ -1,5 +1,7 @@
 """Recolour to words, targets relative to another object, remove: language and effect."""
 
+import math
+
 import pytest
 import torch
 
@@ -152,6 +154,27 @@ def test_recolour_to_a_word_changes_the_colour_in_place(shapes_editor):
     assert before is not None and after is not None and W.find(out, "red") is None
     assert abs(after.centroid[0] - before.centroid[0]) < 0.08 and abs(after.centroid[1] - before.centroid[1]) < 0.08
     assert W.find(out, "blue", "square") is not None
+
+
+@pytest.mark.parametrize("prompt, seed, shape, colour", [("a red square", 0, "square", "red"), ("a blue circle", 4, "circle", "blue")])
+def test_a_recoloured_object_settles_where_and_as_large_as_the_source_had_it(shapes_editor, monkeypatch, prompt, seed, shape, colour):
+    """Two seeds whose recolour, left alone, draws the object 0.17-0.23 away at under half its area
+    (the new words draw it anew from the same noise); settled (sampler/regions.py settling) it
+    keeps the source's place within 0.03 and its area within 15%."""
+    from energies import defaults as D
+    from sampler.shapes import world as W
+
+    def recoloured():
+        r = shapes_editor.run(dsl.compile(f'prompt "{prompt}"\nsteps 10\nseed {seed}\nappearance(token "{shape}") -> "green"'), progress=False)
+        before, after = W.find(W.detect(r.source_image), colour, shape), W.find(W.detect(r.image), "green", shape)
+        assert before is not None and after is not None
+        return math.dist(before.centroid, after.centroid), after.area / before.area
+
+    moved, ratio = recoloured()
+    assert moved < 0.03 and 0.85 < ratio < 1.15
+    monkeypatch.setattr(D, "SETTLE", frozenset())
+    moved, ratio = recoloured()
+    assert moved > 0.1 and ratio < 0.6, "without settling this seed drifts: the test would not see the difference"
 
 
 def test_a_shape_transfer_takes_the_others_shape_in_place(shapes_editor):

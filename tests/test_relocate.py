@@ -140,6 +140,38 @@ def test_object_area_counts_the_pixels_that_differ_from_the_surrounding_backgrou
     assert R.object_area(torch.zeros(3, 64, 64), core) == pytest.approx(core.mean().item())  # nothing stands out
 
 
+def test_settle_measures_how_far_and_how_much_smaller_the_object_came_out():
+    """A restyled object drawn 4 pixels right, 6 down and at 0.56 the area of the source's (in
+    another colour): settle says to move it back by (-4, -6) pixels and scale it by 16 / 12,
+    measured on the pixels that stand out from the background; a shape transfer (scale_too False)
+    is moved only."""
+    source, image = torch.zeros(3, 64, 64), torch.zeros(3, 64, 64)
+    source[0, 16:32, 16:32] = 1.0  # a red square, 16 x 16, centred at pixel (24, 24)
+    image[1, 24:36, 22:34] = 1.0  # a green one, 12 x 12, centred at (28, 30)
+    region = square_mask(2, 2, 11, 11)  # latent cells around both
+    shift, scale, pixels = R.settle(image, source, region)
+    assert shift[0] * 64 == pytest.approx(-4, abs=0.01) and shift[1] * 64 == pytest.approx(-6, abs=0.01)
+    assert scale == pytest.approx(16 / 12, rel=0.001)
+    assert pixels.sum() == 12 * 12
+    assert R.settle(image, source, region, scale_too=False)[1] == 1.0
+    assert R.settle(torch.zeros(3, 64, 64), source, region) is None, "the edit shows nothing there: nothing to settle"
+
+
+def test_moved_in_pixels_puts_the_object_where_settle_asked():
+    """The object's pixels moved and scaled about their centre: settled, it has the source's centre
+    and area, and its old place is painted with the background around it."""
+    source, image = torch.zeros(3, 64, 64), torch.zeros(3, 64, 64)
+    source[0, 16:32, 16:32] = 1.0
+    image[1, 30:42, 34:46] = 1.0  # 12 x 12, off by (10, 8) pixels of centre
+    region = square_mask(2, 2, 12, 12)
+    shift, scale, pixels = R.settle(image, source, region)
+    moved, touched = R.moved_in_pixels(image, pixels, shift, scale)
+    again = R.settle(moved, source, region)
+    assert max(abs(again[0][0]), abs(again[0][1])) * 64 < 0.75 and again[1] == pytest.approx(1.0, abs=0.05)
+    assert moved[1, 40, 44] == 0, "the old place is background"
+    assert touched[40, 44] == 1 and touched[20, 20] == 1 and touched[60, 5] == 0
+
+
 def test_a_restyled_object_is_copied_from_the_edits_own_latent():
     """A move of an object the script also recolours copies what the edit pass drew there (the new
     colour), noised as the source is; an object only moved is copied from the source."""
