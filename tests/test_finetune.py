@@ -255,6 +255,26 @@ def test_learn_then_edit(editor, shapes_path, tmp_path, capsys):
     assert dsl.format(edited.program).count("direction tiny") == 1
 
 
+def test_learn_clip_takes_several_sentence_pairs_each_image_with_its_own(shapes_path, tmp_path, capsys, monkeypatch):
+    """`--from A B --to A' B'`: images alternate between the pairs, each sampled from, inverted with
+    and judged against its own sentences; the file lists both pairs. Unequal counts: exit 2."""
+    import sampler.learn.clip as LC
+
+    seen = []
+    loss = LC.diffusionclip_loss
+    monkeypatch.setattr(LC, "diffusionclip_loss", lambda *a, **k: (seen.append(a[2]), loss(*a, **k))[1])
+    out = tmp_path / "directions"
+    pairs = ["--from", "a red circle", "a red circle and a blue square", "--to", "a green circle", "a green circle and a blue square"]
+    assert learn.main(["clip", "two", *pairs, "--n-images", "2", "--iters", "1", "--s-for", "2", "--s-gen", "2",
+                       "--model", shapes_path, "--out", str(out), "--work", str(tmp_path / "w")]) == 0
+    d = D.read_direction(out / "two.safetensors")
+    assert d.meta["from"] == ["a red circle", "a red circle and a blue square"] and d.meta["to"][1] == "a green circle and a blue square"
+    assert len(seen) == 4 and torch.equal(seen[0], seen[1]) and not torch.equal(seen[1], seen[2]), "image 2 reads pair 2's target"
+    assert learn.main(["clip", "bad", "--from", "a red circle", "a red square", "--to", "a green circle", "--model", shapes_path,
+                       "--out", str(out), "--work", str(tmp_path / "w2")]) == 2
+    assert "one target per source" in capsys.readouterr().err
+
+
 def test_learn_full_fine_tune_stores_the_changed_weights(shapes_path, tmp_path):
     out = tmp_path / "directions"
     assert learn.main(["clip", "full", "--from", "a red circle", "--to", "a green circle", "--n-images", "1", "--iters", "1",

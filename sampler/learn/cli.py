@@ -90,8 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "to the return step --t0 and regenerated), as a LoRA of the UNet (or every weight with --full). "
                                    "Use it with `direction NAME * gamma` (gamma 1: the fine-tuned model, between: a transition).")
     f.add_argument("name", help="the direction's name (the file NAME.safetensors)")
-    f.add_argument("--from", dest="src", required=True, help='source text, e.g. "a red circle" (also the prompt the images are sampled from)')
-    f.add_argument("--to", dest="dst", required=True, help='target text, e.g. "a green circle"')
+    f.add_argument("--from", dest="src", required=True, nargs="+", metavar="SENTENCE",
+                   help='source text, e.g. "a red circle" (also the prompt the images are sampled from); several sentences '
+                        '(with as many --to) share the images out among them, each image with its own pair')
+    f.add_argument("--to", dest="dst", required=True, nargs="+", metavar="SENTENCE", help='target text, e.g. "a green circle"')
     f.add_argument("--images", default=None, help="fine-tune on these images (a folder) instead of samples of --from")
     f.add_argument("--n-images", type=int, default=8, help="images to fine-tune on (DiffusionCLIP: a handful to a few dozen)")
     f.add_argument("--t0", type=float, default=0.5, help="the return step, a fraction of the schedule (DiffusionCLIP's t_0 500 of 1000)")

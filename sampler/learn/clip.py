@@ -90,8 +90,9 @@ def sample(b, cond, cfg: float, steps: int, seed: int) -> torch.Tensor:
     return z
 
 
-def source_latents(b, args, cond, cfg: float) -> list[torch.Tensor]:
-    """The x_0 to fine-tune on: --images, encoded, or samples of --from."""
+def source_latents(b, args, conds, cfg: float) -> list[torch.Tensor]:
+    """The x_0 to fine-tune on: --images, encoded, or samples of --from (image k of sentence k mod
+    the number of sentences, `conds` their encodings)."""
     if args.images:
         from ..images import load_image
         from .noiseclr import IMAGE_SUFFIXES
@@ -105,7 +106,15 @@ def source_latents(b, args, cond, cfg: float) -> list[torch.Tensor]:
         with torch.no_grad():
             return [b.encode(torch.from_numpy(load_image(p, b.image_size())).permute(2, 0, 1)[None]).float() for p in files]
     steps = int(b.sampling_defaults.get("steps", 50))
-    return [sample(b, cond, cfg, steps, args.seed * 10_000 + k) for k in tqdm(range(args.n_images), desc="source images", leave=False)]
+    return [sample(b, conds[k % len(conds)], cfg, steps, args.seed * 10_000 + k)
+            for k in tqdm(range(args.n_images), desc="source images", leave=False)]
+
+
+def _pairs(src: list[str], dst: list[str]) -> list[tuple[str, str]]:
+    """(--from, --to) sentence pairs: as many targets as sources."""
+    if len(src) != len(dst):
+        raise UsageError(f"--from has {len(src)} sentences and --to {len(dst)}: give one target per source")
+    return list(zip(src, dst))
 
 
 def add_lora(unet, rank: int, targets=FT.TARGETS) -> list[torch.nn.Parameter]:
@@ -145,14 +154,18 @@ def learn_clip(args, argv) -> int:
         raise UsageError(f"--t0 must be a fraction of the schedule in (0, 1], not {args.t0}")
     if args.n_images < 1 or args.iters < 1 or args.s_for < 1 or args.s_gen < 1:
         raise UsageError("--n-images, --iters, --s-for and --s-gen must be at least 1")
+    pairs = _pairs(args.src, args.dst)
     torch.manual_seed(args.seed)
     b = load_backbone(args.model, device=args.device, dtype=args.dtype)
     adapter = "full" if args.full else "lora"
     lr = args.lr if args.lr is not None else LR[adapter]
     cfg = args.cfg if args.cfg is not None else (1.0 if args.images else float(b.sampling_defaults.get("cfg", 7.5)))
     clip = ClipFeatures(b, args.clip)
-    cond = b.encode_prompt(args.src)
-    txt_src, txt_trg = clip.text([args.src]), clip.text([args.dst])
+    # Several pairs (e.g. the red circle beside each other object): image k is sampled from, inverted
+    # with and regenerated under pair k mod P's source sentence, and its CLIP loss reads that pair.
+    # One pair is DiffusionCLIP's own recipe; more pairs show the fine-tune what it must leave alone.
+    conds = [b.encode_prompt(src) for src, _ in pairs]
+    texts = [(clip.text([src]), clip.text([dst])) for src, dst in pairs]
     alphas, final = b.schedule()
 
     recipe = {k: getattr(args, k) for k in ("name", "src", "dst", "model", "images", "n_images", "t0", "s_for", "s_gen",
@@ -165,9 +178,10 @@ def learn_clip(args, argv) -> int:
     train = returning(b.timesteps(args.s_gen), args.t0)
     a = step_alphas(alphas, train, final)
     with torch.no_grad():  # step 1, before any weight changes (a resumed run's too): the images, inverted to t0
-        x_0 = source_latents(b, args, cond, cfg)
+        x_0 = source_latents(b, args, conds, cfg)
         inverted = returning(b.timesteps(args.s_for), args.t0)
-        z_t0 = [invert_ddim(lambda z, t: b.eps(z, t, cond.cond, cond.added), x, inverted, alphas, final, disable=True)[0] for x in x_0]
+        z_t0 = [invert_ddim(lambda z, t, c=conds[k % len(conds)]: b.eps(z, t, c.cond, c.added), x, inverted, alphas, final, disable=True)[0]
+                for k, x in enumerate(x_0)]
         feats = [clip.image(x) for x in x_0]
 
     originals = {n: p.detach().clone() for n, p in b.unet.named_parameters()} if args.full else None
@@ -196,7 +210,7 @@ def learn_clip(args, argv) -> int:
     b.unet.train(False)
     for s in bar:
         k = s % n
-        z = z_t0[k]
+        z, cond, (txt_src, txt_trg) = z_t0[k], conds[k % len(conds)], texts[k % len(texts)]
         noise = torch.Generator().manual_seed(args.seed * 1_000_003 + s)  # the views of step s: a resumed run repeats them
         for i, t in enumerate(train):  # step 2: regenerate through the fine-tuned UNet, one Adam step per timestep
             eps = cfg_eps(b, z, t, cond, cfg)
@@ -232,7 +246,7 @@ def learn_clip(args, argv) -> int:
         "recipe": command(argv),
         "method": "diffusionclip",
         "adapter": adapter,
-        "from": args.src, "to": args.dst,
+        "from": args.src[0] if len(pairs) == 1 else args.src, "to": args.dst[0] if len(pairs) == 1 else args.dst,
         "return": args.t0, "s_for": args.s_for, "s_gen": args.s_gen,
         "rank": args.rank if not args.full else None,
         "cfg": cfg, "lr": lr, "iters": args.iters, "n_images": n, "seed": args.seed,
