@@ -41,7 +41,7 @@ def test_the_new_fine_tuned_directions_are_learned_for_a_new_model_from_their_re
         args = build_parser().parse_args(command)
         assert args.method == "clip" and args.name == name and args.model == "new-model"
     c2s = build_parser().parse_args(reship.relearn_command(metas["circle_to_square_ft"]["recipe"], Path("m"), Path("o")))
-    assert (c2s.src, c2s.dst, c2s.t0) == ("a red circle", "a red square", 0.8)
+    assert (c2s.src, c2s.dst, c2s.t0) == (["a red circle"], ["a red square"], 0.8)  # --from and --to take one or more sentences
     # A shipped file's own recipe wins over NEW's, and --only picks among both.
     assert set(reship.to_learn(SHIPPED)) == set(reship.shipped(SHIPPED)) | set(reship.NEW)
     assert set(reship.to_learn(SHIPPED, ["red_to_green_ft", "green"])) == {"red_to_green_ft", "green"}
