@@ -175,7 +175,7 @@ LOCAL_BLEND = frozenset({"recolour", "appearance_from", "shape_from"})
 # The drift it undoes is set in the first 2-4 of 25 steps and kept to the end, so the step matters
 # little; RELOCATE_AT's, so that a move of a recoloured object copies the settled one. Tune split,
 # 24 cases each, without -> with: recolour to a word 54 -> 79%, one object 46 -> 96%, appearance
-# swap 33 -> 50%, shape swap 54 -> 75%, move + resize + recolour 21 -> 50%.
+# swap 33 -> 50%, shape swap 54 -> 79%, move + resize + recolour 21 -> 50%.
 SETTLE = frozenset({"recolour", "appearance_from", "shape_from"})
 SETTLE_AT = RELOCATE_AT
 SETTLE_MIN_PIXELS = 1.0

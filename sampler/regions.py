@@ -36,8 +36,7 @@ def plan_relocations(backbone, bound: list[BoundTerm], src, steps: int, prompt: 
     if not movers and not copies:
         return plans
     moved_tokens = {i for x in movers for i in x.token} | {i for token in copies for i in token}
-    staying = [o.head for o in dsl.prompt_objects(prompt, backbone.tokenizer) if not set(o.tokens) & moved_tokens]
-    protect = sum((src.object_mask(h, hw) for h in staying), torch.zeros(hw)).clamp(max=1).to(backbone.device)
+    protect = staying_mask(backbone, src, prompt, moved_tokens)
     restyled = {i for x in bound if x.kind in D.LOCAL_BLEND and x.token and x.weight > 0 for i in x.token}
     for mask, shift in copies.values():
         plans.setdefault(drag_plan.step, []).append((mask, shift, 1.0, protect, False))
@@ -57,6 +56,14 @@ def plan_relocations(backbone, bound: list[BoundTerm], src, steps: int, prompt: 
             shift, scale = (shift[0] + dx, shift[1] + dy), scale * k
         plans.setdefault(at, []).append((mask.to(backbone.device), shift, scale, protect, bool(set(token) & restyled)))
     return plans
+
+
+def staying_mask(backbone, src, prompt: str, changed: set[int]) -> torch.Tensor:
+    """The latent cells of the prompt's objects that no statement moves or restyles (`changed`: their
+    token positions): what a relocation or a settling must not write over."""
+    hw = backbone.latent_shape()[1:]
+    staying = [o.head for o in dsl.prompt_objects(prompt, backbone.tokenizer) if not set(o.tokens) & changed]
+    return sum((src.object_mask(h, hw) for h in staying), torch.zeros(hw)).clamp(max=1).to(backbone.device)
 
 
 def moved_by(x: BoundTerm, mask: torch.Tensor) -> tuple[tuple[float, float], float]:
@@ -151,16 +158,21 @@ def settling(guide, backbone, bound: list[BoundTerm], src, steps: int, prompt: s
     size (shape transfers: moved only) and z_t is rebuilt there from that x0 and the edit's noise.
     `denoise(i, t, z)`: the edit's own prediction (its x0 is read from it, not from the source's
     noise: at that step a small difference in the noise is a large one in x0).
-    Returns the guide unchanged where the script restyles nothing or the backbone has no codec."""
-    objects = [(tuple(x.token), x.kind != "shape_from") for x in bound if x.kind in D.SETTLE and x.token and x.weight > 0]
-    if not objects or not hasattr(backbone, "decode"):
+    Returns the guide unchanged where the script restyles nothing."""
+    restyled = [x for x in bound if x.kind in D.SETTLE and x.token and x.weight > 0]
+    # each object once; a shape swap's own word swap is a recolour of the same token, and a new
+    # silhouette is not the old one's size, so an object whose shape changes is moved only
+    objects = {tuple(x.token): True for x in restyled}
+    for x in restyled:
+        if x.kind == "shape_from":
+            objects[tuple(x.token)] = False
+    if not objects:
         return guide
     at = min(steps - 1, round(D.SETTLE_AT * steps))
     hw = backbone.latent_shape()[1:]
     a_bar = backbone.schedule()[0]
     decode, encode = codec_of(backbone)
-    staying = [o.head for o in dsl.prompt_objects(prompt, backbone.tokenizer) if not set(o.tokens) & {i for t, _ in objects for i in t}]
-    protect = sum((src.object_mask(h, hw) for h in staying), torch.zeros(hw)).clamp(max=1).to(backbone.device)
+    protect = staying_mask(backbone, src, prompt, {i for t in objects for i in t})
 
     def guide_(i, t, z):
         if i != at:
@@ -171,7 +183,7 @@ def settling(guide, backbone, bound: list[BoundTerm], src, steps: int, prompt: s
         x0 = pred_x0(z[0], eps, a_t)
         image, source = decode(x0).float(), decode(src.x0s[i][0]).float()
         touched = torch.zeros(image.shape[-2:], device=image.device)
-        for token, scale_too in {o: None for o in objects}:  # each object once
+        for token, scale_too in objects.items():
             region = R.dilate(src.object_mask(list(token), hw), D.LOCAL_BLEND_MARGIN + 1) * (protect < 0.5)
             found = R.settle(image, source, region, scale_too)
             if found is None:

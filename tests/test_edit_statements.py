@@ -177,6 +177,20 @@ def test_a_recoloured_object_settles_where_and_as_large_as_the_source_had_it(sha
     assert moved > 0.1 and ratio < 0.6, "without settling this seed drifts: the test would not see the difference"
 
 
+def test_a_shape_swap_settles_its_object_once_and_moves_it_only(shapes_editor, monkeypatch):
+    """A shape swap binds its own word swap, a recolour of the same token; settling must look at
+    the object once, and (a new silhouette is not the old one's size) move it without scaling."""
+    from energies import relocate as R
+
+    asked = []
+    monkeypatch.setattr(R, "settle", lambda image, source, region, scale_too=True: asked.append(scale_too))
+    shapes_editor.run(dsl.compile(PROMPT + 'steps 4\nseed 3\nshape(token "circle") -> shape(token "square")'), progress=False)
+    assert asked == [False]
+    asked.clear()
+    shapes_editor.run(dsl.compile(PROMPT + 'steps 4\nseed 3\nappearance(token "circle") -> "green"'), progress=False)
+    assert asked == [True]
+
+
 def test_a_shape_transfer_takes_the_others_shape_in_place(shapes_editor):
     from sampler.shapes import world as W
 
