@@ -45,6 +45,22 @@ def bind(program: P.Program, prompt: str, tokenizer, direction_paths=(), backbon
     restyled = set().union(*[phrase_of(where(t.token)) for t in program.terms if t.kind in ("appearance_from", "recolour")] or [set()])
     removed = set().union(*[phrase_of(where(t.token)) for t in program.terms if t.kind == "remove"] or [set()])
     holds = any(t.kind == "keep_attention" for t in program.terms)
+    # Every change local (the sampler's local blend keeps the rest of the image the source's).
+    blended = all(t.kind.startswith("keep") or t.kind in D.LOCAL_BLEND
+                  or (t.kind == "direction" and (t.token is not None or t.box is not None)) for t in program.terms)
+
+    def restyle(t, token: list[int], words: str) -> str:
+        """The edit prompt that gives the object at `token` the describing words `words`, with
+        any object that has those words already, and that the blend keeps, given the edited
+        object's old ones (_swapped)."""
+        swaps, own = [(token, words)], describing_words(prompt, tokenizer, token)
+        for o in objects:
+            kept = not any(u is not t and not u.kind.startswith("keep") and getattr(u, "token", None) is not None
+                           and phrase_of(where(u.token)) & set(o.tokens) for u in program.terms)
+            if (own and blended and kept and not set(o.tokens) & set(token)
+                    and describing_words(prompt, tokenizer, list(o.tokens)) == words):
+                swaps.append((list(o.tokens), own))
+        return _swapped(prompt, tokenizer, swaps)
 
     out = []
     for t in program.terms:
@@ -81,14 +97,14 @@ def bind(program: P.Program, prompt: str, tokenizer, direction_paths=(), backbon
                                         "a shift of the whole prompt's embedding", t.span,
                                         hint="drop the `within ...`; `keep attention` keeps the other objects where they were")
         if t.kind == "recolour":
-            b.edit_prompt = recoloured(prompt, tokenizer, b.token, t.to)
+            b.edit_prompt = restyle(t, b.token, t.to)
         elif t.kind == "remove":
             b.edit_prompt = without(prompt, tokenizer, b.token)
         out.append(b)
         if t.kind == "appearance_from":  # the other's describing words too, where the prompt has them
             words = describing_words(prompt, tokenizer, b.other)
             if words and words != describing_words(prompt, tokenizer, b.token):
-                out.append(_recolour_for(b, words, recoloured(prompt, tokenizer, b.token, words), backbone))
+                out.append(_recolour_for(b, words, restyle(t, b.token, words), backbone))
         if t.kind == "shape_from":  # the other's head word too: "a red circle ..." -> "a red square ..."
             head = head_word(prompt, tokenizer, b.other)
             if head != head_word(prompt, tokenizer, b.token):
@@ -142,6 +158,24 @@ def _recolour_for(b: BoundTerm, words: str, edit_prompt: str, backbone: str | No
                   placement=d.placement, token=b.token, swaps="head" if what == "word" else "words")
     r.edit_prompt = edit_prompt
     return r
+
+
+def _swapped(prompt: str, tokenizer, swaps: list[tuple[list[int], str]]) -> str:
+    """The prompt with each object's describing words replaced, the later object first so that the
+    earlier one's token positions still hold.
+
+    A recolour or an appearance transfer can give the edited object words another object has;
+    where the local blend keeps that object as the source's (every change of the script is local,
+    and no other statement changes it), it takes the edited object's old words in the edit
+    prompt, so "a red circle and a blue square" becomes "a blue circle and a red square", not "a
+    blue circle and a blue square". The other object's words there never reach the image (outside the edited
+    object's region each step's latent is the source's); what they change is that the edit prompt
+    stays a caption of two distinct objects. The shapes model never saw one colour twice in a
+    caption, and on such prompts it often drew the edited object in neither colour: tune split, 24
+    appearance swaps, colour taken 54% -> 79%, success 50% -> 75%."""
+    for token, words in sorted(swaps, key=lambda s: -min(s[0])):
+        prompt = recoloured(prompt, tokenizer, token, words)
+    return prompt
 
 
 def _hold_for(recolour: BoundTerm, backbone: str | None) -> BoundTerm:

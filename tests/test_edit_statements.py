@@ -82,6 +82,8 @@ def test_a_recolour_brings_the_attention_hold_once(tokenizer):
 
     one = bind(dsl.compile(PROMPT + 'appearance(token "circle") -> "green"'), "a red circle and a blue square", tokenizer)
     assert [x.kind for x in one] == ["recolour", "keep_attention"] and one[0].edit_prompt == "a green circle and a blue square"
+    twice = bind(dsl.compile(PROMPT + 'appearance(token "circle") -> "blue"'), "a red circle and a blue square", tokenizer)
+    assert twice[0].edit_prompt == "a blue circle and a red square", "the kept square takes the circle's old colour"
     own = bind(dsl.compile(PROMPT + 'appearance(token "circle") -> "green"\nkeep attention * 2'), "a red circle and a blue square", tokenizer)
     assert [x.kind for x in own] == ["recolour", "keep_attention"], "the script's own hold is the only one"
 
@@ -92,7 +94,19 @@ def test_an_appearance_transfer_brings_the_others_words_and_one_hold(tokenizer):
     prompt = "a red circle and a blue square"
     out = bind(dsl.compile(PROMPT + 'appearance(token "circle") -> appearance(token "square")'), prompt, tokenizer)
     assert [x.kind for x in out] == ["appearance_from", "recolour", "keep_attention"]
-    assert out[1].edit_prompt == "a blue circle and a blue square" and out[1].token == out[0].token
+    assert out[1].edit_prompt == "a blue circle and a red square" and out[1].token == out[0].token, \
+        "the blend keeps the square: the edit prompt never names one colour twice"
+    later = bind(dsl.compile(PROMPT + 'appearance(token "square") -> appearance(token "circle")'), prompt, tokenizer)
+    assert later[1].edit_prompt == "a blue circle and a red square"
+    long = "a dark red circle and a blue square"
+    swapped = bind(dsl.compile(f'prompt "{long}"\nappearance(token "square") -> appearance(token "circle")'), long, tokenizer)
+    assert swapped[1].edit_prompt == "a blue circle and a dark red square", "describing words of different lengths"
+    moved = bind(dsl.compile(PROMPT + 'appearance(token "circle") -> appearance(token "square")\ncentroid(token "circle") += (0.1, 0)'),
+                 prompt, tokenizer)
+    assert moved[1].edit_prompt == "a blue circle and a blue square", "no blend keeps the square: its own words"
+    both = bind(dsl.compile(PROMPT + 'appearance(token "circle") -> appearance(token "square")\nappearance(token "square") -> "green"'),
+                prompt, tokenizer)
+    assert both[1].edit_prompt == "a blue circle and a blue square", "the square is restyled itself: its words are not the swap's"
     bare = bind(dsl.compile('prompt "a circle and a square"\nappearance(token "circle") -> appearance(token "square")'),
                 "a circle and a square", tokenizer)
     assert [x.kind for x in bare] == ["appearance_from"], "no describing words: the energy alone"
