@@ -372,6 +372,25 @@ def test_status_lines_and_the_results_page_render_from_results_json_of_the_repor
             status_lines({**results, "meta": {**results["meta"], **bad}})
 
 
+def test_a_rerun_of_some_rows_replaces_them_and_says_so():
+    from sampler.bench.docs import bench_results_page, merge, status_lines
+
+    results = json.loads(json.dumps(_synthetic_results(), default=float))
+    rerun = json.loads(json.dumps(results))
+    rerun["meta"]["command"] = "steer bench --split report --task move"
+    rerun["tasks"] = {"move": {**rerun["tasks"]["move"], "success": {**rerun["tasks"]["move"]["success"], "k_all": 9, "all": 0.9}}}
+    merged = merge(results, rerun)
+    assert merged["tasks"]["move"]["success"]["k_all"] == 9 and set(merged["tasks"]) == set(results["tasks"])
+    assert results["tasks"]["move"]["success"]["k_all"] == 8, "the full run's rows are left as they were"
+    text = "\n".join(status_lines(merged))
+    assert "9 of 10 (90%)" in text and "Rows re-run since: move (`steer bench --split report --task move`)" in text
+    assert "Rows re-run since: move" in bench_results_page(merged)
+    with pytest.raises(ValueError, match="same split"):
+        merge(results, {**rerun, "meta": {**rerun["meta"], "steps": 10}})
+    with pytest.raises(ValueError):
+        merge(results, {**rerun, "meta": {**rerun["meta"], "split": "tune"}})
+
+
 def test_the_weight_curve_png_is_skipped_without_matplotlib(tmp_path, monkeypatch):
     import sys
 

@@ -3,10 +3,12 @@
 Only a full run on the report split may be quoted (the tune split is where defaults were chosen;
 a quick run is a smoke test): anything else is refused with a ValueError.
 
-    python -m sampler.bench.docs bench-out/results.json [--readme README.md] [--page docs/bench-results.md]
+    python -m sampler.bench.docs bench-out/results.json [--rerun rows/results.json ...] [--readme README.md] [--page docs/bench-results.md]
 
 prints the Status lines, or writes them into the README between the markers STATUS_START and
-STATUS_END, and writes the page.
+STATUS_END, and writes the page. `--rerun`: the rows of a later run of some tasks (`steer bench
+--split report --task ...`, after a change that touches only them) replace those rows, and the
+page and the Status lines say which rows came from which command.
 """
 
 from __future__ import annotations
@@ -30,6 +32,26 @@ def check_quotable(results: dict) -> None:
         raise ValueError(f"only the report split is quoted; these results are from the {meta.get('split')!r} split")
     if meta.get("quick"):
         raise ValueError("a quick run is a smoke test, not figures to quote")
+
+
+def merge(results: dict, rerun: dict) -> dict:
+    """`results` with the rows of `rerun`'s tasks taken from `rerun`: a later report-split run of
+    some tasks at the same settings. Its command and tasks are listed in meta["reruns"]."""
+    check_quotable(rerun)
+    same = ("split", "model", "steps", "per_task", "image_size")
+    if any(results["meta"].get(k) != rerun["meta"].get(k) for k in same):
+        raise ValueError("a rerun must be of the same split, model, steps, image size and edits per task: "
+                         + ", ".join(f"{k} {results['meta'].get(k)!r} vs {rerun['meta'].get(k)!r}" for k in same))
+    names = [n for n, r in rerun["tasks"].items() if r.get("n")]
+    out = {**results, "tasks": {n: rerun["tasks"].get(n, r) if n in names else r for n, r in results["tasks"].items()}}
+    out["runs"] = [x for x in results.get("runs", []) if x["task"] not in names] + [x for x in rerun.get("runs", []) if x["task"] in names]
+    reruns = list(results["meta"].get("reruns", [])) + [{"tasks": names, "command": rerun["meta"]["command"]}]
+    out["meta"] = {**results["meta"], "reruns": reruns}
+    return out
+
+
+def reruns_line(meta: dict) -> str:
+    return " ".join(f"Rows re-run since: {', '.join(r['tasks'])} (`{r['command']}`)." for r in meta.get("reruns", []))
 
 
 def _worst(groups: dict) -> str | None:
@@ -68,8 +90,8 @@ def status_lines(results: dict) -> list[str]:
     check_quotable(results)
     meta, tasks = results["meta"], results["tasks"]
     barred = {n: r for n, r in tasks.items() if r.get("bars")}
-    lines = [f"Measured with `steer bench`: {describe(meta)} The full tables are "
-             f"[docs/bench-results.md](docs/bench-results.md).", ""]
+    lines = [f"Measured with `steer bench`: {describe(meta)} {reruns_line(meta) + ' ' if meta.get('reruns') else ''}"
+             f"The full tables are [docs/bench-results.md](docs/bench-results.md).", ""]
     lines += [_row_line(n, r) for n, r in barred.items()]
     others = [f"{n} {pct(r['success']['all'])} of {r['n']}" if r.get("n") else f"{n} not run"
               for n, r in tasks.items() if not r.get("bars")]
@@ -96,6 +118,9 @@ def bench_results_page(results: dict) -> str:
     """docs/bench-results.md: the results.md tables under the page's own title, and the contact sheet."""
     check_quotable(results)
     page = markdown(results, curves_png=False, title="# steer bench results (report split)")
+    if results["meta"].get("reruns"):  # under the run's own description
+        first, rest = page.split("\n\n", 2)[:2], page.split("\n\n", 2)[2]
+        page = "\n\n".join(first + [reruns_line(results["meta"]), rest])
     return page + f"\n![Source and edit, the first cases of each task]({CONTACT_SHEET})\n"
 
 
@@ -111,10 +136,13 @@ def replace_status(readme: str, lines: list[str]) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m sampler.bench.docs", description=__doc__.split("\n\n")[0])
     p.add_argument("results", help="a results.json of `steer bench` on the report split")
+    p.add_argument("--rerun", action="append", default=[], help="a later report-split results.json of some tasks, whose rows replace theirs (repeatable)")
     p.add_argument("--readme", help="write the Status lines into this README (between the markers)")
     p.add_argument("--page", help="write the results page here (e.g. docs/bench-results.md)")
     args = p.parse_args(argv)
     results = json.loads(Path(args.results).read_text())
+    for path in args.rerun:
+        results = merge(results, json.loads(Path(path).read_text()))
     lines = status_lines(results)
     if args.readme:
         text = replace_status(Path(args.readme).read_text(), lines)
