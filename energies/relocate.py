@@ -98,14 +98,20 @@ def scaled_in_pixels(x0_src, mask, shift, scale, about, codec) -> tuple[torch.Te
     latent cell the scaled region touches. The caller noises it with the source's noise (shifted,
     never scaled, so that it stays white)."""
     decode, encode = codec
-    image = decode(x0_src).float()
-    m_px = _in_pixels(mask, image)
-    painted = torch.where(m_px[None] > 0.5, background(image, m_px, _ring(mask, image)).view(-1, 1, 1), image)
-    obj = transform(image, shift, scale, about, mode="bilinear")
-    obj_mask = transform(m_px[None], shift, scale, about, mode="bilinear")[0] > 0.5
-    composite = torch.where(obj_mask[None], obj, painted)
+    composite, obj_mask = scaled_image(decode(x0_src).float(), mask, shift, scale, about)
     cells = F.adaptive_max_pool2d(obj_mask[None, None].float(), mask.shape[-2:])[0, 0].to(mask)
     return encode(composite.clamp(0, 1)).to(x0_src), cells
+
+
+def scaled_image(image: torch.Tensor, mask: torch.Tensor, shift, scale: float, about) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image, its pixels the scaled region covers): the region under the latent `mask` painted
+    out with the colour of the ring around it and its pixels resampled (bilinear), shifted and
+    scaled about `about`, over that."""
+    m_px = _in_pixels(mask, image)
+    painted = torch.where(m_px[None] > 0.5, background(image, m_px, ring_width(mask, image)).view(-1, 1, 1), image)
+    obj = transform(image, shift, scale, about, mode="bilinear")
+    obj_mask = transform(m_px[None], shift, scale, about, mode="bilinear")[0] > 0.5
+    return torch.where(obj_mask[None], obj, painted), obj_mask
 
 
 def object_area(image: torch.Tensor, mask: torch.Tensor, distance: float = 0.25) -> float:
@@ -115,7 +121,7 @@ def object_area(image: torch.Tensor, mask: torch.Tensor, distance: float = 0.25)
     thresholded cells say where an object is, not how big: on the shapes model a 0.1-threshold mask
     covers about 60% of a square. Falls back to the mask's own share where nothing stands out."""
     region = _in_pixels(dilate(mask.float(), SCALE_MARGIN), image)
-    found = standing_out(image, region, _ring(mask, image), distance)
+    found = standing_out(image, region, ring_width(mask, image), distance)
     return float(found.mean()) if found is not None else float(mask.float().mean())
 
 
@@ -137,13 +143,38 @@ def settle(image: torch.Tensor, source: torch.Tensor, mask: torch.Tensor, scale_
     pixels that stand out from the region's background (standing_out). Scale 1 unless `scale_too`
     (an object whose shape changes may change its area). None where either image shows nothing there."""
     region = _in_pixels(mask.float(), image)
-    ring = _ring(mask, image)
-    have, want = standing_out(image, region, ring, distance), standing_out(source, region, ring, distance)
-    if have is None or want is None:
+    ring = ring_width(mask, image)
+    want = standing_out(source, region, ring, distance)
+    return settle_to(image, want, region, ring, scale_too, distance) if want is not None else None
+
+
+def settle_to(image: torch.Tensor, want: torch.Tensor, region: torch.Tensor, ring: int, scale_too: bool = True,
+              distance: float = 0.25) -> tuple[tuple[float, float], float, torch.Tensor] | None:
+    """(shift, scale, its pixels) that put the object standing out within the pixel mask `region`
+    of `image` onto the pixels `want` (an (H, W) mask): centre on centre, area on area (scale 1
+    unless `scale_too`). None where nothing stands out there."""
+    have = standing_out(image, region, ring, distance)
+    if have is None or want.sum() == 0:
         return None
     shift = tuple(float(v) for v in centroid(want) - centroid(have))
     scale = float((want.sum() / have.sum()).sqrt()) if scale_too else 1.0
     return shift, scale, have
+
+
+def target_pixels(source: torch.Tensor, mask: torch.Tensor, shift, scale: float, free: torch.Tensor | None = None,
+                  distance: float = 0.25) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Where a relocation (mask, shift, scale; `free`: the latent cells it may write) puts the
+    object of `source` (3, H, W), measured as an edit's prediction would be: (the pixels that stand
+    out in the image the copy pastes, the pixel region to look in: the scaled region and one
+    latent cell around it, less the cells it may not write). None where nothing stands out."""
+    free = torch.ones_like(mask) if free is None else free
+    about = tuple(float(v) for v in centroid(mask * free))
+    region = dilate(mask * free, SCALE_MARGIN) * free  # what relocate() scales
+    pasted, covered = scaled_image(source, region, shift, scale, about)
+    ring = ring_width(mask, source)
+    look = dilate(covered.float(), ring) * _in_pixels(free, source)
+    want = standing_out(pasted, look, ring, distance)
+    return (want, look) if want is not None else None
 
 
 def moved_in_pixels(image: torch.Tensor, pixels: torch.Tensor, shift, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,6 +196,6 @@ def _in_pixels(mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     return F.interpolate(mask[None, None].float(), size=tuple(image.shape[-2:]), mode="nearest")[0, 0].to(image.device)
 
 
-def _ring(mask: torch.Tensor, image: torch.Tensor) -> int:
+def ring_width(mask: torch.Tensor, image: torch.Tensor) -> int:
     """The width, in pixels, of one latent cell: the ring whose colour is a region's background."""
     return max(1, image.shape[-2] // mask.shape[-1])

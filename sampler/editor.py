@@ -186,7 +186,7 @@ class Editor:
             denoise, guide = plan.wrap(denoise, guide, src.cond)
         relocations = plan_relocations(b, others, src, steps, settings.prompt, plan)
         if relocations:  # first the copies, then the drag's optimisation, then the energies
-            guide = timed_as("steer.relocation_and_guide", relocating(guide, relocations, src, b.schedule()[0], codec_of(b)))
+            guide = timed_as("steer.relocation_and_guide", relocating(guide, relocations, src, b.schedule()[0], codec_of(b), denoise))
         guide = settling(guide, b, others, src, steps, settings.prompt, denoise)  # a restyled object back in its place, before any copy
         first = first_change(bound, steps, relocations, plan.step if plan is not None else None)
         edit_latents: list[torch.Tensor] = list(src.latents[:first])  # each step's z_t, whose maps the pictures ask for (TrajectoryMaps)

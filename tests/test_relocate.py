@@ -197,3 +197,39 @@ def test_a_restyled_object_is_copied_from_the_edits_own_latent():
         x0_moved = (moved - (1 - a).sqrt() * eps) / a.sqrt()
         assert x0_moved[0, 0, 2:4, 6:8] == pytest.approx(torch.full((2, 2), value), abs=1e-5)  # the copy, 4 cells right
         assert x0_moved[0, 0, 2:4, 2:4].abs().max() < 1e-5  # the hole: background
+
+
+def test_target_pixels_are_the_source_object_where_and_as_large_as_the_copy_puts_it():
+    source = torch.zeros(3, 64, 64)
+    source[0, 16:32, 16:32] = 1.0  # a red square of 16 x 16 pixels, cells 4..8 of a 16 x 16 latent
+    mask = square_mask(4, 4, 8, 8)
+    want, look = R.target_pixels(source, mask, shift=(0.25, 0.0), scale=0.5**0.5)
+    assert want.sum().item() == pytest.approx(16 * 16 * 0.5, rel=0.15)  # 11.3 pixels a side, whole pixels: 12
+    assert A.centroid(want).tolist() == pytest.approx([24 / 64 + 0.25, 24 / 64], abs=0.01)
+    assert (look * want).sum() == want.sum(), "where to look covers where it should be"
+    assert look[24, 24] == 0, "and not where it was"
+    assert R.target_pixels(torch.zeros(3, 64, 64), mask, (0.0, 0.0), 0.7) is None
+
+
+@pytest.mark.parametrize("regrowth", [1.0, 1.3, 0.8])
+def test_a_resize_is_calibrated_on_its_own_first_prediction(regrowth):
+    """A model that takes back part of a resize (its prediction from the copy shows the object
+    `regrowth` times the area the copy gave it) gets a copy scaled by sqrt(1 / regrowth) more; one
+    that draws what it was given gets none (within the tolerance, no second copy)."""
+    from sampler.regions import calibrated_scale
+
+    codec = pooled_codec(1)  # a latent cell per pixel: areas measured finely enough to see 1.3
+    decode, encode = codec
+    a_t = torch.tensor(1.0 - 1e-6)
+    x0 = -torch.ones(3, 48, 48)
+    x0[0, 12:36, 12:36] = 1.0  # a red square, 24 x 24 pixels
+    mask = square_mask(12, 12, 36, 36, n=48)
+    copy = R.relocate(x0.clone(), x0, x0, a_t, mask, scale=0.5**0.5, codec=codec)
+    centre = tuple(A.centroid(mask).tolist())
+
+    def denoise(z):  # the prediction: the copy's object regrown about its centre
+        grown = encode(R.transform(decode(z), scale=regrowth**0.5, about=centre, mode="bilinear").clamp(0, 1))
+        return (z - a_t.sqrt() * grown) / (1 - a_t).sqrt()
+
+    k = calibrated_scale(copy, x0, mask, (0.0, 0.0), 0.5**0.5, torch.zeros(48, 48), a_t, codec, denoise)
+    assert k == pytest.approx(regrowth**-0.5, rel=0.06) if regrowth != 1.0 else k == 1.0
