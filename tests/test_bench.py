@@ -391,6 +391,23 @@ def test_a_rerun_of_some_rows_replaces_them_and_says_so():
         merge(results, {**rerun, "meta": {**rerun["meta"], "split": "tune"}})
 
 
+def test_the_merged_results_are_kept_as_the_base_of_the_next_rerun(tmp_path):
+    from sampler.bench.docs import main
+
+    results = json.loads(json.dumps(_synthetic_results(), default=float))
+    rerun = json.loads(json.dumps(results))
+    rerun["meta"]["command"] = "steer bench --split report --task move"
+    rerun["tasks"] = {"move": {**rerun["tasks"]["move"], "success": {**rerun["tasks"]["move"]["success"], "k_all": 9, "all": 0.9}}}
+    (tmp_path / "full.json").write_text(json.dumps(results))
+    (tmp_path / "rerun.json").write_text(json.dumps(rerun))
+    kept = tmp_path / "bench-results.json"
+    assert main([str(tmp_path / "full.json"), "--rerun", str(tmp_path / "rerun.json"), "--keep", str(kept), "--page", str(tmp_path / "p.md")]) == 0
+    base = json.loads(kept.read_text())
+    assert base["tasks"]["move"]["success"]["k_all"] == 9 and base["meta"]["reruns"][0]["tasks"] == ["move"]
+    assert main([str(kept), "--keep", str(kept)]) == 0, "the kept file is a base in its own right"
+    assert json.loads(kept.read_text()) == base
+
+
 def test_the_weight_curve_png_is_skipped_without_matplotlib(tmp_path, monkeypatch):
     import sys
 

@@ -139,6 +139,8 @@ def main(argv=None) -> int:
     p.add_argument("--rerun", action="append", default=[], help="a later report-split results.json of some tasks, whose rows replace theirs (repeatable)")
     p.add_argument("--readme", help="write the Status lines into this README (between the markers)")
     p.add_argument("--page", help="write the results page here (e.g. docs/bench-results.md)")
+    p.add_argument("--keep", help="write the results, re-runs merged, here (e.g. docs/bench-results.json): the base a "
+                                  "later --rerun merges into, kept with the page because a run's own folder is not")
     args = p.parse_args(argv)
     results = json.loads(Path(args.results).read_text())
     for path in args.rerun:
@@ -152,6 +154,9 @@ def main(argv=None) -> int:
     if args.page:
         page = bench_results_page(results)
         atomic_write(Path(args.page), lambda tmp: tmp.write_text(page))
+    if args.keep:
+        kept = json.dumps(results, separators=(",", ":"), default=float)
+        atomic_write(Path(args.keep), lambda tmp: tmp.write_text(kept))
     return 0
 
 
