@@ -74,12 +74,9 @@ def relocate(z: torch.Tensor, z_src: torch.Tensor, x0_src: torch.Tensor, a_t, ma
     no longer white noise (scaled_in_pixels). The region scaled is the mask and SCALE_MARGIN cells
     around it, so that a shrunk object leaves no rim for the model to regrow it from."""
     a_t = torch.as_tensor(a_t, dtype=z.dtype, device=z.device)
-    free = torch.ones_like(mask) if protect is None else (protect < 0.5).to(mask.dtype)
-    mask = mask * free
-    about = tuple(float(v) for v in centroid(mask))
+    mask, region, about, free = relocated_region(mask, protect)
     eps_src = (z_src - a_t.sqrt() * x0_src) / (1 - a_t).sqrt()
-    if scale != 1.0 and codec is not None:  # the whole object is scaled, not its map's core: one cell more
-        region = dilate(mask, SCALE_MARGIN) * free
+    if scale != 1.0 and codec is not None:
         x0_new, cells = scaled_in_pixels(x0_src, region, shift, scale, about, codec)
         noise = torch.where(cells[None] > 0.5, transform(eps_src, shift, 1.0, about), eps_src)
         return torch.where((torch.maximum(region, cells) * free)[None] > 0.5, a_t.sqrt() * x0_new + (1 - a_t).sqrt() * noise, z)
@@ -89,6 +86,15 @@ def relocate(z: torch.Tensor, z_src: torch.Tensor, x0_src: torch.Tensor, a_t, ma
     moved = transform(z_src, shift, scale, about)
     moved_mask = transform(mask[None], shift, scale, about)[0]
     return torch.where((moved_mask * free)[None] > 0.5, moved, out)
+
+
+def relocated_region(mask: torch.Tensor, protect: torch.Tensor | None = None):
+    """(mask, region, about, free) of a relocation: the mask less the cells under `protect`, the
+    region a resize scales (the whole object, not its map's core: the mask and SCALE_MARGIN cells
+    around it, within the free cells), the centre it moves and scales about, and the free cells."""
+    free = torch.ones_like(mask) if protect is None else (protect < 0.5).to(mask.dtype)
+    mask = mask * free
+    return mask, dilate(mask, SCALE_MARGIN) * free, tuple(float(v) for v in centroid(mask)), free
 
 
 def scaled_in_pixels(x0_src, mask, shift, scale, about, codec) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,15 +167,13 @@ def settle_to(image: torch.Tensor, want: torch.Tensor, region: torch.Tensor, rin
     return shift, scale, have
 
 
-def target_pixels(source: torch.Tensor, mask: torch.Tensor, shift, scale: float, free: torch.Tensor | None = None,
+def target_pixels(source: torch.Tensor, mask: torch.Tensor, shift, scale: float, protect: torch.Tensor | None = None,
                   distance: float = 0.25) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Where a relocation (mask, shift, scale; `free`: the latent cells it may write) puts the
-    object of `source` (3, H, W), measured as an edit's prediction would be: (the pixels that stand
-    out in the image the copy pastes, the pixel region to look in: the scaled region and one
-    latent cell around it, less the cells it may not write). None where nothing stands out."""
-    free = torch.ones_like(mask) if free is None else free
-    about = tuple(float(v) for v in centroid(mask * free))
-    region = dilate(mask * free, SCALE_MARGIN) * free  # what relocate() scales
+    """Where a relocation (mask, shift, scale, protect, as relocate() takes them) puts the object of
+    `source` (3, H, W), measured as an edit's prediction would be: (the pixels that stand out in
+    the image the copy pastes, the pixel region to look in: the scaled region and one latent cell
+    around it, less the protected cells). None where nothing stands out."""
+    mask, region, about, free = relocated_region(mask, protect)
     pasted, covered = scaled_image(source, region, shift, scale, about)
     ring = ring_width(mask, source)
     look = dilate(covered.float(), ring) * _in_pixels(free, source)

@@ -162,7 +162,7 @@ def calibrated_scale(copy, x0_from, mask, shift, scale: float, protect, a_t, cod
     area the copy was to give it (relocate.target_pixels, settle_to), and the copy made again
     with its scale times sqrt(wanted / got), within D.RESIZE_CALIBRATION. 1 where nothing is found."""
     decode, _ = codec
-    target = R.target_pixels(decode(x0_from).float(), mask, shift, scale, (protect < 0.5).to(mask))
+    target = R.target_pixels(decode(x0_from).float(), mask, shift, scale, protect)
     if target is None:
         return 1.0
     want, look = target
