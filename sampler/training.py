@@ -129,13 +129,30 @@ def ema_of(modules: dict) -> dict:
 
 @torch.no_grad()
 def ema_update(ema: dict, modules: dict, decay: float):
+    averaged, current = [], []
     for k, m in modules.items():
         for n, v in m.state_dict().items():
             e = ema[f"{k}.{n}"]
             if v.dtype.is_floating_point:
-                e.lerp_(v, 1 - decay)
+                averaged.append(e)
+                current.append(v)
             else:  # counters and the like are copied, not averaged
                 e.copy_(v)
+    if averaged:  # one fused call: a GPU step would otherwise launch a kernel per tensor
+        torch._foreach_lerp_(averaged, current, 1 - decay)
+
+
+def to_device(dev: torch.device, models, ema: dict, opt: torch.optim.Optimizer):
+    """Move a trainer's models, EMA and optimizer moments to `dev`, after a checkpoint was restored
+    on the CPU (AdamW keeps its moments per tensor, beside the parameter they follow)."""
+    for m in models:
+        m.to(dev)
+    for k in ema:
+        ema[k] = ema[k].to(dev)
+    for s in opt.state.values():
+        for k, v in s.items():
+            if torch.is_tensor(v) and k != "step":
+                s[k] = v.to(dev)
 
 
 def optimise(loss: torch.Tensor, opt: torch.optim.Optimizer, params, ema: dict, modules: dict, step: int, ema_max: float):

@@ -124,6 +124,16 @@ def test_the_finetune_resumes_exactly_and_keeps_the_text_encoder(base_model, tmp
     assert card["ground_steps"] == 3 and card["unet_steps"] == 1 and card["commands"][-1].startswith("python -m sampler.shapes.ground")
 
 
+def test_batches_drawn_ahead_in_worker_processes_train_the_same_weights(base_model, tmp_path):
+    # --workers is how a GPU run keeps its step fed; it must not change what is trained
+    inline, ahead = tmp_path / "a", tmp_path / "b"
+    finetune(base_model, inline, 3)
+    finetune(base_model, ahead, 3, "--workers", "2")
+    a, _ = T.load_checkpoint(inline / "ground.ckpt.safetensors")
+    b, _ = T.load_checkpoint(ahead / "ground.ckpt.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(("model.unet.", "ema.unet.")))
+
+
 def test_the_finetune_refuses_to_continue_another_recipe(base_model, tmp_path):
     finetune(base_model, tmp_path, 1)
     with pytest.raises(T.SettingsChanged, match="weight"):

@@ -81,13 +81,14 @@ def sample(b, captions: list[str], seeds: list[int], steps: int, cfg: float, bat
         context = torch.cat([c.uncond for c in conds] + [c.cond for c in conds])
         added = {k: torch.cat([c.added_uncond[k] for c in conds] + [c.added[k] for c in conds]) for k in conds[0].added}
         z = torch.cat([torch.randn((1, *b.latent_shape()), generator=torch.Generator().manual_seed(s)) for s in sds])
+        z = z.to(b.device)  # drawn on the CPU: the same images on any device
 
         def denoise(i, t, z, eps_cond=None, eps_uncond=None):
             eps_u, eps_c = b.eps(torch.cat([z, z]), t, context, added).chunk(2)
             return classifier_free(eps_u, eps_c, cfg)
 
         z = sample_ddim(denoise, z, ts, alphas, final, disable=True, clip=b.clip_x0)
-        out.append(b.decode(z).permute(0, 2, 3, 1).numpy())
+        out.append(b.decode(z).permute(0, 2, 3, 1).float().cpu().numpy())
     return np.concatenate(out)
 
 
@@ -203,6 +204,8 @@ def main(argv=None):
     p.add_argument("--per-caption", type=int, default=3, help="seeds per two-object caption (108 captions); one-object captions get 8")
     p.add_argument("--cfg", type=float, nargs="*", default=None, help="cfg scales to compare (default: the model's)")
     p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="where to sample (cuda: the caption fidelity only; the images are the same)")
+    p.add_argument("--batch", type=int, default=32, help="images sampled at once")
     p.add_argument("--only", choices=["fidelity", "localisation", "inversion"],
                    help="just the caption fidelity, or just the cross-attention localisation (quick checks during training); "
                         "inversion: re-measure only that section of an existing report (--out, default docs/shapes-model.json) "
@@ -215,7 +218,9 @@ def main(argv=None):
     if flow and args.only != "fidelity":  # localisation and inversion here read a UNet
         p.error("a shapes flow model is measured here with --only fidelity; its blocks' localisation: "
                 "python -m sampler.shapes.flow_blocks")
-    b = load_backbone(args.model) if flow else ShapesBackbone(args.model)
+    if args.device != "cpu" and args.only != "fidelity":
+        p.error("off the CPU only the caption fidelity is measured (--only fidelity)")
+    b = load_backbone(args.model, device=args.device) if flow else ShapesBackbone(args.model, device=args.device)
     d = b.sampling_defaults
     steps = args.steps or d["steps"]
     report = {"model": args.model, "split": args.split, "steps": steps, "image_size": list(b.image_size()), "fidelity": {}}
@@ -226,8 +231,8 @@ def main(argv=None):
     cfgs = [] if args.only in ("localisation", "inversion") else (args.cfg or [d["cfg"]])
     for cfg in tqdm(cfgs, desc="fidelity"):
         report["fidelity"][str(cfg)] = {
-            "one_object": fidelity(sample(b, ones, one_seeds, steps, cfg, progress=True), ones, one_seeds),
-            "two_objects": fidelity(sample(b, twos, two_seeds, steps, cfg, progress=True), twos, two_seeds),
+            "one_object": fidelity(sample(b, ones, one_seeds, steps, cfg, args.batch, progress=True), ones, one_seeds),
+            "two_objects": fidelity(sample(b, twos, two_seeds, steps, cfg, args.batch, progress=True), twos, two_seeds),
         }
     if args.only in (None, "localisation"):
         report["localisation"] = localisation(b)

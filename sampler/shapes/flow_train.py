@@ -93,12 +93,7 @@ def train(args) -> dict:
         tensors, state = resumed
         T.restore_models(tensors, state, modules, ema, opt)
         start, elapsed = state["step"], state["elapsed"]
-    for m in (transformer, text_encoder, vae):
-        m.to(dev)
-    for st in opt.state.values():  # the optimizer's moments follow their parameters
-        for k, v in st.items():
-            if torch.is_tensor(v) and k != "step":
-                st[k] = v.to(dev)
+    T.to_device(dev, (transformer, text_encoder, vae), ema, opt)  # the moments and the average follow their parameters
     pool = None
     if args.latent_pool:
         pool = latent_pool.build(args.work / f"latent-pool-{args.seed}-{args.latent_pool}.safetensors", vae.to("cpu"),

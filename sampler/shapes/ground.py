@@ -26,8 +26,12 @@ as train.py's stages do.
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import json
+import multiprocessing
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -121,9 +125,39 @@ def word_share(attn: dict[str, torch.Tensor], masks: torch.Tensor, grounded: tor
     return torch.stack(out).mean().item()
 
 
+def training_batch(seed: int, batch: int, p_one: float, p_same: float, p_uncond: float, step: int):
+    """Step `step`'s batch, a function of the seed alone: world scenes as (B, 3, H, W) images in
+    [-1, 1], their captions (some dropped to "" for classifier-free guidance), each token's object
+    mask (as uint8: a quarter of the float's memory in a prefetch queue) and which tokens are grounded."""
+    scenes = world.scene_batch(seed + 13, step, batch, size=M.IMAGE_SIZE, p_one=p_one, p_same=p_same)
+    drop = np.random.default_rng((seed, step, 1 << 21)).random(batch) < p_uncond
+    captions = ["" if d else s.caption for s, d in zip(scenes, drop)]
+    masks, grounded = word_masks(scenes, captions)
+    return images_to_tensor(scenes), captions, masks.to(torch.uint8), grounded
+
+
+def prefetched(make, steps, workers: int):
+    """make(step) for each step, in order. With workers > 0, computed ahead in that many processes
+    (at most two batches each in flight, so the queue's memory is bounded): drawing the scenes
+    costs more than a GPU's training step, and on a many-core GPU machine it would bound the run."""
+    if workers <= 0:
+        yield from map(make, steps)
+        return
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        todo = iter(steps)
+        window = deque(pool.apply_async(make, (s,)) for s in itertools.islice(todo, 2 * workers))
+        while window:
+            done = window.popleft().get()
+            nxt = next(todo, None)
+            if nxt is not None:
+                window.append(pool.apply_async(make, (nxt,)))
+            yield done
+
+
 def finetune(args) -> dict:
     torch.manual_seed(args.seed)
-    bf16 = T.bf16_autocast(args.bf16, "cpu")
+    dev = torch.device(args.device)
+    bf16 = T.bf16_autocast(args.bf16, dev)
     init = M.load(args.init_from, with_clip=False)  # frozen, in eval mode: the text encoder and autoencoder stay so
     tokenizer, text_encoder, vae, scheduler = init.tokenizer, init.text_encoder, init.vae, M.build_scheduler()
     unet = init.unet.train().requires_grad_(True)
@@ -142,32 +176,33 @@ def finetune(args) -> dict:
         tensors, state = resumed
         T.restore_models(tensors, state, modules, ema, opt)
         start, elapsed = state["step"], state["elapsed"]
+    # spawned, not forked: a forked child of a process that has run torch's thread pool (or CUDA) can hang
+    make = functools.partial(training_batch, args.seed, args.batch, args.p_one, args.p_same, args.p_uncond)
+    batches = prefetched(make, range(start, args.steps), args.workers)
+    T.to_device(dev, (unet, text_encoder, vae), ema, opt)
 
     layers = cross_attention_layers(unet, GROUNDED)
-    alphas = scheduler.alphas_cumprod
+    alphas = scheduler.alphas_cumprod.to(dev)
     snr = alphas / (1 - alphas)
     weight_of_t = snr.clamp(max=args.min_snr) / snr  # Min-SNR-gamma, as the UNet stage
     t0 = time.time() - elapsed
     bar = T.progress(start, args.steps, "ground")
     history: list[tuple[float, float]] = []
-    for step in bar:
-        scenes = world.scene_batch(args.seed + 13, step, args.batch, size=M.IMAGE_SIZE, p_one=args.p_one, p_same=args.p_same)
-        drop = np.random.default_rng((args.seed, step, 1 << 21)).random(args.batch) < args.p_uncond
-        captions = ["" if d else s.caption for s, d in zip(scenes, drop)]
-        g = torch.Generator().manual_seed(args.seed * 1_000_033 + step)
+    for step, (images, captions, masks, grounded) in zip(bar, batches):
+        g = torch.Generator().manual_seed(args.seed * 1_000_033 + step)  # noise is drawn on the CPU: a run is the same on any device
         with torch.no_grad():
-            x0 = M.vae_encode(vae, images_to_tensor(scenes), g)
+            x0 = M.vae_encode(vae, images.to(dev), g)
             cond = encode(tokenizer, text_encoder, captions)
-        noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch,), generator=g)
-        masks, grounded = word_masks(scenes, captions)
+        noise = torch.randn(x0.shape, generator=g).to(dev)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch,), generator=g).to(dev)
+        masks, grounded = masks.to(dev, torch.float32), grounded.to(dev)
         grounded &= (t < args.ground_below)[:, None]
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, args.warmup, "wsd", args.cooldown)
         store = ProbeStore(tuple(x0.shape[-2:]))
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), probing(unet, store, layers):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16), probing(unet, store, layers):
             pred = unet(xt, t, cond).sample
         denoise = (weight_of_t[t] * (pred.float() - noise).pow(2).mean((1, 2, 3))).mean()
         ground = token_loss(store.attn, masks, grounded)
@@ -186,7 +221,7 @@ def finetune(args) -> dict:
     bar.close()
     d, gr, share = np.nanmean(history[-100:], axis=0) if history else (float("nan"),) * 3
     return {"ground_steps": step + 1 if history else start, "ground_minutes": round((time.time() - t0) / 60, 1),
-            "ground_batch": args.batch, "ground_machine": T.machine(),
+            "ground_batch": args.batch, "ground_machine": T.machine("GPU" if dev.type == "cuda" else "CPU"),
             "ground_final_denoise_loss": float(d), "ground_final_token_loss": float(gr),
             "ground_final_word_share": float(share)}
 
@@ -245,6 +280,10 @@ def main(argv=None):
     p.add_argument("--p-same", type=float, default=0.0,
                    help="share of two-object scenes whose objects share a colour (the world's default draws none; "
                         "an appearance transfer makes them)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where the UNet trains (default: cuda when there is one); the same seed gives the same batches")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes that draw the world's scenes ahead of the training step (0: in the training process)")
     p.add_argument("--out", type=Path, help="where the finished model goes (default: WORK/model)")
     p.add_argument("--half", action="store_true", help="store the UNet, text encoder and CLIP in fp16 (a shipped folder)")
     T.add_run_arguments(p)

@@ -203,13 +203,7 @@ def train_unet(args) -> dict:
         tensors, state = resumed
         T.restore_models(tensors, state, modules, ema, opt)
         start, elapsed = state["step"], state["elapsed"]
-    for m in (unet, text_encoder, vae):
-        m.to(dev)  # after restoring: the optimizer's moments follow their parameters (AdamW keeps them per tensor)
-    ema = {k: v.to(dev) for k, v in ema.items()}  # the average lives beside the weights it follows
-    for s in opt.state.values():
-        for k, v in s.items():
-            if torch.is_tensor(v) and k != "step":
-                s[k] = v.to(dev)
+    T.to_device(dev, (unet, text_encoder, vae), ema, opt)  # after restoring, so the moments follow their parameters
 
     alphas = scheduler.alphas_cumprod.to(dev)
     # Min-SNR-gamma (Hang et al. 2023): an epsilon loss weighted by min(SNR, gamma) / SNR, so the
