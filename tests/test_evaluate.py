@@ -65,6 +65,12 @@ def test_the_card_lists_stages_notes_and_what_was_tried(monkeypatch):
     text = model_card({"seconds": 1, "steps": 25, "split": "report", "fidelity": {}}, b, "cmd")
     assert "UNet + text encoder: 10 steps at batch 64 in 1.0 min (CPU)" in text and "- a note" in text
     assert "| Min-SNR 5 | loss curve | faster convergence |" in text
+    # a card written before its inversion was measured says so, rather than leaving the section out
+    assert "Not measured on this model yet" in text and "--only inversion" in text
+    row = {"n": 2, "steps": 25, "mean_psnr": 40.0, "min_psnr": 35.0, "share_at_least_30db": 1.0, "share_under_25db": 0.0}
+    inversion = {"generated": row, "world": row}
+    with_inversion = model_card({"seconds": 1, "steps": 25, "split": "report", "fidelity": {}, "inversion": inversion}, b, "cmd")
+    assert "Not measured on this model yet" not in with_inversion and "| generated samples (n=2) | 25 | 40.0 dB" in with_inversion
 
 
 def test_only_localisation_measures_the_maps_and_samples_nothing(tmp_path, shapes_path, capsys):

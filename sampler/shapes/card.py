@@ -92,6 +92,10 @@ def model_card(r: dict, b, command: str) -> str:
               "| --- |" + " --- |" * len(next(iter(r["localisation"].values())))]
         for key, by_t in r["localisation"].items():
             L.append(f"| {key} | " + " | ".join(f"{v['own_object']:.2f} / {v['other_object']:.2f}" for v in by_t.values()) + " |")
+    if "inversion" not in r:  # a card written before its inversion was measured says so
+        L += ["", "### Inversion and regeneration through `source \"image.png\"`", "",
+              "Not measured on this model yet: `python -m sampler.shapes.evaluate --only inversion` measures it and "
+              "rewrites this card."]
     if "inversion" in r:
         inv = r["inversion"]
         L += ["", "### Inversion and regeneration through `source \"image.png\"`", "",
