@@ -92,10 +92,6 @@ def model_card(r: dict, b, command: str) -> str:
               "| --- |" + " --- |" * len(next(iter(r["localisation"].values())))]
         for key, by_t in r["localisation"].items():
             L.append(f"| {key} | " + " | ".join(f"{v['own_object']:.2f} / {v['other_object']:.2f}" for v in by_t.values()) + " |")
-    if "inversion" not in r:  # a card written before its inversion was measured says so
-        L += ["", "### Inversion and regeneration through `source \"image.png\"`", "",
-              "Not measured on this model yet: `python -m sampler.shapes.evaluate --only inversion` measures it and "
-              "rewrites this card."]
     if "inversion" in r:
         inv = r["inversion"]
         L += ["", "### Inversion and regeneration through `source \"image.png\"`", "",
@@ -112,6 +108,10 @@ def model_card(r: dict, b, command: str) -> str:
                   f"{v['share_at_least_30db']:.0%} | {v['share_under_25db']:.0%} |"
             a = v.get("from_noise_alone")
             L.append(row + (f" {a['mean_psnr']:.1f} dB | {a['min_psnr']:.1f} dB | {a['share_under_25db']:.0%} |" if a else " | | |"))
+    else:  # a card written before its inversion was measured says so
+        L += ["", "### Inversion and regeneration through `source \"image.png\"`", "",
+              "Not measured on this model yet: `python -m sampler.shapes.evaluate --only inversion` measures it and "
+              "rewrites this card."]
     c = r.get("clip") or {}
     if c:
         L += ["", "### Shapes CLIP", "", f"Zero-shot caption retrieval on {c['n']} held-out scenes among all {c['candidates']} captions of the",

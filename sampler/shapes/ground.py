@@ -143,6 +143,7 @@ def prefetched(make, steps, workers: int):
     if workers <= 0:
         yield from map(make, steps)
         return
+    # spawned, not forked: a forked child of a process that has run torch's thread pool (or CUDA) can hang
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         todo = iter(steps)
         window = deque(pool.apply_async(make, (s,)) for s in itertools.islice(todo, 2 * workers))
@@ -176,7 +177,6 @@ def finetune(args) -> dict:
         tensors, state = resumed
         T.restore_models(tensors, state, modules, ema, opt)
         start, elapsed = state["step"], state["elapsed"]
-    # spawned, not forked: a forked child of a process that has run torch's thread pool (or CUDA) can hang
     make = functools.partial(training_batch, args.seed, args.batch, args.p_one, args.p_same, args.p_uncond)
     batches = prefetched(make, range(start, args.steps), args.workers)
     T.to_device(dev, (unet, text_encoder, vae), ema, opt)
