@@ -170,11 +170,11 @@ def test_recolour_to_a_word_changes_the_colour_in_place(shapes_editor):
     assert W.find(out, "blue", "square") is not None
 
 
-@pytest.mark.parametrize("prompt, seed, shape, colour", [("a red square", 0, "square", "red"), ("a blue circle", 4, "circle", "blue")])
+@pytest.mark.parametrize("prompt, seed, shape, colour", [("a red square", 0, "square", "red"), ("a blue circle", 1, "circle", "blue")])
 def test_a_recoloured_object_settles_where_and_as_large_as_the_source_had_it(shapes_editor, monkeypatch, prompt, seed, shape, colour):
-    """Two seeds whose recolour, left alone, draws the object 0.17-0.23 away at under half its area
-    (the new words draw it anew from the same noise); settled (sampler/regions.py settling) it
-    keeps the source's place within 0.03 and its area within 15%."""
+    """Two seeds whose recolour, left alone, draws the object 0.12-0.23 away at 0.5x-1.4x its area
+    on the fourth-stage model (the new words draw it anew from the same noise); settled
+    (sampler/regions.py settling) it keeps the source's place within 0.03 and its area within 15%."""
     from energies import defaults as D
     from sampler.shapes import world as W
 
@@ -188,7 +188,7 @@ def test_a_recoloured_object_settles_where_and_as_large_as_the_source_had_it(sha
     assert moved < 0.03 and 0.85 < ratio < 1.15
     monkeypatch.setattr(D, "SETTLE", frozenset())
     moved, ratio = recoloured()
-    assert moved > 0.1 and ratio < 0.6, "without settling this seed drifts: the test would not see the difference"
+    assert moved > 0.1 and abs(ratio - 1) > 0.3, "without settling this seed drifts: the test would not see the difference"
 
 
 def test_a_shape_swap_settles_its_object_once_and_moves_it_only(shapes_editor, monkeypatch):
