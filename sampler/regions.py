@@ -177,23 +177,25 @@ def calibrated_scale(copy, x0_from, mask, shift, scale: float, protect, a_t, cod
 
 
 def settling(guide, backbone, bound: list[BoundTerm], src, steps: int, prompt: str, denoise):
-    """The guide with each restyled object (a recolour, an appearance or shape transfer) put back
+    """The guide with each restyled object (a recolour, an appearance or shape transfer, a learned
+    direction `within` its token) put back
     where the source has it, once, at the step D.SETTLE_AT: the edit's prompt draws the object
     anew from the same noise, and on the shapes model it came out shifted by 0.05-0.3 and 0.5-1.5x
     as large on a third of recolours, a drift fixed within the first few steps and kept to the end
     (docs/methods.md). Its predicted x0 there and the source's are decoded; within the object's
     source region the pixels that stand out from the background say where each has it
     (relocate.settle); the edit's object is moved and scaled in pixels to the source's place and
-    size (shape transfers: moved only) and z_t is rebuilt there from that x0 and the edit's noise.
+    size (shape transfers and directions: moved only) and z_t is rebuilt there from that x0 and the edit's noise.
     `denoise(i, t, z)`: the edit's own prediction (its x0 is read from it, not from the source's
     noise: at that step a small difference in the noise is a large one in x0).
     Returns the guide unchanged where the script restyles nothing."""
     restyled = [x for x in bound if x.kind in D.SETTLE and x.token and x.weight > 0]
     # each object once; a shape swap's own word swap is a recolour of the same token, and a new
-    # silhouette is not the old one's size, so an object whose shape changes is moved only
+    # silhouette is not the old one's size, so an object whose shape changes is moved only; so is
+    # one a learned direction acts on `within` (its change may be a size: `smaller`)
     objects = {tuple(x.token): True for x in restyled}
     for x in restyled:
-        if x.kind == "shape_from":
+        if x.kind in ("shape_from", "direction"):
             objects[tuple(x.token)] = False
     if not objects:
         return guide

@@ -191,7 +191,7 @@ def test_a_recoloured_object_settles_where_and_as_large_as_the_source_had_it(sha
     assert moved > 0.1 and abs(ratio - 1) > 0.3, "without settling this seed drifts: the test would not see the difference"
 
 
-def test_a_shape_swap_settles_its_object_once_and_moves_it_only(shapes_editor, monkeypatch):
+def test_settling_looks_at_each_restyled_object_once_and_rescales_only_a_recolour(shapes_editor, monkeypatch):
     """A shape swap binds its own word swap, a recolour of the same token; settling must look at
     the object once, and (a new silhouette is not the old one's size) move it without scaling."""
     from energies import relocate as R
@@ -203,6 +203,12 @@ def test_a_shape_swap_settles_its_object_once_and_moves_it_only(shapes_editor, m
     asked.clear()
     shapes_editor.run(dsl.compile(PROMPT + 'steps 4\nseed 3\nappearance(token "circle") -> "green"'), progress=False)
     assert asked == [True]
+    asked.clear()  # a direction within a token: its object settles, moved only (the direction may change its size)
+    shapes_editor.run(dsl.compile(PROMPT + 'steps 4\nseed 3\ndirection smaller within token "circle"'), progress=False)
+    assert asked == [False]
+    asked.clear()  # a direction over the whole image has no object to put back
+    shapes_editor.run(dsl.compile(PROMPT + 'steps 4\nseed 3\ndirection smaller'), progress=False)
+    assert asked == []
 
 
 def test_a_shape_transfer_takes_the_others_shape_in_place(shapes_editor):
