@@ -118,7 +118,14 @@ def pictures(d, session, ActionChains, By):
     wait_for(d, lambda: f"run {n} (" in text_of(d, "#status"), 300)
     d.find_element(By.CSS_SELECTOR, "#token input").click()
     wait_for(d, lambda: [e for e in d.find_elements(By.CSS_SELECTOR, "[role=option]") if e.text == "circle"])[0].click()
-    for x, y in ((0.487, 0.746), (0.237, 0.746)):
+    # the handle on the circle the model drew (the world's detector finds it), the target a quarter
+    # of the image up or down, towards the middle (the square of this seed sits beside the circle,
+    # not above or below it): fixed clicks missed the circle once the model changed
+    from sampler.shapes import world as W
+
+    found = W.find(W.detect(session.runs[-1].result.source_image), "red", "circle")
+    hx, hy = found.centroid if found is not None else (0.5, 0.5)
+    for x, y in ((hx, hy), (hx, hy + (0.25 if hy < 0.5 else -0.25))):
         source = d.find_element(By.CSS_SELECTOR, "#source img")
         w, h = source.size["width"], source.size["height"]
         ActionChains(d).move_to_element_with_offset(source, round((x - 0.5) * w), round((y - 0.5) * h)).click().perform()
