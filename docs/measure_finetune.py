@@ -2,7 +2,7 @@
 
     python docs/measure_finetune.py [--model shapes] [--seeds 8] [--work runs/measure-finetune]
 
-1. learns `red_to_green_ft` with `steer learn clip` at its defaults (1 thread), timing it;
+1. learns `red_to_green_ft` with `steer learn clip` from its shipped recipe (1 thread), timing it;
 2. edits "a red circle" on --seeds seeds at gamma 0, 0.25, 0.5, 0.75, 1 and reports, with the
    world's detector: the share of seeds whose circle is green at gamma 1, whose centroid stayed
    within 0.05 of the source's, and whose hue distance to green fell (never rose by more than 2
@@ -48,8 +48,10 @@ def hue_distance(image: np.ndarray, mask: np.ndarray, target_deg: float = 120.0)
 
 def learn(model: str, work: Path) -> tuple[float, int]:
     out = work / "directions"
-    cmd = [sys.executable, "-m", "sampler.learn", "clip", NAME, "--from", "a red circle", "--to", "a green circle",
-           "--model", model, "--out", str(out), "--work", str(work / "ckpt")]
+    from sampler.shapes.reship import NEW, relearn_command
+
+    # the shipped direction's own recipe (with its hold pairs), pointed at `model`
+    cmd = [sys.executable, "-m", "sampler.learn", *relearn_command(NEW[NAME], model, out), "--work", str(work / "ckpt")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     began = time.time()
     subprocess.run(cmd, check=True, cwd=ROOT, env=env)
@@ -167,7 +169,7 @@ def main(argv=None) -> int:
     print("| measure | value |")
     print("| --- | --- |")
     if seconds is not None:
-        print(f"| learn time (1 thread, `steer learn clip {NAME} --from \"a red circle\" --to \"a green circle\"`) | {seconds:.0f} s |")
+        print(f"| learn time (1 thread, the shipped recipe of `{NAME}`) | {seconds:.0f} s |")
     print(f"| file size | {size / 1e6:.2f} MB |")
     print(f"| green circle at gamma 1 | {took}/{n} |")
     print(f"| green circle within 0.05 of the source's centroid | {kept}/{n} |")

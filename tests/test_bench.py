@@ -351,6 +351,12 @@ def test_results_md_opens_with_the_summary_then_shapes_colours_curves():
     assert "recolour (`recolour to a word`): not run" in md
 
 
+def test_a_shortfall_under_one_point_is_not_written_as_zero():
+    from sampler.bench.report import points
+
+    assert points(0.9 - 43 / 48) == "0.4" and points(0.10) == "10" and points(0.0249) == "2"
+
+
 def test_status_lines_and_the_results_page_render_from_results_json_of_the_report_split_only():
     from sampler.bench.docs import STATUS_END, STATUS_START, bench_results_page, replace_status, status_lines
 

@@ -86,6 +86,19 @@ def test_diffusionclip_loss_on_tensors():
     assert feat.grad[2] < 0, "descending the loss raises the target text's component"
 
 
+def test_a_hold_pair_is_learned_by_its_identity_alone():
+    """A pair whose target is its source ("a yellow square" to itself) has no text direction: its
+    direction loss is 0 with no gradient, whatever the image did, and only the identity pulls."""
+    txt = torch.tensor([0, 1.0, 0])
+    feat = torch.tensor([1.0, 0, 0], requires_grad=True)
+    x0 = torch.full((1, 3, 4, 4), 0.25, requires_grad=True)
+    total, direction, identity = diffusionclip_loss(feat[None], txt, txt.clone()[None], txt[None], x0, torch.zeros(1, 3, 4, 4), 3.0, 1.0)
+    assert direction.item() == 0 and identity.item() == pytest.approx(0.25) and total.item() == pytest.approx(0.25)
+    total.backward()
+    assert feat.grad is None or not feat.grad.any(), "the CLIP features get no pull from a hold"
+    assert (x0.grad > 0).all(), "the identity pulls the image back to the original"
+
+
 # ----------------------------------------------------------------------------------------------
 # The noise combination
 
@@ -273,6 +286,9 @@ def test_learn_clip_takes_several_sentence_pairs_each_image_with_its_own(shapes_
     assert learn.main(["clip", "bad", "--from", "a red circle", "a red square", "--to", "a green circle", "--model", shapes_path,
                        "--out", str(out), "--work", str(tmp_path / "w2")]) == 2
     assert "one target per source" in capsys.readouterr().err
+    assert learn.main(["clip", "still", "--from", "a red circle", "--to", "a red circle", "--model", shapes_path,
+                       "--out", str(out), "--work", str(tmp_path / "w3")]) == 2
+    assert "nothing to learn" in capsys.readouterr().err
 
 
 def test_learn_full_fine_tune_stores_the_changed_weights(shapes_path, tmp_path):

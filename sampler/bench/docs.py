@@ -19,7 +19,7 @@ from pathlib import Path
 
 from energies.files import atomic_write
 
-from .report import describe, markdown, pct
+from .report import describe, markdown, pct, points
 
 STATUS_START = "<!-- bench-status:start -->"
 STATUS_END = "<!-- bench-status:end -->"
@@ -73,7 +73,7 @@ def _row_line(name: str, row: dict) -> str:
         parts = []
         for b in row["bar"]:
             what = "" if b["criterion"] == "success" else f"{b['criterion']} "
-            parts.append(f"{what}bar {b['bar']:.0%} " + ("met" if b["met"] else f"missed by {b['miss'] * 100:.0f} points"))
+            parts.append(f"{what}bar {b['bar']:.0%} " + ("met" if b["met"] else f"missed by {points(b['miss'])} points"))
         text += "; " + ", ".join(parts)
         if len(row["bar"]) > 1 or row["bar"][0]["criterion"] != "success":
             text += " (" + ", ".join(f"{b['criterion']} {pct(b['all'])}" for b in row["bar"]) + ")"

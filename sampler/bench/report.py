@@ -125,6 +125,12 @@ def pct(v) -> str:
     return "-" if v is None else f"{v:.0%}"
 
 
+def points(miss: float) -> str:
+    """A bar's shortfall in percentage points: whole points, or one decimal under one point (43 of
+    48 is 89.6%, short of 90% by 0.4, not by '0')."""
+    return f"{miss * 100:.1f}" if miss * 100 < 0.95 else f"{miss * 100:.0f}"
+
+
 def _cell(r: dict) -> str:
     """success over all sources (n) for a per-shape/colour cell."""
     return "-" if not r or not r.get("n") else f"{pct(r['success'])} ({r['n']})"
@@ -138,7 +144,7 @@ def _met(row: dict) -> str:
     misses = [b for b in row["bar"] if not b["met"]]
     if not misses:
         return "yes"
-    return "no: " + ", ".join((f"{_crit(b['criterion'])} " if b["criterion"] != "success" else "") + f"{b['miss'] * 100:.0f} points short"
+    return "no: " + ", ".join((f"{_crit(b['criterion'])} " if b["criterion"] != "success" else "") + f"{points(b['miss'])} points short"
                               for b in misses)
 
 

@@ -50,8 +50,13 @@ AUGMENT_NOISE = 0.3  # the most noise the shapes CLIP saw in training (sampler/s
 def diffusionclip_loss(img_feat, src_img_feat, txt_trg, txt_src, x0, x_orig, clip_w: float, id_w: float):
     """(L, L_direction, L_id): DiffusionCLIP's fine-tuning loss on a predicted image x0 and the
     image x_orig it was regenerated from. L_direction is energies.x0's directional CLIP loss
-    (-log((1 + cos(dI, dT)) / 2)), L_id the mean L1 |x0 - x_orig|."""
-    direction = directional_clip_energy(img_feat, src_img_feat, txt_trg, txt_src)
+    (-log((1 + cos(dI, dT)) / 2)), L_id the mean L1 |x0 - x_orig|. A hold pair (the target text is
+    the source text: an image the fine-tune must leave as it is) has no text direction, so its
+    L_direction is 0 and only the identity counts."""
+    if torch.equal(txt_trg, txt_src):
+        direction = x0.new_zeros(())
+    else:
+        direction = directional_clip_energy(img_feat, src_img_feat, txt_trg, txt_src)
     identity = (x0 - x_orig.detach()).abs().mean()
     return clip_w * direction + id_w * identity, direction, identity
 
@@ -117,6 +122,12 @@ def _pairs(src: list[str], dst: list[str]) -> list[tuple[str, str]]:
     return list(zip(src, dst))
 
 
+def _mean_clip(losses) -> float | None:
+    """The mean directional CLIP loss of (clip, identity) records, holds (clip None) left out."""
+    changing = [c for c, _ in losses if c is not None]
+    return float(np.mean(changing)) if changing else None
+
+
 def add_lora(unet, rank: int, targets=FT.TARGETS) -> list[torch.nn.Parameter]:
     """A LoRA (peft) of the UNet's projections named in `targets`; B starts at 0, so the model starts
     as the original. Only its parameters train."""
@@ -155,6 +166,8 @@ def learn_clip(args, argv) -> int:
     if args.n_images < 1 or args.iters < 1 or args.s_for < 1 or args.s_gen < 1:
         raise UsageError("--n-images, --iters, --s-for and --s-gen must be at least 1")
     pairs = _pairs(args.src, args.dst)
+    if all(src == dst for src, dst in pairs):
+        raise UsageError("every --to sentence is its --from: nothing to learn (a pair whose target is its source only holds its images)")
     torch.manual_seed(args.seed)
     b = load_backbone(args.model, device=args.device, dtype=args.dtype)
     adapter = "full" if args.full else "lora"
@@ -163,7 +176,9 @@ def learn_clip(args, argv) -> int:
     clip = ClipFeatures(b, args.clip)
     # Several pairs (e.g. the red circle beside each other object): image k is sampled from, inverted
     # with and regenerated under pair k mod P's source sentence, and its CLIP loss reads that pair.
-    # One pair is DiffusionCLIP's own recipe; more pairs show the fine-tune what it must leave alone.
+    # One pair is DiffusionCLIP's own recipe; more pairs show the fine-tune what it must leave alone:
+    # a hold pair ("a yellow square" to itself) is an image it learns to keep, by the identity loss
+    # alone. Without them a red -> green fine-tune turned yellow objects green too (docs/methods.md 6b).
     conds = [b.encode_prompt(src) for src, _ in pairs]
     texts = [(clip.text([src]), clip.text([dst])) for src, dst in pairs]
     alphas, final = b.schedule()
@@ -225,9 +240,9 @@ def learn_clip(args, argv) -> int:
                 if b.clip_x0 is not None:
                     x0, eps = clip_x0(z, x0, a[i], b.clip_x0)
                 z = ddim_step(x0, eps, a[i + 1])
-            losses.append((loss_clip.item(), loss_id.item()))
+            losses.append((None if pairs[k % len(pairs)][0] == pairs[k % len(pairs)][1] else loss_clip.item(), loss_id.item()))
         recent = losses[-len(train) * n:]
-        bar.set_postfix(clip=f"{np.mean([c for c, _ in recent]):.3f}", id=f"{np.mean([l for _, l in recent]):.3f}")
+        bar.set_postfix(clip=f"{_mean_clip(recent) or 0:.3f}", id=f"{np.mean([l for _, l in recent]):.3f}")
         if (s + 1) % args.ckpt_every == 0 or s + 1 == total:
             moments, steps = T.optimizer_tensors(opt, names)
             T.save_checkpoint(ckpt, {**{n_: p for p, n_ in names.items()}, **moments},
@@ -253,7 +268,7 @@ def learn_clip(args, argv) -> int:
         "clip_loss_w": args.clip_loss_w, "id_loss_w": args.id_loss_w,
         "mid_block": list(mid_block_shape(b.unet)),
         "seconds": round(seconds, 1),
-        "final_clip_loss": float(np.mean([c for c, _ in last])) if last else None,
+        "final_clip_loss": _mean_clip(last) if last else None,  # over the pairs that change, not the holds
         "final_id_loss": float(np.mean([l for _, l in last])) if last else None,
     })
     size = out.stat().st_size

@@ -38,7 +38,13 @@ SEEDS = (0, 1)
 # fine-tuned directions (issue 20; docs/methods.md 6b: a shape is decided earlier than a colour, so
 # the shape direction is learned from t0 0.8). `steer bench` measures them.
 NEW = {
-    "red_to_green_ft": 'steer learn clip red_to_green_ft --from "a red circle" --to "a green circle"',
+    # red circles, squares and triangles turn green; yellow, blue and green objects are hold pairs
+    # (sentence to itself: identity loss only), which keep the fine-tune off the objects it must
+    # leave alone (docs/methods.md 6b)
+    "red_to_green_ft": ('steer learn clip red_to_green_ft'
+                        ' --from "a red circle" "a red square" "a red triangle" "a yellow triangle" "a yellow square" "a yellow circle" "a blue square" "a green circle"'
+                        ' --to "a green circle" "a green square" "a green triangle" "a yellow triangle" "a yellow square" "a yellow circle" "a blue square" "a green circle"'
+                        ' --n-images 16 --iters 10'),
     "circle_to_square_ft": 'steer learn clip circle_to_square_ft --from "a red circle" --to "a red square" --t0 0.8',
 }
 
