@@ -391,6 +391,9 @@ def test_a_rerun_of_some_rows_replaces_them_and_says_so():
     text = "\n".join(status_lines(merged))
     assert "9 of 10 (90%)" in text and "Rows re-run since: move (`steer bench --split report --task move`)" in text
     assert "Rows re-run since: move" in bench_results_page(merged)
+    newer = {**rerun, "tasks": {"new task": {**rerun["tasks"]["move"], "script": "direction x"}}}
+    added = merge(results, newer)  # a task the base run did not have is added, not dropped
+    assert list(added["tasks"])[-1] == "new task" and set(added["tasks"]) == set(results["tasks"]) | {"new task"}
     with pytest.raises(ValueError, match="same split"):
         merge(results, {**rerun, "meta": {**rerun["meta"], "steps": 10}})
     with pytest.raises(ValueError):
@@ -562,7 +565,7 @@ def test_the_fine_tuned_tasks_pose_their_directions_on_red_objects_beside_no_gre
     src = synthetic_source(it)
     rng = np.random.default_rng(0)
     assert BY_NAME["fine-tuned recolour"].pose(it, src, rng).script == "direction red_to_green_ft"
-    assert BY_NAME["fine-tuned colour + shape"].pose(it, src, rng).script == "direction red_to_green_ft\ndirection circle_to_square_ft"
+    assert BY_NAME["fine-tuned colour + shape"].pose(it, src, rng).script == "direction red_to_green_ft\ndirection circle_to_square_ft * 1.5"
     assert BY_NAME["fine-tuned transition"].sweep == (0.0, 0.25, 0.5, 0.75, 1.0)
     posed = BY_NAME["unseen-domain translation"].pose(it, src, rng)
     (name, how), = posed.degraded
@@ -585,7 +588,7 @@ def test_the_fine_tuned_recolour_and_the_combination_on_hand_made_detections():
     assert not ok and f["took_colour"] and not f["took_shape"]
     split = BY_NAME["fine-tuned colour + shape, split in time"]  # the time-split variant: judged alike, no bar
     assert split.bars == {} and split.criteria == BY_NAME["fine-tuned colour + shape"].criteria
-    assert split.pose(RC, src, None).script == "direction circle_to_square_ft @ 0.2..0.7\ndirection red_to_green_ft @ 0.7..1"
+    assert split.pose(RC, src, None).script == "direction red_to_green_ft @ 0.3..1\ndirection circle_to_square_ft * 2 @ 0.6..1"
 
 
 def test_a_transition_is_monotone_when_the_hue_distance_falls_within_2_degrees():

@@ -110,19 +110,20 @@ def test_noise_shares_sum_to_one_and_zero_is_the_original():
     assert shares == [1.0] and keep == 0.0
     shares, keep = FT.noise_shares([0.5, 0.25])  # weights below 1 in all: the original takes the rest
     assert shares == [0.5, 0.25] and keep == pytest.approx(0.25)
-    shares, keep = FT.noise_shares([1.0, 3.0])  # above 1: relative to each other, the original gets none
-    assert shares == [0.25, 0.75] and keep == 0.0
+    shares, keep = FT.noise_shares([1.0, 0.5])  # above 1: the original's share is negative (extrapolation)
+    assert shares == [1.0, 0.5] and keep == pytest.approx(-0.5)
     m = torch.tensor([[1.0, 0.0], [0.5, 1.0]])  # `within` maps: per pixel, the same rule
     shares, keep = FT.noise_shares([0.8 * m, torch.full((2, 2), 0.6)])
     assert torch.allclose(sum(shares) + keep, torch.ones(2, 2))
     assert torch.allclose(shares[1][0, 1], torch.tensor(0.6)) and keep[0, 1] == pytest.approx(0.4)  # outside the mask
-    assert keep[0, 0] == 0 and torch.allclose(shares[0][0, 0], torch.tensor(0.8 / 1.4))
+    assert keep[0, 0] == pytest.approx(-0.4) and torch.allclose(shares[0][0, 0], torch.tensor(0.8))
 
     eps, e1, e2 = torch.randn(3, 1, 3, 4, 4).unbind(0)
     assert torch.equal(FT.combine(eps, [e1], [0.0]), eps), "gamma 0 is exactly the original model"
     assert torch.equal(FT.combine(eps, [e1], [1.0]), e1), "gamma 1 is exactly the fine-tuned model"
     assert torch.allclose(FT.combine(eps, [e1], [0.25]), 0.75 * eps + 0.25 * e1)
-    assert torch.allclose(FT.combine(eps, [e1, e2], [2.0, 2.0]), (e1 + e2) / 2)
+    assert torch.allclose(FT.combine(eps, [e1], [1.5]), eps + 1.5 * (e1 - eps)), "past 1: beyond the fine-tuned model"
+    assert torch.allclose(FT.combine(eps, [e1, e2], [1.0, 1.0]), e1 + e2 - eps), "two whole edits: both deltas"
 
 
 def test_default_window_starts_at_the_return_step():
@@ -214,8 +215,11 @@ def test_gamma_zero_is_exactly_the_original_model_and_one_is_not(editor, tmp_pat
     half = run(editor, base + "direction rg * 0.5 @ 0..1\n", tmp_path).image
     assert np.abs(one - plain).mean() > 1e-3 and 0 < np.abs(half - plain).mean() < np.abs(one - plain).mean()
     assert all(torch.equal(p, before[n]) for n, p in editor.backbone.unet.named_parameters()), "the run leaves the model as it was"
-    # two directions: weights above 1 in all are relative; the same direction twice is that direction
-    assert np.allclose(run(editor, base + "direction rg * 1 @ 0..1\ndirection rg * 1 @ 0..1\n", tmp_path).image, one, atol=1e-5)
+    # two directions: shares add (the same direction at 0.5 twice is it at 1), and past 1 they go
+    # beyond the fine-tuned model, further from the original
+    assert np.allclose(run(editor, base + "direction rg * 0.5 @ 0..1\ndirection rg * 0.5 @ 0..1\n", tmp_path).image, one, atol=1e-5)
+    twice = run(editor, base + "direction rg * 1 @ 0..1\ndirection rg * 1 @ 0..1\n", tmp_path).image
+    assert np.abs(twice - plain).mean() > np.abs(one - plain).mean()
     # within: outside the object nothing changes
     inside = run(editor, base + 'direction rg within (0, 0, 0.5, 1) * 1 @ 0..1\n', tmp_path).image
     assert np.abs(inside[:, 24:] - plain[:, 24:]).mean() < np.abs(inside[:, :8] - plain[:, :8]).mean()

@@ -273,15 +273,20 @@ def _finetune_tasks() -> list[Task]:
              pose_direction("direction red_to_green_ft"), lambda src, out, it: K.recolour(src, out, it, colour="green"),
              ("took_colour", "stayed_0_05", "other_kept"), {"took_colour": 0.9, "stayed_0_05": 0.9, "other_kept": 0.9},
              fits=_red, cost="direction (fine-tuned)"),
-        Task("fine-tuned colour + shape", "fine-tuned direction", "direction red_to_green_ft; direction circle_to_square_ft",
-             pose_direction("direction red_to_green_ft\ndirection circle_to_square_ft"),
+        # No bar (the issue asks none): the shape fine-tune alone, past a whole share (a share of 1
+        # leaves rounded circles on this model: docs/methods.md 6b).
+        Task("fine-tuned reshape", "fine-tuned direction", "direction circle_to_square_ft * 1.5",
+             pose_direction("direction circle_to_square_ft * 1.5"), lambda src, out, it: K.direction(src, out, it, shape="square"),
+             ("took_shape", "stayed_0_05", "other_kept"), {}, fits=_red_circle, cost="direction (fine-tuned)"),
+        Task("fine-tuned colour + shape", "fine-tuned direction", "direction red_to_green_ft; direction circle_to_square_ft * 1.5",
+             pose_direction("direction red_to_green_ft\ndirection circle_to_square_ft * 1.5"),
              lambda src, out, it: K.direction(src, out, it, colour="green", shape="square"), ("took_colour", "took_shape"),
              {"success": 0.7}, fits=_red_circle, cost="direction (fine-tuned)"),
-        # No bar: the paper's gamma_i(t) split in time (the shape first, where it is decided, then the
-        # colour), which did better than equal shares on 8 seeds (docs/methods.md 6b).
+        # No bar: the paper's gamma_i(t), the colour from early on and the shape past a whole share
+        # over the last steps, where this model sharpens corners (docs/methods.md 6b).
         Task("fine-tuned colour + shape, split in time", "fine-tuned direction",
-             "direction circle_to_square_ft @ 0.2..0.7; direction red_to_green_ft @ 0.7..1",
-             pose_direction("direction circle_to_square_ft @ 0.2..0.7\ndirection red_to_green_ft @ 0.7..1"),
+             "direction red_to_green_ft @ 0.3..1; direction circle_to_square_ft * 2 @ 0.6..1",
+             pose_direction("direction red_to_green_ft @ 0.3..1\ndirection circle_to_square_ft * 2 @ 0.6..1"),
              lambda src, out, it: K.direction(src, out, it, colour="green", shape="square"), ("took_colour", "took_shape"),
              {}, fits=_red_circle, cost="direction (fine-tuned)"),
         Task("fine-tuned transition", "fine-tuned direction", "direction red_to_green_ft * gamma, gamma 0 .. 1",

@@ -9,14 +9,19 @@ alpha / r (1 for a full fine-tune: W' = W + 1 (W_full - W)).
 Using it is DiffusionCLIP's noise combination (docs/methods.md, section 6b): at each step the
 active fine-tuned models' noise predictions mix with the original model's,
 
-    eps = (1 - sum_i gamma_i) eps_orig + sum_i gamma_i eps_i        if sum_i gamma_i <= 1
-    eps = sum_i (gamma_i / sum_j gamma_j) eps_i                      if sum_i gamma_i > 1
+    eps = (1 - sum_i gamma_i) eps_orig + sum_i gamma_i eps_i  =  eps_orig + sum_i gamma_i (eps_i - eps_orig)
 
 where gamma_i is the weight of `direction NAME * gamma` inside its window (0 outside: the paper's
 gamma_i(t)), times its `within` mask. The shares always sum to one: the script's weights are
-shares of the noise, the original model takes what is left of 1, and weights that add up to more
-than 1 are relative to each other (the paper's normalisation). One direction at gamma in [0, 1] is
-the paper's continuous transition; gamma 0 is exactly the original model (no fine-tuned call).
+shares of the noise and the original model takes what is left of 1. One direction at gamma in
+[0, 1] is the paper's continuous transition; gamma 0 is exactly the original model (no
+fine-tuned call). Where the weights add up to more than 1 the original model's share is
+negative: the run goes past the fine-tuned models, away from the original, as classifier-free
+guidance goes past the conditional model. The paper mixes fine-tuned models with convex gammas
+only; steer keeps its rule (shares summing to one) and lets weights extrapolate, because on the
+shapes model a shape fine-tune at share 1 leaves rounded circles and at 1.5 makes squares
+(docs/methods.md 6b), and because dividing two full-strength edits by their sum (the rule steer
+had first) halved both and completed neither.
 
 Each active direction costs one more classifier-free-guided UNet call per step: its weights are
 swapped in for that call only (`finetuned`), and swapped back in a `finally`, so every other call
@@ -127,14 +132,9 @@ def finetuned(unet, ft: FineTune):
 def noise_shares(gammas: list) -> tuple[list, object]:
     """DiffusionCLIP's noise-combination weights from a script's: (each fine-tuned model's share,
     the original model's share), summing to one everywhere. `gammas` are numbers or (H, W) maps
-    (a weight times its `within` mask); where they add up to more than 1 they are divided by their
-    sum, and the original model's share is 0."""
-    total = sum(gammas)
-    if isinstance(total, torch.Tensor):
-        over = total.clamp(min=1.0)
-        return [g / over for g in gammas], 1 - total / over
-    over = max(float(total), 1.0)
-    return [g / over for g in gammas], 1 - total / over
+    (a weight times its `within` mask); each is its model's share, and the original model takes
+    1 - sum (negative where they add up to more than 1: extrapolation past the fine-tuned models)."""
+    return list(gammas), 1 - sum(gammas)
 
 
 def combine(eps_orig: torch.Tensor, eps_models: list, gammas: list) -> torch.Tensor:
