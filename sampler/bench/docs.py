@@ -43,9 +43,8 @@ def merge(results: dict, rerun: dict) -> dict:
         raise ValueError("a rerun must be of the same split, model, steps, image size and edits per task: "
                          + ", ".join(f"{k} {results['meta'].get(k)!r} vs {rerun['meta'].get(k)!r}" for k in same))
     names = [n for n, r in rerun["tasks"].items() if r.get("n")]
-    tasks = {n: rerun["tasks"].get(n, r) if n in names else r for n, r in results["tasks"].items()}
-    tasks.update({n: rerun["tasks"][n] for n in names if n not in tasks})  # a task new since the base run
-    out = {**results, "tasks": tasks}
+    # re-run rows replace theirs in place; a task new since the base run is added at the end
+    out = {**results, "tasks": {**results["tasks"], **{n: rerun["tasks"][n] for n in names}}}
     out["runs"] = [x for x in results.get("runs", []) if x["task"] not in names] + [x for x in rerun.get("runs", []) if x["task"] in names]
     reruns = list(results["meta"].get("reruns", [])) + [{"tasks": names, "command": rerun["meta"]["command"]}]
     out["meta"] = {**results["meta"], "reruns": reruns}
