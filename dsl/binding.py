@@ -110,7 +110,7 @@ def bind(program: P.Program, prompt: str, tokenizer, direction_paths=(), backbon
             if head != head_word(prompt, tokenizer, b.token):
                 out.append(_recolour_for(b, head, reshaped(prompt, tokenizer, b.token, head), backbone, what="word"))
         if t.kind in ("recolour", "appearance_from", "shape_from") and out[-1].kind == "recolour" and not holds:
-            out.append(_hold_for(b, backbone))  # Pix2Pix-Zero's pairing: the maps held where they were
+            out.append(_hold_for(b, backbone, relocated=bool(phrase_of(b.token) & moved)))  # Pix2Pix-Zero's pairing
             holds = True
     for x in out:
         if x.kind == "keep_attention" and moved and not x.objects:  # the hold a recolour brought along
@@ -178,9 +178,14 @@ def _swapped(prompt: str, tokenizer, swaps: list[tuple[list[int], str]]) -> str:
     return prompt
 
 
-def _hold_for(recolour: BoundTerm, backbone: str | None) -> BoundTerm:
-    """The keep-attention term a recolour brings along, at its own statement's position."""
+def _hold_for(recolour: BoundTerm, backbone: str | None, relocated: bool = False) -> BoundTerm:
+    """The keep-attention term a recolour brings along, at its own statement's position: the maps
+    held where the source has them. Where the script also moves or resizes the recoloured object
+    (`relocated`), the hold ends at the relocation step (D.RECOLOUR_HOLD_END_WITH_LAYOUT): after it
+    the layout is the moved one, and the source's maps (the padding tokens' too, which carry the
+    old layout) pulled the grown object back toward its old size."""
     hold = P.KeepAttention(span=recolour.term.span)
     d = D.term_defaults("keep_attention", backbone)
-    return BoundTerm(term=hold, label=f"keep attention (for {recolour.label})", weight=d.weight, window=d.window,
+    window = (d.window[0], min(d.window[1], D.RECOLOUR_HOLD_END_WITH_LAYOUT)) if relocated else d.window
+    return BoundTerm(term=hold, label=f"keep attention (for {recolour.label})", weight=d.weight, window=window,
                      placement=d.placement)

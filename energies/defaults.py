@@ -181,6 +181,13 @@ LOCAL_BLEND = frozenset({"recolour", "appearance_from", "shape_from"})
 # 0.05 29 -> 58%, colour taken 54% both), circle_to_square within 0% both (the shape is not taken).
 SETTLE = frozenset({"recolour", "appearance_from", "shape_from", "direction"})
 SETTLE_AT = RELOCATE_AT
+# The keep-attention hold a recolour brings along ends at the relocation step where the script
+# also moves or resizes the recoloured object (dsl/binding.py _hold_for): held to the end, the
+# source's maps pulled the grown object back (area ratio 1.0-1.2 for a *= 1.5). Tune split, move
+# + resize + recolour, 24 cases, hold window (0, end): end 1 / 0.6 / 0.4 / 0.25: 12 / 13 / 15 / 16
+# of 24 (area within 20%: 12 / 13 / 15 / 16; within 0.1 18 and colour taken 20 at every end);
+# 48 cases, end 1 / 0.3: 24 / 34 of 48 (area within 20% 25 / 35; within 0.1 38, colour 43 both).
+RECOLOUR_HOLD_END_WITH_LAYOUT = RELOCATE_AT
 SETTLE_MIN_PIXELS = 1.0
 SETTLE_MIN_SCALE = 0.03
 # A resize's copy is calibrated on its own first prediction (sampler/regions.py calibrated_scale):

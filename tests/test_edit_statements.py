@@ -88,6 +88,24 @@ def test_a_recolour_brings_the_attention_hold_once(tokenizer):
     assert [x.kind for x in own] == ["recolour", "keep_attention"], "the script's own hold is the only one"
 
 
+def test_the_hold_of_a_recolour_ends_at_the_relocation_where_its_object_also_moves(tokenizer):
+    """Held to the end, the source's maps pull a grown object back to its old size; a recolour
+    alone, or of an object that stays, keeps the hold over every step."""
+    from dsl.binding import bind
+    from energies import defaults as D
+
+    prompt = "a red circle and a blue square"
+    alone = bind(dsl.compile(PROMPT + 'appearance(token "circle") -> "green"'), prompt, tokenizer)
+    moved = bind(dsl.compile(PROMPT + 'centroid(token "circle") -> (0.7, 0.3)\nsize(token "circle") *= 1.5\n'
+                             'appearance(token "circle") -> "green"'), prompt, tokenizer)
+    other = bind(dsl.compile(PROMPT + 'centroid(token "square") -> (0.7, 0.3)\nappearance(token "circle") -> "green"'),
+                 prompt, tokenizer)
+    hold = {name: next(x for x in b if x.kind == "keep_attention") for name, b in (("alone", alone), ("moved", moved), ("other", other))}
+    assert hold["alone"].window == D.term_defaults("keep_attention", None).window == (0.0, 1.0)
+    assert hold["moved"].window == (0.0, D.RECOLOUR_HOLD_END_WITH_LAYOUT) and D.RECOLOUR_HOLD_END_WITH_LAYOUT < 1
+    assert hold["other"].window == (0.0, 1.0), "the recoloured circle stays: its hold is not cut short"
+
+
 def test_an_appearance_transfer_brings_the_others_words_and_one_hold(tokenizer):
     from dsl.binding import bind
 
