@@ -87,6 +87,10 @@ TERMS = {
     # 1.53 -> 1.37x plain (section 12).
     "keep_structure": TermDefaults(weight=100.0, window=(0.0, 0.5), placement="x0", every=X0_EVERY),
     "style": TermDefaults(weight=1.0, window=(0.0, 0.5), placement="x0", every=X0_EVERY),
+    # Tried for the clip term, not taken: CLIP reading 8 noisy views of the predicted image
+    # (sigma up to 0.3, the embedding averaged; what `steer learn clip --views` does): clip
+    # recolour, tune split, 12 cases, colour taken 0 / 1 of 12 at weight 20 / 100, stayed within
+    # 0.05 8 / 3 of 12. The gradient still does not make a colour on this model.
     "clip": TermDefaults(weight=20.0, window=(0.0, 0.5), placement="x0", every=X0_EVERY),
     "keep_pixels": TermDefaults(weight=100.0, window=(0.0, 1.0), placement="x0", every=X0_EVERY),
     "direction": TermDefaults(weight=1.0, window=(0.0, 1.0), placement="eps"),
