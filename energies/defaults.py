@@ -150,6 +150,14 @@ def term_defaults(kind: str, backbone: str | None = None) -> TermDefaults:
 HSPACE_BOOST = True  # Asyrp's stochastic "quality boosting" (eta = 1) below t_boost when an h-space direction is used
 NOISE_DIRECTION_SCALE = 6.0  # NoiseCLR's editing_scale is 7.5 on SD; 6 made the shipped shapes directions visible (tuned)
 NOISE_DIRECTION_WINDOW = (0.0, 1.0)
+# Why `direction green within token` misses its bar (docs/bench-results.md): the shipped NoiseCLR
+# direction draws a green object of its own, where it likes (alone, it redraws the scene around a
+# new green shape); kept inside the object's mask, eps(z, d) - eps(z, "") there is mostly "no
+# object here", and the object fades to background (17 of the 23 misses of 48 tune cases). Tried,
+# tune split, not taken: windows starting at 0.1 / 0.2 / 0.4 / 0.7 (from 0.4 on no colour at all);
+# adding `keep layout` or `keep appearance` (the object still fades); only the region's mean shift
+# per latent channel (a colour offset without the direction's own layout), weights 3 / 4 / 5:
+# 24 / 25 / 29 of 48, against 25 / 30 at weights 1 / 1.5 as it is.
 # prompt (Pix2Pix-Zero): the edit pass conditions on c + s * delta_c at every step.
 PROMPT_DIRECTION_WINDOW = (0.0, 1.0)
 
