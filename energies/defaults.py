@@ -158,7 +158,8 @@ NOISE_DIRECTION_WINDOW = (0.0, 1.0)
 # new green shape); kept inside the object's mask, eps(z, d) - eps(z, "") there is mostly "no
 # object here", and the object fades to background (17 of the 23 misses of 48 tune cases). Tried,
 # tune split, not taken: windows starting at 0.1 / 0.2 / 0.4 / 0.7 (from 0.4 on no colour at all);
-# adding `keep layout` or `keep appearance` (the object still fades); only the region's mean shift
+# adding `keep layout` or `keep appearance` (the object still fades) or `keep attention` (17 of 48
+# at scale 7.5: the hold keeps the old colour too); only the region's mean shift
 # per latent channel (a colour offset without the direction's own layout), weights 3 / 4 / 5:
 # 24 / 25 / 29 of 48, against 25 / 30 at weights 1 / 1.5 as it is.
 # prompt (Pix2Pix-Zero): the edit pass conditions on c + s * delta_c at every step.
