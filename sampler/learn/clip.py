@@ -21,6 +21,7 @@ the changed weights, with the recipe and the return step in its metadata (energi
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -126,6 +127,22 @@ def _mean_clip(losses) -> float | None:
     """The mean directional CLIP loss of (clip, identity) records, holds (clip None) left out."""
     changing = [c for c, _ in losses if c is not None]
     return float(np.mean(changing)) if changing else None
+
+
+# A fine-tune either breaks through or stalls: on the shapes model the directional CLIP loss of a
+# run that learned the colour fell from about 0.5 to 0.03, and of one that learned nothing only to
+# 0.3-0.35 (the same recipe, another --seed: docs/methods.md 6b). Half of the first pass's loss is
+# between the two.
+STALLED = 0.5
+
+
+def learned_little(first: float | None, last: float | None) -> str | None:
+    """A warning when the last pass's directional CLIP loss is still above STALLED x the first's."""
+    if first is None or last is None or last <= STALLED * first:
+        return None
+    return (f"warning: the directional CLIP loss only fell from {first:.3f} to {last:.3f} (a fine-tune that takes its "
+            f"edit ends well under half its start): this direction has probably learned little. Try another --seed, "
+            f"more --iters or a lower --id-loss-w, and check it with `steer bench --directions`")
 
 
 def add_lora(unet, rank: int, targets=FT.TARGETS) -> list[torch.nn.Parameter]:
@@ -273,4 +290,7 @@ def learn_clip(args, argv) -> int:
     })
     size = out.stat().st_size
     print(f"wrote fine-tuned direction {args.name!r} ({adapter}, {size / 1e6:.2f} MB) to {out} ({seconds:.0f} s)")
+    warning = learned_little(_mean_clip(losses[:len(train) * n]), _mean_clip(last))
+    if warning:
+        print(warning, file=sys.stderr)
     return 0
