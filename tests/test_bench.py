@@ -415,6 +415,11 @@ def test_the_merged_results_are_kept_as_the_base_of_the_next_rerun(tmp_path):
     assert base["tasks"]["move"]["success"]["k_all"] == 9 and base["meta"]["reruns"][0]["tasks"] == ["move"]
     assert main([str(kept), "--keep", str(kept)]) == 0, "the kept file is a base in its own right"
     assert json.loads(kept.read_text()) == base
+    # the same row run once more: the line names only the run the row now comes from
+    rerun["meta"]["command"] = "steer bench --split report --task move --out again"
+    (tmp_path / "rerun.json").write_text(json.dumps(rerun))
+    assert main([str(kept), "--rerun", str(tmp_path / "rerun.json"), "--keep", str(kept), "--page", str(tmp_path / "p.md")]) == 0
+    assert json.loads(kept.read_text())["meta"]["reruns"] == [{"tasks": ["move"], "command": rerun["meta"]["command"]}]
 
 
 def test_the_weight_curve_png_is_skipped_without_matplotlib(tmp_path, monkeypatch):
