@@ -44,7 +44,7 @@ NEW = {
     "red_to_green_ft": ('steer learn clip red_to_green_ft'
                         ' --from "a red circle" "a red square" "a red triangle" "a yellow triangle" "a yellow square" "a yellow circle" "a blue square" "a green circle"'
                         ' --to "a green circle" "a green square" "a green triangle" "a yellow triangle" "a yellow square" "a yellow circle" "a blue square" "a green circle"'
-                        ' --n-images 16 --iters 10'),
+                        ' --n-images 16 --iters 10 --id-loss-w 2'),
     "circle_to_square_ft": 'steer learn clip circle_to_square_ft --from "a red circle" --to "a red square" --t0 0.8',
 }
 
