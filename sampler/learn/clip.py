@@ -21,7 +21,6 @@ the changed weights, with the recipe and the return step in its metadata (energi
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from energies import directions as D
+from energies.errors import warn
 from energies.x0 import directional_clip_energy
 
 from .. import training as T
@@ -137,10 +137,11 @@ STALLED = 0.5
 
 
 def learned_little(first: float | None, last: float | None) -> str | None:
-    """A warning when the last pass's directional CLIP loss is still above STALLED x the first's."""
+    """What to tell the user when the last pass's directional CLIP loss is still above STALLED x the
+    first's, else None."""
     if first is None or last is None or last <= STALLED * first:
         return None
-    return (f"warning: the directional CLIP loss only fell from {first:.3f} to {last:.3f} (a fine-tune that takes its "
+    return (f"the directional CLIP loss only fell from {first:.3f} to {last:.3f} (a fine-tune that takes its "
             f"edit ends well under half its start): this direction has probably learned little. Try another --seed, "
             f"more --iters or a lower --id-loss-w, and check it with `steer bench --directions`")
 
@@ -290,7 +291,7 @@ def learn_clip(args, argv) -> int:
     })
     size = out.stat().st_size
     print(f"wrote fine-tuned direction {args.name!r} ({adapter}, {size / 1e6:.2f} MB) to {out} ({seconds:.0f} s)")
-    warning = learned_little(_mean_clip(losses[:len(train) * n]), _mean_clip(last))
-    if warning:
-        print(warning, file=sys.stderr)
+    stalled = learned_little(_mean_clip(losses[:len(train) * n]), _mean_clip(last))
+    if stalled:
+        warn(stalled)
     return 0

@@ -7,11 +7,11 @@ The mean text embedding of the --to sentences minus that of the --from sentences
 from __future__ import annotations
 
 import re
-import sys
 import time
 from pathlib import Path
 
 from energies import directions as D
+from energies.errors import warn
 
 from ..directions import prompt as PD
 from .common import UsageError, check_name, command
@@ -58,8 +58,8 @@ def learn_prompt(args, argv) -> int:
     b = load_backbone(args.model, device=args.device, dtype=args.dtype)
     long = [x for x in sources + targets if len(b.tokenizer(x).input_ids) > b.tokenizer.model_max_length]
     if long:
-        print(f"warning: {len(long)} sentence(s) are longer than the text encoder's {b.tokenizer.model_max_length} tokens "
-              f"and are cut, e.g. {long[0]!r}", file=sys.stderr)
+        warn(f"{len(long)} sentence(s) are longer than the text encoder's {b.tokenizer.model_max_length} tokens "
+             f"and are cut, e.g. {long[0]!r}")
     tensors = PD.edit_direction(b, sources, targets)
     out = Path(args.out) / f"{args.name}.safetensors"
     D.save_direction(out, tensors, "prompt", D.backbone_id(b), {
