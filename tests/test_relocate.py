@@ -233,3 +233,31 @@ def test_a_resize_is_calibrated_on_its_own_first_prediction(regrowth):
 
     k = calibrated_scale(copy, x0, mask, (0.0, 0.0), 0.5**0.5, torch.zeros(48, 48), a_t, codec, denoise)
     assert k == pytest.approx(regrowth**-0.5, rel=0.06) if regrowth != 1.0 else k == 1.0
+
+
+def test_a_relocation_happens_at_the_first_step_inside_the_layout_window():
+    """Step i is at progress i / steps; a move's window starts at RELOCATE_AT, so its relocation must
+    be at a step at or past it, whatever the step count (nearest-step rounding put it at progress
+    0.25 for 4, 8, 24 steps, before the window, and the move was never relocated)."""
+    from energies import defaults as D
+    from sampler.regions import first_step_from
+
+    for steps in range(2, 101):
+        at = first_step_from(D.RELOCATE_AT, steps)
+        assert at / steps >= D.RELOCATE_AT - 1e-12 and (at == 0 or (at - 1) / steps < D.RELOCATE_AT)
+        assert D.LAYOUT_WINDOW[0] <= at / steps < D.LAYOUT_WINDOW[1] or steps < 4
+    assert first_step_from(0.3, 25) == 8 and first_step_from(0.3, 10) == 3 and first_step_from(0.3, 4) == 2
+
+
+@pytest.mark.parametrize("steps", [8, 24])
+def test_a_move_lands_at_step_counts_where_rounding_skipped_it(shapes_editor, steps):
+    import dsl
+    from sampler.shapes import world as W
+
+    r = shapes_editor.run(dsl.compile(f'prompt "a red circle and a blue square"\nsteps {steps}\n'
+                                      'centroid(token "circle") -> (0.75, 0.5)\nkeep appearance\n'), progress=False)
+    before = [o for o in W.detect(r.source_image) if o.colour == "red"]
+    after = [o for o in W.detect(r.image) if o.colour == "red"]
+    assert len(before) == 1 and len(after) == 1
+    far = lambda o: abs(o.centroid[0] - 0.75) + abs(o.centroid[1] - 0.5)
+    assert far(after[0]) < 0.1 < far(before[0])
