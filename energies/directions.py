@@ -68,6 +68,8 @@ def describe(d: "Direction") -> str:
         what = f"prompt (Pix2Pix-Zero): {sentences('from')} -> {sentences('to')}; use with keep attention"
     elif d.kind == "finetune":
         what = f"finetune (DiffusionCLIP, {m.get('adapter', 'lora')}): {sentences('from')} -> {sentences('to')}, return {m.get('return', '?')}"
+        if m.get("beside"):
+            what += f"; learned beside {m['beside']}, use with it"
     else:
         what = "noise (NoiseCLR)" + (f": direction {m['index']} of {m.get('k', '?')} found in {m.get('images', '?')}" if "index" in m else "")
     return f"{what}; learned on {m.get('backbone', '?')}"

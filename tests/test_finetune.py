@@ -2,6 +2,7 @@
 (`steer learn clip`, sampler/learn/clip.py) and the return step (`return 0.5`)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from sampler.directions import finetune as FT
 from sampler.editor import Editor
 from sampler.directions.hspace import mid_block_shape
 from sampler.inversion import forward_noise, returning
-from sampler.learn.clip import add_lora, diffusionclip_loss, learned_little, lora_tensors
+from sampler.learn.clip import add_lora, diffusionclip_loss, learned_little, lora_off, lora_tensors, under_lora
 from tiny import tiny_sd_pipeline
 
 
@@ -301,6 +302,75 @@ def test_learn_clip_takes_several_sentence_pairs_each_image_with_its_own(shapes_
     assert learn.main(["clip", "still", "--from", "a red circle", "--to", "a red circle", "--model", shapes_path,
                        "--out", str(out), "--work", str(tmp_path / "w3")]) == 2
     assert "nothing to learn" in capsys.readouterr().err
+
+
+def test_lora_off_is_the_original_and_a_fine_tune_beside_it_swaps_the_wrapped_weights(editor, tmp_path):
+    """While a LoRA is learned (peft wraps each adapted module: `<module>.base_layer.weight`), the
+    original model is the UNet with the LoRA off, and another fine-tune is swapped in under the
+    wrapped names: both give the very outputs of the bare UNet."""
+    import copy
+
+    b = editor.backbone
+    random_lora(b, tmp_path / "other.safetensors", seed=3)
+    bare = copy.deepcopy(b.unet)
+    ft = FT.fine_tune_of(D.read_direction(tmp_path / "other.safetensors"), bare)
+    wrapped = copy.deepcopy(b.unet)
+    for p in add_lora(wrapped, rank=2):
+        torch.nn.init.normal_(p, std=0.05)
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn((1, *b.latent_shape()), generator=g)
+    ctx = b.encode_prompt("a red circle").cond
+
+    def out(unet):
+        with torch.no_grad():
+            return unet(z, 500, encoder_hidden_states=ctx).sample
+
+    assert not torch.allclose(out(wrapped), out(bare)), "the learned LoRA is on"
+    with lora_off(wrapped):
+        assert torch.allclose(out(wrapped), out(bare), atol=1e-6)
+        with FT.finetuned(wrapped, under_lora(ft, wrapped)):
+            inside = out(wrapped)
+    with FT.finetuned(bare, ft):
+        assert torch.allclose(inside, out(bare), atol=1e-6)
+    assert not torch.allclose(inside, out(bare)), "the other fine-tune changes the output"
+    assert not torch.allclose(out(wrapped), out(bare)), "the LoRA is on again after the block"
+
+
+def test_learn_beside_another_fine_tune(editor, shapes_path, tmp_path, capsys, monkeypatch):
+    """`--beside FILE`: the new LoRA is judged against FILE's own edits of the images (not the images
+    themselves), its file names FILE, and `steer directions` says to use the two together."""
+    import sampler.learn.clip as LC
+
+    random_lora(editor.backbone, tmp_path / "colour.safetensors", seed=1, std=0.2)
+    refs = {}
+    loss = LC.diffusionclip_loss
+
+    def spy(*a, **k):
+        refs.setdefault(key, a[5].clone())
+        return loss(*a, **k)
+
+    monkeypatch.setattr(LC, "diffusionclip_loss", spy)
+    out = tmp_path / "directions"
+    argv = ["clip", "shape", "--prompt", "a red circle", "--from", "a green circle", "--to", "a green square", "--t0", "0.8",
+            "--n-images", "1", "--iters", "1", "--s-for", "2", "--s-gen", "3", "--model", shapes_path, "--out", str(out)]
+    key = "plain"
+    assert learn.main(argv + ["--work", str(tmp_path / "w1")]) == 0
+    key = "beside"
+    assert learn.main(argv + ["--work", str(tmp_path / "w2"), "--beside", str(tmp_path / "colour.safetensors")]) == 0
+    assert not torch.allclose(refs["plain"], refs["beside"]), "judged against the other fine-tune's edit"
+    d = D.read_direction(out / "shape.safetensors")
+    assert d.meta["beside"] == "colour" and d.meta["prompt"] == "a red circle"
+    assert "learned beside colour" in D.describe(d)
+    assert learn.main(argv + ["--beside", str(tmp_path / "nothing.safetensors")]) == 2
+    assert "no such direction file" in capsys.readouterr().err
+    assert learn.main(argv + ["--full", "--beside", str(tmp_path / "colour.safetensors")]) == 2
+    assert "does not go with --full" in capsys.readouterr().err
+    import sampler.shapes
+
+    shipped = Path(sampler.shapes.__file__).parent / "weights" / "directions"
+    noise = next(p for p in sorted(shipped.glob("*.safetensors")) if D.read_direction(p).kind == "noise")
+    assert learn.main(argv + ["--beside", str(noise)]) == 2
+    assert "only a fine-tuned one" in capsys.readouterr().err
 
 
 def test_learn_full_fine_tune_stores_the_changed_weights(shapes_path, tmp_path):

@@ -47,6 +47,16 @@ def test_the_new_fine_tuned_directions_are_learned_for_a_new_model_from_their_re
     assert set(reship.to_learn(SHIPPED, ["red_to_green_ft", "green"])) == {"red_to_green_ft", "green"}
 
 
+def test_a_direction_learned_beside_another_is_learned_after_it_and_pointed_at_the_new_file():
+    metas = {"b_shape": {"recipe": "steer learn clip b_shape --from x --to y --beside shapes/directions/a_colour.safetensors"},
+             "a_colour": {"recipe": "steer learn clip a_colour --from x --to y"}, "c": {"recipe": "steer learn clip c --from x --to y"}}
+    assert reship.beside_last(metas)[-1] == "b_shape"
+    command = reship.relearn_command(metas["b_shape"]["recipe"], Path("m"), Path("o"), {"a_colour": Path("work/a_colour/a_colour.safetensors")})
+    assert command[command.index("--beside") + 1] == str(Path("work/a_colour/a_colour.safetensors"))
+    kept = reship.relearn_command(metas["b_shape"]["recipe"], Path("m"), Path("o"), {})
+    assert kept[kept.index("--beside") + 1] == "shapes/directions/a_colour.safetensors"
+
+
 def test_choose_runs_each_candidate_where_scripts_find_it(shapes_editor, tmp_path, monkeypatch):
     import shutil
 

@@ -108,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--views", type=int, default=4, help="noisy copies of each predicted image the CLIP reads (0: the image alone)")
     f.add_argument("--clip-loss-w", type=float, default=3.0, help="weight of the directional CLIP loss (DiffusionCLIP: 3)")
     f.add_argument("--id-loss-w", type=float, default=1.0, help="weight of the L1 identity loss (DiffusionCLIP's README: 1)")
+    f.add_argument("--beside", default=None, metavar="FILE",
+                   help="learn beside this fine-tuned direction (a file) for `direction BESIDE; direction NAME`: regenerate as "
+                        "the two sample together, each at a whole share, and judge against BESIDE's own edits of the images, "
+                        "so that the new one completes the other's edit instead of pulling it back")
+    f.add_argument("--beside-share", type=float, default=1.0, help="the --beside direction's share while learning (default 1)")
+    f.add_argument("--prompt", default=None,
+                   help="the text the images are sampled from and regenerated under (default: each pair's --from); with "
+                        '--beside, e.g. --prompt "a red circle" --from "a green circle" --to "a green square"')
     f.add_argument("--clip", default=CLIP_MODEL_ID, help="CLIP id or folder for non-shapes models (DiffusionCLIP: ViT-B/16)")
     f.set_defaults(func=learn_clip)
     common(f, "runs/learn/clip-NAME")

@@ -21,6 +21,8 @@ the changed weights, with the recipe and the return step in its metadata (energi
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
 from pathlib import Path
 
@@ -175,6 +177,48 @@ def load_lora(unet, tensors: dict):
     set_peft_model_state_dict(unet, {k: v for k, v in tensors.items() if ".lora_" in k}, adapter_name="clip")
 
 
+def beside_direction(b, path):
+    """The fine-tuned direction `--beside` names (a file), read for this UNet before the LoRA is added."""
+    from ..directions.finetune import fine_tune_of
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--beside {path}: no such direction file")
+    d = D.read_direction(path)
+    if d.kind != "finetune":
+        raise UsageError(f"--beside {path}: a {d.kind} direction; only a fine-tuned one (steer learn clip) can be learned beside")
+    try:
+        return fine_tune_of(d, b.unet)
+    except ValueError as e:
+        raise UsageError(f"--beside {path}: does not fit this model: {e}") from None
+
+
+def under_lora(ft, unet):
+    """The FineTune with its parameter names as they are once peft wrapped the adapted modules
+    (`<module>.base_layer.weight`)."""
+    params = dict(unet.named_parameters())
+    parts = {}
+    for name, part in ft.parts.items():
+        wrapped = name[: -len(".weight")] + ".base_layer.weight"
+        parts[name if name in params else wrapped] = part
+    return dataclasses.replace(ft, parts=parts)
+
+
+@contextlib.contextmanager
+def lora_off(unet):
+    """The UNet without the LoRA being learned, inside the block (the original model)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in unet.modules() if isinstance(m, BaseTunerLayer)]
+    for m in layers:
+        m.enable_adapters(False)
+    try:
+        yield unet
+    finally:
+        for m in layers:
+            m.enable_adapters(True)
+
+
 def learn_clip(args, argv) -> int:
     from ..backbones import load_backbone
 
@@ -186,8 +230,11 @@ def learn_clip(args, argv) -> int:
     pairs = _pairs(args.src, args.dst)
     if all(src == dst for src, dst in pairs):
         raise UsageError("every --to sentence is its --from: nothing to learn (a pair whose target is its source only holds its images)")
+    if args.beside and args.full:
+        raise UsageError("--beside learns a LoRA beside another fine-tune; it does not go with --full")
     torch.manual_seed(args.seed)
     b = load_backbone(args.model, device=args.device, dtype=args.dtype)
+    beside = beside_direction(b, args.beside) if args.beside else None  # read before the LoRA wraps the UNet
     adapter = "full" if args.full else "lora"
     lr = args.lr if args.lr is not None else LR[adapter]
     cfg = args.cfg if args.cfg is not None else (1.0 if args.images else float(b.sampling_defaults.get("cfg", 7.5)))
@@ -197,12 +244,13 @@ def learn_clip(args, argv) -> int:
     # One pair is DiffusionCLIP's own recipe; more pairs show the fine-tune what it must leave alone:
     # a hold pair ("a yellow square" to itself) is an image it learns to keep, by the identity loss
     # alone. Without them a red -> green fine-tune turned yellow objects green too (docs/methods.md 6b).
-    conds = [b.encode_prompt(src) for src, _ in pairs]
+    conds = [b.encode_prompt(src) for src, _ in pairs] if not args.prompt else [b.encode_prompt(args.prompt)]
     texts = [(clip.text([src]), clip.text([dst])) for src, dst in pairs]
     alphas, final = b.schedule()
 
     recipe = {k: getattr(args, k) for k in ("name", "src", "dst", "model", "images", "n_images", "t0", "s_for", "s_gen",
-                                            "rank", "targets", "views", "clip_loss_w", "id_loss_w", "seed", "full")}
+                                            "rank", "targets", "views", "clip_loss_w", "id_loss_w", "seed", "full", "beside",
+                                            "beside_share", "prompt")}
     recipe.update(lr=lr, cfg=cfg)
     work = args.work or Path("runs/learn") / f"clip-{args.name}"
     ckpt = work / "clip.ckpt.safetensors"
@@ -225,6 +273,41 @@ def learn_clip(args, argv) -> int:
     else:
         params = add_lora(b.unet, args.rank, tuple(args.targets.split(",")))
         names = {p: n for n, p in b.unet.named_parameters() if "lora_" in n}
+    if beside is not None:
+        beside = under_lora(beside, b.unet)
+
+    def regen_eps(z, t, cond):
+        eps = cfg_eps(b, z, t, cond, cfg)
+        if beside is not None and t <= beside.t0 * len(alphas):
+            # Learned beside another fine-tune: regenerate as `direction BESIDE; direction NAME`
+            # will sample, both at a whole share, eps = eps_NAME + (eps_BESIDE - eps_orig) where
+            # BESIDE acts (from its own return step on); only eps_NAME carries a gradient.
+            with torch.no_grad(), lora_off(b.unet):
+                eps_orig = cfg_eps(b, z, t, cond, cfg)
+                with FT.finetuned(b.unet, beside):
+                    eps_beside = cfg_eps(b, z, t, cond, cfg)
+            eps = eps + args.beside_share * (eps_beside - eps_orig)
+        return eps
+
+    if beside is not None:
+        # The images the new fine-tune is judged against (CLIP's image direction and the identity)
+        # are the other one's edits: each image regenerated from t0 with the new LoRA still zero,
+        # so BESIDE alone, half way to the target. Judged against the untouched images instead,
+        # the identity loss pulls the other edit back too, and the new LoRA learned no shape
+        # (docs/methods.md 6b).
+        with torch.no_grad():
+            refs = []
+            for k, z in enumerate(z_t0):
+                for i, t in enumerate(train):
+                    eps = regen_eps(z, t, conds[k % len(conds)])
+                    x0 = pred_x0(z, eps, a[i])
+                    if b.clip_x0 is not None:
+                        x0, eps = clip_x0(z, x0, a[i], b.clip_x0)
+                    z = ddim_step(x0, eps, a[i + 1])
+                refs.append(z)
+            x_0 = refs
+            feats = [clip.image(x) for x in x_0]
+
     opt = torch.optim.Adam(params, lr=lr)
     start_step, elapsed = 0, 0.0
     if resumed is not None:
@@ -246,7 +329,7 @@ def learn_clip(args, argv) -> int:
         z, cond, (txt_src, txt_trg) = z_t0[k], conds[k % len(conds)], texts[k % len(texts)]
         noise = torch.Generator().manual_seed(args.seed * 1_000_003 + s)  # the views of step s: a resumed run repeats them
         for i, t in enumerate(train):  # step 2: regenerate through the fine-tuned UNet, one Adam step per timestep
-            eps = cfg_eps(b, z, t, cond, cfg)
+            eps = regen_eps(z, t, cond)
             x0 = pred_x0(z, eps, a[i])
             loss, loss_clip, loss_id = diffusionclip_loss(clip.image(views(x0, args.views, noise)), feats[k], txt_trg, txt_src, x0, x_0[k],
                                                           args.clip_loss_w, args.id_loss_w)
@@ -284,6 +367,8 @@ def learn_clip(args, argv) -> int:
         "rank": args.rank if not args.full else None,
         "cfg": cfg, "lr": lr, "iters": args.iters, "n_images": n, "seed": args.seed,
         "clip_loss_w": args.clip_loss_w, "id_loss_w": args.id_loss_w,
+        **({"beside": Path(args.beside).stem, "beside_share": args.beside_share} if args.beside else {}),
+        **({"prompt": args.prompt} if args.prompt else {}),
         "mid_block": list(mid_block_shape(b.unet)),
         "seconds": round(seconds, 1),
         "final_clip_loss": _mean_clip(last) if last else None,  # over the pairs that change, not the holds

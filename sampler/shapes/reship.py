@@ -74,8 +74,10 @@ def to_learn(model: Path, only=None) -> dict[str, dict]:
     return {k: v for k, v in metas.items() if not only or k in only}
 
 
-def relearn_command(recipe: str, model: Path, out: Path) -> list[str]:
-    """The recipe's `steer learn ...` arguments, pointed at `model` and writing into `out`."""
+def relearn_command(recipe: str, model: Path, out: Path, directions: dict[str, Path] | None = None) -> list[str]:
+    """The recipe's `steer learn ...` arguments, pointed at `model` and writing into `out`; a
+    `--beside FILE` is pointed at the file of that name in `directions` (this run's, where the
+    direction was just re-learned)."""
     words = shlex.split(recipe)
     assert words[:2] == ["steer", "learn"], recipe
     args = words[2:]
@@ -83,7 +85,15 @@ def relearn_command(recipe: str, model: Path, out: Path) -> list[str]:
         if flag in args:
             i = args.index(flag)
             del args[i : i + 2]
+    if "--beside" in args:
+        i = args.index("--beside") + 1
+        args[i] = str((directions or {}).get(Path(args[i]).stem, args[i]))
     return [*args, "--model", str(model), "--out", str(out)]
+
+
+def beside_last(metas: dict[str, dict]) -> list[str]:
+    """The names in the order to learn them: a direction learned beside another after that one."""
+    return sorted(metas, key=lambda k: "--beside" in metas[k].get("recipe", ""))
 
 
 def world_images(folder: Path, n: int, size: int, seed: int = 0) -> Path:
@@ -129,11 +139,14 @@ def main(argv=None) -> int:
     size = editor.backbone.image_size()[0]
     report = {}
     noiseclr = {k: m for k, m in metas.items() if m.get("method") == "noiseclr"}
-    for name, meta in metas.items():
+    directions = {p.stem: p for p in sorted((args.model / "directions").glob("*.safetensors"))}
+    for name in beside_last(metas):
+        meta = metas[name]
         if name in noiseclr:
             continue
         out = args.work / name
-        command = relearn_command(meta["recipe"], named, out)
+        command = relearn_command(meta["recipe"], named, out, directions)
+        directions[name] = out / f"{name}.safetensors"
         if learn(command) != 0:
             raise SystemExit(f"re-learning {name} failed: steer learn {shlex.join(command)}")
         report[name] = {"command": "steer learn " + shlex.join(command)}
