@@ -278,10 +278,18 @@ def _finetune_tasks() -> list[Task]:
         Task("fine-tuned reshape", "fine-tuned direction", "direction circle_to_square_ft * 1.5",
              pose_direction("direction circle_to_square_ft * 1.5"), lambda src, out, it: K.direction(src, out, it, shape="square"),
              ("took_shape", "stayed_0_05", "other_kept"), {}, fits=_red_circle, cost="direction (fine-tuned)"),
-        Task("fine-tuned colour + shape", "fine-tuned direction", "direction red_to_green_ft; direction circle_to_square_ft * 1.5",
-             pose_direction("direction red_to_green_ft\ndirection circle_to_square_ft * 1.5"),
+        # The shape fine-tune learned beside the colour one (`steer learn clip --beside`), so that it
+        # completes the colour edit instead of pulling it back (docs/methods.md 6b).
+        Task("fine-tuned colour + shape", "fine-tuned direction", "direction red_to_green_ft; direction circle_to_square_beside_ft * 1.5",
+             pose_direction("direction red_to_green_ft\ndirection circle_to_square_beside_ft * 1.5"),
              lambda src, out, it: K.direction(src, out, it, colour="green", shape="square"), ("took_colour", "took_shape"),
              {"success": 0.7}, fits=_red_circle, cost="direction (fine-tuned)"),
+        # No bar: the two fine-tunes each learned alone, as before.
+        Task("fine-tuned colour + shape, shape learned alone", "fine-tuned direction",
+             "direction red_to_green_ft; direction circle_to_square_ft * 1.5",
+             pose_direction("direction red_to_green_ft\ndirection circle_to_square_ft * 1.5"),
+             lambda src, out, it: K.direction(src, out, it, colour="green", shape="square"), ("took_colour", "took_shape"),
+             {}, fits=_red_circle, cost="direction (fine-tuned)"),
         # No bar: the paper's gamma_i(t), the colour from early on and the shape past a whole share
         # over the last steps, where this model sharpens corners (docs/methods.md 6b).
         Task("fine-tuned colour + shape, split in time", "fine-tuned direction",
