@@ -37,7 +37,7 @@ from energies.x0 import directional_clip_energy
 from .. import training as T
 from ..directions import finetune as FT
 from ..directions.hspace import mid_block_shape
-from ..guided import classifier_free, clip_x0, ddim_step, pred_x0, step_alphas
+from ..guided import classifier_free, clip_x0, ddim_step, pred_x0, sample_ddim, step_alphas
 from ..inversion import invert_ddim, returning
 from .common import UsageError, check_name, command, start
 from .hspace import ClipFeatures
@@ -86,16 +86,8 @@ def cfg_eps(b, z, t, cond, cfg: float) -> torch.Tensor:
 def sample(b, cond, cfg: float, steps: int, seed: int) -> torch.Tensor:
     """A plain classifier-free-guided DDIM sample of the prompt: a source image (latent)."""
     z = torch.randn((1, *b.latent_shape()), generator=torch.Generator().manual_seed(seed)).to(b.device)
-    timesteps = b.timesteps(steps)
-    alphas, final = b.schedule()
-    a = step_alphas(alphas, timesteps, final)
-    for i, t in enumerate(timesteps):
-        eps = cfg_eps(b, z, t, cond, cfg)
-        x0 = pred_x0(z, eps, a[i])
-        if b.clip_x0 is not None:
-            x0, eps = clip_x0(z, x0, a[i], b.clip_x0)
-        z = ddim_step(x0, eps, a[i + 1])
-    return z
+    return sample_ddim(lambda i, t, z, *_: cfg_eps(b, z, t, cond, cfg), z, b.timesteps(steps), *b.schedule(), disable=True,
+                       clip=b.clip_x0)
 
 
 def source_latents(b, args, conds, cfg: float) -> list[torch.Tensor]:
@@ -295,17 +287,9 @@ def learn_clip(args, argv) -> int:
         # so BESIDE alone, half way to the target. Judged against the untouched images instead,
         # the identity loss pulls the other edit back too, and the new LoRA learned no shape
         # (docs/methods.md 6b).
+        x_0 = [sample_ddim(lambda i, t, z, *_, c=conds[k % len(conds)]: regen_eps(z, t, c), z, train, alphas, final,
+                           disable=True, clip=b.clip_x0) for k, z in enumerate(z_t0)]
         with torch.no_grad():
-            refs = []
-            for k, z in enumerate(z_t0):
-                for i, t in enumerate(train):
-                    eps = regen_eps(z, t, conds[k % len(conds)])
-                    x0 = pred_x0(z, eps, a[i])
-                    if b.clip_x0 is not None:
-                        x0, eps = clip_x0(z, x0, a[i], b.clip_x0)
-                    z = ddim_step(x0, eps, a[i + 1])
-                refs.append(z)
-            x_0 = refs
             feats = [clip.image(x) for x in x_0]
 
     opt = torch.optim.Adam(params, lr=lr)
