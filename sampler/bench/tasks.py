@@ -267,6 +267,13 @@ FINETUNED = ("red_to_green_ft", "circle_to_square_ft")
 GAMMAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the continuous transition, as the issue asks
 
 
+def _colour_and_shape(name: str, script: str, bars: dict | None = None) -> Task:
+    """A red circle made a green square by a script of fine-tuned directions (one per line)."""
+    return Task(name, "fine-tuned direction", script.replace("\n", "; "), pose_direction(script),
+                lambda src, out, it: K.direction(src, out, it, colour="green", shape="square"), ("took_colour", "took_shape"),
+                bars or {}, fits=_red_circle, cost="direction (fine-tuned)")
+
+
 def _finetune_tasks() -> list[Task]:
     return [
         Task("fine-tuned recolour", "fine-tuned direction", "direction red_to_green_ft",
@@ -280,23 +287,15 @@ def _finetune_tasks() -> list[Task]:
              ("took_shape", "stayed_0_05", "other_kept"), {}, fits=_red_circle, cost="direction (fine-tuned)"),
         # The shape fine-tune learned beside the colour one (`steer learn clip --beside`), so that it
         # completes the colour edit instead of pulling it back (docs/methods.md 6b).
-        Task("fine-tuned colour + shape", "fine-tuned direction", "direction red_to_green_ft; direction circle_to_square_beside_ft * 1.5",
-             pose_direction("direction red_to_green_ft\ndirection circle_to_square_beside_ft * 1.5"),
-             lambda src, out, it: K.direction(src, out, it, colour="green", shape="square"), ("took_colour", "took_shape"),
-             {"success": 0.7}, fits=_red_circle, cost="direction (fine-tuned)"),
+        _colour_and_shape("fine-tuned colour + shape", "direction red_to_green_ft\ndirection circle_to_square_beside_ft * 1.5",
+                          {"success": 0.7}),
         # No bar: the two fine-tunes each learned alone, as before.
-        Task("fine-tuned colour + shape, shape learned alone", "fine-tuned direction",
-             "direction red_to_green_ft; direction circle_to_square_ft * 1.5",
-             pose_direction("direction red_to_green_ft\ndirection circle_to_square_ft * 1.5"),
-             lambda src, out, it: K.direction(src, out, it, colour="green", shape="square"), ("took_colour", "took_shape"),
-             {}, fits=_red_circle, cost="direction (fine-tuned)"),
+        _colour_and_shape("fine-tuned colour + shape, shape learned alone",
+                          "direction red_to_green_ft\ndirection circle_to_square_ft * 1.5"),
         # No bar: the paper's gamma_i(t), the colour from early on and the shape past a whole share
         # over the last steps, where this model sharpens corners (docs/methods.md 6b).
-        Task("fine-tuned colour + shape, split in time", "fine-tuned direction",
-             "direction red_to_green_ft @ 0.3..1; direction circle_to_square_ft * 2 @ 0.6..1",
-             pose_direction("direction red_to_green_ft @ 0.3..1\ndirection circle_to_square_ft * 2 @ 0.6..1"),
-             lambda src, out, it: K.direction(src, out, it, colour="green", shape="square"), ("took_colour", "took_shape"),
-             {}, fits=_red_circle, cost="direction (fine-tuned)"),
+        _colour_and_shape("fine-tuned colour + shape, split in time",
+                          "direction red_to_green_ft @ 0.3..1\ndirection circle_to_square_ft * 2 @ 0.6..1"),
         Task("fine-tuned transition", "fine-tuned direction", "direction red_to_green_ft * gamma, gamma 0 .. 1",
              pose_direction("direction red_to_green_ft"),
              lambda src, out, it, images: K.transition(src, out, it, images, GAMMAS, "green"), ("monotone",),
