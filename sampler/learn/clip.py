@@ -286,10 +286,11 @@ def learn_clip(args, argv) -> int:
         # are the other one's edits: each image regenerated from t0 with the new LoRA still zero,
         # so BESIDE alone, half way to the target. Judged against the untouched images instead,
         # the identity loss pulls the other edit back too, and the new LoRA learned no shape
-        # (docs/methods.md 6b).
-        x_0 = [sample_ddim(lambda i, t, z, *_, c=conds[k % len(conds)]: regen_eps(z, t, c), z, train, alphas, final,
-                           disable=True, clip=b.clip_x0) for k, z in enumerate(z_t0)]
+        # (docs/methods.md 6b). Without a graph: the new LoRA's parameters require grad, and each
+        # reference would otherwise keep its whole regeneration's graph for the rest of the run.
         with torch.no_grad():
+            x_0 = [sample_ddim(lambda i, t, z, *_, c=conds[k % len(conds)]: regen_eps(z, t, c), z, train, alphas, final,
+                               disable=True, clip=b.clip_x0) for k, z in enumerate(z_t0)]
             feats = [clip.image(x) for x in x_0]
 
     opt = torch.optim.Adam(params, lr=lr)
