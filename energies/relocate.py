@@ -76,7 +76,7 @@ def relocate(z: torch.Tensor, z_src: torch.Tensor, x0_src: torch.Tensor, a_t, ma
     a_t = torch.as_tensor(a_t, dtype=z.dtype, device=z.device)
     mask, region, about, free = relocated_region(mask, protect)
     eps_src = (z_src - a_t.sqrt() * x0_src) / (1 - a_t).sqrt()
-    if scale != 1.0 and codec is not None:
+    if codec is not None and (scale != 1.0 or not whole_cells(shift, mask.shape[-2:])):
         x0_new, cells = scaled_in_pixels(x0_src, region, shift, scale, about, codec)
         noise = torch.where(cells[None] > 0.5, transform(eps_src, shift, 1.0, about), eps_src)
         return torch.where((torch.maximum(region, cells) * free)[None] > 0.5, a_t.sqrt() * x0_new + (1 - a_t).sqrt() * noise, z)
@@ -86,6 +86,30 @@ def relocate(z: torch.Tensor, z_src: torch.Tensor, x0_src: torch.Tensor, a_t, ma
     moved = transform(z_src, shift, scale, about)
     moved_mask = transform(mask[None], shift, scale, about)[0]
     return torch.where((moved_mask * free)[None] > 0.5, moved, out)
+
+
+def whole_cells(shift, hw, tolerance: float = 0.05) -> bool:
+    """Whether `shift` (image units) moves by a whole number of latent cells (within `tolerance` of
+    a cell), which a copy of latent cells makes exactly; a shift off the grid is made in pixels
+    when a codec is given (relocate), and by nearest cells otherwise. A shift that carries the
+    region out of the image (GONE) counts as whole: nothing of it lands."""
+    if max(abs(shift[0]), abs(shift[1])) >= GONE:
+        return True
+    cells = (shift[0] * hw[-1], shift[1] * hw[-2])
+    return all(abs(c - round(c)) <= tolerance for c in cells)
+
+
+def object_centre(image: torch.Tensor, mask: torch.Tensor, protect: torch.Tensor | None = None,
+                  distance: float = 0.25) -> torch.Tensor:
+    """(x, y) of the object under a latent `mask`, measured in pixels of `image` (3, H, W) in
+    [0, 1]: the centroid of the pixels that stand out from the background within the mask and
+    SCALE_MARGIN cells around it, less the cells under `protect` (the other objects). A map's
+    thresholded cells place an object to a cell (a sixteenth of the shapes model's image); its
+    pixels place it to a pixel. The mask's own centroid where nothing stands out."""
+    free = torch.ones_like(mask) if protect is None else (protect < 0.5).to(mask.dtype)
+    region = _in_pixels(dilate(mask.float(), SCALE_MARGIN) * free, image)
+    found = standing_out(image, region, ring_width(mask, image), distance)
+    return centroid(found) if found is not None else centroid(mask.float())
 
 
 def relocated_region(mask: torch.Tensor, protect: torch.Tensor | None = None):

@@ -59,10 +59,10 @@ def plan_relocations(backbone, bound: list[BoundTerm], src, steps: int, prompt: 
             continue
         if any(x.kind == "remove" for x in terms):  # the map's mask misses the object's rim, which grows back
             mask = R.dilate(mask, D.REMOVE_MARGIN)
-        core = src.object_mask(token, hw, D.RELOCATE_CENTRE_THRESHOLD)
+        centre = object_centre(src, token, hw, protect, mask)
         shift, scale = (0.0, 0.0), 1.0
-        for x in terms:  # where the object is: the centre of the map's core, not of the generous copy mask
-            (dx, dy), k = moved_by(x, core if core.sum() > 0 else mask)
+        for x in terms:
+            (dx, dy), k = moved_by(x, mask, centre)
             shift, scale = (shift[0] + dx, shift[1] + dy), scale * k
         plans.setdefault(at, []).append((mask.to(backbone.device), shift, scale, protect, bool(set(token) & restyled)))
     return plans
@@ -76,9 +76,23 @@ def staying_mask(backbone, src, prompt: str, changed: set[int]) -> torch.Tensor:
     return sum((src.object_mask(h, hw) for h in staying), torch.zeros(hw)).clamp(max=1).to(backbone.device)
 
 
-def moved_by(x: BoundTerm, mask: torch.Tensor) -> tuple[tuple[float, float], float]:
-    """(shift, scale) a layout term asks of its object, given the object's source mask."""
-    c, k = R.centroid(mask), x.reach  # a weight below 1 goes part of the way
+def object_centre(src, token, hw, protect=None, mask=None) -> torch.Tensor:
+    """(x, y) where the source has the object of `token`: with D.RELOCATE_CENTRE_IN_PIXELS, the
+    centroid of its pixels in the source image (relocate.object_centre, within its copy mask, or
+    the map's mask at the backbone's threshold); else, or where nothing stands out there, the
+    centre of its map's core (threshold D.RELOCATE_CENTRE_THRESHOLD), not of the generous copy mask."""
+    mask = src.object_mask(token, hw) if mask is None else mask
+    core = src.object_mask(token, hw, D.RELOCATE_CENTRE_THRESHOLD)
+    if D.RELOCATE_CENTRE_IN_PIXELS and mask.sum() > 0:
+        image = torch.from_numpy(src.image).permute(2, 0, 1).float()
+        return R.object_centre(image, mask.cpu(), None if protect is None else protect.cpu())
+    return R.centroid(core if core.sum() > 0 else mask)
+
+
+def moved_by(x: BoundTerm, mask: torch.Tensor, centre: torch.Tensor | None = None) -> tuple[tuple[float, float], float]:
+    """(shift, scale) a layout term asks of its object, given the object's source mask (or the
+    `centre` measured for it, object_centre)."""
+    c, k = (R.centroid(mask) if centre is None else centre), x.reach  # a weight below 1 goes part of the way
     if x.kind in ("move", "move_to"):
         to = x.term.to if x.kind == "move" else x.target
         return (k * float(to[0] - c[0]), k * float(to[1] - c[1])), 1.0
@@ -98,10 +112,8 @@ def resolve_relative(backbone, bound: list[BoundTerm], src):
     hw = backbone.latent_shape()[1:]
     for x in bound:
         if x.kind == "move_to":
-            other = src.object_mask(x.other, hw, D.RELOCATE_CENTRE_THRESHOLD)
-            if other.sum() == 0:
-                other = src.object_mask(x.other, hw)
-            c = R.centroid(other) if other.sum() > 0 else torch.tensor([0.5, 0.5])
+            other = src.object_mask(x.other, hw)
+            c = object_centre(src, x.other, hw, src.object_mask(x.token, hw)) if other.sum() > 0 else torch.tensor([0.5, 0.5])
             x.target = (min(1.0, max(0.0, float(c[0]) + x.term.offset[0])), min(1.0, max(0.0, float(c[1]) + x.term.offset[1])))
         elif x.kind in ("size_like", "size_to"):  # area over area, both counted in the source image's pixels
             image = torch.from_numpy(src.image).permute(2, 0, 1).float()

@@ -261,3 +261,47 @@ def test_a_move_lands_at_step_counts_where_rounding_skipped_it(shapes_editor, st
     assert len(before) == 1 and len(after) == 1
     far = lambda o: abs(o.centroid[0] - 0.75) + abs(o.centroid[1] - 0.5)
     assert far(after[0]) < 0.1 < far(before[0])
+
+
+def test_whole_cells_tells_grid_shifts_from_shifts_between_cells():
+    assert R.whole_cells((4 / 16, -2 / 16), (16, 16))
+    assert not R.whole_cells((0.3, 0.0), (16, 16))  # 4.8 cells
+    assert R.whole_cells((R.GONE, R.GONE), (16, 16))  # carried out of the image: nothing lands
+
+
+def test_object_centre_is_measured_to_a_pixel_where_the_mask_gives_a_cell():
+    """A disk centred between latent cells: its map's mask centroid sits on the cell grid, its
+    pixels' centroid on the disk's centre; another object in a protected cell is not counted."""
+    image = torch.zeros(3, 64, 64)
+    yy, xx = torch.meshgrid(torch.arange(64) + 0.5, torch.arange(64) + 0.5, indexing="ij")
+    disk = ((xx - 23.0) ** 2 + (yy - 30.0) ** 2) < 7**2
+    image[0][disk] = 1.0  # a red disk centred at (23, 30) pixels = (0.359, 0.469)
+    image[2, 30:40, 36:44] = 1.0  # a blue object in the cells beside it
+    mask = square_mask(5, 7, 6, 9)  # the map's core: two cells of the disk
+    protect = square_mask(9, 7, 11, 10)
+    want = torch.tensor([23.0 / 64, 30.0 / 64])
+    got = R.object_centre(image, mask, protect)
+    assert (got - want).abs().max() < 0.01
+    assert (A.centroid(mask) - want).abs().max() > 0.02  # what the cells alone would say
+    assert R.object_centre(torch.zeros(3, 64, 64), mask).tolist() == pytest.approx(A.centroid(mask).tolist())
+
+
+def test_a_shift_between_cells_is_made_in_pixels_with_a_codec():
+    """A shift of 2.5 cells: a copy of latent cells lands a half cell off (nearest cells), the
+    codec's copy lands on the target to a pixel."""
+    a_t = torch.tensor(1.0 - 1e-6)
+    x0 = -torch.ones(3, 16, 16)
+    x0[0, 6:10, 3:7] = 1.0  # a red square, centre (5, 8) cells
+    mask = square_mask(3, 6, 7, 10)
+    shift = (2.5 / 16, 0.0)
+    want = (5 + 2.5) / 16
+    decode = pooled_codec()[0]
+
+    def centre_x(z):
+        red = decode(z)[0].clamp(0, 1)
+        return A.centroid(red)[0].item()
+
+    plain = R.relocate(x0.clone(), x0.clone(), x0, a_t, mask, shift=shift)
+    through = R.relocate(x0.clone(), x0.clone(), x0, a_t, mask, shift=shift, codec=pooled_codec())
+    assert abs(centre_x(through) - want) < 0.01
+    assert abs(centre_x(plain) - want) > 0.02
