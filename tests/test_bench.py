@@ -394,6 +394,11 @@ def test_a_rerun_of_some_rows_replaces_them_and_says_so():
     newer = {**rerun, "tasks": {"new task": {**rerun["tasks"]["move"], "script": "direction x"}}}
     added = merge(results, newer)  # a task the base run did not have is added, not dropped
     assert list(added["tasks"])[-1] == "new task" and set(added["tasks"]) == set(results["tasks"]) | {"new task"}
+    assert merge(results, {**rerun, "curves": {}})["curves"] == results["curves"], "a rerun without curves leaves the base's"
+    curve = next(iter(results["curves"]))
+    redrawn = {curve: {**results["curves"][curve], "rows": [{**r, "effect": 0.5} for r in results["curves"][curve]["rows"]]}}
+    with_curve = merge(results, {**rerun, "curves": redrawn})
+    assert with_curve["curves"][curve]["rows"][0]["effect"] == 0.5, "a rerun's own curve replaces the base's"
     with pytest.raises(ValueError, match="same split"):
         merge(results, {**rerun, "meta": {**rerun["meta"], "steps": 10}})
     with pytest.raises(ValueError):

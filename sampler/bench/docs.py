@@ -46,6 +46,9 @@ def merge(results: dict, rerun: dict) -> dict:
     # re-run rows replace theirs in place; a task new since the base run is added at the end
     out = {**results, "tasks": {**results["tasks"], **{n: rerun["tasks"][n] for n in names}}}
     out["runs"] = [x for x in results.get("runs", []) if x["task"] not in names] + [x for x in rerun.get("runs", []) if x["task"] in names]
+    # a weight curve measured by the rerun replaces the base's (a rerun with --no-curves has none)
+    fresh = {k: c for k, c in (rerun.get("curves") or {}).items() if c.get("rows") and c.get("task") in names}
+    out["curves"] = {**(results.get("curves") or {}), **fresh}
     # each row names the run it comes from: an earlier re-run keeps only the rows not run again since
     earlier = [{**r, "tasks": [t for t in r["tasks"] if t not in names]} for r in results["meta"].get("reruns", [])]
     reruns = [r for r in earlier if r["tasks"]] + [{"tasks": names, "command": rerun["meta"]["command"]}]
