@@ -76,16 +76,21 @@ def staying_mask(backbone, src, prompt: str, changed: set[int]) -> torch.Tensor:
     return sum((src.object_mask(h, hw) for h in staying), torch.zeros(hw)).clamp(max=1).to(backbone.device)
 
 
+def source_image(src) -> torch.Tensor:
+    """The source pass's image as (3, H, W) in [0, 1], what pixel measures read."""
+    return torch.from_numpy(src.image).permute(2, 0, 1).float()
+
+
 def object_centre(src, token, hw, protect=None, mask=None) -> torch.Tensor:
     """(x, y) where the source has the object of `token`: with D.RELOCATE_CENTRE_IN_PIXELS, the
-    centroid of its pixels in the source image (relocate.object_centre, within its copy mask, or
-    the map's mask at the backbone's threshold); else, or where nothing stands out there, the
-    centre of its map's core (threshold D.RELOCATE_CENTRE_THRESHOLD), not of the generous copy mask."""
+    centroid of its pixels in the source image (relocate.object_centre, within `mask`, its copy
+    mask, or the map's mask at the backbone's threshold; that mask's own centroid where nothing
+    stands out); otherwise the centre of its map's core (threshold D.RELOCATE_CENTRE_THRESHOLD),
+    not of the generous copy mask."""
     mask = src.object_mask(token, hw) if mask is None else mask
-    core = src.object_mask(token, hw, D.RELOCATE_CENTRE_THRESHOLD)
     if D.RELOCATE_CENTRE_IN_PIXELS and mask.sum() > 0:
-        image = torch.from_numpy(src.image).permute(2, 0, 1).float()
-        return R.object_centre(image, mask.cpu(), None if protect is None else protect.cpu())
+        return R.object_centre(source_image(src), mask.cpu(), None if protect is None else protect.cpu())
+    core = src.object_mask(token, hw, D.RELOCATE_CENTRE_THRESHOLD)
     return R.centroid(core if core.sum() > 0 else mask)
 
 
@@ -113,10 +118,10 @@ def resolve_relative(backbone, bound: list[BoundTerm], src):
     for x in bound:
         if x.kind == "move_to":
             other = src.object_mask(x.other, hw)
-            c = object_centre(src, x.other, hw, src.object_mask(x.token, hw)) if other.sum() > 0 else torch.tensor([0.5, 0.5])
+            c = object_centre(src, x.other, hw, src.object_mask(x.token, hw), other) if other.sum() > 0 else torch.tensor([0.5, 0.5])
             x.target = (min(1.0, max(0.0, float(c[0]) + x.term.offset[0])), min(1.0, max(0.0, float(c[1]) + x.term.offset[1])))
         elif x.kind in ("size_like", "size_to"):  # area over area, both counted in the source image's pixels
-            image = torch.from_numpy(src.image).permute(2, 0, 1).float()
+            image = source_image(src)
             own = src.object_mask(x.token, hw)
             if own.sum() == 0:
                 x.factor = 1.0
