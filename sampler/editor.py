@@ -41,7 +41,7 @@ from .guided import SHIFTS, Guidance, require_finite, sample_ddim
 from .images import load_image
 from .preflight import check_program, refuse_return_without_source
 from .probes import Readout, TrajectoryMaps
-from .regions import codec_of, local_blend, plan_relocations, relocating, resolve_relative, settling, within_regions
+from .regions import codec_of, layout_blend, local_blend, plan_relocations, relocating, resolve_relative, settling, within_regions
 from .result import EditResult  # noqa: F401  (part of the editor's API)
 from .source import SourceMaps, SourcePass, SourcePasses, recordable, run_timesteps
 
@@ -201,7 +201,7 @@ class Editor:
                 desc="edit",
                 clip=src.clip,
                 offsets=src.offsets,  # a photo's drift correction: with nothing to do, the edit gives back the photo
-                blend=local_blend(b, bound, src),
+                blend=local_blend(b, bound, src) or layout_blend(b, bound, src, relocations),
                 generator=torch.Generator().manual_seed(settings.seed + 1),  # for steps that ask for eta > 0
                 callback=lambda d: edit_latents.append(d["z"].detach()),
                 start=first,

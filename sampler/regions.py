@@ -291,6 +291,49 @@ def local_blend(backbone, bound: list[BoundTerm], src):
     return blend
 
 
+def layout_blend(backbone, bound: list[BoundTerm], src, relocations: dict[int, list]):
+    """The local blend (local_blend) for scripts that move or resize an object they also restyle
+    (`appearance(token "circle") -> "green"` beside a move and a resize of the circle). Before the
+    relocation step the changed regions are the restyled objects' source masks grown by
+    D.LAYOUT_BLEND_BEFORE_MARGIN cells; from it on, also each relocated object's region (which it
+    vacates) and its target (the region moved and scaled as the copy moves it, at the largest scale
+    a calibration may give it), grown by D.LAYOUT_BLEND_MARGIN. Outside them the latent is the source
+    trajectory's: the edit prompt, with its new words, cannot redraw the rest of the scene (the other
+    object drawn twice, or grown). None where the script has a change that is neither local nor a
+    relocation (a global direction, a CLIP or style term, a drag), or restyles no object it moves."""
+    if not D.LAYOUT_BLEND or len(relocations) != 1:
+        return None
+    (at, copies), = relocations.items()
+    if not any(own for *_, own in copies):
+        return None
+    hw = backbone.latent_shape()[1:]
+    restyled = []
+    for x in bound:
+        if x.kind.startswith("keep") or x.weight == 0 or (x.kind in D.RELOCATE and x.token):
+            continue
+        if x.kind in D.LOCAL_BLEND and x.token:
+            restyled.append(R.dilate(src.object_mask(x.token, hw), D.LAYOUT_BLEND_BEFORE_MARGIN).to(backbone.device))
+        elif x.kind == "direction" and (x.token or x.term.box is not None):
+            restyled.append(within_regions(backbone, [x], src)[id(x)])
+        else:
+            return None
+    moved = []
+    for mask, shift, scale, protect, _ in copies:
+        _, region, about, _ = R.relocated_region(mask.to(backbone.device), protect)
+        widest = scale * D.RESIZE_CALIBRATION[1] if scale != 1.0 and D.RESIZE_CALIBRATION else scale
+        moved += [R.dilate(region, D.LAYOUT_BLEND_MARGIN),
+                  R.dilate(R.transform(region[None], shift, widest, about)[0], D.LAYOUT_BLEND_MARGIN)]
+    before = torch.stack(restyled).amax(0)
+    after = torch.stack([before, *moved]).amax(0)
+    source_after = list(src.latents[1:]) + [src.final]  # the source's z after each of its steps
+
+    def blend(i, z):
+        region = after if i >= at else before
+        return region * z + (1 - region) * source_after[i]
+
+    return blend
+
+
 def within_regions(backbone, terms: list[BoundTerm], src) -> dict[int, torch.Tensor | None]:
     """id(term) -> the (H, W) latent mask a `within` term acts in (its object from the source's
     late attention maps, dilated by a pixel; or its box), or None where it acts everywhere."""

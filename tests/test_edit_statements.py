@@ -167,6 +167,31 @@ def test_a_recolour_blends_locally_everything_else_is_the_source(shapes_editor):
     assert local_blend(shapes_editor.backbone, with_move, src) is None, "the moved object's new place is outside its source region"
 
 
+def test_a_restyled_object_that_moves_blends_with_the_source_outside_its_old_and_new_places(shapes_editor):
+    """The layout blend (sampler/regions.py layout_blend): a script that moves and recolours one
+    object keeps the source's latent outside the object's grown source region and its target, so
+    the edit prompt cannot redraw the rest of the scene; a move alone (nothing restyled) is not
+    blended."""
+    from sampler.regions import layout_blend, plan_relocations
+
+    script = 'steps 8\nseed 3\ncentroid(token "circle") -> (0.75, 0.25)\nappearance(token "circle") -> "green"'
+    prog = dsl.compile(PROMPT + script)
+    r = shapes_editor.run(prog, progress=False)
+    b, settings = shapes_editor.backbone, shapes_editor.settings(prog)
+    src = shapes_editor.source(settings, progress=False)
+    bound = shapes_editor.bind(prog, None, [])
+    relocations = plan_relocations(b, bound, src, 8, settings.prompt)
+    blend = layout_blend(b, bound, src, relocations)
+    assert blend is not None
+    region = (blend(7, src.final + 1) - src.final)[0, 0]  # 1 inside the changed regions, 0 outside
+    hw = b.latent_shape()[1:]
+    target = (int(0.25 * hw[0]), int(0.75 * hw[1]))
+    assert region[target] == 1 and 0 < region.sum() < 0.75 * region.numel()
+    assert torch.equal(r.latent[0][:, region == 0], src.final[0][:, region == 0])
+    move_only = shapes_editor.bind(dsl.compile(PROMPT + 'centroid(token "circle") -> (0.75, 0.25)'), None, [])
+    assert layout_blend(b, move_only, src, plan_relocations(b, move_only, src, 8, settings.prompt)) is None
+
+
 # ----------------------------------------------------------------------------------------------
 # The direction of each effect on the shipped model, measured by the world's detector (few steps)
 
