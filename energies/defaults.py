@@ -228,7 +228,8 @@ LOCAL_BLEND_MARGIN = 1
 # layout_blend): before the relocation, within the restyled object's mask grown by
 # LAYOUT_BLEND_BEFORE_MARGIN cells; from it on, also within the vacated and the target regions
 # grown by LAYOUT_BLEND_MARGIN. Tune split, move + resize + recolour, 48 cases: no blend 34;
-# before-margin 1 / 2 / 3: 34 / 36 / 37 (area within 20% 71 -> 83%, colour taken 81 -> 85%);
+# before-margin 1 / 2 / 3: 34 / 36 / 37 (no blend -> 3: area within 20% 73 -> 83%, within 0.1
+# 81 -> 81%, colour taken 90 -> 85%);
 # blending only from the relocation on: 33. With margin 1 before, the restyled object often
 # vanished before the relocation (it drifts as the edit prompt redraws it, and the blend cut it);
 # without any blend before, the other object was redrawn (twice, or grown). Tried on moves and
