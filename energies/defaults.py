@@ -231,7 +231,7 @@ LOCAL_BLEND_MARGIN = 1
 # before-margin 1 / 2 / 3: 34 / 36 / 37 (no blend -> 3: area within 20% 73 -> 83%, within 0.1
 # 81 -> 81%, colour taken 90 -> 85%);
 # blending only from the relocation on: 33. With margin 1 before, the restyled object often
-# vanished before the relocation (it drifts as the edit prompt redraws it, and the blend cut it);
+# vanished before the relocation (likely drifting as its new words redraw it, and cut; not shown);
 # without any blend before, the other object was redrawn (twice, or grown). Tried on moves and
 # resizes alone (the blend from the relocation on), tune split, 48 cases: move 46 -> 46, resize
 # x1.5 47, keep appearance beside a move 45 -> 47; not made the default there, as every layout row
