@@ -268,27 +268,13 @@ def local_blend(backbone, bound: list[BoundTerm], src):
     objects' source masks and LOCAL_BLEND_MARGIN latent cells around them; a box itself) the
     latent is the source trajectory's own, so nothing else changes and the object cannot drift.
     Returns (i, z after step i) -> the blended z, or None where the script has nothing to blend."""
-    changes = [x for x in bound if not x.kind.startswith("keep") and x.weight != 0]
-    hw = backbone.latent_shape()[1:]
-    regions = []
-    for x in changes:
-        if x.kind in D.LOCAL_BLEND and x.token:
-            regions.append(R.dilate(src.object_mask(x.token, hw), D.LOCAL_BLEND_MARGIN).to(backbone.device))
-        elif x.kind == "direction" and (x.token or x.term.box is not None):
-            regions.append(within_regions(backbone, [x], src)[id(x)])
-        else:
-            return None  # a change that is not local (a layout statement, a global direction, a CLIP or style term)
+    regions = restyled_regions(backbone, bound, src, D.LOCAL_BLEND_MARGIN)
     if not regions:
-        return None
+        return None  # a change that is not local (a layout statement, a global direction, a CLIP or style term), or none
     region = torch.stack(regions).amax(0)
     if region.sum() == 0:
         return None
-    after = list(src.latents[1:]) + [src.final]  # the source's z after each of its steps
-
-    def blend(i, z):
-        return region * z + (1 - region) * after[i]
-
-    return blend
+    return blended_with_source(src, lambda i: region)
 
 
 def layout_blend(backbone, bound: list[BoundTerm], src, relocations: dict[int, list]):
@@ -306,30 +292,46 @@ def layout_blend(backbone, bound: list[BoundTerm], src, relocations: dict[int, l
     (at, copies), = relocations.items()
     if not any(own for *_, own in copies):
         return None
-    hw = backbone.latent_shape()[1:]
-    restyled = []
-    for x in bound:
-        if x.kind.startswith("keep") or x.weight == 0 or (x.kind in D.RELOCATE and x.token):
-            continue
-        if x.kind in D.LOCAL_BLEND and x.token:
-            restyled.append(R.dilate(src.object_mask(x.token, hw), D.LAYOUT_BLEND_BEFORE_MARGIN).to(backbone.device))
-        elif x.kind == "direction" and (x.token or x.term.box is not None):
-            restyled.append(within_regions(backbone, [x], src)[id(x)])
-        else:
-            return None
+    restyled = restyled_regions(backbone, bound, src, D.LAYOUT_BLEND_BEFORE_MARGIN, relocated=True)
+    if restyled is None:
+        return None
     moved = []
     for mask, shift, scale, protect, _ in copies:
         _, region, about, _ = R.relocated_region(mask.to(backbone.device), protect)
         widest = scale * D.RESIZE_CALIBRATION[1] if scale != 1.0 and D.RESIZE_CALIBRATION else scale
         moved += [R.dilate(region, D.LAYOUT_BLEND_MARGIN),
                   R.dilate(R.transform(region[None], shift, widest, about)[0], D.LAYOUT_BLEND_MARGIN)]
-    before = torch.stack(restyled).amax(0)
+    before = torch.stack(restyled).amax(0)  # not empty: an `own` copy is of a restyled object
     after = torch.stack([before, *moved]).amax(0)
-    source_after = list(src.latents[1:]) + [src.final]  # the source's z after each of its steps
+    return blended_with_source(src, lambda i: after if i >= at else before)
+
+
+def restyled_regions(backbone, bound: list[BoundTerm], src, margin: int, relocated: bool = False) -> list | None:
+    """The (H, W) latent region of each change a blend keeps local: a restyled object's source mask
+    grown by `margin` cells, a direction's `within` region. None where a change is not local (with
+    `relocated`, moves, resizes and removals are passed over: their regions come from their copies)."""
+    hw = backbone.latent_shape()[1:]
+    regions = []
+    for x in bound:
+        if x.kind.startswith("keep") or x.weight == 0 or (relocated and x.kind in D.RELOCATE and x.token):
+            continue
+        if x.kind in D.LOCAL_BLEND and x.token:
+            regions.append(R.dilate(src.object_mask(x.token, hw), margin).to(backbone.device))
+        elif x.kind == "direction" and (x.token or x.term.box is not None):
+            regions.append(within_regions(backbone, [x], src)[id(x)])
+        else:
+            return None
+    return regions
+
+
+def blended_with_source(src, region_at):
+    """(i, z after step i) -> z within `region_at(i)` (an (H, W) mask), the source trajectory's own
+    z after the same step outside it."""
+    after = list(src.latents[1:]) + [src.final]  # the source's z after each of its steps
 
     def blend(i, z):
-        region = after if i >= at else before
-        return region * z + (1 - region) * source_after[i]
+        region = region_at(i)
+        return region * z + (1 - region) * after[i]
 
     return blend
 
