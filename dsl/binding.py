@@ -49,6 +49,8 @@ def bind(program: P.Program, prompt: str, tokenizer, direction_paths=(), backbon
     blended = all(t.kind.startswith("keep") or t.kind in D.LOCAL_BLEND
                   or (t.kind == "direction" and (t.token is not None or t.box is not None)) for t in program.terms)
 
+    swapped = set()  # the edit prompts that swap two objects' words (their hold is stronger)
+
     def restyle(t, token: list[int], words: str) -> str:
         """The edit prompt that gives the object at `token` the describing words `words`, with
         any object that has those words already, and that the blend keeps, given the edited
@@ -60,7 +62,10 @@ def bind(program: P.Program, prompt: str, tokenizer, direction_paths=(), backbon
             if (own and blended and kept and not set(o.tokens) & set(token)
                     and describing_words(prompt, tokenizer, list(o.tokens)) == words):
                 swaps.append((list(o.tokens), own))
-        return _swapped(prompt, tokenizer, swaps)
+        edit_prompt = _swapped(prompt, tokenizer, swaps)
+        if len(swaps) > 1:
+            swapped.add(edit_prompt)
+        return edit_prompt
 
     out = []
     for t in program.terms:
@@ -110,7 +115,8 @@ def bind(program: P.Program, prompt: str, tokenizer, direction_paths=(), backbon
             if head != head_word(prompt, tokenizer, b.token):
                 out.append(_recolour_for(b, head, reshaped(prompt, tokenizer, b.token, head), backbone, what="word"))
         if t.kind in ("recolour", "appearance_from", "shape_from") and out[-1].kind == "recolour" and not holds:
-            out.append(_hold_for(b, backbone, relocated=bool(phrase_of(b.token) & moved)))  # Pix2Pix-Zero's pairing
+            out.append(_hold_for(b, backbone, relocated=bool(phrase_of(b.token) & moved),  # Pix2Pix-Zero's pairing
+                                 swap=out[-1].edit_prompt in swapped))
             holds = True
     for x in out:
         if x.kind == "keep_attention" and moved and not x.objects:  # the hold a recolour brought along
@@ -175,20 +181,27 @@ def _swapped(prompt: str, tokenizer, swaps: list[tuple[list[int], str]]) -> str:
     appearance swaps, colour taken 54% -> 79%, success 50% -> 75%. Dropping the other object's
     phrase from the edit prompt instead ("a blue circle") was worse: tune split, 48 appearance
     swaps, 20 of 48 against 42 (the edit prompt's words no longer sit at the source's token
-    positions, where the attention hold reads them)."""
+    positions, where the attention hold reads them). Giving the other object a third colour, one
+    neither object has ("a green triangle and a blue square" -> "a blue triangle and a red
+    square", not "... and a green square"), was no better: tune split, 48 appearance swaps, 40
+    against 42. It fixed four of the six misses, where the old words with the other's shape word
+    were drawn over the edited object's place (a green square where the green triangle was), and
+    lost six others."""
     for token, words in sorted(swaps, key=lambda s: -min(s[0])):
         prompt = recoloured(prompt, tokenizer, token, words)
     return prompt
 
 
-def _hold_for(recolour: BoundTerm, backbone: str | None, relocated: bool = False) -> BoundTerm:
+def _hold_for(recolour: BoundTerm, backbone: str | None, relocated: bool = False, swap: bool = False) -> BoundTerm:
     """The keep-attention term a recolour brings along, at its own statement's position: the maps
     held where the source has them. Where the script also moves or resizes the recoloured object
     (`relocated`), the hold ends at the relocation step (D.RECOLOUR_HOLD_END_WITH_LAYOUT): after it
     the layout is the moved one, and the source's maps (the padding tokens' too, which carry the
-    old layout) pulled the grown object back toward its old size."""
+    old layout) pulled the grown object back toward its old size. Where the edit prompt swaps two
+    objects' words (`swap`), the hold is D.SWAPPED_HOLD_FACTOR times stronger."""
     hold = P.KeepAttention(span=recolour.term.span)
     d = D.term_defaults("keep_attention", backbone)
     window = (d.window[0], min(d.window[1], D.RECOLOUR_HOLD_END_WITH_LAYOUT)) if relocated else d.window
-    return BoundTerm(term=hold, label=f"keep attention (for {recolour.label})", weight=d.weight, window=window,
+    weight = d.weight * (D.SWAPPED_HOLD_FACTOR if swap else 1.0)
+    return BoundTerm(term=hold, label=f"keep attention (for {recolour.label})", weight=weight, window=window,
                      placement=d.placement)

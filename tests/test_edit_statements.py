@@ -106,6 +106,30 @@ def test_the_hold_of_a_recolour_ends_at_the_relocation_where_its_object_also_mov
     assert hold["other"].window == (0.0, 1.0), "the recoloured circle stays: its hold is not cut short"
 
 
+def test_the_hold_is_stronger_where_the_edit_prompt_swaps_two_objects_words(tokenizer):
+    """An appearance swap and a recolour to the other's colour give the same swapped edit prompt and
+    the same, stronger hold; a recolour to a third colour and a shape swap (one word) the plain one."""
+    from dsl.binding import bind
+    from energies import defaults as D
+
+    prompt = "a red circle and a blue square"
+    plain = D.term_defaults("keep_attention", "shapes").weight
+
+    def hold(statement):
+        bound = bind(dsl.compile(PROMPT + statement), prompt, tokenizer, backbone="shapes")
+        edit = next((x.edit_prompt for x in bound if x.kind == "recolour"), None)
+        return edit, next(x for x in bound if x.kind == "keep_attention").weight
+
+    swap, to_blue = hold('appearance(token "circle") -> appearance(token "square")'), hold('appearance(token "circle") -> "blue"')
+    assert swap == to_blue == ("a blue circle and a red square", pytest.approx(plain * D.SWAPPED_HOLD_FACTOR))
+    assert D.SWAPPED_HOLD_FACTOR > 1
+    assert hold('appearance(token "circle") -> "green"') == ("a green circle and a blue square", plain)
+    assert hold('shape(token "circle") -> shape(token "square")')[1] == plain
+    moved = bind(dsl.compile(PROMPT + 'centroid(token "square") -> (0.7, 0.3)\nappearance(token "circle") -> "blue"'),
+                 prompt, tokenizer, backbone="shapes")
+    assert next(x for x in moved if x.kind == "keep_attention").weight == plain, "the square moves: no swap, no blend"
+
+
 def test_an_appearance_transfer_brings_the_others_words_and_one_hold(tokenizer):
     from dsl.binding import bind
 
