@@ -154,7 +154,7 @@ HSPACE_BOOST = True  # Asyrp's stochastic "quality boosting" (eta = 1) below t_b
 # (colour taken 36). The window decides more than the scale, and the whole run stays best: at 7.5,
 # windows 0.3..1 / 0.1..1 / 0..0.3 gave 11 / 17 / 27 of 48 (colour taken 11 / 19 / 31): on this
 # model the direction's colour is made in the first tenth of the run, and so are its misses (the
-# object erased, 16 of the 18 at 0..1).
+# object gone from its place in 17 of the 18 misses at 0..1).
 NOISE_DIRECTION_SCALE = 7.5
 NOISE_DIRECTION_WINDOW = (0.0, 1.0)
 # Why `direction green within token` misses its bar (docs/bench-results.md): the shipped NoiseCLR
