@@ -2,6 +2,7 @@
 (`steer learn clip`, sampler/learn/clip.py) and the return step (`return 0.5`)."""
 
 import json
+import types
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from sampler.directions import finetune as FT
 from sampler.editor import Editor
 from sampler.directions.hspace import mid_block_shape
 from sampler.inversion import forward_noise, returning
-from sampler.learn.clip import add_lora, diffusionclip_loss, learned_little, lora_off, lora_tensors, under_lora
+from sampler.learn.clip import add_lora, diffusionclip_loss, learned_little, lora_off, lora_tensors, under_lora, value_of
 from tiny import tiny_sd_pipeline
 
 
@@ -85,6 +86,27 @@ def test_diffusionclip_loss_on_tensors():
     _, direction, _ = diffusionclip_loss(feat[None], src_img, trg_txt[None], src_txt[None], x_orig, x_orig, 1.0, 1.0)
     direction.backward()
     assert feat.grad[2] < 0, "descending the loss raises the target text's component"
+
+
+def test_the_value_identity_lets_a_hue_change_and_holds_a_shape():
+    """`--identity value` compares each pixel's brightest channel: a red square made green costs
+    nothing, the same square made round costs its lost corners; the plain L1 charges the hue."""
+    pixel = types.SimpleNamespace(kind="shapes", vae=None)  # a pixel-space model: x0 is the image in [-1, 1]
+    seen = value_of(pixel)
+
+    def square(rgb, round_corners=False):
+        img = -torch.ones(1, 3, 8, 8)
+        img[0, :, 2:6, 2:6] = torch.tensor(rgb, dtype=torch.float)[:, None, None] * 2 - 1
+        if round_corners:
+            img[0, :, [2, 2, 5, 5], [2, 5, 2, 5]] = -1
+        return img
+
+    red, green, f = square((1, 0, 0)), square((0, 1, 0)), torch.zeros(1, 3)
+    _, _, plain = diffusionclip_loss(f, f[0], f, f, green, red, 1.0, 1.0)
+    _, _, hue = diffusionclip_loss(f, f[0], f, f, green, red, 1.0, 1.0, seen)
+    _, _, corners = diffusionclip_loss(f, f[0], f, f, square((0, 1, 0), True), red, 1.0, 1.0, seen)
+    assert plain.item() > 0.1 and hue.item() == 0
+    assert corners.item() == pytest.approx(4 / 64)  # four pixels of 64 went dark
 
 
 def test_a_stalled_fine_tune_is_flagged_and_one_that_broke_through_is_not():

@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--views", type=int, default=4, help="noisy copies of each predicted image the CLIP reads (0: the image alone)")
     f.add_argument("--clip-loss-w", type=float, default=3.0, help="weight of the directional CLIP loss (DiffusionCLIP: 3)")
     f.add_argument("--id-loss-w", type=float, default=1.0, help="weight of the L1 identity loss (DiffusionCLIP's README: 1)")
+    f.add_argument("--identity", choices=("image", "value"), default="image",
+                   help="what the identity loss compares: the predicted image as the model makes it (DiffusionCLIP), or "
+                        "`value`, each pixel's brightest channel, which keeps shapes and lets hues change (for recolours)")
     f.add_argument("--beside", default=None, metavar="FILE",
                    help="learn beside this fine-tuned direction (a file) for `direction BESIDE; direction NAME`: regenerate as "
                         "the two sample together, each at a whole share, and judge against BESIDE's own edits of the images, "

@@ -50,18 +50,30 @@ RANK = 4
 AUGMENT_NOISE = 0.3  # the most noise the shapes CLIP saw in training (sampler/shapes/train.py, augment)
 
 
-def diffusionclip_loss(img_feat, src_img_feat, txt_trg, txt_src, x0, x_orig, clip_w: float, id_w: float):
+def diffusionclip_loss(img_feat, src_img_feat, txt_trg, txt_src, x0, x_orig, clip_w: float, id_w: float, seen=None):
     """(L, L_direction, L_id): DiffusionCLIP's fine-tuning loss on a predicted image x0 and the
     image x_orig it was regenerated from. L_direction is energies.x0's directional CLIP loss
-    (-log((1 + cos(dI, dT)) / 2)), L_id the mean L1 |x0 - x_orig|. A hold pair (the target text is
-    the source text: an image the fine-tune must leave as it is) has no text direction, so its
-    L_direction is 0 and only the identity counts."""
+    (-log((1 + cos(dI, dT)) / 2)), L_id the mean L1 |seen(x0) - seen(x_orig)| (`seen` is the
+    identity: x0 itself unless given, see `value_of`). A hold pair (the target text is the source
+    text: an image the fine-tune must leave as it is) has no text direction, so its L_direction is
+    0 and only the identity counts."""
     if torch.equal(txt_trg, txt_src):
         direction = x0.new_zeros(())
     else:
         direction = directional_clip_energy(img_feat, src_img_feat, txt_trg, txt_src)
-    identity = (x0 - x_orig.detach()).abs().mean()
+    seen = seen or (lambda x: x)
+    identity = (seen(x0) - seen(x_orig.detach())).abs().mean()
     return clip_w * direction + id_w * identity, direction, identity
+
+
+def value_of(b):
+    """x0 -> the decoded image's brightest channel at each pixel (HSV's value, in [0, 1]): the
+    identity `--identity value` holds. A recolour between full colours leaves it as it is (red,
+    green, blue and yellow all have value 1), so an L1 on it keeps every edge and shape of the
+    image it is judged against and does not pull the hue back, as the L1 on x0 does."""
+    if b.kind == "shapes" and b.vae is None:
+        return lambda x0: ((x0.clamp(-1, 1) + 1) / 2).amax(1)
+    return lambda x0: b.decode(x0).amax(1)
 
 
 def views(x0: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
@@ -241,7 +253,7 @@ def learn_clip(args, argv) -> int:
     alphas, final = b.schedule()
 
     recipe = {k: getattr(args, k) for k in ("name", "src", "dst", "model", "images", "n_images", "t0", "s_for", "s_gen",
-                                            "rank", "targets", "views", "clip_loss_w", "id_loss_w", "seed", "full", "beside",
+                                            "rank", "targets", "views", "clip_loss_w", "id_loss_w", "identity", "seed", "full", "beside",
                                             "beside_share", "prompt")}
     recipe.update(lr=lr, cfg=cfg)
     work = args.work or Path("runs/learn") / f"clip-{args.name}"
@@ -293,6 +305,7 @@ def learn_clip(args, argv) -> int:
                                disable=True, clip=b.clip_x0) for k, z in enumerate(z_t0)]
             feats = [clip.image(x) for x in x_0]
 
+    seen = value_of(b) if args.identity == "value" else None
     opt = torch.optim.Adam(params, lr=lr)
     start_step, elapsed = 0, 0.0
     if resumed is not None:
@@ -317,7 +330,7 @@ def learn_clip(args, argv) -> int:
             eps = regen_eps(z, t, cond)
             x0 = pred_x0(z, eps, a[i])
             loss, loss_clip, loss_id = diffusionclip_loss(clip.image(views(x0, args.views, noise)), feats[k], txt_trg, txt_src, x0, x_0[k],
-                                                          args.clip_loss_w, args.id_loss_w)
+                                                          args.clip_loss_w, args.id_loss_w, seen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -351,7 +364,7 @@ def learn_clip(args, argv) -> int:
         "return": args.t0, "s_for": args.s_for, "s_gen": args.s_gen,
         "rank": args.rank if not args.full else None,
         "cfg": cfg, "lr": lr, "iters": args.iters, "n_images": n, "seed": args.seed,
-        "clip_loss_w": args.clip_loss_w, "id_loss_w": args.id_loss_w,
+        "clip_loss_w": args.clip_loss_w, "id_loss_w": args.id_loss_w, "identity": args.identity,
         **({"beside": Path(args.beside).stem, "beside_share": args.beside_share} if args.beside else {}),
         **({"prompt": args.prompt} if args.prompt else {}),
         "mid_block": list(mid_block_shape(b.unet)),
