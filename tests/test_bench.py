@@ -575,7 +575,7 @@ def test_the_fine_tuned_tasks_pose_their_directions_on_red_objects_beside_no_gre
     src = synthetic_source(it)
     rng = np.random.default_rng(0)
     assert BY_NAME["fine-tuned recolour"].pose(it, src, rng).script == "direction red_to_green_ft"
-    assert BY_NAME["fine-tuned colour + shape"].pose(it, src, rng).script == "direction red_to_green_ft\ndirection circle_to_square_beside_ft * 1.5"
+    assert BY_NAME["fine-tuned colour + shape"].pose(it, src, rng).script == "direction circle_to_square_ft * 1.5\ndirection red_to_green_beside_ft"
     alone = BY_NAME["fine-tuned colour + shape, shape learned alone"]
     assert alone.pose(it, src, rng).script == "direction red_to_green_ft\ndirection circle_to_square_ft * 1.5" and alone.bars == {}
     assert BY_NAME["fine-tuned transition"].sweep == (0.0, 0.25, 0.5, 0.75, 1.0)

@@ -35,8 +35,8 @@ def test_the_new_fine_tuned_directions_are_learned_for_a_new_model_from_their_re
 
     (tmp_path / "directions").mkdir()
     metas = reship.to_learn(tmp_path)  # a model that ships nothing yet
-    assert set(metas) == set(reship.NEW) == {"red_to_green_ft", "circle_to_square_ft", "circle_to_square_beside_ft"}
-    assert reship.beside_last(metas)[-1] == "circle_to_square_beside_ft"
+    assert set(metas) == set(reship.NEW) == {"red_to_green_ft", "circle_to_square_ft", "red_to_green_beside_ft"}
+    assert reship.beside_last(metas)[-1] == "red_to_green_beside_ft"
     for name, meta in metas.items():
         command = reship.relearn_command(meta["recipe"], Path("new-model"), Path("work") / name)
         args = build_parser().parse_args(command)

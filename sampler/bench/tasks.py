@@ -285,9 +285,9 @@ def _finetune_tasks() -> list[Task]:
         Task("fine-tuned reshape", "fine-tuned direction", "direction circle_to_square_ft * 1.5",
              pose_direction("direction circle_to_square_ft * 1.5"), lambda src, out, it: K.direction(src, out, it, shape="square"),
              ("took_shape", "stayed_0_05", "other_kept"), {}, fits=_red_circle, cost="direction (fine-tuned)"),
-        # The shape fine-tune learned beside the colour one (`steer learn clip --beside`), so that it
-        # completes the colour edit instead of pulling it back (docs/methods.md 6b).
-        _colour_and_shape("fine-tuned colour + shape", "direction red_to_green_ft\ndirection circle_to_square_beside_ft * 1.5",
+        # The colour fine-tune learned beside the shape one (`steer learn clip --beside`), so that it
+        # completes the shape edit instead of rounding the square back (docs/methods.md 6b).
+        _colour_and_shape("fine-tuned colour + shape", "direction circle_to_square_ft * 1.5\ndirection red_to_green_beside_ft",
                           {"success": 0.7}),
         # No bar: the two fine-tunes each learned alone, as before.
         _colour_and_shape("fine-tuned colour + shape, shape learned alone",

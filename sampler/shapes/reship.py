@@ -46,11 +46,12 @@ NEW = {
                         ' --to "a green circle" "a green square" "a green triangle" "a yellow triangle" "a yellow square" "a yellow circle" "a blue square" "a green circle"'
                         ' --n-images 16 --iters 10 --id-loss-w 2'),
     "circle_to_square_ft": 'steer learn clip circle_to_square_ft --from "a red circle" --to "a red square" --t0 0.8',
-    # the shape learned beside the colour, for `direction red_to_green_ft; direction circle_to_square_beside_ft * 1.5`
-    # (its --beside is pointed at the red_to_green_ft this run learns)
-    "circle_to_square_beside_ft": ('steer learn clip circle_to_square_beside_ft --prompt "a red circle" --from "a green circle"'
-                                   ' --to "a green square" --t0 0.8 --beside shapes/directions/red_to_green_ft.safetensors'
-                                   ' --id-loss-w 0.3 --iters 10'),
+    # the colour learned beside the shape, for `direction circle_to_square_ft * 1.5; direction red_to_green_beside_ft`
+    # (its --beside is pointed at the circle_to_square_ft this run learns); its identity holds each
+    # pixel's brightest channel, so it keeps the square's corners and not its red (docs/methods.md 6b)
+    "red_to_green_beside_ft": ('steer learn clip red_to_green_beside_ft --prompt "a red circle" --from "a red square"'
+                               ' --to "a green square" --t0 0.8 --beside shapes/directions/circle_to_square_ft.safetensors'
+                               ' --beside-share 1.5 --iters 10 --identity value --id-loss-w 5'),
 }
 
 
