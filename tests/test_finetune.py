@@ -109,6 +109,22 @@ def test_the_value_identity_lets_a_hue_change_and_holds_a_shape():
     assert corners.item() == pytest.approx(4 / 64)  # four pixels of 64 went dark
 
 
+def test_the_value_identity_of_a_latent_model_reads_the_decoded_image_with_its_gradient():
+    decoded = []
+
+    def decode(z):  # a stand-in VAE: latent (1, 4, h, w) -> image (1, 3, 2h, 2w) in [0, 1]
+        decoded.append(z)
+        return torch.sigmoid(z[:, :3]).repeat_interleave(2, -1).repeat_interleave(2, -2)
+
+    seen = value_of(types.SimpleNamespace(kind="sd", vae=object(), decode=decode))
+    z = torch.randn(1, 4, 3, 3, requires_grad=True)
+    v = seen(z)
+    assert v.shape == (1, 6, 6) and decoded and decoded[0] is z
+    assert torch.equal(v, decode(z).amax(1))
+    v.sum().backward()
+    assert z.grad[:, :3].abs().sum() > 0 and z.grad[:, 3].abs().sum() == 0  # the 4th channel is never decoded here
+
+
 def test_a_stalled_fine_tune_is_flagged_and_one_that_broke_through_is_not():
     # the two runs of docs/methods.md 6b: the same recipe, seed 0 learned the colour, seed 1 did not
     assert learned_little(0.549, 0.031) is None
