@@ -17,6 +17,7 @@ from energies import program as P
 from energies.errors import SteerCompileError, SteerError
 from sampler import learn
 from sampler.backbones import StableDiffusionBackbone
+from sampler.backbones.shapes import ShapesBackbone
 from sampler.directions import check
 from sampler.directions import finetune as FT
 from sampler.editor import Editor
@@ -91,7 +92,8 @@ def test_diffusionclip_loss_on_tensors():
 def test_the_value_identity_lets_a_hue_change_and_holds_a_shape():
     """`--identity value` compares each pixel's brightest channel: a red square made green costs
     nothing, the same square made round costs its lost corners; the plain L1 charges the hue."""
-    pixel = types.SimpleNamespace(kind="shapes", vae=None)  # a pixel-space model: x0 is the image in [-1, 1]
+    pixel = types.SimpleNamespace(vae=None)  # a pixel-space shapes model: x0 is the image in [-1, 1]
+    pixel.decode = lambda z: ShapesBackbone.decode(pixel, z)
     seen = value_of(pixel)
 
     def square(rgb, round_corners=False):
@@ -116,7 +118,7 @@ def test_the_value_identity_of_a_latent_model_reads_the_decoded_image_with_its_g
         decoded.append(z)
         return torch.sigmoid(z[:, :3]).repeat_interleave(2, -1).repeat_interleave(2, -2)
 
-    seen = value_of(types.SimpleNamespace(kind="sd", vae=object(), decode=decode))
+    seen = value_of(types.SimpleNamespace(decode=decode))
     z = torch.randn(1, 4, 3, 3, requires_grad=True)
     v = seen(z)
     assert v.shape == (1, 6, 6) and decoded and decoded[0] is z

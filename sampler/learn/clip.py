@@ -70,9 +70,8 @@ def value_of(b):
     """x0 -> the decoded image's brightest channel at each pixel (HSV's value, in [0, 1]): the
     identity `--identity value` holds. A recolour between full colours leaves it as it is (red,
     green, blue and yellow all have value 1), so an L1 on it keeps every edge and shape of the
-    image it is judged against and does not pull the hue back, as the L1 on x0 does."""
-    if b.kind == "shapes" and b.vae is None:
-        return lambda x0: ((x0.clamp(-1, 1) + 1) / 2).amax(1)
+    image it is judged against and does not pull the hue back, as the L1 on x0 does. The backbone's
+    own decode keeps the graph (through the VAE, or the pixels themselves on a pixel-space model)."""
     return lambda x0: b.decode(x0).amax(1)
 
 
