@@ -131,7 +131,7 @@ def test_a_stalled_fine_tune_is_flagged_and_one_that_broke_through_is_not():
     # the two runs of docs/methods.md 6b: the same recipe, seed 0 learned the colour, seed 1 did not
     assert learned_little(0.549, 0.031) is None
     warning = learned_little(0.424, 0.346)
-    assert warning and "0.424" in warning and "0.346" in warning and "--seed" in warning
+    assert warning and "0.424" in warning and "0.346" in warning and "--seed" in warning and "--lr" in warning
     assert learned_little(None, 0.3) is None and learned_little(0.5, None) is None  # only holds: no CLIP loss to judge
 
 

@@ -147,8 +147,8 @@ def learned_little(first: float | None, last: float | None) -> str | None:
     if first is None or last is None or last <= STALLED * first:
         return None
     return (f"the directional CLIP loss only fell from {first:.3f} to {last:.3f} (a fine-tune that takes its "
-            f"edit ends well under half its start): this direction has probably learned little. Try another --seed, "
-            f"more --iters or a lower --id-loss-w, and check it with `steer bench --directions`")
+            f"edit ends well under half its start): this direction has probably learned little. Try a higher --lr "
+            f"(e.g. 3e-3), another --seed, more --iters or a lower --id-loss-w, and check it with `steer bench --directions`")
 
 
 def add_lora(unet, rank: int, targets=FT.TARGETS) -> list[torch.nn.Parameter]:

@@ -51,7 +51,7 @@ NEW = {
     # pixel's brightest channel, so it keeps the square's corners and not its red (docs/methods.md 6b)
     "red_to_green_beside_ft": ('steer learn clip red_to_green_beside_ft --prompt "a red circle" --from "a red square"'
                                ' --to "a green square" --t0 0.8 --beside shapes/directions/circle_to_square_ft.safetensors'
-                               ' --beside-share 1.5 --iters 10 --identity value --id-loss-w 5'),
+                               ' --beside-share 1.5 --iters 10 --identity value --id-loss-w 5 --lr 3e-3'),
 }
 
 
