@@ -261,9 +261,8 @@ def _red_circle(it: Item) -> bool:
     return _red(it) and it.subject.shape == "circle"
 
 
-# DiffusionCLIP's fine-tuned directions (issue 20). Their files are not shipped with the model yet:
-# `steer bench --directions DIR` passes them, and without them the rows are "not run".
-FINETUNED = ("red_to_green_ft", "circle_to_square_ft")
+# DiffusionCLIP's fine-tuned directions (issue 20) ship with the model; `steer bench --directions DIR`
+# runs the rows with other files of the same names, and a row whose file is missing is "not run".
 GAMMAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the continuous transition, as the issue asks
 
 
