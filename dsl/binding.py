@@ -23,8 +23,9 @@ def bind(program: P.Program, prompt: str, tokenizer, direction_paths=(), backbon
          warnings: list | None = None) -> list[BoundTerm]:
     """Resolve every term's tokens against the prompt and its directions against the direction
     folders; apply the defaults of the backbone family `backbone`. Raises SteerCompileError at the
-    offending term. Statements left with nothing to do, or that pull against another, are
-    SteerWarnings appended to `warnings` (the vacuous ones are dropped from the result)."""
+    offending term. Statements left with nothing to do, that pull against another, or that the
+    bench measured doing nothing on this backbone (D.INEFFECTIVE) are SteerWarnings appended to
+    `warnings` (the vacuous ones are dropped from the result)."""
     warnings = [] if warnings is None else warnings
     weights.check(prompt, program.settings.spans.get("prompt"))  # a Program built in Python skipped the compiler
     prompt = weights.plain(prompt)  # the words as the tokenizer sees them: weight syntax is the encoder's business
@@ -101,6 +102,9 @@ def bind(program: P.Program, prompt: str, tokenizer, direction_paths=(), backbon
                 raise SteerCompileError(f"`{b.label}` cannot act within a region: {found.name!r} is a prompt direction, "
                                         "a shift of the whole prompt's embedding", t.span,
                                         hint="drop the `within ...`; `keep attention` keeps the other objects where they were")
+        weak = D.INEFFECTIVE.get(backbone, {}).get(f"direction:{b.direction.kind}" if t.kind == "direction" else t.kind)
+        if weak is not None:
+            warnings.append(SteerWarning(weak[0].format(label=b.label, family=backbone), t.span, hint=weak[1]))
         if t.kind == "recolour":
             b.edit_prompt = restyle(t, b.token, t.to)
         elif t.kind == "remove":

@@ -370,5 +370,26 @@ BACKBONES = {
                                     mask_threshold=0.5),
 }
 
+# Statements `steer bench` measured doing nothing on a backbone family: `steer check`, a run and
+# the REPL say so at the statement (a warning, dsl/binding.py), so that silence is not read as
+# success. Keys: a term kind, or "direction:KIND" for a learned direction of that kind. Values:
+# (what was measured, what to use instead). Why each fails: docs/methods.md, sections 4 and 6.
+_CLIP_SHAPES = ("`{label}` moves CLIP's score but not the colour on the {family} model "
+                "(`steer bench`, clip recolour: colour taken on 0 of 48)",
+                'recolour with appearance(token "...") -> "green", or learn a fine-tune with `steer learn clip`')
+INEFFECTIVE = {
+    "shapes": {
+        "clip": _CLIP_SHAPES,
+        "style": ("`{label}` does not carry the reference's colour on the {family} model "
+                  "(`steer bench`, style image: colour taken on 0 of 48)",
+                  'recolour with appearance(token "...") -> "green"'),
+        "direction:hspace": ("`{label}` is an h-space direction, and the {family} model settles shape and colour after the "
+                             "bottleneck (`steer bench`, circle_to_square within the object: 0 of 48 squares)",
+                             "use a prompt direction with keep attention (`steer learn prompt`), or a fine-tune (`steer learn clip`)"),
+    },
+    "shapes-flow": {"clip": _CLIP_SHAPES},
+}
+
+
 # Words whose attention maps are too diffuse to stand for an object; "every object" terms skip them.
 STOPWORDS = frozenset("a an the and of with on in at to by for is are this that its his her their".split())

@@ -366,6 +366,34 @@ def test_a_keep_of_what_another_statement_changes_warns_at_both(tokenizer):
     assert "pull against each other" in w.render()
 
 
+def test_a_statement_the_bench_found_inert_on_the_model_warns_there_and_only_there(tokenizer, shapes_path):
+    """`clip`, `style image` and h-space directions did nothing measurable on the shapes model
+    (D.INEFFECTIVE): binding there warns at the statement with the figure and what to use instead;
+    on Stable Diffusion (or no backbone family) the same script is silent."""
+    from pathlib import Path
+
+    from dsl.binding import bind
+    from sampler.shapes.model import resolve
+
+    text = PROMPT + ('clip "a green circle and a blue square"\nstyle image "ref.png"\n'
+                     'direction circle_to_square within token "circle"\ndirection red_to_green\n')
+    program = dsl.compile(dsl.parse(text, "w.edit"))
+    folders = [Path(resolve(shapes_path)) / "directions"]
+
+    def warned(backbone):
+        warnings = []
+        bound = bind(program, program.settings.prompt, tokenizer, folders, backbone, warnings)
+        assert len(bound) == 4, "a warning never drops the statement"
+        return [w.with_source(text) for w in warnings]
+
+    clip, style, hspace = warned("shapes")
+    assert clip.line == 2 and "0 of 48" in clip.message and "appearance(token" in clip.hint
+    assert "w.edit:2:1: warning:" in clip.render() and style.line == 3 and "style image" in style.message
+    assert hspace.line == 4 and "h-space" in hspace.message and "steer learn prompt" in hspace.hint
+    assert warned("sd") == [] and warned(None) == [], "on other models the statements are not known to be inert"
+    assert [w.line for w in warned("shapes-flow")] == [2], "the flow model's clip recolour was measured too"
+
+
 def test_a_weight_below_one_moves_part_of_the_way():
     from energies.program import Move, Resize, Shift
     from energies.terms import BoundTerm
