@@ -145,7 +145,8 @@ def term_defaults(kind: str, backbone: str | None = None) -> TermDefaults:
 # Learned directions (sampler/directions/: hspace.py, noise.py, prompt.py).
 # A script's `* s` multiplies:
 # h-space: delta-h, times Asyrp's n_train_step / n_test_step; window: Asyrp's t_edit (hspace.EDIT_WINDOW)
-# noise: NoiseCLR's lambda = s * NOISE_DIRECTION_SCALE, over NOISE_DIRECTION_WINDOW (NoiseCLR has no default)
+# noise: NoiseCLR's lambda = s * NOISE_DIRECTION_SCALE, over NOISE_DIRECTION_WINDOW (NoiseCLR has no default);
+#   within a token, s * NOISE_PHRASE_SCALE * cfg on the phrase's difference (below)
 # prompt: Pix2Pix-Zero's delta_c, as c + s * delta_c, over PROMPT_DIRECTION_WINDOW
 HSPACE_BOOST = True  # Asyrp's stochastic "quality boosting" (eta = 1) below t_boost when an h-space direction is used
 # NoiseCLR's own editing_scale (7.5 on SD). It was 6 (the smallest that made the shipped shapes
@@ -157,15 +158,23 @@ HSPACE_BOOST = True  # Asyrp's stochastic "quality boosting" (eta = 1) below t_b
 # object gone from its place in 17 of the 18 misses at 0..1).
 NOISE_DIRECTION_SCALE = 7.5
 NOISE_DIRECTION_WINDOW = (0.0, 1.0)
-# Why `direction green within token` misses its bar (docs/bench-results.md): the shipped NoiseCLR
-# direction draws a green object of its own, where it likes (alone, it redraws the scene around a
-# new green shape); kept inside the object's mask, eps(z, d) - eps(z, "") there is mostly "no
-# object here", and the object fades to background (17 of the 23 misses of 48 tune cases). Tried,
-# tune split, not taken: windows starting at 0.1 / 0.2 / 0.4 / 0.7 (from 0.4 on no colour at all);
-# adding `keep layout` or `keep appearance` (the object still fades) or `keep attention` (17 of 48
-# at scale 7.5: the hold keeps the old colour too); only the region's mean shift
-# per latent channel (a colour offset without the direction's own layout), weights 3 / 4 / 5:
-# 24 / 25 / 29 of 48, against 25 / 30 at weights 1 / 1.5 as it is.
+# `direction NAME within token T`: the direction's token stands in T's phrase in place of its
+# describing words ("a <d> circle and a blue square" for "a red circle and ..."), and
+# lambda = s * NOISE_PHRASE_SCALE * cfg on eps(z, that prompt) - eps(z, the prompt), inside T's
+# mask (sampler/directions/noise.py). Why: NoiseCLR's own difference, eps(z, "<d>") - eps(z, ""),
+# draws a green object of the direction's own where it likes (alone, it redraws the scene around
+# a new green shape); kept inside the object's mask it is mostly "no object here", and the object
+# faded to background (17 of the 18 misses of 48 tune cases). In the phrase, the difference is
+# "this object, but <d>". Tune split, `direction green within token`, 48 cases: NoiseCLR's
+# difference at 7.5, 30 of 48; in the phrase at scale 2 / 3 / 4 / 6: 33 / 38 / 36 / 32 (on the
+# first 16: 14 / 13 / 12 at 2 / 3 / 4, 5 at 1, 1 with <d> put beside the describing words
+# instead of in their place). Tried for NoiseCLR's difference, not taken: windows starting at
+# 0.1 / 0.2 / 0.4 / 0.7 (from 0.4 on no colour at all); adding `keep layout`, `keep appearance`
+# or `keep shape(token T)` (the object still fades: 11 / 10 / 9 of the first 16 at the hold's
+# weight 1 / 5 / 20, against 11 without) or `keep attention` (17 of 48 at scale 7.5: the hold
+# keeps the old colour too); only the region's mean shift per latent channel (a colour offset
+# without the direction's own layout), weights 3 / 4 / 5: 24 / 25 / 29 of 48.
+NOISE_PHRASE_SCALE = 3.0
 # prompt (Pix2Pix-Zero): the edit pass conditions on c + s * delta_c at every step.
 PROMPT_DIRECTION_WINDOW = (0.0, 1.0)
 

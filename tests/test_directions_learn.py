@@ -228,6 +228,42 @@ def test_direction_context_is_the_one_token_prompt_and_leaves_the_model_alone(wh
     assert torch.allclose(diff, want, atol=1e-5) and diff.abs().max() > 0
 
 
+def test_in_phrase_puts_the_placeholder_in_the_objects_words_and_keeps_the_length():
+    # "a red circle and a blue square": BOS a red circle and a blue square EOS pad pad
+    ids = [2, 4, 8, 12, 5, 4, 9, 11, 3, 0, 0]
+    assert N.in_phrase(ids, [2, 3], [3], 99) == ([2, 4, 99, 12, 5, 4, 9, 11, 3, 0, 0], 2)
+    # two describing words become one placeholder; the padding fills the end
+    assert N.in_phrase(ids, [5, 6, 7], [7], 99) == ([2, 4, 8, 12, 5, 99, 11, 3, 0, 0, 0], 5)
+    # a phrase that is its head alone gets the placeholder before the head
+    assert N.in_phrase(ids, [3], [3], 99) == ([2, 4, 8, 99, 12, 5, 4, 9, 11, 3, 0], 3)
+    # a full prompt keeps its last id (EOS) last
+    full = [2, 4, 12, 5, 3]
+    assert N.in_phrase(full, [2], [2], 99) == ([2, 4, 99, 12, 3], 2)
+
+
+@pytest.mark.parametrize("which,word", [("shapes", "red"), ("tiny_sd", "red</w>"), ("tiny_sdxl", "red</w>")])
+def test_a_direction_within_a_token_stands_in_the_objects_phrase(which, word, request):
+    """`direction NAME within token "circle"` compares the prompt with the direction's token in
+    the circle's phrase against the prompt itself: with the embedding of a real word, exactly the
+    prompt with that word there ("a blue circle" -> "a red circle"; "a circle" -> "a red circle")."""
+    import dsl
+
+    b = request.getfixturevalue(which)
+    row = _word_rows(b, word)
+    for prompt in ("a blue circle and a blue square", "a circle and a blue square"):
+        token = dsl.token_indices("circle", prompt, b.tokenizer)
+        edited, base = N.phrase_contexts(b, prompt, token, row)
+        want, plain = b.encode_prompt("a red circle and a blue square"), b.encode_prompt(prompt)
+        assert torch.allclose(edited.hidden, want.cond, atol=1e-5) and torch.allclose(base.hidden, plain.cond, atol=1e-5)
+        for k in edited.added:  # SDXL: the pooled embeddings of both prompts
+            assert torch.allclose(edited.added[k].float(), want.added[k].float(), atol=1e-5), k
+            assert torch.allclose(base.added[k].float(), plain.added[k].float(), atol=1e-5), k
+    # the word the phrase already has makes no difference at all: the edit is zero
+    token = dsl.token_indices("circle", "a red circle", b.tokenizer)
+    edited, base = N.phrase_contexts(b, "a red circle", token, row)
+    assert torch.allclose(edited.hidden, base.hidden, atol=1e-6)
+
+
 def test_noiseclr_loss_prefers_consistent_distinct_directions():
     g = torch.Generator().manual_seed(0)
     a, other = torch.nn.functional.normalize(torch.randn(2, 64, generator=g), dim=-1)

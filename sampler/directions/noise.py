@@ -8,6 +8,14 @@ the string "<tk>"), and edits by adding its noise difference to the guided epsil
     delta_d(z_t) = eps(z_t, d) - eps(z_t, "")
     eps~         = eps_cfg(z_t, c) + sum_k lambda_k delta_{d_k}(z_t)
 
+Within a token (`direction green within token "circle"`) the direction acts on that object
+through the prompt instead: its token stands in the object's phrase, in place of the describing
+words, and the edit is the difference that makes, inside the object's mask (steer's, not
+NoiseCLR's; docs/methods.md, section 5):
+
+    delta_d(z_t) = eps(z_t, "a <d> circle and a blue square") - eps(z_t, "a red circle and a blue square")
+    eps~         = eps_cfg(z_t, c) + s * NOISE_PHRASE_SCALE * cfg * mask * delta_d(z_t)
+
 The tokenizer and the embedding table are never changed. The installed transformers'
 CLIPTextModel takes no `inputs_embeds`, so the token's row is swapped in by a forward hook on the
 input-embedding module, for one call, removed in a `finally`: the placeholder position's output is
@@ -29,6 +37,7 @@ from typing import NamedTuple
 
 import torch
 
+import dsl
 from energies import defaults as D
 
 from ..hooks import forward_hook
@@ -102,21 +111,58 @@ def direction_context(backbone, embedding: torch.Tensor) -> Context:
     """The conditioning of the one-token prompt "<d>": hidden (1, T, D) for an embedding (W,), or
     (K, T, D) for K embeddings (K, W) at once. Differentiable w.r.t. `embedding`; the text
     encoders' weights may stay frozen."""
-    emb = embedding[None] if embedding.dim() == 1 else embedding
-    if backbone.kind != "sdxl":
-        ((tok, enc),) = encoders(backbone)
-        ids = torch.tensor([direction_ids(tok)], device=backbone.device).expand(emb.shape[0], -1)
-        with swapped_token(enc, emb):
-            return Context(enc(ids)[0], {})  # last hidden state, as Backbone.encode_prompt conditions on
+    return _context(backbone, direction_ids, embedding, PLACEHOLDER)
+
+
+def _context(backbone, ids_of, embedding: torch.Tensor | None, position: int) -> Context:
+    """The conditioning of the token ids `ids_of(tokenizer)` gives for each text encoder, the row at
+    `position` being `embedding` (K embeddings: K rows; None: the ids as they are)."""
+    emb = None if embedding is None else embedding[None] if embedding.dim() == 1 else embedding
+    rows = 1 if emb is None else emb.shape[0]
+    parts = [None] * len(encoders(backbone)) if emb is None else emb.split(widths(backbone), dim=-1)
     hidden, pooled = [], None
-    for (tok, enc), part in zip(encoders(backbone), emb.split(widths(backbone), dim=-1)):
-        ids = torch.tensor([direction_ids(tok)], device=backbone.device).expand(emb.shape[0], -1)
-        with swapped_token(enc, part):
-            out = enc(ids, output_hidden_states=True)
+    for (tok, enc), part in zip(encoders(backbone), parts):
+        ids = torch.tensor([ids_of(tok)], device=backbone.device).expand(rows, -1)
+        with swapped_token(enc, part, position) if part is not None else contextlib.nullcontext():
+            out = enc(ids, output_hidden_states=backbone.kind == "sdxl")
+        if backbone.kind != "sdxl":
+            return Context(out[0], {})  # last hidden state, as Backbone.encode_prompt conditions on
         hidden.append(out.hidden_states[-2])  # as StableDiffusionXLBackbone._embed_xl
         pooled = out[0]  # the second encoder's pooled projection
-    ids = backbone._time_ids().expand(emb.shape[0], -1)
+    ids = backbone._time_ids().expand(rows, -1)
     return Context(torch.cat(hidden, dim=-1), {"text_embeds": pooled, "time_ids": ids})
+
+
+def in_phrase(ids: list[int], phrase: list[int], head: list[int], placeholder: int) -> tuple[list[int], int]:
+    """The prompt's token ids with the direction's placeholder standing in the object's phrase:
+    in place of its describing tokens (the phrase but its head: "a <d> circle and a blue square"
+    for "a red circle ..."), or before the head where the phrase is the head alone ("a <d> circle").
+    The length stays; the last id (padding, or EOS in a full prompt) stays last.
+    -> (ids, the placeholder's position)."""
+    describing = sorted(set(phrase) - set(head))
+    if describing:
+        a, b = describing[0], describing[-1] + 1
+        out = ids[:a] + [placeholder] + ids[b:]
+        return out + [ids[-1]] * (len(ids) - len(out)), a
+    a = min(head)
+    out = ids[:a] + [placeholder] + ids[a:]
+    return out[: len(ids) - 1] + [ids[-1]], a
+
+
+def phrase_contexts(backbone, prompt: str, token: list[int], embedding: torch.Tensor) -> tuple[Context, Context]:
+    """(the prompt with the direction in the phrase of the word at `token`, the prompt as it is):
+    the pair whose noise difference edits that object (`direction NAME within token "..."`).
+    Both plain (the prompt's weights are the base prompt's business, not the edit's)."""
+    plain = dsl.plain_prompt(prompt)
+    phrase = next((o for o in dsl.prompt_objects(plain, backbone.tokenizer) if set(o.tokens) & set(token)), None)
+    tokens, head = (list(phrase.tokens), list(phrase.head)) if phrase else (token, token)
+
+    def ids(tok):
+        return tok(plain, padding="max_length", max_length=tok.model_max_length, truncation=True).input_ids
+
+    position = in_phrase(ids(backbone.tokenizer), tokens, head, 0)[1]
+    edited = _context(backbone, lambda tok: in_phrase(ids(tok), tokens, head, ids(tok)[0])[0], embedding, position)
+    return edited, _context(backbone, ids, None, 0)
 
 
 def empty_context(backbone) -> Context:
@@ -141,8 +187,9 @@ def noise_direction_eps(backbone, z: torch.Tensor, t: int, ctx_dir: Context, ctx
 
 @dataclass
 class NoiseShift:
-    context: Context  # the one-token prompt of the direction
-    empty: Context  # the empty prompt
+    context: Context  # the direction's prompt: "<d>" alone, or within a token the prompt with <d> in the object's phrase
+    base: Context  # what its noise is compared with: "" (NoiseCLR's), or the prompt as it is
+    scale: float  # lambda per unit of weight
 
 
 class Noise(DirectionKind):
@@ -156,17 +203,24 @@ class Noise(DirectionKind):
         return None
 
     def prepare(self, term, direction, backbone, settings):
+        embedding = direction.tensors["embedding"].to(backbone.device)
         with torch.no_grad():
-            return NoiseShift(direction_context(backbone, direction.tensors["embedding"].to(backbone.device)),
-                              empty_context(backbone))
+            if term.term.token is None:
+                return NoiseShift(direction_context(backbone, embedding), empty_context(backbone), D.NOISE_DIRECTION_SCALE)
+            # Within a token: the direction stands in the object's own words, and the difference
+            # it makes there is the edit (docs/methods.md, section 5: the lone "<d>" inside the
+            # object's mask mostly says "no object here", and the object faded).
+            # Scaled by cfg, which scales what any word of the prompt does to the guided epsilon.
+            return NoiseShift(*phrase_contexts(backbone, settings.prompt, term.token, embedding),
+                              D.NOISE_PHRASE_SCALE * settings.cfg)
 
     def guide(self, g, terms, step: Step):
         active = [x for x in terms if x.active(step.progress)]
         if not active:
             return g
         with torch.no_grad():
-            shift = sum(x.weight * D.NOISE_DIRECTION_SCALE
-                        * local(noise_direction_eps(step.backbone, step.z, step.t, x.state.context, x.state.empty),
+            shift = sum(x.weight * x.state.scale
+                        * local(noise_direction_eps(step.backbone, step.z, step.t, x.state.context, x.state.base),
                                 step.regions[id(x)])
                         for x in active)
         return dataclasses.replace(g, eps=shift if g.eps is None else g.eps + shift)
