@@ -160,9 +160,12 @@ def phrase_contexts(backbone, prompt: str, token: list[int], embedding: torch.Te
     def ids(tok):
         return tok(plain, padding="max_length", max_length=tok.model_max_length, truncation=True).input_ids
 
-    position = in_phrase(ids(backbone.tokenizer), tokens, head, 0)[1]
-    edited = _context(backbone, lambda tok: in_phrase(ids(tok), tokens, head, ids(tok)[0])[0], embedding, position)
-    return edited, _context(backbone, ids, None, 0)
+    def edited(tok):  # the placeholder is BOS's id, as in direction_ids: its row is replaced anyway
+        row = ids(tok)
+        return in_phrase(row, tokens, head, row[0])[0]
+
+    position = in_phrase(ids(backbone.tokenizer), tokens, head, 0)[1]  # where it goes depends on the phrase alone
+    return _context(backbone, edited, embedding, position), _context(backbone, ids, None, 0)
 
 
 def empty_context(backbone) -> Context:
