@@ -247,6 +247,21 @@ def test_keep_beside_a_move_judges_the_untouched_object():
     assert not ok and not f["kept_colour"] and not f["kept_iou_0_9"]
 
 
+def test_keep_beside_a_move_is_posed_where_the_source_lacks_the_moved_object():
+    """The script is the user's, written from the prompt: with the square missing from the source,
+    its move has a target clear of the kept circle for an object of the circle's size."""
+    circle = _scene()[0]
+    kept_it = Item(RC.objects, 0)
+    for k in range(8):
+        posed = BY_NAME["keep layout beside a move"].pose(kept_it, [circle], np.random.default_rng(k))
+        assert isinstance(posed, Posed) and posed.script.startswith('centroid(token "square") -> (')
+        tx, ty = posed.asked["target"]
+        px, py = round((tx - circle.centroid[0]) * 32), round((ty - circle.centroid[1]) * 32)
+        assert T.fits(circle.mask, T.blocked_by([circle], None, 32), px, py)  # inside the image, off the circle
+    assert BY_NAME["keep appearance beside a move"].pose(kept_it, [_scene()[1]], np.random.default_rng(0)) == \
+        "the source lacks the object to keep"
+
+
 def test_remove_needs_the_object_gone_and_nothing_new():
     src = _scene()
     ok, f = _judge("remove", src, [src[1]])
