@@ -13,8 +13,10 @@ published configs with random weights, which time exactly like the trained ones.
   ViT-B/8 at 224 px with a backward pass to x0 (through ViT and VAE decoder, not the UNet), plus
   the source's x0 decoded and read once (`keep structure`, the first run; a REPL re-run skips it);
 - direction_hspace: the plain forward plus an h-shifted one (Asyrp: mid-block delta), batch 2;
-- direction_noise: the plain forward plus one forward on the direction's token (NoiseCLR; the
-  empty-prompt eps is the unconditional half already computed).
+- direction_noise: the plain forward plus a batch-2 forward, the direction's prompt and what it is
+  compared with (NoiseCLR's "<d>" and ""; within a token, the prompt with and without the
+  direction in the object's words), as sampler/directions/noise.py runs them: neither half is
+  taken from the plain forward.
 
 Peak memory is the CUDA allocator's peak on a GPU, and the resident-set growth on CPU.
 """
@@ -152,7 +154,7 @@ def measure(arch: str, res: int, device: str, dtype: torch.dtype, steps: int, sm
     @torch.no_grad()
     def direction_noise():
         plain()
-        unet(z, 500, encoder_hidden_states=ctx[1:], added_cond_kwargs=half(added) if added else None)
+        unet(torch.cat([z, z]), 500, encoder_hidden_states=ctx, added_cond_kwargs=added)  # noise_direction_eps's one batch
 
     out = {"arch": arch, "resolution": res, "device": device, "dtype": str(dtype).replace("torch.", ""), "smoke": smoke,
            "params_M": round(sum(p.numel() for p in unet.parameters()) / 1e6, 1), "attention_layers": len(layers)}
