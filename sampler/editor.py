@@ -41,6 +41,7 @@ from .guided import SHIFTS, Guidance, require_finite, sample_ddim
 from .images import load_image
 from .preflight import check_program, refuse_return_without_source
 from .probes import Readout, TrajectoryMaps
+from .one_place import objects_in_one_place
 from .regions import codec_of, layout_blend, local_blend, plan_relocations, relocating, resolve_relative, settling, within_regions
 from .result import EditResult  # noqa: F401  (part of the editor's API)
 from .source import SourceMaps, SourcePass, SourcePasses, recordable, run_timesteps
@@ -171,6 +172,7 @@ class Editor:
         self._prepare(bound, settings, script_dir)
         src = self.source(settings, progress, script_dir, record=source_needs(bound))
         resolve_relative(self.backbone, bound, src)
+        warnings.extend(objects_in_one_place(self.backbone, bound, src, settings.prompt))
         b = self.backbone
         timesteps = run_timesteps(b, settings)  # with `return t0`, below t0 only
         steps = len(timesteps)
