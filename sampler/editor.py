@@ -39,9 +39,9 @@ from .drag import DragPlan
 from .guidance import EnergyGuide
 from .guided import SHIFTS, Guidance, require_finite, sample_ddim
 from .images import load_image
+from .one_place import objects_in_one_place
 from .preflight import check_program, refuse_return_without_source
 from .probes import Readout, TrajectoryMaps
-from .one_place import objects_in_one_place
 from .regions import codec_of, layout_blend, local_blend, plan_relocations, relocating, resolve_relative, settling, within_regions
 from .result import EditResult  # noqa: F401  (part of the editor's API)
 from .source import SourceMaps, SourcePass, SourcePasses, recordable, run_timesteps

@@ -47,8 +47,9 @@ def objects_in_one_place(backbone, bound, src, prompt: str) -> list[SteerWarning
                     if share > shared.get(a, (None, 0.0))[1]:
                         shared[a] = (b, share)
     out, said = [], set()
-    for x in acting:  # its own object, then the one a relative target names
-        mine = next((k for k, o in enumerate(objects) if k in shared and set(o.tokens) & set(x.token + x.other)), None)
+    for x in acting:  # its own object, else the one a relative target names
+        named = [k for positions in (x.token, x.other) for k, o in enumerate(objects) if set(o.tokens) & set(positions)]
+        mine = next((k for k in named if k in shared), None)
         key = x.term.span or x.label  # a statement's word swap rides on its span: one warning a statement
         if mine is None or key in said:
             continue
