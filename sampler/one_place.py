@@ -57,7 +57,7 @@ def objects_in_one_place(backbone, bound, src, prompt: str) -> list[SteerWarning
         other, share = shared[mine]
         out.append(SteerWarning(
             f"`{x.label}`: in the source, the maps of {objects[mine].words!r} and {objects[other].words!r} fall on one "
-            f"place ({share:.0%} of the smaller): the source may have drawn only one of them, and this statement may act "
-            "on the other", x.term.span,
+            f"place ({share:.0%} of the smaller): the source may show only one of them (or neither), and this statement "
+            "may act on the other", x.term.span,
             hint="look at the source image (`--source-out`), or try another seed"))
     return out
